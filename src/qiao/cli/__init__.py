@@ -1,0 +1,1 @@
+"""The ``qiao`` command: a thin, standard-library-only client of qiaod."""

@@ -1,0 +1,129 @@
+"""A minimal HTTP/1.0 client over qiaod's unix socket.
+
+Hand-written on purpose: ``http.client`` pulls in the ``email`` package and
+costs more start-up time than the rest of the CLI together.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from typing import Any
+
+from qiao.paths import Root
+
+
+class DaemonError(Exception):
+    """The daemon answered with an error status."""
+
+    def __init__(self, status: int, message: str, body: dict[str, Any]):
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class Unreachable(Exception):
+    pass
+
+
+class Client:
+    def __init__(self, root: Root, autostart: bool = True):
+        self.root = root
+        self.autostart = autostart
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.root.socket)
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            if not self.autostart:
+                raise Unreachable(f"no qiaod is listening on {self.root.socket}") from None
+            return self._start_daemon()
+        return sock
+
+    def _start_daemon(self) -> socket.socket:
+        if os.geteuid() != 0:
+            raise Unreachable("qiaod is not running and only root can start it (run qiao as root)")
+        self.root.ensure()
+        args = [sys.executable, "-m", "qiao.daemon.main"] + (["--root", self.root.base] if self.root.base else [])
+        with open(self.root.daemon_log, "ab") as log:
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        # Concurrent CLIs may each start one; the pid-file lock lets one win and we all wait for it.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(self.root.socket)
+                return sock
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+            if proc.poll() is not None and not self._daemon_alive():
+                raise Unreachable(f"qiaod failed to start: {self._last_log_line()}")
+            time.sleep(0.01)
+        raise Unreachable(f"qiaod did not start; see {self.root.daemon_log}")
+
+    def _daemon_alive(self) -> bool:
+        """Whether some qiaod holds this root's pid-file lock."""
+        try:
+            fd = os.open(self.root.pidfile, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def _last_log_line(self) -> str:
+        try:
+            with open(self.root.daemon_log, errors="replace") as f:
+                lines = [line.strip() for line in f if line.strip()]
+        except OSError:
+            lines = []
+        return lines[-1] if lines else f"see {self.root.daemon_log}"
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, Any] | None = None,
+        body: Any = None,
+        fds: list[int] | None = None,
+    ) -> Any:
+        if query:
+            path += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        data = b"" if body is None else json.dumps(body).encode()
+        head = f"{method} {path} HTTP/1.0\r\nHost: qiaod\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+        if fds:
+            head += "X-Qiao-Stdio: 1\r\n"
+        sock = self._connect()
+        try:
+            sock.sendall(head.encode() + b"\r\n" + data)
+            if fds:
+                socket.send_fds(sock, [b"F"], fds)
+            chunks = []
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            sock.close()
+        raw = b"".join(chunks)
+        header, _, payload = raw.partition(b"\r\n\r\n")
+        status = int(header.split(b" ", 2)[1])
+        is_json = b"application/json" in header.lower()
+        decoded: Any = json.loads(payload) if (is_json and payload) else (payload if not is_json else None)
+        if status >= 400:
+            message = decoded.get("message", "") if isinstance(decoded, dict) else str(decoded)
+            raise DaemonError(status, message, decoded if isinstance(decoded, dict) else {})
+        return decoded

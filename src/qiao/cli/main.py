@@ -1,0 +1,333 @@
+"""``qiao``: Docker-like commands, each one request (or a few) to qiaod.
+
+Standard library only and nothing heavy at import: a command costs an
+interpreter start plus one round trip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from qiao.cli import output
+from qiao.cli.client import Client, DaemonError, Unreachable
+from qiao.paths import Root
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _kv(items: list[str] | None, what: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not key:
+            raise UsageError(f"invalid {what} {item!r}: expected KEY=VALUE")
+        out[key] = value if sep else ""
+    return out
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="qiao", description="Docker's container networking on the kernel's own parts")
+    p.add_argument("--root", help="state root (env QIAO_ROOT; default /var/lib/qiao and /run/qiao)")
+    sub = p.add_subparsers(dest="command", parser_class=Parser, required=True)
+
+    run = sub.add_parser("run", help="run a command in a new container", add_help=False)
+    run.add_argument("--help", action="help")
+    run.add_argument("-d", "--detach", action="store_true")
+    run.add_argument("--name")
+    run.add_argument("-h", "--hostname")
+    run.add_argument("--rm", action="store_true")
+    run.add_argument("-e", "--env", action="append", default=[])
+    run.add_argument("--network", "--net", dest="network", default="bridge")
+    run.add_argument("-i", "--interactive", action="store_true", help="accepted for Docker compatibility: stdin is always passed")
+    run.add_argument("-t", "--tty", action="store_true", help="accepted for Docker compatibility: the terminal is always passed")
+    run.add_argument("cmd", nargs=argparse.REMAINDER)
+
+    ps = sub.add_parser("ps", help="list containers")
+    ps.add_argument("-a", "--all", action="store_true")
+    ps.add_argument("-q", "--quiet", action="store_true")
+    ps.add_argument("--format", choices=["table", "json"], default="table")
+
+    for name, helptext in (("inspect", "show containers or networks as JSON"),):
+        sp = sub.add_parser(name, help=helptext)
+        sp.add_argument("names", nargs="+")
+
+    ex = sub.add_parser("exec", help="run a command inside a running container", add_help=False)
+    ex.add_argument("--help", action="help")
+    ex.add_argument("-e", "--env", action="append", default=[])
+    ex.add_argument("-i", "--interactive", action="store_true")
+    ex.add_argument("-t", "--tty", action="store_true")
+    ex.add_argument("container")
+    ex.add_argument("cmd", nargs=argparse.REMAINDER)
+
+    logs = sub.add_parser("logs", help="print a container's output")
+    logs.add_argument("container")
+
+    stop = sub.add_parser("stop", help="SIGTERM, then SIGKILL after a grace period")
+    stop.add_argument("-t", "--time", type=float, default=10)
+    stop.add_argument("names", nargs="+")
+
+    start = sub.add_parser("start", help="start stopped containers")
+    start.add_argument("names", nargs="+")
+
+    kill = sub.add_parser("kill", help="send a signal to containers")
+    kill.add_argument("-s", "--signal", default="SIGKILL")
+    kill.add_argument("names", nargs="+")
+
+    rm = sub.add_parser("rm", help="remove containers")
+    rm.add_argument("-f", "--force", action="store_true")
+    rm.add_argument("names", nargs="+")
+
+    net = sub.add_parser("network", help="manage networks")
+    nsub = net.add_subparsers(dest="network_command", parser_class=Parser, required=True)
+    create = nsub.add_parser("create")
+    create.add_argument("-d", "--driver", default="bridge")
+    create.add_argument("--subnet")
+    create.add_argument("--gateway")
+    create.add_argument("--ip-range")
+    create.add_argument("-o", "--opt", action="append", default=[])
+    create.add_argument("--label", action="append", default=[])
+    create.add_argument("--internal", action="store_true")
+    create.add_argument("--attachable", action="store_true")
+    create.add_argument("name")
+    nls = nsub.add_parser("ls")
+    nls.add_argument("-q", "--quiet", action="store_true")
+    nls.add_argument("--format", choices=["table", "json"], default="table")
+    ninspect = nsub.add_parser("inspect")
+    ninspect.add_argument("names", nargs="+")
+    nrm = nsub.add_parser("rm")
+    nrm.add_argument("names", nargs="+")
+    prune = nsub.add_parser("prune")
+    prune.add_argument("-f", "--force", action="store_true")
+
+    daemon = sub.add_parser("daemon", help="show or stop qiaod")
+    daemon.add_argument("action", choices=["status", "stop"])
+    return p
+
+
+# -- commands ---------------------------------------------------------------
+
+
+def cmd_run(c: Client, a: argparse.Namespace) -> int:
+    cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
+    if not cmd:
+        raise UsageError("qiao run: no command given (qiao run [OPTIONS] -- COMMAND [ARG...])")
+    body = {
+        "Hostname": a.hostname or "",
+        "Env": a.env,
+        "Cmd": cmd,
+        "HostConfig": {"NetworkMode": a.network, "AutoRemove": a.rm},
+    }
+    cid = c.request("POST", "/containers/create", {"name": a.name}, body)["Id"]
+    if a.detach:
+        try:
+            c.request("POST", f"/containers/{cid}/start")
+        except DaemonError as exc:
+            print(f"qiao: {exc}", file=sys.stderr)
+            return int(exc.body.get("ExitCode", 125))
+        print(cid)
+        return 0
+    try:
+        c.request("POST", f"/containers/{cid}/start", fds=[0, 1, 2])
+    except DaemonError as exc:
+        print(f"qiao: {exc}", file=sys.stderr)
+        return int(exc.body.get("ExitCode", 125))
+
+    def forward(signum: int, _frame: Any) -> None:
+        try:
+            c.request("POST", f"/containers/{cid}/kill", {"signal": signal.Signals(signum).name})
+        except (DaemonError, Unreachable):
+            pass
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    return int(c.request("POST", f"/containers/{cid}/wait")["StatusCode"])
+
+
+def cmd_ps(c: Client, a: argparse.Namespace) -> int:
+    rows = c.request("GET", "/containers/json", {"all": 1 if a.all else None})
+    if a.quiet:
+        for r in rows:
+            print(r["Id"][:12])
+    elif a.format == "json":
+        for r in rows:
+            print(json.dumps(output.ps_json(r), ensure_ascii=False))
+    else:
+        print(output.ps_table(rows), end="")
+    return 0
+
+
+def cmd_inspect(c: Client, a: argparse.Namespace) -> int:
+    found, status = [], 0
+    for name in a.names:
+        try:
+            found.append(c.request("GET", f"/containers/{name}/json"))
+        except DaemonError as exc:
+            if exc.status != 404:
+                raise
+            try:
+                found.append(c.request("GET", f"/networks/{name}"))
+            except DaemonError:
+                print(f"qiao: Error: No such object: {name}", file=sys.stderr)
+                status = 1
+    print(json.dumps(found, indent=4))
+    return status
+
+
+def cmd_exec(c: Client, a: argparse.Namespace) -> int:
+    cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
+    if not cmd:
+        raise UsageError("qiao exec: no command given")
+    info = c.request("GET", f"/containers/{a.container}/json")
+    if not info["State"]["Running"]:
+        raise UsageError(f"container {info['Id'][:12]} is not running")
+    env = dict(item.split("=", 1) for item in info["Config"]["Env"] if "=" in item)
+    env.setdefault("PATH", os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"))
+    env["HOSTNAME"] = info["Config"]["Hostname"]
+    env.update(_kv(a.env, "environment variable"))
+    pid = str(info["State"]["Pid"])
+    if info["HostConfig"]["NetworkMode"] == "host":
+        os.execvpe(cmd[0], cmd, env)
+    # nsenter (util-linux) enters every namespace the container has.
+    os.execvpe("nsenter", ["nsenter", "--target", pid, "--net", "--uts", "--mount", "--", *cmd], env)
+
+
+def cmd_logs(c: Client, a: argparse.Namespace) -> int:
+    data = c.request("GET", f"/containers/{a.container}/logs")
+    sys.stdout.buffer.write(data or b"")
+    return 0
+
+
+def _each(c: Client, names: list[str], method: str, path: str, query: dict[str, Any] | None = None) -> int:
+    status = 0
+    for name in names:
+        try:
+            c.request(method, path.format(name), query)
+            print(name)
+        except DaemonError as exc:
+            print(f"qiao: Error response from daemon: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def cmd_network(c: Client, a: argparse.Namespace) -> int:
+    sub = a.network_command
+    if sub == "create":
+        body = {
+            "Name": a.name,
+            "Driver": a.driver,
+            "Options": _kv(a.opt, "option"),
+            "Labels": _kv(a.label, "label"),
+            "Internal": a.internal,
+            "Attachable": a.attachable,
+            "IPAM": {"Driver": "default", "Config": [{"Subnet": a.subnet, "Gateway": a.gateway, "IPRange": a.ip_range}]},
+        }
+        print(c.request("POST", "/networks/create", body=body)["Id"])
+    elif sub == "ls":
+        nets = c.request("GET", "/networks")
+        if a.quiet:
+            for n in nets:
+                print(n["Id"][:12])
+        elif a.format == "json":
+            for n in nets:
+                print(json.dumps(output.network_json_line(n)))
+        else:
+            print(output.network_table(nets), end="")
+    elif sub == "inspect":
+        found, status = [], 0
+        for name in a.names:
+            try:
+                found.append(c.request("GET", f"/networks/{name}"))
+            except DaemonError as exc:
+                print(f"qiao: Error response from daemon: {exc}", file=sys.stderr)
+                status = 1
+        print(json.dumps(found, indent=4))
+        return status
+    elif sub == "rm":
+        return _each(c, a.names, "DELETE", "/networks/{}")
+    elif sub == "prune":
+        deleted = c.request("POST", "/networks/prune")["NetworksDeleted"] or []
+        if deleted:
+            print("Deleted Networks:\n" + "\n".join(deleted))
+    return 0
+
+
+def cmd_daemon(c: Client, a: argparse.Namespace) -> int:
+    c.autostart = False
+    try:
+        info = c.request("GET", "/info")
+    except Unreachable:
+        print(f"qiaod: not running (socket {c.root.socket})")
+        return 3 if a.action == "status" else 0
+    if a.action == "status":
+        print(f"qiaod: running, pid {info['Pid']}, {info['ContainersRunning']} of {info['Containers']} containers running")
+        print(f"  data {info['DataRoot']}  run {info['RunRoot']}  socket {c.root.socket}")
+        return 0
+    pid = c.request("POST", "/qiao/shutdown")["Pid"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+        time.sleep(0.02)
+    print(f"qiaod: stopped (pid {pid}); containers keep running")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    failing_run = False  # Docker's `run` exits 125 when the daemon refuses
+    try:
+        a = build_parser().parse_args(argv)
+        failing_run = a.command == "run"
+        c = Client(Root.resolve(a.root))
+        cmd = a.command
+        if cmd == "run":
+            return cmd_run(c, a)
+        if cmd == "ps":
+            return cmd_ps(c, a)
+        if cmd == "inspect":
+            return cmd_inspect(c, a)
+        if cmd == "exec":
+            return cmd_exec(c, a)
+        if cmd == "logs":
+            return cmd_logs(c, a)
+        if cmd == "stop":
+            return _each(c, a.names, "POST", "/containers/{}/stop", {"t": a.time})
+        if cmd == "start":
+            return _each(c, a.names, "POST", "/containers/{}/start")
+        if cmd == "kill":
+            return _each(c, a.names, "POST", "/containers/{}/kill", {"signal": a.signal})
+        if cmd == "rm":
+            return _each(c, a.names, "DELETE", "/containers/{}", {"force": 1 if a.force else None})
+        if cmd == "network":
+            return cmd_network(c, a)
+        if cmd == "daemon":
+            return cmd_daemon(c, a)
+        raise UsageError(f"unknown command {cmd}")
+    except UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except DaemonError as exc:
+        print(f"qiao: Error response from daemon: {exc}", file=sys.stderr)
+        return 125 if failing_run else 1
+    except Unreachable as exc:
+        print(f"qiao: {exc}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:
+        print(f"qiao: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return 127
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

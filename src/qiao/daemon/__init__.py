@@ -1,0 +1,1 @@
+"""qiaod: the engine behind a Docker-Engine-API-shaped HTTP socket."""

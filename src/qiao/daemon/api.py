@@ -1,0 +1,268 @@
+"""HTTP/JSON over a unix socket, with Docker Engine API paths and bodies.
+
+``POST /containers/{id}/start`` with the header ``X-Qiao-Stdio: 1`` is
+followed by one byte carrying the client's stdin, stdout and stderr
+(SCM_RIGHTS): the container then writes straight to the caller's terminal,
+with no copying through the daemon (qiao's equivalent of Docker's attach).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import socketserver
+import threading
+import urllib.parse
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+from qiao import __version__
+from qiao.engine.containers import StartFailed
+from qiao.engine.engine import Engine
+from qiao.engine.errors import InvalidParameter, NotImplementedYet, QiaoError
+
+log = logging.getLogger("qiao.api")
+API_VERSION = "1.47"
+
+Handler = Callable[..., Any]
+ROUTES: list[tuple[str, re.Pattern[str], str]] = []
+
+
+def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        ROUTES.append((method, re.compile("^" + pattern + "$"), fn.__name__))
+        return fn
+
+    return register
+
+
+class Raw(bytes):
+    """A response body sent as is (logs)."""
+
+
+class Api:
+    """The route handlers; each returns (status, body)."""
+
+    def __init__(self, engine: Engine, shutdown: Callable[[], None]):
+        self.engine = engine
+        self.shutdown = shutdown
+
+    @route("GET", "/_ping")
+    def ping(self, req: Request) -> tuple[int, Any]:
+        return 200, Raw(b"OK")
+
+    @route("GET", "/version")
+    def version(self, req: Request) -> tuple[int, Any]:
+        return 200, {"Version": __version__, "ApiVersion": API_VERSION, "Os": "linux", "Arch": os.uname().machine}
+
+    @route("GET", "/info")
+    def info(self, req: Request) -> tuple[int, Any]:
+        ctrs = self.engine.containers.by_id.values()
+        return 200, {
+            "ID": "qiaod",
+            "Containers": len(ctrs),
+            "ContainersRunning": sum(1 for c in ctrs if c.running),
+            "Networks": len(self.engine.networks.by_id),
+            "Pid": os.getpid(),
+            "DataRoot": self.engine.root.data,
+            "RunRoot": self.engine.root.run,
+            "ServerVersion": __version__,
+        }
+
+    @route("POST", "/qiao/shutdown")
+    def stop_daemon(self, req: Request) -> tuple[int, Any]:
+        threading.Thread(target=self.shutdown, daemon=True).start()
+        return 200, {"Pid": os.getpid()}
+
+    # -- containers ------------------------------------------------------
+
+    @route("POST", "/containers/create")
+    def container_create(self, req: Request) -> tuple[int, Any]:
+        ctr = self.engine.containers.create(req.query.get("name"), req.json())
+        return 201, {"Id": ctr.id, "Warnings": []}
+
+    @route("GET", "/containers/json")
+    def container_list(self, req: Request) -> tuple[int, Any]:
+        return 200, self.engine.containers.list(req.flag("all"))
+
+    @route("GET", "/containers/(?P<ref>[^/]+)/json")
+    def container_inspect(self, req: Request, ref: str) -> tuple[int, Any]:
+        return 200, self.engine.containers.inspect(ref)
+
+    @route("POST", "/containers/(?P<ref>[^/]+)/start")
+    def container_start(self, req: Request, ref: str) -> tuple[int, Any]:
+        stdio = req.received_fds()
+        try:
+            self.engine.containers.start(ref, stdio)
+        except StartFailed as exc:
+            return exc.status, {"message": str(exc), "ExitCode": exc.exit_code}
+        finally:
+            for fd in stdio or ():
+                os.close(fd)
+        return 204, None
+
+    @route("POST", "/containers/(?P<ref>[^/]+)/stop")
+    def container_stop(self, req: Request, ref: str) -> tuple[int, Any]:
+        self.engine.containers.stop(ref, float(req.query.get("t", "10")))
+        return 204, None
+
+    @route("POST", "/containers/(?P<ref>[^/]+)/kill")
+    def container_kill(self, req: Request, ref: str) -> tuple[int, Any]:
+        name = req.query.get("signal", "SIGKILL").upper()
+        try:
+            sig = int(name) if name.isdigit() else signal.Signals(name if name.startswith("SIG") else "SIG" + name)
+        except (KeyError, ValueError):
+            raise InvalidParameter(f"invalid signal: {name}") from None
+        self.engine.containers.kill(ref, sig)
+        return 204, None
+
+    @route("POST", "/containers/(?P<ref>[^/]+)/wait")
+    def container_wait(self, req: Request, ref: str) -> tuple[int, Any]:
+        return 200, {"StatusCode": self.engine.containers.wait(ref), "Error": None}
+
+    @route("GET", "/containers/(?P<ref>[^/]+)/logs")
+    def container_logs(self, req: Request, ref: str) -> tuple[int, Any]:
+        return 200, Raw(self.engine.containers.logs(ref))
+
+    @route("DELETE", "/containers/(?P<ref>[^/]+)")
+    def container_remove(self, req: Request, ref: str) -> tuple[int, Any]:
+        self.engine.containers.remove(ref, req.flag("force"))
+        return 204, None
+
+    # -- networks --------------------------------------------------------
+
+    @route("GET", "/networks")
+    def network_list(self, req: Request) -> tuple[int, Any]:
+        return 200, self.engine.networks_json()
+
+    @route("POST", "/networks/create")
+    def network_create(self, req: Request) -> tuple[int, Any]:
+        body = req.json()
+        ipam = (body.get("IPAM") or {}).get("Config") or [{}]
+        if len(ipam) > 1:
+            raise InvalidParameter("only one IPv4 subnet per network is supported")
+        net = self.engine.networks.create(
+            body.get("Name", ""),
+            driver=body.get("Driver") or "bridge",
+            subnet=ipam[0].get("Subnet"),
+            gateway=ipam[0].get("Gateway"),
+            ip_range=ipam[0].get("IPRange"),
+            options=body.get("Options") or {},
+            labels=body.get("Labels") or {},
+            internal=bool(body.get("Internal")),
+            attachable=bool(body.get("Attachable")),
+        )
+        return 201, {"Id": net.id, "Warning": ""}
+
+    @route("POST", "/networks/prune")
+    def network_prune(self, req: Request) -> tuple[int, Any]:
+        return 200, {"NetworksDeleted": self.engine.networks.prune()}
+
+    @route("GET", "/networks/(?P<ref>[^/]+)")
+    def network_inspect(self, req: Request, ref: str) -> tuple[int, Any]:
+        return 200, self.engine.network_json(ref)
+
+    @route("DELETE", "/networks/(?P<ref>[^/]+)")
+    def network_remove(self, req: Request, ref: str) -> tuple[int, Any]:
+        self.engine.networks.remove(ref)
+        return 204, None
+
+    @route("POST", "/networks/(?P<ref>[^/]+)/(?:connect|disconnect)")
+    def network_connect(self, req: Request, ref: str) -> tuple[int, Any]:
+        raise NotImplementedYet("network connect/disconnect is not implemented yet")
+
+
+class Request:
+    def __init__(self, handler: RequestHandler, query: dict[str, str], body: bytes):
+        self._handler = handler
+        self.query = query
+        self.body = body
+
+    def json(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.body or b"{}")
+        except ValueError:
+            raise InvalidParameter("request body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise InvalidParameter("request body must be a JSON object")
+        return data
+
+    def flag(self, name: str) -> bool:
+        return self.query.get(name, "").lower() in ("1", "true", "yes")
+
+    def received_fds(self) -> tuple[int, int, int] | None:
+        if self._handler.headers.get("X-Qiao-Stdio") != "1":
+            return None
+        _msg, fds, _flags, _addr = socket.recv_fds(self._handler.connection, 1, 3)
+        if len(fds) != 3:
+            for fd in fds:
+                os.close(fd)
+            raise InvalidParameter("expected three file descriptors (stdin, stdout, stderr)")
+        return fds[0], fds[1], fds[2]
+
+
+class RequestHandler(BaseHTTPRequestHandler):
+    rbufsize = 0  # unbuffered: the start request's SCM_RIGHTS byte must stay in the socket
+    api: Api
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug(format, *args)
+
+    def _dispatch(self, method: str) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        path = re.sub(r"^/v[0-9.]+(?=/)", "", url.path)
+        query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        status: int
+        payload: Any
+        for verb, pattern, name in ROUTES:
+            match = pattern.match(path)
+            if verb == method and match:
+                try:
+                    status, payload = getattr(self.api, name)(Request(self, query, body), **match.groupdict())
+                except QiaoError as exc:
+                    status, payload = exc.status, {"message": str(exc)}
+                except Exception as exc:
+                    log.exception("%s %s failed", method, path)
+                    status, payload = 500, {"message": f"internal error: {exc}"}
+                break
+        else:
+            status, payload = 404, {"message": f"page not found: {method} {path}"}
+        self._reply(status, payload)
+
+    def _reply(self, status: int, payload: Any) -> None:
+        if isinstance(payload, Raw):
+            data, ctype = bytes(payload), "text/plain; charset=utf-8"
+        elif payload is None:
+            data, ctype = b"", "application/json"
+        else:
+            data, ctype = json.dumps(payload).encode(), "application/json"
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Api-Version", API_VERSION)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+
+class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: str, api: Api):
+        handler = type("BoundHandler", (RequestHandler,), {"api": api})
+        super().__init__(path, handler)

@@ -1,0 +1,81 @@
+"""``qiaod``: run the engine in the foreground (for a service manager; the
+CLI starts it detached when no daemon answers)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import sys
+import threading
+
+from qiao.paths import Root
+
+
+def _lock_pidfile(root: Root) -> int | None:
+    fd = os.open(root.pidfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="qiaod", description="qiao's engine daemon")
+    parser.add_argument("--root", help="keep everything under DIR (default: /var/lib/qiao and /run/qiao; env QIAO_ROOT)")
+    parser.add_argument("--debug", action="store_true", help="log every request")
+    args = parser.parse_args(argv)
+    root = Root.resolve(args.root)
+    if os.geteuid() != 0:
+        print("qiaod: must run as root (it creates namespaces, links and firewall rules)", file=sys.stderr)
+        return 1
+    root.ensure()
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    lock = _lock_pidfile(root)
+    if lock is None:
+        print(f"qiaod: another qiaod already serves {root.run}", file=sys.stderr)
+        return 1
+
+    from qiao.daemon.api import Api, Server
+    from qiao.engine.engine import Engine
+    from qiao.engine.steps import fault_at
+    from qiao.kernel.firewall import NftFirewall
+    from qiao.kernel.host import LinuxHost
+
+    try:
+        engine = Engine(root, LinuxHost(), NftFirewall(), fault_at(os.environ.get("QIAO_FAULT_STEP")))
+        engine.start()
+    except Exception as exc:
+        logging.exception("start-up failed")
+        print(f"qiaod: start-up failed: {exc}", file=sys.stderr)
+        return 1
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(root.socket)
+    server: Server
+    server = Server(root.socket, Api(engine, lambda: server.shutdown()))
+    os.chmod(root.socket, 0o660)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: threading.Thread(target=server.shutdown).start())
+    logging.info("qiaod %d serving %s", os.getpid(), root.socket)
+    try:
+        server.serve_forever()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(root.socket)
+        server.server_close()
+        logging.info("qiaod %d stopped; containers keep running", os.getpid())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

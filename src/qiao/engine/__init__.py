@@ -1,0 +1,1 @@
+"""The CNM engine: networks, endpoints, sandboxes and containers."""

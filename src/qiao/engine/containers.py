@@ -1,0 +1,410 @@
+"""Containers: sandboxes (network, UTS and mount namespaces), their
+endpoints, and the process that runs in them.
+
+Modes, as Docker's: ``bridge`` or a user network (own network namespace
+with an ``eth0`` endpoint), ``none`` (own namespace, ``lo`` only), ``host``
+(no namespaces at all) and ``container:X`` (X's network and UTS
+namespaces, X's /etc files).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+from qiao.engine import etcfiles, ids, schema
+from qiao.engine.errors import Conflict, InvalidParameter, NotFound, QiaoError
+from qiao.engine.models import Container, Endpoint, from_dict, to_dict
+from qiao.engine.names import random_name
+from qiao.engine.networks import Networks, now
+from qiao.engine.steps import Fault, Steps
+from qiao.engine.store import Store
+from qiao.kernel import linux, netns
+from qiao.paths import Root
+from qiao.runtime.supervisor import StartError, Supervisor, alive
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class StartFailed(QiaoError):
+    """The command could not be started; carries the exit code Docker uses."""
+
+    status = 400
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Containers:
+    def __init__(self, root: Root, store: Store, networks: Networks, lock: threading.RLock, fault: Fault | None = None):
+        self.root, self.store, self.networks, self.lock, self.fault = root, store, networks, lock, fault
+        self.host = networks.host
+        self.by_id: dict[str, Container] = {}
+        self.changed = threading.Condition(lock)
+        self.removed_exit_codes: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self.supervisor = Supervisor(self._on_exit)
+
+    # -- start-up --------------------------------------------------------
+
+    def load(self) -> None:
+        for row in self.store.load("containers"):
+            ctr = from_dict(Container, row)
+            self.by_id[ctr.id] = ctr
+
+    def reconcile(self) -> None:
+        """Repair what a crash (even ``kill -9``) left: adopt live containers,
+        finish dead ones, remove kernel objects that no record owns."""
+        with self.lock:
+            for ctr in list(self.by_id.values()):
+                if not ctr.running:
+                    continue
+                if alive(ctr.shim_pid, ctr.shim_start):
+                    if ctr.sandbox_key and not ctr.joined_to and not linux.is_netns_mount(ctr.sandbox_key):
+                        netns.adopt(ctr.sandbox_key, ctr.pid)  # we run in another mount namespace now
+                    self.supervisor.watch(ctr.id, ctr.shim_pid)
+                else:
+                    self._finish(ctr)
+            live_endpoints = {e for c in self.by_id.values() if c.running for e in c.endpoint_ids}
+            for ep in list(self.networks.endpoints.values()):
+                if ep.id not in live_endpoints:
+                    self.networks.leave(ep)
+                    with self.store.transaction() as tx:
+                        tx.delete("endpoints", ep.id)
+            for name, owner in self.host.owned_links().items():
+                if owner not in self.networks.endpoints:
+                    self.host.delete_link(name)
+            keys = {c.sandbox_key for c in self.by_id.values() if c.running and c.sandbox_key}
+            for entry in os.listdir(self.root.netns_dir):
+                path = os.path.join(self.root.netns_dir, entry)
+                if path not in keys:
+                    self.host.destroy_netns(path)
+
+    # -- lookup ----------------------------------------------------------
+
+    def get(self, ref: str) -> Container:
+        ref = ref.lstrip("/")
+        if ref in self.by_id:
+            return self.by_id[ref]
+        for ctr in self.by_id.values():
+            if ctr.name == ref:
+                return ctr
+        matches = [c for c in self.by_id.values() if c.id.startswith(ref)] if ref else []
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise NotFound(f"multiple IDs found with provided prefix: {ref}")
+        raise NotFound(f"No such container: {ref}")
+
+    def endpoints(self, ctr: Container) -> list[tuple[str, Endpoint]]:
+        out = []
+        for eid in ctr.endpoint_ids:
+            ep = self.networks.endpoints.get(eid)
+            if ep:
+                out.append((self.networks.by_id[ep.network_id].name, ep))
+        return out
+
+    def files(self, ctr: Container) -> dict[str, str]:
+        d = self.root.container_dir(ctr.id)
+        return {
+            "hosts": os.path.join(d, "hosts"),
+            "resolv.conf": os.path.join(d, "resolv.conf"),
+            "hostname": os.path.join(d, "hostname"),
+            "log": os.path.join(d, "container.log"),
+            "exit": os.path.join(d, "exitcode"),
+        }
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        with self.lock:
+            ctr = self.get(ref)
+            return schema.container(ctr, self.endpoints(ctr), self.files(ctr))
+
+    def list(self, all_: bool) -> list[dict[str, Any]]:
+        with self.lock:
+            ctrs = sorted(self.by_id.values(), key=lambda c: c.created, reverse=True)
+            return [schema.container_summary(c, self.endpoints(c)) for c in ctrs if all_ or c.running]
+
+    # -- create ----------------------------------------------------------
+
+    def create(self, name: str | None, body: dict[str, Any]) -> Container:
+        cmd = body.get("Cmd") or []
+        if isinstance(cmd, str):
+            cmd = [cmd]
+        if not cmd:
+            raise InvalidParameter("no command specified")
+        env = list(body.get("Env") or [])
+        for item in env:
+            if "=" not in item or item.startswith("="):
+                raise InvalidParameter(f"invalid environment variable {item!r}: expected KEY=VALUE")
+        host_config = body.get("HostConfig") or {}
+        mode = host_config.get("NetworkMode") or "default"
+        if mode == "default":
+            mode = "bridge"
+        hostname = body.get("Hostname") or ""
+        with self.lock:
+            if name is not None:
+                name = name.lstrip("/")
+                if not ids.NAME_RE.match(name):
+                    raise InvalidParameter(f"invalid container name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+                for other in self.by_id.values():
+                    if other.name == name:
+                        raise Conflict(
+                            f'Conflict. The container name "/{name}" is already in use by container "{other.id}". '
+                            "You have to remove (or rename) that container to be able to reuse that name."
+                        )
+            else:
+                name = random_name({c.name for c in self.by_id.values()})
+            cid = ids.new_id()
+            if mode.startswith("container:"):
+                if hostname:
+                    raise InvalidParameter("conflicting options: hostname and the network mode")
+                if host_config.get("PortBindings"):
+                    raise InvalidParameter("conflicting options: port publishing and the container type network mode")
+                target = self.get(mode.split(":", 1)[1])
+                if target.id == cid:
+                    raise InvalidParameter("cannot join own network")
+                mode = "container:" + target.id
+                hostname = target.hostname
+            elif mode == "host":
+                hostname = hostname or socket.gethostname()
+            elif mode != "none":
+                mode = self.networks.get(mode).name
+            hostname = hostname or cid[:12]
+            ctr = Container(
+                id=cid,
+                name=name,
+                created=now(),
+                cmd=list(cmd),
+                env=env,
+                hostname=hostname,
+                network_mode=mode,
+                auto_remove=bool(host_config.get("AutoRemove")),
+            )
+            with self.store.transaction() as tx:
+                tx.put("containers", to_dict(ctr))
+            self.by_id[cid] = ctr
+            return ctr
+
+    # -- start -----------------------------------------------------------
+
+    def start(self, ref: str, stdio: tuple[int, int, int] | None = None) -> Container:
+        with self.lock:
+            ctr = self.get(ref)
+            if ctr.running:
+                return ctr
+            try:
+                return self._start(ctr, stdio)
+            except StartFailed as exc:
+                ctr.exit_code, ctr.error = exc.exit_code, str(exc)
+                if ctr.auto_remove:
+                    self._forget(ctr)
+                else:
+                    with self.store.transaction() as tx:
+                        tx.put("containers", to_dict(ctr))
+                raise
+
+    def _start(self, ctr: Container, stdio: tuple[int, int, int] | None) -> Container:
+        files = self.files(ctr)
+        os.makedirs(self.root.container_dir(ctr.id), exist_ok=True)
+        spec: dict[str, Any] = {"cmd": ctr.cmd, "env": self._env(ctr, stdio is not None), "exit_file": files["exit"]}
+        endpoints: list[Endpoint] = []
+        sandbox = ""
+        with Steps(self.fault) as steps:
+            target = None
+            if ctr.joined_to:
+                target = self.by_id.get(ctr.joined_to)
+                if target is None or not target.running:
+                    raise Conflict(f"cannot join network of a non running container: {ctr.joined_to[:12]}")
+                sandbox = target.sandbox_key
+                tfiles = self.files(target)
+                spec.update(netns=sandbox, join_uts_pid=target.pid, mounts=[[tfiles[f], "/etc/" + f] for f in ("hosts", "resolv.conf", "hostname")])
+            elif ctr.network_mode != "host":
+                sandbox = os.path.join(self.root.netns_dir, ctr.id[:12])
+                steps.run("create-sandbox", lambda: self.host.create_netns(sandbox), lambda: self.host.destroy_netns(sandbox))
+                if ctr.network_mode == "none":
+                    steps.run("configure-sandbox", lambda: self.host.configure_sandbox(sandbox, None, "", 0, None))
+                else:
+                    net = self.networks.get(ctr.network_mode)
+                    endpoints.append(self.networks.join(steps, net, ctr.id, sandbox, "eth0"))
+                address = endpoints[0].address if endpoints else None
+                steps.run(
+                    "write-etc-files",
+                    lambda: etcfiles.write(
+                        self.root.container_dir(ctr.id),
+                        {"hosts": etcfiles.hosts(address, ctr.hostname), "resolv.conf": etcfiles.resolv_conf(), "hostname": ctr.hostname + "\n"},
+                    ),
+                )
+                spec.update(netns=sandbox, hostname=ctr.hostname, mounts=[[files[f], "/etc/" + f] for f in ("hosts", "resolv.conf", "hostname")])
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(files["exit"])
+            started = steps.run("spawn-process", lambda: self._spawn(ctr, spec, files, stdio), lambda: self._kill_now(started.pid))
+            ctr.status, ctr.pid, ctr.shim_pid, ctr.shim_start = "running", started.pid, started.shim_pid, started.shim_start
+            ctr.exit_code, ctr.error, ctr.started_at = 0, "", now()
+            ctr.sandbox_key = sandbox
+            ctr.endpoint_ids = [e.id for e in endpoints]
+
+            def commit() -> None:
+                with self.store.transaction() as tx:
+                    for ep in endpoints:
+                        tx.put("endpoints", to_dict(ep))
+                    tx.put("containers", to_dict(ctr))
+
+            try:
+                steps.run("store", commit)
+            except BaseException:
+                ctr.status, ctr.pid, ctr.sandbox_key, ctr.endpoint_ids = "created", 0, "", []
+                raise
+        for ep in endpoints:
+            self.networks.adopt(ep)
+        return ctr
+
+    def _env(self, ctr: Container, tty_maybe: bool) -> dict[str, str]:
+        env = {"PATH": os.environ.get("PATH", DEFAULT_PATH), "HOSTNAME": ctr.hostname}
+        if tty_maybe and os.environ.get("TERM"):
+            env["TERM"] = os.environ["TERM"]
+        for item in ctr.env:
+            key, _, value = item.partition("=")
+            env[key] = value
+        env.setdefault("HOME", "/root")
+        return env
+
+    def _spawn(self, ctr: Container, spec: dict[str, Any], files: dict[str, str], stdio: tuple[int, int, int] | None) -> Any:
+        if stdio is not None:
+            try:
+                return self.supervisor.spawn(ctr.id, spec, stdio)
+            except StartError as exc:
+                raise StartFailed(str(exc), exc.exit_code) from None
+        log_fd = os.open(files["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        null_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return self.supervisor.spawn(ctr.id, spec, (null_fd, log_fd, log_fd))
+        except StartError as exc:
+            raise StartFailed(str(exc), exc.exit_code) from None
+        finally:
+            os.close(log_fd)
+            os.close(null_fd)
+
+    @staticmethod
+    def _kill_now(pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+    # -- exit ------------------------------------------------------------
+
+    def _on_exit(self, cid: str) -> None:
+        with self.lock:
+            ctr = self.by_id.get(cid)
+            if ctr is None or not ctr.running:
+                return
+            self._finish(ctr)
+
+    def _finish(self, ctr: Container) -> None:
+        """Record the exit, release the network, maybe auto-remove."""
+        try:
+            with open(self.files(ctr)["exit"]) as f:
+                ctr.exit_code = int(f.read().strip())
+        except (OSError, ValueError):
+            ctr.exit_code, ctr.error = 255, "container shim exited without recording an exit code"
+        ctr.status, ctr.pid, ctr.finished_at = "exited", 0, now()
+        self._release(ctr)
+        if ctr.auto_remove:
+            self._forget(ctr)
+        else:
+            with self.store.transaction() as tx:
+                tx.put("containers", to_dict(ctr))
+        self.changed.notify_all()
+
+    def _release(self, ctr: Container) -> None:
+        for _name, ep in self.endpoints(ctr):
+            self.networks.leave(ep)
+        if ctr.sandbox_key and not ctr.joined_to:
+            self.host.destroy_netns(ctr.sandbox_key)
+        if ctr.endpoint_ids:
+            with self.store.transaction() as tx:
+                for eid in ctr.endpoint_ids:
+                    tx.delete("endpoints", eid)
+        ctr.sandbox_key, ctr.endpoint_ids = "", []
+
+    def _forget(self, ctr: Container) -> None:
+        with self.store.transaction() as tx:
+            tx.delete("containers", ctr.id)
+        self.by_id.pop(ctr.id, None)
+        shutil.rmtree(self.root.container_dir(ctr.id), ignore_errors=True)
+        self.removed_exit_codes[ctr.id] = ctr.exit_code
+        while len(self.removed_exit_codes) > 1024:
+            self.removed_exit_codes.popitem(last=False)
+
+    # -- stop / kill / wait / remove ------------------------------------
+
+    def wait(self, ref: str, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.lock:
+            if ref in self.removed_exit_codes:
+                return self.removed_exit_codes[ref]
+            ctr = self.get(ref)
+            while ctr.running:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self.changed.wait(left)
+            return ctr.exit_code
+
+    def kill(self, ref: str, sig: int = signal.SIGKILL) -> None:
+        with self.lock:
+            ctr = self.get(ref)
+            if not ctr.running:
+                raise Conflict(f"container {ctr.id} is not running")
+            pid = ctr.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+    def stop(self, ref: str, timeout: float = 10) -> None:
+        with self.lock:
+            ctr = self.get(ref)
+            if not ctr.running:
+                return
+            pid = ctr.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        with self.lock:
+            self._wait_exit(ctr, timeout)
+            if ctr.running:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                self._wait_exit(ctr, 30)
+
+    def _wait_exit(self, ctr: Container, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while ctr.running and time.monotonic() < deadline:
+            self.changed.wait(deadline - time.monotonic())
+
+    def remove(self, ref: str, force: bool = False) -> None:
+        with self.lock:
+            ctr = self.get(ref)
+            joined = [c.name for c in self.by_id.values() if c.joined_to == ctr.id and c.running]
+            if joined and not force:
+                raise Conflict(f"cannot remove container {ctr.name}: container {joined[0]} shares its network namespace; stop it first or use -f")
+            if ctr.running and not force:
+                raise Conflict(f'cannot remove container "/{ctr.name}": container is running: stop the container before removing or force remove')
+            if ctr.running:
+                self._kill_now(ctr.pid)
+                self._wait_exit(ctr, 30)
+            if ctr.id in self.by_id:
+                self._release(ctr)
+                self._forget(ctr)
+
+    def logs(self, ref: str) -> bytes:
+        with self.lock:
+            path = self.files(self.get(ref))["log"]
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return b""

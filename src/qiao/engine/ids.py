@@ -1,0 +1,31 @@
+"""Identifiers and names in Docker's forms."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+
+NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+# An interface name: at most 15 bytes, no '/', whitespace or ':' and not '.' or '..'.
+IFNAME_RE = re.compile(r"^[^/\s:]{1,15}$")
+
+
+def new_id() -> str:
+    """64 hex digits, as Docker's container, network and endpoint ids."""
+    return secrets.token_hex(32)
+
+
+def veth_name() -> str:
+    """Host end of a veth pair: ``veth`` + 7 hex (NetworkManager ignores ``veth*``)."""
+    return "veth" + secrets.token_hex(4)[:7]
+
+
+def mac_from_ipv4(address: str) -> str:
+    """``02:42`` followed by the four bytes of the IPv4 address (the seed's form)."""
+    raw = ipaddress.IPv4Address(address).packed
+    return "02:42:" + ":".join(f"{b:02x}" for b in raw)
+
+
+def valid_ifname(name: str) -> bool:
+    return bool(IFNAME_RE.match(name)) and name not in (".", "..")

@@ -1,0 +1,88 @@
+"""The CNM objects as stored: plain dataclasses, one row each in the store."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+BUILTIN_NETWORKS = ("bridge", "host", "none")
+
+
+@dataclass
+class Network:
+    id: str
+    name: str
+    driver: str  # bridge | host | null
+    created: str
+    subnet: str | None = None
+    gateway: str | None = None
+    ip_range: str | None = None
+    bridge: str | None = None
+    mtu: int = 1500
+    options: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    internal: bool = False
+    attachable: bool = False
+
+    @property
+    def builtin(self) -> bool:
+        return self.name in BUILTIN_NETWORKS
+
+    @property
+    def prefixlen(self) -> int:
+        assert self.subnet
+        return int(self.subnet.split("/")[1])
+
+
+@dataclass
+class Endpoint:
+    id: str
+    network_id: str
+    container_id: str
+    ifname: str  # inside the sandbox: eth0, eth1, ...
+    host_ifname: str  # veth + 7 hex
+    address: str
+    prefixlen: int
+    gateway: str
+    mac: str
+
+
+@dataclass
+class Container:
+    id: str
+    name: str
+    created: str
+    cmd: list[str]
+    env: list[str]
+    hostname: str
+    network_mode: str  # bridge | host | none | container:<id> | <network name>
+    auto_remove: bool = False
+    status: str = "created"  # created | running | exited
+    pid: int = 0
+    shim_pid: int = 0
+    shim_start: int = 0  # /proc/<pid>/stat start time: guards against pid reuse
+    exit_code: int = 0
+    error: str = ""
+    started_at: str = "0001-01-01T00:00:00Z"
+    finished_at: str = "0001-01-01T00:00:00Z"
+    sandbox_key: str = ""
+    endpoint_ids: list[str] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    @property
+    def joined_to(self) -> str | None:
+        """The container whose namespaces this one shares (``container:`` mode)."""
+        return self.network_mode.split(":", 1)[1] if self.network_mode.startswith("container:") else None
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})

@@ -1,0 +1,163 @@
+"""Docker Engine API JSON for networks and containers, in Docker's key order."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from typing import Any
+
+from qiao.engine.models import Container, Endpoint, Network
+
+
+def network(net: Network, endpoints: list[Endpoint], containers: dict[str, Container]) -> dict[str, Any]:
+    config: list[dict[str, str]] = []
+    if net.subnet:
+        entry = {"Subnet": net.subnet}
+        if net.ip_range:
+            entry["IPRange"] = net.ip_range
+        entry["Gateway"] = net.gateway or ""
+        config.append(entry)
+    attached = {}
+    for ep in endpoints:
+        ctr = containers.get(ep.container_id)
+        attached[ep.container_id] = {
+            "Name": ctr.name if ctr else "",
+            "EndpointID": ep.id,
+            "MacAddress": ep.mac,
+            "IPv4Address": f"{ep.address}/{ep.prefixlen}",
+            "IPv6Address": "",
+        }
+    return {
+        "Name": net.name,
+        "Id": net.id,
+        "Created": net.created,
+        "Scope": "local",
+        "Driver": net.driver,
+        "EnableIPv6": False,
+        "IPAM": {"Driver": "default", "Options": None if net.name == "bridge" else {}, "Config": config},
+        "Internal": net.internal,
+        "Attachable": net.attachable,
+        "Ingress": False,
+        "ConfigFrom": {"Network": ""},
+        "ConfigOnly": False,
+        "Containers": attached,
+        "Options": dict(net.options),
+        "Labels": dict(net.labels),
+    }
+
+
+def _endpoint_settings(ep: Endpoint) -> dict[str, Any]:
+    return {
+        "IPAMConfig": None,
+        "Links": None,
+        "Aliases": None,
+        "MacAddress": ep.mac,
+        "NetworkID": ep.network_id,
+        "EndpointID": ep.id,
+        "Gateway": ep.gateway,
+        "IPAddress": ep.address,
+        "IPPrefixLen": ep.prefixlen,
+        "IPv6Gateway": "",
+        "GlobalIPv6Address": "",
+        "GlobalIPv6PrefixLen": 0,
+        "DNSNames": None,
+    }
+
+
+def container(ctr: Container, endpoints: list[tuple[str, Endpoint]], files: dict[str, str]) -> dict[str, Any]:
+    """``GET /containers/{id}/json``; ``endpoints`` are (network name, endpoint)."""
+    primary = endpoints[0][1] if endpoints else None
+    networks: dict[str, Any] = {name: _endpoint_settings(ep) for name, ep in endpoints}
+    if not endpoints and not ctr.joined_to:
+        networks[ctr.network_mode] = {"NetworkID": "", "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "MacAddress": ""}
+    return {
+        "Id": ctr.id,
+        "Created": ctr.created,
+        "Path": ctr.cmd[0] if ctr.cmd else "",
+        "Args": ctr.cmd[1:],
+        "State": {
+            "Status": ctr.status,
+            "Running": ctr.running,
+            "Paused": False,
+            "Restarting": False,
+            "OOMKilled": False,
+            "Dead": False,
+            "Pid": ctr.pid if ctr.running else 0,
+            "ExitCode": ctr.exit_code,
+            "Error": ctr.error,
+            "StartedAt": ctr.started_at,
+            "FinishedAt": ctr.finished_at,
+        },
+        "Image": "",
+        "ResolvConfPath": files.get("resolv.conf", ""),
+        "HostnamePath": files.get("hostname", ""),
+        "HostsPath": files.get("hosts", ""),
+        "LogPath": files.get("log", ""),
+        "Name": "/" + ctr.name,
+        "Config": {"Hostname": ctr.hostname, "Domainname": "", "Env": list(ctr.env), "Cmd": list(ctr.cmd), "Image": ""},
+        "HostConfig": {"NetworkMode": ctr.network_mode, "AutoRemove": ctr.auto_remove, "PortBindings": {}},
+        "NetworkSettings": {
+            "Bridge": "",
+            "SandboxID": ctr.id if ctr.sandbox_key else "",
+            "SandboxKey": ctr.sandbox_key,
+            "Ports": {},
+            "Gateway": primary.gateway if primary else "",
+            "IPAddress": primary.address if primary else "",
+            "IPPrefixLen": primary.prefixlen if primary else 0,
+            "MacAddress": primary.mac if primary else "",
+            "Networks": networks,
+        },
+    }
+
+
+def _since(stamp: str) -> float:
+    try:
+        return time.time() - datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def human_duration(seconds: float) -> str:
+    """Docker's ``units.HumanDuration``."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    m = s // 60
+    if m == 1:
+        return "About a minute"
+    if m < 60:
+        return f"{m} minutes"
+    h = round(s / 3600)
+    if h == 1:
+        return "About an hour"
+    if h < 48:
+        return f"{h} hours"
+    return f"{h // 24} days"
+
+
+def status_text(ctr: Container) -> str:
+    if ctr.running:
+        return "Up " + human_duration(_since(ctr.started_at))
+    if ctr.status == "exited":
+        return f"Exited ({ctr.exit_code}) {human_duration(_since(ctr.finished_at))} ago"
+    return "Created"
+
+
+def container_summary(ctr: Container, endpoints: list[tuple[str, Endpoint]]) -> dict[str, Any]:
+    """An element of ``GET /containers/json``."""
+    return {
+        "Id": ctr.id,
+        "Names": ["/" + ctr.name],
+        "Image": "",
+        "Command": " ".join(ctr.cmd),
+        "Created": int(time.time() - _since(ctr.created)),
+        "Ports": [],
+        "State": ctr.status,
+        "Status": status_text(ctr),
+        "HostConfig": {"NetworkMode": ctr.network_mode},
+        "NetworkSettings": {"Networks": {name: _endpoint_settings(ep) for name, ep in endpoints}},
+    }

@@ -1,0 +1,211 @@
+"""The host-side kernel port: links, addresses, routes, namespaces, sysctls.
+
+:class:`LinuxHost` does the work over netlink (pyroute2) with one long-lived
+socket for the host namespace and a short-lived one opened *inside* a
+sandbox when its interfaces are configured.  :class:`StubHost` keeps the
+same facts in memory for tests without root.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import secrets
+from ipaddress import IPv4Network
+from typing import Any, Protocol
+
+from qiao.kernel import netns
+
+ALIAS_PREFIX = "qiao:"
+
+
+class Host(Protocol):
+    def ensure_bridge(self, name: str, address: str, prefixlen: int, mtu: int) -> bool: ...
+    def delete_link(self, name: str) -> None: ...
+    def link_exists(self, name: str) -> bool: ...
+    def owned_links(self) -> dict[str, str]: ...
+    def create_netns(self, path: str) -> None: ...
+    def destroy_netns(self, path: str) -> None: ...
+    def create_veth(self, host_ifname: str, netns_path: str, peer_ifname: str, mac: str, mtu: int, owner: str) -> None: ...
+    def attach_to_bridge(self, host_ifname: str, bridge: str) -> None: ...
+    def configure_sandbox(self, netns_path: str, ifname: str | None, address: str, prefixlen: int, gateway: str | None) -> None: ...
+    def reserved_networks(self) -> list[IPv4Network]: ...
+    def enable_forwarding(self) -> None: ...
+
+
+def _missing(exc: Exception) -> bool:
+    return getattr(exc, "code", None) in (errno.ENODEV, errno.ENOENT, errno.ESRCH)
+
+
+class LinuxHost:
+    def __init__(self) -> None:
+        from pyroute2 import IPRoute  # heavy: only the daemon pays for it
+
+        self._IPRoute = IPRoute
+        self._ipr = IPRoute()
+
+    def _index(self, name: str) -> int | None:
+        found = self._ipr.link_lookup(ifname=name)
+        return found[0] if found else None
+
+    def link_exists(self, name: str) -> bool:
+        return self._index(name) is not None
+
+    def ensure_bridge(self, name: str, address: str, prefixlen: int, mtu: int) -> bool:
+        index = self._index(name)
+        created = index is None
+        if created:
+            # A random locally administered MAC, as Docker gives docker0, so the
+            # bridge does not take its ports' addresses (and change with them).
+            mac = bytearray(secrets.token_bytes(6))
+            mac[0] = (mac[0] & 0xFE) | 0x02
+            self._ipr.link("add", ifname=name, kind="bridge", mtu=mtu, address=":".join(f"{b:02x}" for b in mac))
+            index = self._index(name)
+        have = {(a.get("address"), a["prefixlen"]) for a in self._ipr.get_addr(index=index, family=2)}
+        if (address, prefixlen) not in have:
+            self._ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
+        self._ipr.link("set", index=index, state="up")
+        self._write_sysctl(f"/proc/sys/net/ipv6/conf/{name}/accept_ra", "0", missing_ok=True)
+        return created
+
+    def delete_link(self, name: str) -> None:
+        index = self._index(name)
+        if index is None:
+            return
+        try:
+            self._ipr.link("del", index=index)
+        except Exception as exc:
+            if not _missing(exc):
+                raise
+
+    def owned_links(self) -> dict[str, str]:
+        """Host links qiao made (tagged with an ``ifalias`` naming their owner)."""
+        owned = {}
+        for link in self._ipr.get_links():
+            alias = link.get("ifalias") or ""
+            if alias.startswith(ALIAS_PREFIX):
+                owned[link.get("ifname")] = alias[len(ALIAS_PREFIX) :]
+        return owned
+
+    def create_netns(self, path: str) -> None:
+        netns.create(path)
+
+    def destroy_netns(self, path: str) -> None:
+        netns.destroy(path)
+
+    def create_veth(self, host_ifname: str, netns_path: str, peer_ifname: str, mac: str, mtu: int, owner: str) -> None:
+        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._ipr.link(
+                "add",
+                ifname=host_ifname,
+                kind="veth",
+                mtu=mtu,
+                peer={"ifname": peer_ifname, "net_ns_fd": fd, "address": mac, "mtu": mtu},
+            )
+        finally:
+            os.close(fd)
+        index = self._index(host_ifname)
+        self._ipr.link("set", index=index, ifalias=ALIAS_PREFIX + owner)
+
+    def attach_to_bridge(self, host_ifname: str, bridge: str) -> None:
+        index = self._index(host_ifname)
+        master = self._index(bridge)
+        if index is None or master is None:
+            raise OSError(errno.ENODEV, f"no such device: {host_ifname if index is None else bridge}")
+        self._ipr.link("set", index=index, master=master, state="up")
+
+    def configure_sandbox(self, netns_path: str, ifname: str | None, address: str, prefixlen: int, gateway: str | None) -> None:
+        with netns.entered(netns_path):
+            ipr = self._IPRoute()
+        try:
+            lo = ipr.link_lookup(ifname="lo")[0]
+            ipr.link("set", index=lo, state="up")
+            if ifname is None:
+                return
+            index = ipr.link_lookup(ifname=ifname)[0]
+            ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
+            ipr.link("set", index=index, state="up")
+            if gateway:
+                ipr.route("add", dst="0.0.0.0/0", gateway=gateway)
+        finally:
+            ipr.close()
+
+    def reserved_networks(self) -> list[IPv4Network]:
+        """On-link IPv4 routes and interface addresses of the host (Docker's
+        ``InferReservedNetworks``); routes via a gateway (VPN splits such as
+        0.0.0.0/1) are not reserved."""
+        nets: list[IPv4Network] = []
+        for route in self._ipr.get_routes(family=2, table=254):
+            if route.get("gateway") is None and route.get("dst"):
+                nets.append(ipaddress.ip_network(f"{route.get('dst')}/{route['dst_len']}", strict=False))
+        for addr in self._ipr.get_addr(family=2):
+            nets.append(ipaddress.ip_network(f"{addr.get('address')}/32"))
+        return nets
+
+    def enable_forwarding(self) -> None:
+        self._write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+
+    @staticmethod
+    def _write_sysctl(path: str, value: str, missing_ok: bool = False) -> None:
+        try:
+            with open(path) as f:
+                if f.read().strip() == value:
+                    return
+            with open(path, "w") as f:
+                f.write(value)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+
+
+class StubHost:
+    """In-memory stand-in: records links, namespaces and configuration."""
+
+    def __init__(self, reserved: list[IPv4Network] | None = None) -> None:
+        self.links: dict[str, dict[str, Any]] = {}
+        self.namespaces: set[str] = set()
+        self.sandboxes: dict[str, dict[str, Any]] = {}
+        self.reserved = reserved or []
+        self.forwarding = False
+
+    def ensure_bridge(self, name: str, address: str, prefixlen: int, mtu: int) -> bool:
+        created = name not in self.links
+        self.links.setdefault(name, {"kind": "bridge", "address": f"{address}/{prefixlen}", "mtu": mtu})
+        return created
+
+    def delete_link(self, name: str) -> None:
+        self.links.pop(name, None)
+
+    def link_exists(self, name: str) -> bool:
+        return name in self.links
+
+    def owned_links(self) -> dict[str, str]:
+        return {n: link["owner"] for n, link in self.links.items() if "owner" in link}
+
+    def create_netns(self, path: str) -> None:
+        if path in self.namespaces:
+            raise FileExistsError(path)
+        self.namespaces.add(path)
+
+    def destroy_netns(self, path: str) -> None:
+        self.namespaces.discard(path)
+        self.sandboxes.pop(path, None)
+
+    def create_veth(self, host_ifname: str, netns_path: str, peer_ifname: str, mac: str, mtu: int, owner: str) -> None:
+        if host_ifname in self.links:
+            raise OSError(errno.EEXIST, f"{host_ifname} exists")
+        self.links[host_ifname] = {"kind": "veth", "netns": netns_path, "peer": peer_ifname, "mac": mac, "owner": owner}
+
+    def attach_to_bridge(self, host_ifname: str, bridge: str) -> None:
+        self.links[host_ifname]["master"] = bridge
+
+    def configure_sandbox(self, netns_path: str, ifname: str | None, address: str, prefixlen: int, gateway: str | None) -> None:
+        self.sandboxes[netns_path] = {"ifname": ifname, "address": address, "gateway": gateway}
+
+    def reserved_networks(self) -> list[IPv4Network]:
+        return list(self.reserved)
+
+    def enable_forwarding(self) -> None:
+        self.forwarding = True

@@ -1,0 +1,55 @@
+"""Where qiao keeps things: every path hangs off one root, so several qiao
+"hosts" can share one kernel (``--root DIR`` or ``QIAO_ROOT``).
+
+Standard library only (imported by the CLI).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DEFAULT_DATA = "/var/lib/qiao"
+DEFAULT_RUN = "/run/qiao"
+
+
+@dataclass(frozen=True)
+class Root:
+    data: str  # persistent: store, per-container files, logs
+    run: str  # volatile: socket, pid file, namespace files
+    base: str | None = None  # the --root directory, when one was given
+
+    @classmethod
+    def resolve(cls, root: str | None = None) -> Root:
+        root = root or os.environ.get("QIAO_ROOT") or None
+        if root is None:
+            return cls(DEFAULT_DATA, DEFAULT_RUN)
+        root = os.path.abspath(root)
+        return cls(os.path.join(root, "lib"), os.path.join(root, "run"), root)
+
+    @property
+    def socket(self) -> str:
+        return os.path.join(self.run, "qiao.sock")
+
+    @property
+    def pidfile(self) -> str:
+        return os.path.join(self.run, "qiaod.pid")
+
+    @property
+    def daemon_log(self) -> str:
+        return os.path.join(self.data, "qiaod.log")
+
+    @property
+    def store(self) -> str:
+        return os.path.join(self.data, "qiao.db")
+
+    @property
+    def netns_dir(self) -> str:
+        return os.path.join(self.run, "netns")
+
+    def container_dir(self, cid: str) -> str:
+        return os.path.join(self.data, "containers", cid)
+
+    def ensure(self) -> None:
+        for d in (self.data, self.run, self.netns_dir, os.path.join(self.data, "containers")):
+            os.makedirs(d, mode=0o711, exist_ok=True)
