@@ -1,0 +1,27 @@
+# qiao: `make demo` and `make test` work on a fresh machine (as root).
+.PHONY: setup test unit lint demo bench bench-peers clean
+
+setup:
+	@scripts/setup.sh
+
+lint: setup
+	.venv/bin/ruff check src tests bench
+	.venv/bin/mypy
+
+unit: setup
+	.venv/bin/pytest -q tests/unit
+
+test: setup lint
+	.venv/bin/pytest -q tests
+
+demo: setup
+	.venv/bin/python scripts/demo.py
+
+bench: setup
+	.venv/bin/python -m bench.attach
+
+bench-peers: setup
+	scripts/install-peers.sh
+
+clean:
+	rm -rf .venv build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

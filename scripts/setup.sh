@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs everything qiao needs on a fresh Debian machine; safe to repeat.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages: iproute2 (ip, for tests and humans), nftables + libnftables1
+# (the firewall), conntrack (flushing stale flows), util-linux (nsenter for exec),
+# iperf3 (benchmarks).
+packages=(iproute2 nftables libnftables1 conntrack util-linux iperf3 procps)
+missing=()
+for pkg in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+    touch .venv/.installed
+fi

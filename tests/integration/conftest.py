@@ -1,0 +1,206 @@
+"""Integration tests in real namespaces.
+
+Each test module gets throw-away "hosts": a network namespace of its own
+with its own qiao root and qiaod, so nothing touches the machine's real
+interfaces or firewall, and several run side by side on one kernel.  Every
+object carries the per-run prefix ``RUN``; the session ends by checking that
+``ip netns``, ``ip link``, mounts and ``nft list ruleset`` are as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+RUN = "q" + secrets.token_hex(2)  # short: interface names are at most 15 bytes
+BIN = Path(sys.executable).parent
+QIAO = str(BIN / "qiao")
+QIAOD = str(BIN / "qiaod")
+
+if os.geteuid() != 0:
+    pytest.skip("integration tests need root", allow_module_level=True)
+
+
+def sh(*args: str, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} -> {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
+    return proc
+
+
+class Namespace:
+    """A bare network namespace made by the test (``ip netns add``)."""
+
+    def __init__(self, name: str):
+        self.name = f"{RUN}-{name}"
+        self.path = f"/run/netns/{self.name}"
+        sh("ip", "netns", "add", self.name)
+        self.sh("ip", "link", "set", "lo", "up")
+
+    def sh(self, *args: str, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess[str]:
+        return sh("nsenter", f"--net={self.path}", "--", *args, check=check, timeout=timeout, **kw)
+
+    def popen(self, *args: str, **kw) -> subprocess.Popen:
+        return subprocess.Popen(["nsenter", f"--net={self.path}", "--", *args], **kw)
+
+    def delete(self) -> None:
+        sh("ip", "netns", "del", self.name, check=False)
+
+
+class Host(Namespace):
+    """A simulated host: namespace + qiao root + qiaod started by the test."""
+
+    def __init__(self, name: str, env: dict[str, str] | None = None, start: bool = True):
+        super().__init__(name)
+        self.root = tempfile.mkdtemp(prefix=f"{RUN}-{name}-")
+        self.daemon: subprocess.Popen | None = None
+        self.links: list[Namespace] = []
+        if start:
+            self.start_daemon(env)
+
+    # -- the daemon ------------------------------------------------------
+
+    def start_daemon(self, env: dict[str, str] | None = None) -> None:
+        log = open(os.path.join(self.root, "qiaod.test.log"), "ab")  # noqa: SIM115 - owned by the Popen
+        self.daemon = self.popen(QIAOD, "--root", self.root, stdout=log, stderr=log, env={**os.environ, **(env or {})})
+        sock = os.path.join(self.root, "run", "qiao.sock")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.daemon.poll() is not None:
+                raise AssertionError(f"qiaod exited {self.daemon.returncode}: {self.daemon_log()}")
+            if os.path.exists(sock) and self.qiao("daemon", "status", check=False).returncode == 0:
+                return
+            time.sleep(0.02)
+        raise AssertionError("qiaod did not come up: " + self.daemon_log())
+
+    def stop_daemon(self, sig: int = signal.SIGTERM) -> None:
+        if self.daemon and self.daemon.poll() is None:
+            self.daemon.send_signal(sig)
+            try:
+                self.daemon.wait(15)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait()
+        self.daemon = None
+
+    def daemon_log(self) -> str:
+        path = os.path.join(self.root, "qiaod.test.log")
+        return Path(path).read_text(errors="replace")[-3000:] if os.path.exists(path) else ""
+
+    # -- the CLI ---------------------------------------------------------
+
+    def qiao(self, *args: str, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess[str]:
+        return self.sh(QIAO, "--root", self.root, *args, check=check, timeout=timeout, **kw)
+
+    def inspect(self, name: str) -> dict:
+        return json.loads(self.qiao("inspect", name).stdout)[0]
+
+    def run_d(self, *args: str) -> str:
+        """``qiao run -d ARGS``; returns the container id."""
+        return self.qiao("run", "-d", *args).stdout.strip()
+
+    def exec(self, name: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.qiao("exec", name, *cmd, check=check)
+
+    # -- neighbours ------------------------------------------------------
+
+    def add_outside(self, name: str = "out", subnet: str = "198.51.100") -> Namespace:
+        """Another machine on its own link to this host: host .1, outside .2."""
+        out = Namespace(name)
+        a, b = f"{RUN}{name[:4]}h", f"{RUN}{name[:4]}o"
+        sh("ip", "link", "add", a, "netns", self.name, "type", "veth", "peer", "name", b, "netns", out.name)
+        self.sh("ip", "addr", "add", f"{subnet}.1/24", "dev", a)
+        self.sh("ip", "link", "set", a, "up")
+        out.sh("ip", "addr", "add", f"{subnet}.2/24", "dev", b)
+        out.sh("ip", "link", "set", b, "up")
+        self.links.append(out)
+        return out
+
+    # -- teardown --------------------------------------------------------
+
+    def cleanup(self) -> None:
+        if self.daemon and self.daemon.poll() is None:
+            with contextlib.suppress(Exception):
+                ids = self.qiao("ps", "-aq", check=False).stdout.split()
+                if ids:
+                    self.qiao("rm", "-f", *ids, check=False)
+        self.stop_daemon()
+        self._kill_leftovers()
+        for out in self.links:
+            out.delete()
+        self.delete()
+        netns_dir = os.path.join(self.root, "run", "netns")
+        if os.path.isdir(netns_dir):
+            for entry in os.listdir(netns_dir):
+                sh("umount", "-l", os.path.join(netns_dir, entry), check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _kill_leftovers(self) -> None:
+        """Container processes this test started (found through our own store)."""
+        db = os.path.join(self.root, "lib", "qiao.db")
+        if not os.path.exists(db):
+            return
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            rows = [json.loads(r[0]) for r in conn.execute("SELECT body FROM containers")]
+        for ctr in rows:
+            for pid in (ctr.get("pid"), ctr.get("shim_pid")):
+                if pid and ctr.get("status") == "running":
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def make_host() -> Iterator:
+    made: list[Host] = []
+
+    def make(name: str = "host", **kw) -> Host:
+        host = Host(f"{name}{len(made)}", **kw)
+        made.append(host)
+        return host
+
+    yield make
+    for host in made:
+        host.cleanup()
+
+
+@pytest.fixture(scope="module")
+def host() -> Iterator[Host]:
+    """One host shared by a module's tests (cheaper; tests clean their containers)."""
+    h = Host("m" + secrets.token_hex(1))
+    try:
+        yield h
+    finally:
+        h.cleanup()
+
+
+def _snapshot() -> dict[str, str]:
+    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines() if RUN in line]
+    return {
+        "netns": sh("ip", "netns", "list").stdout,
+        "links": sh("ip", "-o", "link", "show").stdout.count("\n").__str__(),
+        "link names": " ".join(sorted(line.split(": ")[1].split("@")[0] for line in sh("ip", "-o", "link", "show").stdout.splitlines())),
+        "mounts": "\n".join(mounts),
+        "nft": sh("nft", "list", "ruleset", check=False).stdout,
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leaves_no_trace() -> Iterator[None]:
+    before = _snapshot()
+    yield
+    after = _snapshot()
+    assert after == before, "the suite left kernel objects behind"
