@@ -7,17 +7,21 @@ Standard library only (imported by the CLI).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 DEFAULT_DATA = "/var/lib/qiao"
 DEFAULT_RUN = "/run/qiao"
 
 
-@dataclass(frozen=True)
 class Root:
-    data: str  # persistent: store, per-container files, logs
-    run: str  # volatile: socket, pid file, namespace files
-    base: str | None = None  # the --root directory, when one was given
+    """The directories of one qiao "host".  (A plain class: ``dataclasses``
+    would cost the CLI several milliseconds of start-up.)"""
+
+    __slots__ = ("data", "run", "base")
+
+    def __init__(self, data: str, run: str, base: str | None = None):
+        self.data = data  # persistent: store, per-container files, logs
+        self.run = run  # volatile: socket, pid file, namespace files
+        self.base = base  # the --root directory, when one was given
 
     @classmethod
     def resolve(cls, root: str | None = None) -> Root:

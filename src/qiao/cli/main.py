@@ -7,16 +7,20 @@ interpreter start plus one round trip.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 import time
-from typing import Any
 
 from qiao.cli import output
 from qiao.cli.client import Client, DaemonError, Unreachable
 from qiao.paths import Root
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up time)
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 
 class UsageError(Exception):
@@ -24,7 +28,7 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage dump
+    def error(self, message: str) -> NoReturn:  # one line, no usage dump
         raise UsageError(f"{self.prog}: {message}")
 
 
@@ -146,10 +150,8 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
         return int(exc.body.get("ExitCode", 125))
 
     def forward(signum: int, _frame: Any) -> None:
-        try:
+        with contextlib.suppress(DaemonError, Unreachable):
             c.request("POST", f"/containers/{cid}/kill", {"signal": signal.Signals(signum).name})
-        except (DaemonError, Unreachable):
-            pass
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, forward)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import datetime
 import time
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up time)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -38,10 +40,10 @@ def ps_table(rows: list[dict[str, Any]]) -> str:
 
 def ps_json(r: dict[str, Any]) -> dict[str, Any]:
     """One line of ``docker ps --format json``."""
-    created = datetime.datetime.fromtimestamp(r["Created"], datetime.timezone.utc)
+    created = time.gmtime(r["Created"])
     return {
         "Command": _command(r["Command"]),
-        "CreatedAt": created.strftime("%Y-%m-%d %H:%M:%S +0000 UTC"),
+        "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", created),
         "ID": r["Id"][:12],
         "Image": "",
         "Labels": "",

@@ -115,8 +115,8 @@ class Api:
     def container_kill(self, req: Request, ref: str) -> tuple[int, Any]:
         name = req.query.get("signal", "SIGKILL").upper()
         try:
-            sig = int(name) if name.isdigit() else signal.Signals(name if name.startswith("SIG") else "SIG" + name)
-        except (KeyError, ValueError):
+            sig = int(name) if name.isdigit() else signal.Signals[name if name.startswith("SIG") else "SIG" + name]
+        except KeyError:
             raise InvalidParameter(f"invalid signal: {name}") from None
         self.engine.containers.kill(ref, sig)
         return 204, None

@@ -33,6 +33,11 @@ from qiao.runtime.supervisor import StartError, Supervisor, alive
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+def _etc_mounts(files: dict[str, str]) -> list[list[str]]:
+    """qiao's /etc/hosts, /etc/resolv.conf and /etc/hostname over the host's."""
+    return [[files[name], "/etc/" + name] for name in ("hosts", "resolv.conf", "hostname")]
+
+
 class StartFailed(QiaoError):
     """The command could not be started; carries the exit code Docker uses."""
 
@@ -223,8 +228,7 @@ class Containers:
                 if target is None or not target.running:
                     raise Conflict(f"cannot join network of a non running container: {ctr.joined_to[:12]}")
                 sandbox = target.sandbox_key
-                tfiles = self.files(target)
-                spec.update(netns=sandbox, join_uts_pid=target.pid, mounts=[[tfiles[f], "/etc/" + f] for f in ("hosts", "resolv.conf", "hostname")])
+                spec.update(netns=sandbox, join_uts_pid=target.pid, mounts=_etc_mounts(self.files(target)))
             elif ctr.network_mode != "host":
                 sandbox = os.path.join(self.root.netns_dir, ctr.id[:12])
                 steps.run("create-sandbox", lambda: self.host.create_netns(sandbox), lambda: self.host.destroy_netns(sandbox))
@@ -238,10 +242,14 @@ class Containers:
                     "write-etc-files",
                     lambda: etcfiles.write(
                         self.root.container_dir(ctr.id),
-                        {"hosts": etcfiles.hosts(address, ctr.hostname), "resolv.conf": etcfiles.resolv_conf(), "hostname": ctr.hostname + "\n"},
+                        {
+                            "hosts": etcfiles.hosts(address, ctr.hostname),
+                            "resolv.conf": etcfiles.resolv_conf(),
+                            "hostname": ctr.hostname + "\n",
+                        },
                     ),
                 )
-                spec.update(netns=sandbox, hostname=ctr.hostname, mounts=[[files[f], "/etc/" + f] for f in ("hosts", "resolv.conf", "hostname")])
+                spec.update(netns=sandbox, hostname=ctr.hostname, mounts=_etc_mounts(files))
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(files["exit"])
             started = steps.run("spawn-process", lambda: self._spawn(ctr, spec, files, stdio), lambda: self._kill_now(started.pid))
@@ -390,9 +398,13 @@ class Containers:
             ctr = self.get(ref)
             joined = [c.name for c in self.by_id.values() if c.joined_to == ctr.id and c.running]
             if joined and not force:
-                raise Conflict(f"cannot remove container {ctr.name}: container {joined[0]} shares its network namespace; stop it first or use -f")
+                raise Conflict(
+                    f"cannot remove container {ctr.name}: container {joined[0]} shares its network namespace; stop it first or use -f"
+                )
             if ctr.running and not force:
-                raise Conflict(f'cannot remove container "/{ctr.name}": container is running: stop the container before removing or force remove')
+                raise Conflict(
+                    f'cannot remove container "/{ctr.name}": container is running: stop the container before removing or force remove'
+                )
             if ctr.running:
                 self._kill_now(ctr.pid)
                 self._wait_exit(ctr, 30)

@@ -50,9 +50,7 @@ def choose_subnet(reserved: Iterable[IPv4Network], pools: Iterable[IPv4Network] 
     for candidate in pools:
         if not any(candidate.overlaps(r) for r in reserved):
             return candidate
-    raise Conflict(
-        "could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network"
-    )
+    raise Conflict("could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network")
 
 
 class AddressPool:

@@ -9,6 +9,7 @@ when a step fails.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import threading
@@ -38,7 +39,7 @@ KNOWN_OPTIONS = (
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
 class Networks:
@@ -130,11 +131,12 @@ class Networks:
             net = self._validate(name, driver, subnet, gateway, ip_range, options or {}, labels or {}, internal, attachable)
             rules = self._rules(net)
             assert net.bridge and net.gateway
+            bridge, gateway = net.bridge, net.gateway
             with Steps(self.fault) as steps:
                 created = steps.run(
                     "create-bridge",
-                    lambda: self.host.ensure_bridge(net.bridge, net.gateway, net.prefixlen, net.mtu),
-                    lambda: self.host.delete_link(net.bridge) if created else None,
+                    lambda: self.host.ensure_bridge(bridge, gateway, net.prefixlen, net.mtu),
+                    lambda: self.host.delete_link(bridge) if created else None,
                 )
                 steps.run("enable-forwarding", self.host.enable_forwarding)
                 steps.run("add-firewall", lambda: self.firewall.add_network(rules), lambda: self.firewall.del_network(rules))
@@ -184,21 +186,21 @@ class Networks:
         if not 68 <= mtu <= 65535:
             raise InvalidParameter(f"invalid MTU {mtu}: must be between 68 and 65535")
 
-        taken = [ipaddress.ip_network(n.subnet) for n in self.by_id.values() if n.subnet]
+        taken = [ipaddress.IPv4Network(n.subnet) for n in self.by_id.values() if n.subnet]
         if subnet:
             net4 = parse_subnet(subnet)
             for other in self.by_id.values():
                 if other.subnet and net4.overlaps(ipaddress.ip_network(other.subnet)):
-                    raise Conflict(f"invalid pool request: Pool overlaps with other one on this address space ({other.subnet}, network {other.name})")
+                    raise Conflict(
+                        f"invalid pool request: Pool overlaps with other one on this address space ({other.subnet}, network {other.name})"
+                    )
         else:
             if gateway or ip_range:
                 raise InvalidParameter("--gateway and --ip-range need a --subnet")
             reserved = taken + self.host.reserved_networks()
             for ns in etcfiles.host_nameservers():
-                try:
-                    reserved.append(ipaddress.ip_network(ns))
-                except ValueError:
-                    pass
+                with contextlib.suppress(ValueError):
+                    reserved.append(ipaddress.IPv4Network(ns))
             net4 = choose_subnet(reserved)
         range4: IPv4Network | None = None
         if ip_range:

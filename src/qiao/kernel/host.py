@@ -9,7 +9,6 @@ same facts in memory for tests without root.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import secrets
 from ipaddress import IPv4Network
@@ -139,9 +138,9 @@ class LinuxHost:
         nets: list[IPv4Network] = []
         for route in self._ipr.get_routes(family=2, table=254):
             if route.get("gateway") is None and route.get("dst"):
-                nets.append(ipaddress.ip_network(f"{route.get('dst')}/{route['dst_len']}", strict=False))
+                nets.append(IPv4Network(f"{route.get('dst')}/{route['dst_len']}", strict=False))
         for addr in self._ipr.get_addr(family=2):
-            nets.append(ipaddress.ip_network(f"{addr.get('address')}/32"))
+            nets.append(IPv4Network(f"{addr.get('address')}/32"))
         return nets
 
     def enable_forwarding(self) -> None:
