@@ -55,6 +55,9 @@ def build_parser() -> Parser:
     run.add_argument("--rm", action="store_true")
     run.add_argument("-e", "--env", action="append", default=[])
     run.add_argument("--network", "--net", dest="network", default="bridge")
+    run.add_argument("-p", "--publish", action="append", default=[], help="[IP:][HOSTPORT[-END]:]PORT[-END][/PROTO]")
+    run.add_argument("-P", "--publish-all", action="store_true", help="publish every exposed port to a random host port")
+    run.add_argument("--expose", action="append", default=[], help="PORT[-END][/PROTO]")
     run.add_argument("-i", "--interactive", action="store_true", help="accepted for Docker compatibility: stdin is always passed")
     run.add_argument("-t", "--tty", action="store_true", help="accepted for Docker compatibility: the terminal is always passed")
     run.add_argument("cmd", nargs=argparse.REMAINDER)
@@ -75,6 +78,10 @@ def build_parser() -> Parser:
     ex.add_argument("-t", "--tty", action="store_true")
     ex.add_argument("container")
     ex.add_argument("cmd", nargs=argparse.REMAINDER)
+
+    port = sub.add_parser("port", help="list a container's published ports")
+    port.add_argument("container")
+    port.add_argument("port", nargs="?", help="PORT[/PROTO]")
 
     logs = sub.add_parser("logs", help="print a container's output")
     logs.add_argument("container")
@@ -128,26 +135,30 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
     cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
     if not cmd:
         raise UsageError("qiao run: no command given (qiao run [OPTIONS] -- COMMAND [ARG...])")
+    bindings: dict[str, list[dict[str, str]]] = {}
+    for spec in a.publish:
+        for key, binding in output.parse_publish(spec):
+            bindings.setdefault(key, []).append(binding)
+    exposed: dict[str, dict[str, str]] = {key: {} for spec in a.expose for key in output.parse_expose(spec)}
     body = {
         "Hostname": a.hostname or "",
         "Env": a.env,
         "Cmd": cmd,
-        "HostConfig": {"NetworkMode": a.network, "AutoRemove": a.rm},
+        "ExposedPorts": exposed,
+        "HostConfig": {"NetworkMode": a.network, "AutoRemove": a.rm, "PortBindings": bindings, "PublishAllPorts": a.publish_all},
     }
     cid = c.request("POST", "/containers/create", {"name": a.name}, body)["Id"]
-    if a.detach:
-        try:
-            c.request("POST", f"/containers/{cid}/start")
-        except DaemonError as exc:
-            print(f"qiao: {exc}", file=sys.stderr)
-            return int(exc.body.get("ExitCode", 125))
-        print(cid)
-        return 0
     try:
-        c.request("POST", f"/containers/{cid}/start", fds=[0, 1, 2])
+        c.request("POST", f"/containers/{cid}/start", fds=None if a.detach else [0, 1, 2])
     except DaemonError as exc:
+        # Unlike Docker, a run that could not start leaves no "Created" container behind.
+        with contextlib.suppress(DaemonError):
+            c.request("DELETE", f"/containers/{cid}", {"force": 1})
         print(f"qiao: {exc}", file=sys.stderr)
         return int(exc.body.get("ExitCode", 125))
+    if a.detach:
+        print(cid)
+        return 0
 
     def forward(signum: int, _frame: Any) -> None:
         with contextlib.suppress(DaemonError, Unreachable):
@@ -204,6 +215,22 @@ def cmd_exec(c: Client, a: argparse.Namespace) -> int:
         os.execvpe(cmd[0], cmd, env)
     # nsenter (util-linux) enters every namespace the container has.
     os.execvpe("nsenter", ["nsenter", "--target", pid, "--net", "--uts", "--mount", "--", *cmd], env)
+
+
+def cmd_port(c: Client, a: argparse.Namespace) -> int:
+    info = c.request("GET", f"/containers/{a.container}/json")
+    published = {k: v for k, v in info["NetworkSettings"]["Ports"].items() if v}
+    if a.port is None:
+        for key, bindings in published.items():
+            for b in bindings:
+                print(f"{key} -> {b['HostIp']}:{b['HostPort']}")
+        return 0
+    key = a.port if "/" in a.port else a.port + "/tcp"
+    if key not in published:
+        raise UsageError(f"qiao: Error: No public port '{key}' published for {a.container}")
+    for b in published[key]:
+        print(f"{b['HostIp']}:{b['HostPort']}")
+    return 0
 
 
 def cmd_logs(c: Client, a: argparse.Namespace) -> int:
@@ -300,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_inspect(c, a)
         if cmd == "exec":
             return cmd_exec(c, a)
+        if cmd == "port":
+            return cmd_port(c, a)
         if cmd == "logs":
             return cmd_logs(c, a)
         if cmd == "stop":
@@ -315,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         if cmd == "daemon":
             return cmd_daemon(c, a)
         raise UsageError(f"unknown command {cmd}")
+    except ValueError as exc:  # a -p / --expose that does not parse
+        print(f"qiao: {exc}", file=sys.stderr)
+        return 2
     except UsageError as exc:
         print(str(exc), file=sys.stderr)
         return 2

@@ -34,7 +34,10 @@ def _command(cmd: str, width: int = 20) -> str:
 def ps_table(rows: list[dict[str, Any]]) -> str:
     return _table(
         ["CONTAINER ID", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
-        [[r["Id"][:12], _command(r["Command"]), _ago(r["Created"]), r["Status"], "", r["Names"][0].lstrip("/")] for r in rows],
+        [
+            [r["Id"][:12], _command(r["Command"]), _ago(r["Created"]), r["Status"], ports_text(r["Ports"]), r["Names"][0].lstrip("/")]
+            for r in rows
+        ],
     )
 
 
@@ -51,7 +54,7 @@ def ps_json(r: dict[str, Any]) -> dict[str, Any]:
         "Mounts": "",
         "Names": r["Names"][0].lstrip("/"),
         "Networks": ",".join(r["NetworkSettings"]["Networks"]) or r["HostConfig"]["NetworkMode"],
-        "Ports": "",
+        "Ports": ports_text(r["Ports"]),
         "RunningFor": _ago(r["Created"]),
         "Size": "0B",
         "State": r["State"],
@@ -76,3 +79,62 @@ def network_json_line(n: dict[str, Any]) -> dict[str, Any]:
         "Name": n["Name"],
         "Scope": n["Scope"],
     }
+
+
+def ports_text(ports: list[dict[str, Any]]) -> str:
+    """``0.0.0.0:8080->80/tcp, 7000/tcp`` as in ``docker ps``."""
+    out = []
+    for p in ports:
+        if "PublicPort" in p:
+            out.append(f"{p['IP']}:{p['PublicPort']}->{p['PrivatePort']}/{p['Type']}")
+        else:
+            out.append(f"{p['PrivatePort']}/{p['Type']}")
+    return ", ".join(out)
+
+
+_PROTOS = ("tcp", "udp", "sctp")
+
+
+def _range(text: str, what: str) -> tuple[int, int]:
+    lo_text, _, hi_text = text.partition("-")
+    try:
+        lo, hi = int(lo_text), int(hi_text or lo_text)
+    except ValueError:
+        raise ValueError(f"invalid {what} {text!r}") from None
+    if not (1 <= lo <= hi <= 65535):
+        raise ValueError(f"invalid {what} {text!r}: ports are 1-65535, start <= end")
+    return lo, hi
+
+
+def parse_expose(spec: str) -> list[str]:
+    """``--expose 7000-7002/udp`` -> ["7000/udp", "7001/udp", "7002/udp"]."""
+    ports, _, proto = spec.partition("/")
+    proto = proto or "tcp"
+    if proto not in _PROTOS:
+        raise ValueError(f"invalid protocol {proto!r} in {spec!r}")
+    lo, hi = _range(ports, "port")
+    return [f"{p}/{proto}" for p in range(lo, hi + 1)]
+
+
+def parse_publish(spec: str) -> list[tuple[str, dict[str, str]]]:
+    """Docker's ``-p [IP:][HOSTPORT[-END]:]PORT[-END][/PROTO]`` -> PortBindings entries."""
+    body, _, proto = spec.partition("/")
+    proto = proto or "tcp"
+    if proto not in _PROTOS:
+        raise ValueError(f"invalid protocol {proto!r} in -p {spec}")
+    if body.startswith("["):
+        raise ValueError(f"invalid -p {spec}: IPv6 host addresses are not supported yet")
+    parts = body.split(":")
+    if len(parts) > 3 or not parts[-1]:
+        raise ValueError(f"invalid -p {spec}: expected [IP:][HOSTPORT[-END]:]PORT[-END][/PROTO]")
+    host_ip = parts[0] if len(parts) == 3 else ""
+    host = parts[-2] if len(parts) >= 2 else ""
+    c_lo, c_hi = _range(parts[-1], "container port")
+    if not host:
+        return [(f"{p}/{proto}", {"HostIp": host_ip, "HostPort": ""}) for p in range(c_lo, c_hi + 1)]
+    h_lo, h_hi = _range(host, "host port")
+    if c_lo == c_hi:  # one container port, a host port or a range to choose from
+        return [(f"{c_lo}/{proto}", {"HostIp": host_ip, "HostPort": host})]
+    if h_hi - h_lo != c_hi - c_lo:
+        raise ValueError(f"invalid -p {spec}: the host and container port ranges differ in size")
+    return [(f"{c_lo + i}/{proto}", {"HostIp": host_ip, "HostPort": str(h_lo + i)}) for i in range(c_hi - c_lo + 1)]

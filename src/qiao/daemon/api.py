@@ -88,7 +88,7 @@ class Api:
 
     @route("GET", "/containers/json")
     def container_list(self, req: Request) -> tuple[int, Any]:
-        return 200, self.engine.containers.list(req.flag("all"))
+        return 200, self.engine.containers.summaries(req.flag("all"))
 
     @route("GET", "/containers/(?P<ref>[^/]+)/json")
     def container_inspect(self, req: Request, ref: str) -> tuple[int, Any]:

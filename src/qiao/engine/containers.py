@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -19,18 +20,25 @@ import threading
 import time
 from typing import Any
 
-from qiao.engine import etcfiles, ids, schema
+from qiao.engine import etcfiles, ids, ports, schema
 from qiao.engine.errors import Conflict, InvalidParameter, NotFound, QiaoError
 from qiao.engine.models import Container, Endpoint, from_dict, to_dict
 from qiao.engine.names import random_name
 from qiao.engine.networks import Networks, now
+from qiao.engine.ports import PortReservations
 from qiao.engine.steps import Fault, Steps
 from qiao.engine.store import Store
 from qiao.kernel import linux, netns
+from qiao.kernel.firewall import PortMapping
 from qiao.paths import Root
 from qiao.runtime.supervisor import StartError, Supervisor, alive
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _by_port(spec: dict[str, Any]) -> list[tuple[int, str, Any]]:
+    """Normalise ``{"80": …, "53/udp": …}`` keys to (port, proto, value)."""
+    return [(*ports.parse_key(key), value) for key, value in spec.items()]
 
 
 def _etc_mounts(files: dict[str, str]) -> list[list[str]]:
@@ -52,6 +60,8 @@ class Containers:
     def __init__(self, root: Root, store: Store, networks: Networks, lock: threading.RLock, fault: Fault | None = None):
         self.root, self.store, self.networks, self.lock, self.fault = root, store, networks, lock, fault
         self.host = networks.host
+        self.firewall = networks.firewall
+        self.reservations = PortReservations()
         self.by_id: dict[str, Container] = {}
         self.changed = threading.Condition(lock)
         self.removed_exit_codes: collections.OrderedDict[str, int] = collections.OrderedDict()
@@ -74,6 +84,8 @@ class Containers:
                 if alive(ctr.shim_pid, ctr.shim_start):
                     if ctr.sandbox_key and not ctr.joined_to and not linux.is_netns_mount(ctr.sandbox_key):
                         netns.adopt(ctr.sandbox_key, ctr.pid)  # we run in another mount namespace now
+                    for m in ctr.ports:
+                        self.reservations.adopt(ctr.id, PortMapping(**m))
                     self.supervisor.watch(ctr.id, ctr.shim_pid)
                 else:
                     self._finish(ctr)
@@ -131,7 +143,7 @@ class Containers:
             ctr = self.get(ref)
             return schema.container(ctr, self.endpoints(ctr), self.files(ctr))
 
-    def list(self, all_: bool) -> list[dict[str, Any]]:
+    def summaries(self, all_: bool) -> list[dict[str, Any]]:
         with self.lock:
             ctrs = sorted(self.by_id.values(), key=lambda c: c.created, reverse=True)
             return [schema.container_summary(c, self.endpoints(c)) for c in ctrs if all_ or c.running]
@@ -153,6 +165,11 @@ class Containers:
         if mode == "default":
             mode = "bridge"
         hostname = body.get("Hostname") or ""
+        port_bindings = {f"{p}/{proto}": v for p, proto, v in _by_port(host_config.get("PortBindings") or {})}
+        exposed: dict[str, Any] = {f"{p}/{proto}": {} for p, proto, _ in _by_port(body.get("ExposedPorts") or {})}
+        exposed.update(dict.fromkeys(port_bindings, {}))  # Docker exposes what it publishes
+        publish_all = bool(host_config.get("PublishAllPorts"))
+        ports.requests(port_bindings, exposed, publish_all)  # validate now: a bad -p changes nothing
         with self.lock:
             if name is not None:
                 name = name.lstrip("/")
@@ -170,7 +187,7 @@ class Containers:
             if mode.startswith("container:"):
                 if hostname:
                     raise InvalidParameter("conflicting options: hostname and the network mode")
-                if host_config.get("PortBindings"):
+                if port_bindings or publish_all:
                     raise InvalidParameter("conflicting options: port publishing and the container type network mode")
                 target = self.get(mode.split(":", 1)[1])
                 if target.id == cid:
@@ -191,6 +208,9 @@ class Containers:
                 hostname=hostname,
                 network_mode=mode,
                 auto_remove=bool(host_config.get("AutoRemove")),
+                port_bindings=port_bindings,
+                exposed_ports=exposed,
+                publish_all=publish_all,
             )
             with self.store.transaction() as tx:
                 tx.put("containers", to_dict(ctr))
@@ -220,6 +240,7 @@ class Containers:
         os.makedirs(self.root.container_dir(ctr.id), exist_ok=True)
         spec: dict[str, Any] = {"cmd": ctr.cmd, "env": self._env(ctr, stdio is not None), "exit_file": files["exit"]}
         endpoints: list[Endpoint] = []
+        mappings: list[PortMapping] = []
         sandbox = ""
         with Steps(self.fault) as steps:
             target = None
@@ -238,6 +259,8 @@ class Containers:
                     net = self.networks.get(ctr.network_mode)
                     endpoints.append(self.networks.join(steps, net, ctr.id, sandbox, "eth0"))
                 address = endpoints[0].address if endpoints else None
+                if endpoints:
+                    mappings = self._publish(steps, ctr, endpoints[0])
                 steps.run(
                     "write-etc-files",
                     lambda: etcfiles.write(
@@ -257,6 +280,7 @@ class Containers:
             ctr.exit_code, ctr.error, ctr.started_at = 0, "", now()
             ctr.sandbox_key = sandbox
             ctr.endpoint_ids = [e.id for e in endpoints]
+            ctr.ports = [dataclasses.asdict(m) for m in mappings]
 
             def commit() -> None:
                 with self.store.transaction() as tx:
@@ -267,11 +291,38 @@ class Containers:
             try:
                 steps.run("store", commit)
             except BaseException:
-                ctr.status, ctr.pid, ctr.sandbox_key, ctr.endpoint_ids = "created", 0, "", []
+                ctr.status, ctr.pid, ctr.sandbox_key, ctr.endpoint_ids, ctr.ports = "created", 0, "", [], []
                 raise
         for ep in endpoints:
             self.networks.adopt(ep)
         return ctr
+
+    def _publish(self, steps: Steps, ctr: Container, ep: Endpoint) -> list[PortMapping]:
+        """Reserve the host ports and add the DNAT map elements (one nft transaction)."""
+        wanted = ports.requests(ctr.port_bindings, ctr.exposed_ports, ctr.publish_all)
+        if not wanted:
+            return []
+
+        def reserve() -> list[PortMapping]:
+            return [
+                PortMapping(r.proto, r.host_ip, self.reservations.reserve(ctr.id, r, self._describe), ep.address, r.container_port)
+                for r in wanted
+            ]
+
+        mappings = steps.run("reserve-ports", reserve, lambda: self.reservations.release(ctr.id))
+        steps.run("publish-ports", lambda: self.firewall.add_ports(mappings), lambda: self.firewall.del_ports(mappings))
+        for m in mappings:
+            if m.proto == "udp":
+                self.host.flush_conntrack(m.proto, m.host_port)
+        return mappings
+
+    def _describe(self, cid: str) -> str:
+        ctr = self.by_id.get(cid)
+        return f"{ctr.name} ({cid[:12]})" if ctr else cid[:12]
+
+    def published(self) -> list[PortMapping]:
+        """Every mapping of a running container (to rebuild the firewall table)."""
+        return [PortMapping(**m) for c in self.by_id.values() if c.running for m in c.ports]
 
     def _env(self, ctr: Container, tty_maybe: bool) -> dict[str, str]:
         env = {"PATH": os.environ.get("PATH", DEFAULT_PATH), "HOSTNAME": ctr.hostname}
@@ -330,6 +381,14 @@ class Containers:
         self.changed.notify_all()
 
     def _release(self, ctr: Container) -> None:
+        if ctr.ports:
+            mappings = [PortMapping(**m) for m in ctr.ports]
+            self.firewall.del_ports(mappings)
+            self.reservations.release(ctr.id)
+            for m in mappings:
+                if m.proto == "udp":
+                    self.host.flush_conntrack(m.proto, m.host_port)
+            ctr.ports = []
         for _name, ep in self.endpoints(ctr):
             self.networks.leave(ep)
         if ctr.sandbox_key and not ctr.joined_to:

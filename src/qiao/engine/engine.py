@@ -31,7 +31,7 @@ class Engine:
         with self.lock:
             self.networks.load()
             self.containers.load()
-            self.networks.restore_kernel()
+            self.networks.restore_kernel(self.containers.published())
             self.networks.ensure_builtin()
             self.containers.reconcile()
 

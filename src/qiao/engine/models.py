@@ -68,6 +68,10 @@ class Container:
     finished_at: str = "0001-01-01T00:00:00Z"
     sandbox_key: str = ""
     endpoint_ids: list[str] = field(default_factory=list)
+    port_bindings: dict[str, Any] = field(default_factory=dict)  # HostConfig.PortBindings, as asked
+    exposed_ports: dict[str, Any] = field(default_factory=dict)  # Config.ExposedPorts
+    publish_all: bool = False  # -P
+    ports: list[dict[str, Any]] = field(default_factory=list)  # PortMapping fields, while running
 
     @property
     def running(self) -> bool:

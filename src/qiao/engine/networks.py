@@ -22,7 +22,7 @@ from qiao.engine.ipam import AddressPool, choose_subnet, parse_address, parse_su
 from qiao.engine.models import Endpoint, Network, from_dict, to_dict
 from qiao.engine.steps import Fault, Steps
 from qiao.engine.store import Store
-from qiao.kernel.firewall import BridgeRules, Firewall
+from qiao.kernel.firewall import BridgeRules, Firewall, PortMapping
 from qiao.kernel.host import Host
 
 DEFAULT_BRIDGE = "qiao0"
@@ -84,7 +84,7 @@ class Networks:
                     tx.put("networks", to_dict(net))
                 self.by_id[net.id] = net
 
-    def restore_kernel(self) -> None:
+    def restore_kernel(self, mappings: list[PortMapping]) -> None:
         """Re-assert every bridge and the whole firewall table from intent."""
         bridges = [n for n in self.by_id.values() if n.driver == "bridge"]
         for net in bridges:
@@ -92,7 +92,7 @@ class Networks:
             self.host.ensure_bridge(net.bridge, net.gateway, net.prefixlen, net.mtu)
         if bridges:
             self.host.enable_forwarding()
-        self.firewall.reset([self._rules(n) for n in bridges])
+        self.firewall.reset([self._rules(n) for n in bridges], mappings)
 
     # -- lookup ----------------------------------------------------------
 
@@ -176,7 +176,7 @@ class Networks:
         net_id = ids.new_id()
         bridge = options.get(OPT_BRIDGE_NAME) or "br-" + net_id[:12]
         if not ids.valid_ifname(bridge):
-            raise InvalidParameter(f"invalid bridge name {bridge!r}: not a valid interface name (1-15 bytes, no '/', ':' or spaces)")
+            raise InvalidParameter(f"invalid bridge name {bridge!r}: an interface name is 1-15 characters of A-Z a-z 0-9 _ . -")
         if any(n.bridge == bridge for n in self.by_id.values()):
             raise Conflict(f"bridge name {bridge} is already used by another network")
         try:

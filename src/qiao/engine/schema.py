@@ -64,6 +64,21 @@ def _endpoint_settings(ep: Endpoint) -> dict[str, Any]:
     }
 
 
+def _port_key(m: dict[str, Any]) -> str:
+    return f"{m['container_port']}/{m['proto']}"
+
+
+def ports(ctr: Container) -> dict[str, Any]:
+    """``NetworkSettings.Ports``: every exposed port, with its host bindings or null."""
+    if not ctr.running:
+        return {}
+    out: dict[str, Any] = dict.fromkeys(ctr.exposed_ports)
+    for m in ctr.ports:
+        out.setdefault(_port_key(m), None)
+        out[_port_key(m)] = (out[_port_key(m)] or []) + [{"HostIp": m["host_ip"], "HostPort": str(m["host_port"])}]
+    return out
+
+
 def container(ctr: Container, endpoints: list[tuple[str, Endpoint]], files: dict[str, str]) -> dict[str, Any]:
     """``GET /containers/{id}/json``; ``endpoints`` are (network name, endpoint)."""
     primary = endpoints[0][1] if endpoints else None
@@ -94,13 +109,25 @@ def container(ctr: Container, endpoints: list[tuple[str, Endpoint]], files: dict
         "HostsPath": files.get("hosts", ""),
         "LogPath": files.get("log", ""),
         "Name": "/" + ctr.name,
-        "Config": {"Hostname": ctr.hostname, "Domainname": "", "Env": list(ctr.env), "Cmd": list(ctr.cmd), "Image": ""},
-        "HostConfig": {"NetworkMode": ctr.network_mode, "AutoRemove": ctr.auto_remove, "PortBindings": {}},
+        "Config": {
+            "Hostname": ctr.hostname,
+            "Domainname": "",
+            "ExposedPorts": dict(ctr.exposed_ports) or None,
+            "Env": list(ctr.env),
+            "Cmd": list(ctr.cmd),
+            "Image": "",
+        },
+        "HostConfig": {
+            "NetworkMode": ctr.network_mode,
+            "AutoRemove": ctr.auto_remove,
+            "PortBindings": dict(ctr.port_bindings),
+            "PublishAllPorts": ctr.publish_all,
+        },
         "NetworkSettings": {
             "Bridge": "",
             "SandboxID": ctr.id if ctr.sandbox_key else "",
             "SandboxKey": ctr.sandbox_key,
-            "Ports": {},
+            "Ports": ports(ctr),
             "Gateway": primary.gateway if primary else "",
             "IPAddress": primary.address if primary else "",
             "IPPrefixLen": primary.prefixlen if primary else 0,
@@ -155,9 +182,22 @@ def container_summary(ctr: Container, endpoints: list[tuple[str, Endpoint]]) -> 
         "Image": "",
         "Command": " ".join(ctr.cmd),
         "Created": int(time.time() - _since(ctr.created)),
-        "Ports": [],
+        "Ports": _summary_ports(ctr),
         "State": ctr.status,
         "Status": status_text(ctr),
         "HostConfig": {"NetworkMode": ctr.network_mode},
         "NetworkSettings": {"Networks": {name: _endpoint_settings(ep) for name, ep in endpoints}},
     }
+
+
+def _summary_ports(ctr: Container) -> list[dict[str, Any]]:
+    """``Ports`` of ``GET /containers/json``."""
+    if not ctr.running:
+        return []
+    out = [{"IP": m["host_ip"], "PrivatePort": m["container_port"], "PublicPort": m["host_port"], "Type": m["proto"]} for m in ctr.ports]
+    published = {_port_key(m) for m in ctr.ports}
+    for key in ctr.exposed_ports:
+        if key not in published:
+            port, proto = key.split("/")
+            out.append({"PrivatePort": int(port), "Type": proto})
+    return out

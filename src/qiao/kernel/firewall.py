@@ -1,27 +1,38 @@
 """The firewall port: qiao's own nftables table, changed one atomic
-libnftables JSON transaction at a time.
+libnftables transaction at a time.
 
 Layout (``table inet qiao``), after moby's nftables design: base chains only
 dispatch, through verdict maps keyed by bridge name, to small per-network
-chains, so a packet costs two map lookups however many networks exist, and
-adding or removing a network touches nothing else::
+chains, and published ports are elements of two maps, so a packet costs a
+few hash lookups however many networks and mappings exist, and adding or
+removing a network or a mapping touches nothing else::
 
-    chain forward     { type filter hook forward priority filter; oifname vmap @fwd_in }
-    chain postrouting { type nat hook postrouting priority srcnat; iifname vmap @nat_out }
-    chain fwd-in-<br> { ct state established,related accept; iifname <br> accept; drop }
-    chain nat-out-<br>{ oifname != <br> ip saddr <subnet> masquerade }
+    map published     { inet_proto . ipv4_addr . inet_service : ipv4_addr . inet_service }  # -p IP:HOST:CTR
+    map published_any { inet_proto . inet_service : ipv4_addr . inet_service }              # -p HOST:CTR
+    chain prerouting  { nat/dstnat: ip daddr 127.0.0.0/8 return; fib daddr type local jump publish }
+    chain output      { nat/dstnat: fib daddr type local jump publish }     # host -> any own address, 127.0.0.1 too
+    chain publish     { dnat via @published, then via @published_any }
+    chain forward     { filter: oifname vmap @fwd_in }
+    chain postrouting { nat/srcnat: ip saddr 127.0.0.0/8 ct status dnat masquerade; iifname vmap @nat_out }
+    chain fwd-in-BR   { ct state established,related accept; ct status dnat accept; iifname BR accept; drop }
+    chain nat-out-BR  { oifname BR ct status dnat masquerade (hairpin); oifname != BR ip saddr SUBNET masquerade }
 
 Nothing outside this table is touched; policies stay ``accept``.
+
+Why the nft language and not libnftables JSON: the JSON parser of the
+libnftables shipped with Debian 12 (1.0.6) cannot express maps whose data
+is a concatenation (it creates a plain set, and a ``dnat ... map`` rule over
+one crashes the library), and those maps are what makes port forwarding
+O(1).  The text goes through the same library call, as one transaction.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-TABLE = "qiao"
-FAMILY = "inet"
+TABLE = "inet qiao"
 
 
 @dataclass(frozen=True)
@@ -33,61 +44,90 @@ class BridgeRules:
     masquerade: bool = True
 
 
+@dataclass(frozen=True)
+class PortMapping:
+    """One published port: host (proto, address, port) -> container address and port."""
+
+    proto: str  # tcp | udp | sctp
+    host_ip: str  # 0.0.0.0 means every host address
+    host_port: int
+    container_ip: str
+    container_port: int
+
+    @property
+    def wildcard(self) -> bool:
+        return self.host_ip == "0.0.0.0"
+
+
 class Firewall(Protocol):
-    def reset(self, networks: list[BridgeRules]) -> None: ...
+    def reset(self, networks: list[BridgeRules], mappings: list[PortMapping]) -> None: ...
     def add_network(self, net: BridgeRules) -> None: ...
     def del_network(self, net: BridgeRules) -> None: ...
+    def add_ports(self, mappings: list[PortMapping]) -> None: ...
+    def del_ports(self, mappings: list[PortMapping]) -> None: ...
 
 
-def _obj(kind: str, **fields: Any) -> dict[str, Any]:
-    return {kind: {"family": FAMILY, "table": TABLE, **fields}}
+BASE = f"""\
+table {TABLE} {{
+    map fwd_in {{ type ifname : verdict; }}
+    map nat_out {{ type ifname : verdict; }}
+    map published {{ type inet_proto . ipv4_addr . inet_service : ipv4_addr . inet_service; }}
+    map published_any {{ type inet_proto . inet_service : ipv4_addr . inet_service; }}
+    chain publish {{
+        dnat ip to meta l4proto . ip daddr . th dport map @published
+        dnat ip to meta l4proto . th dport map @published_any
+    }}
+    chain prerouting {{
+        type nat hook prerouting priority dstnat; policy accept;
+        ip daddr 127.0.0.0/8 return comment "loopback-bound ports are for the host only"
+        fib daddr type local jump publish
+    }}
+    chain output {{
+        type nat hook output priority -100; policy accept;
+        fib daddr type local jump publish
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+        oifname vmap @fwd_in
+    }}
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        ip saddr 127.0.0.0/8 ct status dnat masquerade comment "host 127.0.0.1 -> published port"
+        iifname vmap @nat_out
+    }}
+}}
+"""
 
 
-def _match(left: dict[str, Any], right: Any, op: str = "==") -> dict[str, Any]:
-    return {"match": {"op": op, "left": left, "right": right}}
+def _network(net: BridgeRules) -> str:
+    br = net.bridge
+    masq = f'oifname != "{br}" ip saddr {net.subnet} masquerade' if net.masquerade else ""
+    return f"""\
+add chain {TABLE} fwd-in-{br}
+add rule {TABLE} fwd-in-{br} ct state established,related accept
+add rule {TABLE} fwd-in-{br} ct status dnat accept comment "published ports"
+add rule {TABLE} fwd-in-{br} iifname "{br}" accept
+add rule {TABLE} fwd-in-{br} drop
+add element {TABLE} fwd_in {{ "{br}" : jump fwd-in-{br} }}
+add chain {TABLE} nat-out-{br}
+add rule {TABLE} nat-out-{br} oifname "{br}" ct status dnat masquerade comment "hairpin"
+{f"add rule {TABLE} nat-out-{br} {masq}" if masq else ""}
+add element {TABLE} nat_out {{ "{br}" : jump nat-out-{br} }}
+"""
 
 
-def _meta(key: str) -> dict[str, Any]:
-    return {"meta": {"key": key}}
-
-
-def _base_objects() -> list[dict[str, Any]]:
-    return [
-        {"table": {"family": FAMILY, "name": TABLE}},
-        _obj("map", name="fwd_in", type="ifname", map="verdict"),
-        _obj("map", name="nat_out", type="ifname", map="verdict"),
-        _obj("chain", name="forward", type="filter", hook="forward", prio=0, policy="accept"),
-        _obj("chain", name="postrouting", type="nat", hook="postrouting", prio=100, policy="accept"),
-        _obj("rule", chain="forward", expr=[{"vmap": {"key": _meta("oifname"), "data": "@fwd_in"}}]),
-        _obj("rule", chain="postrouting", expr=[{"vmap": {"key": _meta("iifname"), "data": "@nat_out"}}]),
-    ]
-
-
-def _network_objects(net: BridgeRules) -> list[dict[str, Any]]:
-    fwd, nat = f"fwd-in-{net.bridge}", f"nat-out-{net.bridge}"
-    addr, length = net.subnet.split("/")
-    objs = [
-        _obj("chain", name=fwd),
-        _obj("rule", chain=fwd, expr=[_match({"ct": {"key": "state"}}, ["established", "related"], "in"), {"accept": None}]),
-        _obj("rule", chain=fwd, expr=[_match(_meta("iifname"), net.bridge), {"accept": None}]),
-        _obj("rule", chain=fwd, expr=[{"drop": None}]),
-        _obj("element", name="fwd_in", elem=[[net.bridge, {"jump": {"target": fwd}}]]),
-        _obj("chain", name=nat),
-    ]
-    if net.masquerade:
-        objs.append(
-            _obj(
-                "rule",
-                chain=nat,
-                expr=[
-                    _match(_meta("oifname"), net.bridge, "!="),
-                    _match({"payload": {"protocol": "ip", "field": "saddr"}}, {"prefix": {"addr": addr, "len": int(length)}}),
-                    {"masquerade": None},
-                ],
-            )
-        )
-    objs.append(_obj("element", name="nat_out", elem=[[net.bridge, {"jump": {"target": nat}}]]))
-    return objs
+def _elements(verb: str, mappings: list[PortMapping], with_data: bool) -> str:
+    lines = []
+    for wildcard, name in ((False, "published"), (True, "published_any")):
+        elems = []
+        for m in mappings:
+            if m.wildcard != wildcard:
+                continue
+            key = f"{m.proto} . {m.host_port}" if wildcard else f"{m.proto} . {m.host_ip} . {m.host_port}"
+            elems.append(f"{key} : {m.container_ip} . {m.container_port}" if with_data else key)
+        if elems:
+            lines.append(f"{verb} element {TABLE} {name} {{ {', '.join(elems)} }}")
+    return "\n".join(lines) + "\n"
 
 
 class NftFirewall:
@@ -98,52 +138,67 @@ class NftFirewall:
         self._nft.set_json_output(True)
         self._nft.set_handle_output(False)
 
-    def _apply(self, commands: list[dict[str, Any]]) -> None:
-        rc, _out, err = self._nft.json_cmd({"nftables": commands})
+    def _apply(self, script: str) -> None:
+        if not script.strip():
+            return
+        rc, _out, err = self._nft.cmd(script)
         if rc != 0:
-            raise RuntimeError(f"nftables: {err.strip() or 'transaction failed'}")
+            raise RuntimeError(f"nftables: {' '.join(err.split())[:400] or 'transaction failed'}")
 
-    def reset(self, networks: list[BridgeRules]) -> None:
+    def reset(self, networks: list[BridgeRules], mappings: list[PortMapping]) -> None:
         """Replace the whole table from intent in one transaction (no gap)."""
-        table = {"table": {"family": FAMILY, "name": TABLE}}
-        cmds: list[dict[str, Any]] = [{"add": table}, {"delete": table}]
-        cmds += [{"add": o} for o in _base_objects()]
-        for net in networks:
-            cmds += [{"add": o} for o in _network_objects(net)]
-        self._apply(cmds)
+        script = f"add table {TABLE}\ndelete table {TABLE}\n" + BASE
+        script += "".join(_network(n) for n in networks)
+        if mappings:
+            script += _elements("add", mappings, with_data=True)
+        self._apply(script)
 
     def add_network(self, net: BridgeRules) -> None:
-        self._apply([{"add": o} for o in _network_objects(net)])
+        self._apply(_network(net))
 
     def del_network(self, net: BridgeRules) -> None:
-        fwd, nat = f"fwd-in-{net.bridge}", f"nat-out-{net.bridge}"
+        br = net.bridge
         self._apply(
-            [
-                {"delete": _obj("element", name="fwd_in", elem=[net.bridge])},
-                {"delete": _obj("element", name="nat_out", elem=[net.bridge])},
-                {"flush": _obj("chain", name=fwd)},
-                {"delete": _obj("chain", name=fwd)},
-                {"flush": _obj("chain", name=nat)},
-                {"delete": _obj("chain", name=nat)},
-            ]
+            f"""\
+delete element {TABLE} fwd_in {{ "{br}" }}
+delete element {TABLE} nat_out {{ "{br}" }}
+flush chain {TABLE} fwd-in-{br}
+delete chain {TABLE} fwd-in-{br}
+flush chain {TABLE} nat-out-{br}
+delete chain {TABLE} nat-out-{br}
+"""
         )
 
-    def dump(self) -> str:
-        _rc, out, _err = self._nft.cmd(f"list table {FAMILY} {TABLE}")
-        return json.dumps(json.loads(out or "{}"))
+    def add_ports(self, mappings: list[PortMapping]) -> None:
+        self._apply(_elements("add", mappings, with_data=True))
+
+    def del_ports(self, mappings: list[PortMapping]) -> None:
+        self._apply(_elements("delete", mappings, with_data=False))
+
+    def dump(self) -> dict:
+        _rc, out, _err = self._nft.cmd(f"list table {TABLE}")
+        return json.loads(out or "{}")
 
 
 class StubFirewall:
     def __init__(self) -> None:
         self.networks: dict[str, BridgeRules] = {}
+        self.mappings: set[PortMapping] = set()
         self.resets = 0
 
-    def reset(self, networks: list[BridgeRules]) -> None:
+    def reset(self, networks: list[BridgeRules], mappings: list[PortMapping]) -> None:
         self.resets += 1
         self.networks = {n.bridge: n for n in networks}
+        self.mappings = set(mappings)
 
     def add_network(self, net: BridgeRules) -> None:
         self.networks[net.bridge] = net
 
     def del_network(self, net: BridgeRules) -> None:
         self.networks.pop(net.bridge, None)
+
+    def add_ports(self, mappings: list[PortMapping]) -> None:
+        self.mappings |= set(mappings)
+
+    def del_ports(self, mappings: list[PortMapping]) -> None:
+        self.mappings -= set(mappings)

@@ -8,9 +8,11 @@ same facts in memory for tests without root.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
+import socket
 from ipaddress import IPv4Network
 from typing import Any, Protocol
 
@@ -31,6 +33,7 @@ class Host(Protocol):
     def configure_sandbox(self, netns_path: str, ifname: str | None, address: str, prefixlen: int, gateway: str | None) -> None: ...
     def reserved_networks(self) -> list[IPv4Network]: ...
     def enable_forwarding(self) -> None: ...
+    def flush_conntrack(self, proto: str, port: int) -> None: ...
 
 
 def _missing(exc: Exception) -> bool:
@@ -66,6 +69,9 @@ class LinuxHost:
             self._ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
         self._ipr.link("set", index=index, state="up")
         self._write_sysctl(f"/proc/sys/net/ipv6/conf/{name}/accept_ra", "0", missing_ok=True)
+        # Lets the host reach published ports through 127.0.0.1: DNAT sends those
+        # packets out of the bridge with a loopback source, then masquerade fixes it.
+        self._write_sysctl(f"/proc/sys/net/ipv4/conf/{name}/route_localnet", "1")
         return created
 
     def delete_link(self, name: str) -> None:
@@ -146,6 +152,18 @@ class LinuxHost:
     def enable_forwarding(self) -> None:
         self._write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
 
+    def flush_conntrack(self, proto: str, port: int) -> None:
+        """Forget flows to a host port, so the next datagram of a long UDP flow
+        is NATed afresh instead of following a dead mapping (moby #8795)."""
+        from pyroute2 import Conntrack
+        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+        number = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": 132}[proto]
+        with Conntrack() as ct:
+            for entry in list(ct.dump_entries(tuple_orig=NFCTAttrTuple(proto=number, dport=port))):
+                with contextlib.suppress(Exception):
+                    ct.delete(entry)
+
     @staticmethod
     def _write_sysctl(path: str, value: str, missing_ok: bool = False) -> None:
         try:
@@ -168,6 +186,7 @@ class StubHost:
         self.sandboxes: dict[str, dict[str, Any]] = {}
         self.reserved = reserved or []
         self.forwarding = False
+        self.flushed: list[tuple[str, int]] = []
 
     def ensure_bridge(self, name: str, address: str, prefixlen: int, mtu: int) -> bool:
         created = name not in self.links
@@ -208,3 +227,6 @@ class StubHost:
 
     def enable_forwarding(self) -> None:
         self.forwarding = True
+
+    def flush_conntrack(self, proto: str, port: int) -> None:
+        self.flushed.append((proto, port))

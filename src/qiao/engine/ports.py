@@ -1,0 +1,166 @@
+"""Published ports: Docker's ``PortBindings``, host-port reservations, and
+who holds a port when a binding fails.
+
+A published host port is reserved by a bound socket that the daemon holds
+for as long as the mapping exists (as Docker's port allocator does), so no
+host process can take it later and the kernel itself checks conflicts with
+host processes; the forwarding itself is an nftables map element, with no
+proxy process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import re
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from qiao.engine.errors import Conflict, InvalidParameter
+from qiao.kernel.firewall import PortMapping
+
+PROTOS = {
+    "tcp": (socket.SOCK_STREAM, socket.IPPROTO_TCP),
+    "udp": (socket.SOCK_DGRAM, socket.IPPROTO_UDP),
+    "sctp": (socket.SOCK_STREAM, 132),
+}
+_KEY = re.compile(r"^(\d+)(?:/(tcp|udp|sctp))?$")
+_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+@dataclass(frozen=True)
+class PortRequest:
+    """One container port to publish; host port 0 means "any free port"."""
+
+    proto: str
+    container_port: int
+    host_ip: str
+    host_lo: int
+    host_hi: int
+
+
+def _port(text: str, what: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise InvalidParameter(f"invalid {what} {text}: must be between 1 and 65535")
+    return value
+
+
+def parse_key(key: str) -> tuple[int, str]:
+    """``"80/tcp"`` -> (80, "tcp"); the protocol defaults to tcp."""
+    m = _KEY.match(key.strip().lower())
+    if not m:
+        raise InvalidParameter(f"invalid container port {key!r}: expected PORT[/tcp|udp|sctp]")
+    return _port(m.group(1), "container port"), m.group(2) or "tcp"
+
+
+def requests(port_bindings: dict[str, Any] | None, exposed: dict[str, Any] | None, publish_all: bool) -> list[PortRequest]:
+    """Validate Docker's ``HostConfig.PortBindings`` (+ ``-P`` over ``ExposedPorts``)."""
+    out: list[PortRequest] = []
+    bindings = dict(port_bindings or {})
+    if publish_all:
+        for key in exposed or {}:
+            bindings.setdefault(key, [{"HostIp": "", "HostPort": ""}])
+    for key, entries in bindings.items():
+        cport, proto = parse_key(key)
+        for entry in entries or [{}]:
+            host_ip = (entry or {}).get("HostIp") or "0.0.0.0"
+            try:
+                if not isinstance(ipaddress.ip_address(host_ip), ipaddress.IPv4Address):
+                    raise InvalidParameter(f"invalid host address {host_ip}: only IPv4 host addresses are supported")
+            except ValueError:
+                raise InvalidParameter(f"invalid host address {host_ip!r}") from None
+            text = str((entry or {}).get("HostPort") or "")
+            lo = hi = 0
+            if text:
+                m = _RANGE.match(text)
+                if not m:
+                    raise InvalidParameter(f"invalid host port {text!r}: expected PORT or START-END")
+                lo = _port(m.group(1), "host port")
+                hi = _port(m.group(2), "host port") if m.group(2) else lo
+                if hi < lo:
+                    raise InvalidParameter(f"invalid host port range {text}: end before start")
+            out.append(PortRequest(proto, cport, host_ip, lo, hi))
+    return out
+
+
+def holder(proto: str, port: int) -> str:
+    """Name the host process bound to (proto, port), as ``pid N (comm)``."""
+    inodes = set()
+    for table in (f"/proc/net/{proto}", f"/proc/net/{proto}6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    if not inodes:
+        return "another process"
+    targets = {f"socket:[{i}]" for i in inodes}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") in targets:
+                        with open(f"/proc/{pid}/comm") as c:
+                            return f"process {pid} ({c.read().strip()})"
+    return "another process"
+
+
+class PortReservations:
+    """Bound sockets holding published host ports, by owner (container id)."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, list[socket.socket]] = {}
+        self._index: dict[tuple[str, int], list[tuple[str, str]]] = {}  # (proto, port) -> [(host ip, owner)]
+        self._keys: dict[str, list[tuple[str, int]]] = {}  # owner -> its index keys
+
+    def owner_of(self, proto: str, host_ip: str, port: int) -> str | None:
+        for ip, owner in self._index.get((proto, port), []):
+            if ip == host_ip or "0.0.0.0" in (ip, host_ip):
+                return owner
+        return None
+
+    def reserve(self, owner: str, req: PortRequest, describe: Any = str) -> int:
+        """Bind the requested (or any free) host port for ``owner``; returns the port."""
+        candidates = range(req.host_lo, req.host_hi + 1) if req.host_lo else [0]
+        failure = ""
+        for port in candidates:
+            other = self.owner_of(req.proto, req.host_ip, port) if port else None
+            if other is not None:
+                failure = f"port is already allocated to container {describe(other)}"
+                continue
+            kind, number = PROTOS[req.proto]
+            sock = socket.socket(socket.AF_INET, kind, number)
+            try:
+                sock.bind((req.host_ip, port))
+            except OSError as exc:
+                sock.close()
+                if exc.errno == 99:  # EADDRNOTAVAIL
+                    raise InvalidParameter(f"Bind for {req.host_ip}:{port} failed: {req.host_ip} is not an address of this host") from None
+                failure = f"port is already in use by {holder(req.proto, port)}"
+                continue
+            bound = sock.getsockname()[1]
+            self._held.setdefault(owner, []).append(sock)
+            self._index.setdefault((req.proto, bound), []).append((req.host_ip, owner))
+            self._keys.setdefault(owner, []).append((req.proto, bound))
+            return bound
+        where = f"{req.host_lo}-{req.host_hi}" if req.host_hi != req.host_lo else str(req.host_lo)
+        raise Conflict(f"Bind for {req.host_ip}:{where}/{req.proto} failed: {failure}")
+
+    def adopt(self, owner: str, mapping: PortMapping) -> None:
+        """Re-reserve a mapping of a container that survived a daemon restart."""
+        with contextlib.suppress(Conflict):
+            self.reserve(owner, PortRequest(mapping.proto, mapping.container_port, mapping.host_ip, mapping.host_port, mapping.host_port))
+
+    def release(self, owner: str) -> None:
+        for sock in self._held.pop(owner, []):
+            sock.close()
+        for key in self._keys.pop(owner, []):
+            left = [(ip, o) for ip, o in self._index.get(key, []) if o != owner]
+            if left:
+                self._index[key] = left
+            else:
+                self._index.pop(key, None)
