@@ -7,7 +7,9 @@ reconcile containers against what is really running.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 
 from qiao.engine.containers import Containers
 from qiao.engine.networks import Networks
@@ -16,6 +18,8 @@ from qiao.engine.store import Store
 from qiao.kernel.firewall import Firewall
 from qiao.kernel.host import Host
 from qiao.paths import Root
+
+log = logging.getLogger("qiao.engine")
 
 
 class Engine:
@@ -34,6 +38,19 @@ class Engine:
             self.networks.restore_kernel(self.containers.published())
             self.networks.ensure_builtin()
             self.containers.reconcile()
+        threading.Thread(target=self._resync, name="resync", daemon=True).start()
+
+    def _resync(self, every: float = 5.0) -> None:
+        """Re-assert what others may change behind our back (flannel resyncs its
+        rules every 5 s too): today, the accept pair in foreign FORWARD-DROP chains."""
+        while True:
+            time.sleep(every)
+            try:
+                with self.lock:
+                    bridges = [n.bridge for n in self.networks.by_id.values() if n.bridge]
+                    self.networks.firewall.ensure_foreign_hooks(bridges)
+            except Exception:
+                log.exception("firewall resync failed")
 
     def network_json(self, ref: str) -> dict:
         with self.lock:

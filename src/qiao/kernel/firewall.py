@@ -17,7 +17,19 @@ removing a network or a mapping touches nothing else::
     chain fwd-in-BR   { ct state established,related accept; ct status dnat accept; iifname BR accept; drop }
     chain nat-out-BR  { oifname BR ct status dnat masquerade (hairpin); oifname != BR ip saddr SUBNET masquerade }
 
-Nothing outside this table is touched; policies stay ``accept``.
+Nothing outside this table is touched; policies stay ``accept``, with one
+documented exception: when another table hooks ``forward`` with policy
+``drop`` (Docker does that to iptables' FORWARD, which silently breaks every
+other bridge), a drop there would be final whatever qiao accepts, so qiao
+inserts exactly two rules per bridge into that chain, tagged
+``comment "qiao:BR"``::
+
+    iifname "BR" accept comment "qiao:BR"
+    oifname "BR" accept comment "qiao:BR"
+
+They only neutralise the foreign policy for qiao's bridges (what reaches a
+container is still decided by qiao's own ``fwd-in-BR``), are re-checked
+periodically (Docker may start after qiao), and go with the network.
 
 Why the nft language and not libnftables JSON: the JSON parser of the
 libnftables shipped with Debian 12 (1.0.6) cannot express maps whose data
@@ -65,6 +77,7 @@ class Firewall(Protocol):
     def del_network(self, net: BridgeRules) -> None: ...
     def add_ports(self, mappings: list[PortMapping]) -> None: ...
     def del_ports(self, mappings: list[PortMapping]) -> None: ...
+    def ensure_foreign_hooks(self, bridges: list[str]) -> None: ...
 
 
 BASE = f"""\
@@ -136,7 +149,7 @@ class NftFirewall:
 
         self._nft = nftables.Nftables()
         self._nft.set_json_output(True)
-        self._nft.set_handle_output(False)
+        self._nft.set_handle_output(True)  # rule handles: to delete our rules in foreign chains
 
     def _apply(self, script: str) -> None:
         if not script.strip():
@@ -145,21 +158,61 @@ class NftFirewall:
         if rc != 0:
             raise RuntimeError(f"nftables: {' '.join(err.split())[:400] or 'transaction failed'}")
 
+    def _list(self, what: str) -> list[dict]:
+        rc, out, _err = self._nft.cmd(f"list {what}")
+        return json.loads(out).get("nftables", []) if rc == 0 and out else []
+
+    def _foreign_drop_chains(self) -> list[dict]:
+        """Base chains of other tables that hook forward with policy drop."""
+        return [
+            c
+            for obj in self._list("chains")
+            if (c := obj.get("chain"))
+            and c.get("hook") == "forward"
+            and c.get("policy") == "drop"
+            and c["family"] in ("ip", "inet")
+            and (c["family"], c["table"]) != ("inet", "qiao")
+        ]
+
+    def _foreign_script(self, keep: list[str], drop: list[str]) -> str:
+        """Insert the accept pair for ``keep`` bridges where missing; delete ours for ``drop``."""
+        lines = []
+        for chain in self._foreign_drop_chains():
+            where = f"{chain['family']} {chain['table']} {chain['name']}"
+            present: dict[str, list[int]] = {}
+            for obj in self._list(f"chain {where}"):
+                rule = obj.get("rule")
+                if rule and str(rule.get("comment", "")).startswith("qiao:"):
+                    present.setdefault(rule["comment"][5:], []).append(rule["handle"])
+            for br in drop:
+                lines += [f"delete rule {where} handle {h}" for h in present.get(br, [])]
+            for br in keep:
+                if len(present.get(br, [])) != 2:
+                    lines += [f"delete rule {where} handle {h}" for h in present.get(br, [])]
+                    lines.append(f'insert rule {where} oifname "{br}" accept comment "qiao:{br}"')
+                    lines.append(f'insert rule {where} iifname "{br}" accept comment "qiao:{br}"')
+        return "\n".join(lines) + "\n"
+
+    def ensure_foreign_hooks(self, bridges: list[str]) -> None:
+        self._apply(self._foreign_script(bridges, []))
+
     def reset(self, networks: list[BridgeRules], mappings: list[PortMapping]) -> None:
         """Replace the whole table from intent in one transaction (no gap)."""
         script = f"add table {TABLE}\ndelete table {TABLE}\n" + BASE
         script += "".join(_network(n) for n in networks)
         if mappings:
             script += _elements("add", mappings, with_data=True)
+        script += self._foreign_script([n.bridge for n in networks], [])
         self._apply(script)
 
     def add_network(self, net: BridgeRules) -> None:
-        self._apply(_network(net))
+        self._apply(_network(net) + self._foreign_script([net.bridge], []))
 
     def del_network(self, net: BridgeRules) -> None:
         br = net.bridge
         self._apply(
-            f"""\
+            self._foreign_script([], [br])
+            + f"""\
 delete element {TABLE} fwd_in {{ "{br}" }}
 delete element {TABLE} nat_out {{ "{br}" }}
 flush chain {TABLE} fwd-in-{br}
@@ -174,10 +227,6 @@ delete chain {TABLE} nat-out-{br}
 
     def del_ports(self, mappings: list[PortMapping]) -> None:
         self._apply(_elements("delete", mappings, with_data=False))
-
-    def dump(self) -> dict:
-        _rc, out, _err = self._nft.cmd(f"list table {TABLE}")
-        return json.loads(out or "{}")
 
 
 class StubFirewall:
@@ -202,3 +251,6 @@ class StubFirewall:
 
     def del_ports(self, mappings: list[PortMapping]) -> None:
         self.mappings -= set(mappings)
+
+    def ensure_foreign_hooks(self, bridges: list[str]) -> None:
+        self.ensured = list(bridges)
