@@ -37,7 +37,8 @@ def host_nameservers(resolv_conf: str = "/etc/resolv.conf") -> list[str]:
 
 def resolv_conf(source: str = "/etc/resolv.conf") -> str:
     """The host's resolv.conf without loopback nameservers (unreachable from
-    a container), falling back to public resolvers as Docker does."""
+    a container) nor IPv6 ones (sandboxes are IPv4-only), falling back to
+    public resolvers as Docker does (moby's ``TransformForLegacyNw``)."""
     kept, dropped_all = [], True
     try:
         with open(source) as f:
@@ -48,7 +49,8 @@ def resolv_conf(source: str = "/etc/resolv.conf") -> str:
         parts = line.split()
         if len(parts) >= 2 and parts[0] == "nameserver":
             try:
-                if ipaddress.ip_address(parts[1].split("%")[0]).is_loopback:
+                server = ipaddress.ip_address(parts[1].split("%")[0])
+                if server.is_loopback or server.version == 6:
                     continue
             except ValueError:
                 continue

@@ -6,10 +6,10 @@ import ipaddress
 import re
 import secrets
 
-NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")  # \Z: "$" would accept a trailing newline
 # An interface name qiao accepts: at most 15 bytes of a safe alphabet (the
 # kernel allows more, but these names also appear quoted in nft rules).
-IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")
 
 
 def new_id() -> str:

@@ -179,6 +179,8 @@ class Networks:
             raise InvalidParameter(f"invalid bridge name {bridge!r}: an interface name is 1-15 characters of A-Z a-z 0-9 _ . -")
         if any(n.bridge == bridge for n in self.by_id.values()):
             raise Conflict(f"bridge name {bridge} is already used by another network")
+        if self.host.link_kind(bridge) not in (None, "bridge"):  # e.g. lo or a NIC: never give it our address
+            raise Conflict(f"existing interface {bridge} is not a bridge")
         try:
             mtu = int(options.get(OPT_MTU, "1500"))
         except ValueError:

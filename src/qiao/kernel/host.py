@@ -25,6 +25,7 @@ class Host(Protocol):
     def ensure_bridge(self, name: str, address: str, prefixlen: int, mtu: int) -> bool: ...
     def delete_link(self, name: str) -> None: ...
     def link_exists(self, name: str) -> bool: ...
+    def link_kind(self, name: str) -> str | None: ...
     def owned_links(self) -> dict[str, str]: ...
     def create_netns(self, path: str) -> None: ...
     def destroy_netns(self, path: str) -> None: ...
@@ -54,6 +55,14 @@ class LinuxHost:
     def link_exists(self, name: str) -> bool:
         return self._index(name) is not None
 
+    def link_kind(self, name: str) -> str | None:
+        """``bridge``, ``veth``, ...; "" for a link of no kind (lo, a NIC); None when there is no such link."""
+        index = self._index(name)
+        if index is None:
+            return None
+        info = self._ipr.get_links(index)[0].get_attr("IFLA_LINKINFO")
+        return (info.get_attr("IFLA_INFO_KIND") if info else None) or ""
+
     def ensure_bridge(self, name: str, address: str, prefixlen: int, mtu: int) -> bool:
         index = self._index(name)
         created = index is None
@@ -75,11 +84,8 @@ class LinuxHost:
         return created
 
     def delete_link(self, name: str) -> None:
-        index = self._index(name)
-        if index is None:
-            return
         try:
-            self._ipr.link("del", index=index)
+            self._ipr.link("del", ifname=name)  # by name: the kernel resolves it, no lookup round trip
         except Exception as exc:
             if not _missing(exc):
                 raise
@@ -111,22 +117,22 @@ class LinuxHost:
             )
         finally:
             os.close(fd)
-        index = self._index(host_ifname)
-        self._ipr.link("set", index=index, ifalias=ALIAS_PREFIX + owner)
+        self._ipr.link("set", ifname=host_ifname, ifalias=ALIAS_PREFIX + owner)
 
     def attach_to_bridge(self, host_ifname: str, bridge: str) -> None:
-        index = self._index(host_ifname)
         master = self._index(bridge)
-        if index is None or master is None:
-            raise OSError(errno.ENODEV, f"no such device: {host_ifname if index is None else bridge}")
-        self._ipr.link("set", index=index, master=master, state="up")
+        if master is None:
+            raise OSError(errno.ENODEV, f"no such device: {bridge}")
+        self._ipr.link("set", ifname=host_ifname, master=master, state="up")  # ENODEV from the kernel if the veth is gone
+        # Hairpin mode, as Docker without its userland proxy: with br_netfilter, a container's
+        # packet to its own published port is bridged back out of the port it came in on.
+        self._ipr.link("set", ifname=host_ifname, kind="bridge_slave", mode=1)
 
     def configure_sandbox(self, netns_path: str, ifname: str | None, address: str, prefixlen: int, gateway: str | None) -> None:
         with netns.entered(netns_path):
             ipr = self._IPRoute()
         try:
-            lo = ipr.link_lookup(ifname="lo")[0]
-            ipr.link("set", index=lo, state="up")
+            ipr.link("set", ifname="lo", state="up")
             if ifname is None:
                 return
             index = ipr.link_lookup(ifname=ifname)[0]
@@ -198,6 +204,9 @@ class StubHost:
 
     def link_exists(self, name: str) -> bool:
         return name in self.links
+
+    def link_kind(self, name: str) -> str | None:
+        return self.links[name].get("kind", "") if name in self.links else None
 
     def owned_links(self) -> dict[str, str]:
         return {n: link["owner"] for n, link in self.links.items() if "owner" in link}
