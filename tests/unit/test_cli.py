@@ -382,7 +382,7 @@ def test_network_json_line_keys_and_values():
     line = output.network_json_line(network_doc())
     assert list(line) == ["CreatedAt", "Driver", "ID", "IPv4", "IPv6", "Internal", "Labels", "Name", "Scope"]
     assert line == {
-        "CreatedAt": "2024-05-01T10:00:00.000000Z",
+        "CreatedAt": "2024-05-01 10:00:00 +0000 UTC",  # Go's time.Time.String(), as docker prints it
         "Driver": "bridge",
         "ID": "0123456789ab",
         "IPv4": "true",
