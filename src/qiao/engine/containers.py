@@ -381,7 +381,7 @@ class Containers:
             if target is None or not target.running:
                 raise Conflict(f"Cannot link to a non running container: {alias}")
             address = next((ep.address for _n, ep in self.endpoints(target)), "")
-            prefix = alias.upper().replace("-", "_").replace(".", "_")
+            prefix = alias.upper().replace("-", "_")  # as Docker: only '-' is replaced
             env[f"{prefix}_NAME"] = f"/{ctr.name}/{alias}"
             exposed = sorted((int(k.split("/")[0]), k.split("/")[1]) for k in target.exposed_ports)
             exposed.sort(key=lambda pp: (pp[1] != "tcp", pp[0]))  # Docker lists TCP first

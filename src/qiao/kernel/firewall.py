@@ -55,6 +55,7 @@ class BridgeRules:
     subnet: str  # CIDR
     masquerade: bool = True
     internal: bool = False  # no traffic in or out of the network, only within
+    icc: bool = True  # containers of the network may talk to each other
     subnet6: str = ""
 
 
@@ -131,7 +132,7 @@ def _network(net: BridgeRules) -> str:
 add chain {TABLE} fwd-in-{br}
 add rule {TABLE} fwd-in-{br} ct state established,related accept
 add rule {TABLE} fwd-in-{br} ct status dnat accept comment "published ports"
-add rule {TABLE} fwd-in-{br} iifname "{br}" accept
+add rule {TABLE} fwd-in-{br} iifname "{br}" {"accept" if net.icc else 'drop comment "icc=false"'}
 add rule {TABLE} fwd-in-{br} drop
 add element {TABLE} fwd_in {{ "{br}" : jump fwd-in-{br} }}
 add chain {TABLE} nat-out-{br}

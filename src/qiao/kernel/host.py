@@ -45,9 +45,10 @@ class Host(Protocol):
     def destroy_netns(self, path: str) -> None: ...
     def create_veth(self, host_ifname: str, netns_path: str, peer_ifname: str, mac: str, mtu: int, owner: str) -> None: ...
     def attach_to_bridge(self, host_ifname: str, bridge: str, isolated: bool = False) -> None: ...
+    def bridge_netfilter(self) -> bool: ...
     def configure_sandbox(self, netns_path: str, iface: Iface | None) -> None: ...
     def reserved_networks(self) -> list[IPv4Network]: ...
-    def enable_forwarding(self) -> None: ...
+    def enable_forwarding(self, ipv6: bool = False) -> None: ...
     def flush_conntrack(self, proto: str, port: int) -> None: ...
 
 
@@ -133,6 +134,14 @@ class LinuxHost:
         index = self._index(host_ifname)
         self._ipr.link("set", index=index, ifalias=ALIAS_PREFIX + owner)
 
+    def bridge_netfilter(self) -> bool:
+        """Whether bridged IPv4 traffic passes the netfilter hooks (br_netfilter)."""
+        try:
+            with open("/proc/sys/net/bridge/bridge-nf-call-iptables") as f:
+                return f.read().strip() == "1"
+        except OSError:
+            return False
+
     def attach_to_bridge(self, host_ifname: str, bridge: str, isolated: bool = False) -> None:
         index = self._index(host_ifname)
         master = self._index(bridge)
@@ -175,8 +184,10 @@ class LinuxHost:
             nets.append(IPv4Network(f"{addr.get('address')}/32"))
         return nets
 
-    def enable_forwarding(self) -> None:
+    def enable_forwarding(self, ipv6: bool = False) -> None:
         self._write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+        if ipv6:  # only with an IPv6 network, as Docker: it stops the host's own RA-based autoconfiguration
+            self._write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")
 
     def flush_conntrack(self, proto: str, port: int) -> None:
         """Forget flows to a host port, so the next datagram of a long UDP flow
@@ -212,6 +223,7 @@ class StubHost:
         self.sandboxes: dict[str, dict[str, Any]] = {}
         self.reserved = reserved or []
         self.forwarding = False
+        self.forwarding6 = False
         self.flushed: list[tuple[str, int]] = []
 
     def ensure_bridge(self, name: str, address: str, prefixlen: int, mtu: int, v6: tuple[str, int] | None = None) -> bool:
@@ -245,14 +257,18 @@ class StubHost:
     def attach_to_bridge(self, host_ifname: str, bridge: str, isolated: bool = False) -> None:
         self.links[host_ifname].update(master=bridge, isolated=isolated)
 
+    def bridge_netfilter(self) -> bool:
+        return False
+
     def configure_sandbox(self, netns_path: str, iface: Iface | None) -> None:
         self.sandboxes.setdefault(netns_path, {})[iface.ifname if iface else "lo"] = iface
 
     def reserved_networks(self) -> list[IPv4Network]:
         return list(self.reserved)
 
-    def enable_forwarding(self) -> None:
+    def enable_forwarding(self, ipv6: bool = False) -> None:
         self.forwarding = True
+        self.forwarding6 = self.forwarding6 or ipv6
 
     def flush_conntrack(self, proto: str, port: int) -> None:
         self.flushed.append((proto, port))
