@@ -54,7 +54,12 @@ def build_parser() -> Parser:
     run.add_argument("-h", "--hostname")
     run.add_argument("--rm", action="store_true")
     run.add_argument("-e", "--env", action="append", default=[])
-    run.add_argument("--network", "--net", dest="network", default="bridge")
+    run.add_argument("--network", "--net", dest="network", action="append", default=[], help="a network (repeat to join several)")
+    run.add_argument("--network-alias", action="append", default=[], help="a DNS alias on the (first) network")
+    run.add_argument("--ip", default="", help="static IPv4 address on the (first) network")
+    run.add_argument("--ip6", default="", help="static IPv6 address on the (first) network")
+    run.add_argument("--mac-address", default="", help="static MAC address on the (first) network")
+    run.add_argument("--link", action="append", default=[], help="NAME[:ALIAS] (default bridge only)")
     run.add_argument("-p", "--publish", action="append", default=[], help="[IP:][HOSTPORT[-END]:]PORT[-END][/PROTO]")
     run.add_argument("-P", "--publish-all", action="store_true", help="publish every exposed port to a random host port")
     run.add_argument("--expose", action="append", default=[], help="PORT[-END][/PROTO]")
@@ -105,8 +110,9 @@ def build_parser() -> Parser:
     nsub = net.add_subparsers(dest="network_command", parser_class=Parser, required=True)
     create = nsub.add_parser("create")
     create.add_argument("-d", "--driver", default="bridge")
-    create.add_argument("--subnet")
-    create.add_argument("--gateway")
+    create.add_argument("--subnet", action="append", default=[], help="an IPv4 and, with --ipv6, an IPv6 subnet")
+    create.add_argument("--gateway", action="append", default=[])
+    create.add_argument("--ipv6", action="store_true", help="dual stack: give containers IPv6 addresses too")
     create.add_argument("--ip-range")
     create.add_argument("-o", "--opt", action="append", default=[])
     create.add_argument("--label", action="append", default=[])
@@ -120,6 +126,16 @@ def build_parser() -> Parser:
     ninspect.add_argument("names", nargs="+")
     nrm = nsub.add_parser("rm")
     nrm.add_argument("names", nargs="+")
+    conn = nsub.add_parser("connect")
+    conn.add_argument("--ip", default="")
+    conn.add_argument("--ip6", default="")
+    conn.add_argument("--alias", action="append", default=[])
+    conn.add_argument("network")
+    conn.add_argument("container")
+    disc = nsub.add_parser("disconnect")
+    disc.add_argument("-f", "--force", action="store_true")
+    disc.add_argument("network")
+    disc.add_argument("container")
     prune = nsub.add_parser("prune")
     prune.add_argument("-f", "--force", action="store_true")
 
@@ -140,12 +156,25 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
         for key, binding in output.parse_publish(spec):
             bindings.setdefault(key, []).append(binding)
     exposed: dict[str, dict[str, str]] = {key: {} for spec in a.expose for key in output.parse_expose(spec)}
+    networks = a.network or ["bridge"]
+    first = {
+        "Aliases": a.network_alias,
+        "IPAMConfig": {"IPv4Address": a.ip, "IPv6Address": a.ip6},
+        "MacAddress": a.mac_address,
+    }
     body = {
         "Hostname": a.hostname or "",
         "Env": a.env,
         "Cmd": cmd,
         "ExposedPorts": exposed,
-        "HostConfig": {"NetworkMode": a.network, "AutoRemove": a.rm, "PortBindings": bindings, "PublishAllPorts": a.publish_all},
+        "HostConfig": {
+            "NetworkMode": networks[0],
+            "AutoRemove": a.rm,
+            "PortBindings": bindings,
+            "PublishAllPorts": a.publish_all,
+            "Links": a.link,
+        },
+        "NetworkingConfig": {"EndpointsConfig": {net: (first if i == 0 else {}) for i, net in enumerate(networks)}},
     }
     cid = c.request("POST", "/containers/create", {"name": a.name}, body)["Id"]
     try:
@@ -261,7 +290,8 @@ def cmd_network(c: Client, a: argparse.Namespace) -> int:
             "Labels": _kv(a.label, "label"),
             "Internal": a.internal,
             "Attachable": a.attachable,
-            "IPAM": {"Driver": "default", "Config": [{"Subnet": a.subnet, "Gateway": a.gateway, "IPRange": a.ip_range}]},
+            "EnableIPv6": a.ipv6,
+            "IPAM": {"Driver": "default", "Config": output.ipam_config(a.subnet, a.gateway, a.ip_range)},
         }
         print(c.request("POST", "/networks/create", body=body)["Id"])
     elif sub == "ls":
@@ -284,6 +314,11 @@ def cmd_network(c: Client, a: argparse.Namespace) -> int:
                 status = 1
         print(json.dumps(found, indent=4))
         return status
+    elif sub == "connect":
+        cfg = {"Aliases": a.alias, "IPAMConfig": {"IPv4Address": a.ip, "IPv6Address": a.ip6}}
+        c.request("POST", f"/networks/{a.network}/connect", body={"Container": a.container, "EndpointConfig": cfg})
+    elif sub == "disconnect":
+        c.request("POST", f"/networks/{a.network}/disconnect", body={"Container": a.container, "Force": a.force})
     elif sub == "rm":
         return _each(c, a.names, "DELETE", "/networks/{}")
     elif sub == "prune":

@@ -160,3 +160,18 @@ def parse_publish(spec: str) -> list[tuple[str, dict[str, str]]]:
     if h_hi - h_lo != c_hi - c_lo:
         raise ValueError(f"invalid -p {spec}: the host and container port ranges differ in size")
     return [(f"{c_lo + i}/{proto}", {"HostIp": host_ip, "HostPort": str(h_lo + i)}) for i in range(c_hi - c_lo + 1)]
+
+
+def ipam_config(subnets: list[str], gateways: list[str], ip_range: str | None) -> list[dict[str, Any]]:
+    """``--subnet``/``--gateway`` pairs (IPv4 and IPv6) -> Docker's IPAM.Config."""
+    if len(gateways) > len(subnets):
+        raise ValueError("each --gateway needs a --subnet")
+    out: list[dict[str, Any]] = []
+    for i, subnet in enumerate(subnets):
+        entry: dict[str, Any] = {"Subnet": subnet, "Gateway": gateways[i] if i < len(gateways) else None}
+        if ip_range and ":" not in subnet:
+            entry["IPRange"] = ip_range
+        out.append(entry)
+    if ip_range and not subnets:
+        out.append({"IPRange": ip_range})
+    return out

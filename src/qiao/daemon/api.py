@@ -24,7 +24,7 @@ from typing import Any
 from qiao import __version__
 from qiao.engine.containers import StartFailed
 from qiao.engine.engine import Engine
-from qiao.engine.errors import InvalidParameter, NotImplementedYet, QiaoError
+from qiao.engine.errors import InvalidParameter, QiaoError
 
 log = logging.getLogger("qiao.api")
 API_VERSION = "1.47"
@@ -145,15 +145,21 @@ class Api:
     @route("POST", "/networks/create")
     def network_create(self, req: Request) -> tuple[int, Any]:
         body = req.json()
-        ipam = (body.get("IPAM") or {}).get("Config") or [{}]
-        if len(ipam) > 1:
-            raise InvalidParameter("only one IPv4 subnet per network is supported")
+        configs = (body.get("IPAM") or {}).get("Config") or []
+        v4 = [c for c in configs if ":" not in (c.get("Subnet") or "")]
+        v6 = [c for c in configs if ":" in (c.get("Subnet") or "")]
+        if len(v4) > 1 or len(v6) > 1:
+            raise InvalidParameter("at most one IPv4 and one IPv6 subnet per network are supported")
+        ipam, ipam6 = (v4 or [{}])[0], (v6 or [{}])[0]
         net = self.engine.networks.create(
             body.get("Name", ""),
             driver=body.get("Driver") or "bridge",
-            subnet=ipam[0].get("Subnet"),
-            gateway=ipam[0].get("Gateway"),
-            ip_range=ipam[0].get("IPRange"),
+            subnet=ipam.get("Subnet"),
+            gateway=ipam.get("Gateway"),
+            ip_range=ipam.get("IPRange"),
+            enable_ipv6=bool(body.get("EnableIPv6")),
+            subnet6=ipam6.get("Subnet"),
+            gateway6=ipam6.get("Gateway"),
             options=body.get("Options") or {},
             labels=body.get("Labels") or {},
             internal=bool(body.get("Internal")),
@@ -174,9 +180,17 @@ class Api:
         self.engine.networks.remove(ref)
         return 204, None
 
-    @route("POST", "/networks/(?P<ref>[^/]+)/(?:connect|disconnect)")
+    @route("POST", "/networks/(?P<ref>[^/]+)/connect")
     def network_connect(self, req: Request, ref: str) -> tuple[int, Any]:
-        raise NotImplementedYet("network connect/disconnect is not implemented yet")
+        body = req.json()
+        self.engine.containers.connect(str(body.get("Container", "")), ref, body.get("EndpointConfig") or {})
+        return 200, None
+
+    @route("POST", "/networks/(?P<ref>[^/]+)/disconnect")
+    def network_disconnect(self, req: Request, ref: str) -> tuple[int, Any]:
+        body = req.json()
+        self.engine.containers.disconnect(str(body.get("Container", "")), ref, bool(body.get("Force")))
+        return 200, None
 
 
 class Request:

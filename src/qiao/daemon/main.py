@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qiaod", description="qiao's engine daemon")
     parser.add_argument("--root", help="keep everything under DIR (default: /var/lib/qiao and /run/qiao; env QIAO_ROOT)")
     parser.add_argument("--debug", action="store_true", help="log every request")
+    parser.add_argument(
+        "--resolv-conf",
+        help="the host's resolver file: upstreams of the DNS and base of containers' resolv.conf (default /etc/resolv.conf)",
+    )
     args = parser.parse_args(argv)
     root = Root.resolve(args.root)
     if os.geteuid() != 0:
@@ -64,13 +68,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     from qiao.daemon.api import Api, Server
+    from qiao.dns.resolver import Resolver
     from qiao.engine.engine import Engine
     from qiao.engine.steps import fault_at
     from qiao.kernel.firewall import NftFirewall
     from qiao.kernel.host import LinuxHost
 
     try:
-        engine = Engine(root, LinuxHost(), NftFirewall(), fault_at(os.environ.get("QIAO_FAULT_STEP")))
+        from qiao.engine.etcfiles import default_resolv_conf
+
+        resolv_conf = args.resolv_conf or default_resolv_conf()
+        fault = fault_at(os.environ.get("QIAO_FAULT_STEP"))
+        engine = Engine(root, LinuxHost(), NftFirewall(), fault, Resolver(resolv_conf), resolv_conf)
         engine.start()
     except Exception as exc:
         logging.exception("start-up failed")

@@ -12,17 +12,20 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import ipaddress
 import os
 import shutil
 import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from qiao.engine import etcfiles, ids, ports, schema
 from qiao.engine.errors import Conflict, InvalidParameter, NotFound, QiaoError
-from qiao.engine.models import Container, Endpoint, from_dict, to_dict
+from qiao.engine.ipam import parse_address as ipam_parse_address
+from qiao.engine.models import Container, Endpoint, Network, from_dict, to_dict
 from qiao.engine.names import random_name
 from qiao.engine.networks import Networks, now
 from qiao.engine.ports import PortReservations
@@ -66,6 +69,8 @@ class Containers:
         self.changed = threading.Condition(lock)
         self.removed_exit_codes: collections.OrderedDict[str, int] = collections.OrderedDict()
         self.supervisor = Supervisor(self._on_exit)
+        # Told which networks' endpoints changed (the engine refreshes DNS).
+        self.on_change: Callable[[set[str]], None] = lambda network_ids: None
 
     # -- start-up --------------------------------------------------------
 
@@ -141,7 +146,8 @@ class Containers:
     def inspect(self, ref: str) -> dict[str, Any]:
         with self.lock:
             ctr = self.get(ref)
-            return schema.container(ctr, self.endpoints(ctr), self.files(ctr))
+            links = [f"/{self.by_id[t].name}:/{ctr.name}/{alias}" for t, alias in ctr.links if t in self.by_id]
+            return schema.container(ctr, self.endpoints(ctr), self.files(ctr), links)
 
     def summaries(self, all_: bool) -> list[dict[str, Any]]:
         with self.lock:
@@ -196,8 +202,24 @@ class Containers:
                 hostname = target.hostname
             elif mode == "host":
                 hostname = hostname or socket.gethostname()
-            elif mode != "none":
-                mode = self.networks.get(mode).name
+            attachments, links = [], []
+            if mode not in ("host", "none") and not mode.startswith("container:"):
+                configs = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
+                first = self.networks.get(mode)
+                mode = first.name
+                order = [first] + [self.networks.get(ref) for ref in configs]
+                seen: set[str] = set()
+                for net in order:
+                    if net.id in seen:
+                        continue
+                    seen.add(net.id)
+                    cfg = configs.get(net.name) or configs.get(net.id) or (configs.get(mode) if net is first else None) or {}
+                    attachments.append(self._attachment(net, cfg))
+                if (port_bindings or publish_all) and first.internal:
+                    raise InvalidParameter(f"port publishing is not possible on internal network {first.name}")
+                links = self._validate_links(host_config.get("Links") or [], first.name)
+            elif host_config.get("Links"):
+                raise InvalidParameter("--link needs the default bridge network")
             hostname = hostname or cid[:12]
             ctr = Container(
                 id=cid,
@@ -211,11 +233,51 @@ class Containers:
                 port_bindings=port_bindings,
                 exposed_ports=exposed,
                 publish_all=publish_all,
+                attachments=attachments,
+                links=links,
             )
             with self.store.transaction() as tx:
                 tx.put("containers", to_dict(ctr))
             self.by_id[cid] = ctr
             return ctr
+
+    def _attachment(self, net: Network, cfg: dict[str, Any]) -> dict[str, Any]:
+        """Validate one network's endpoint settings (Docker's EndpointsConfig)."""
+        if net.driver != "bridge":
+            raise InvalidParameter(f"container cannot be connected to network {net.name} (driver {net.driver}) and to other networks")
+        aliases = list(cfg.get("Aliases") or [])
+        ipam = cfg.get("IPAMConfig") or {}
+        ip, ip6, mac = ipam.get("IPv4Address") or "", ipam.get("IPv6Address") or "", cfg.get("MacAddress") or ""
+        if (aliases or ip or ip6) and not net.user_defined:
+            raise InvalidParameter("network-scoped aliases and user-specified IP addresses are supported only on user-defined networks")
+        for alias in aliases:
+            if not ids.DNS_NAME_RE.match(alias):
+                raise InvalidParameter(
+                    f"invalid alias {alias!r}: not a DNS name (letters, digits and '-', labels of 1-63, separated by '.')"
+                )
+        for text, subnet, what in ((ip, net.subnet, "IPv4 address"), (ip6, net.subnet6, "IPv6 address")):
+            if text:
+                address = ipam_parse_address(text, what)
+                if not subnet or address not in ipaddress.ip_network(subnet):
+                    raise InvalidParameter(f"invalid {what} {text}: not in the subnet of network {net.name} ({subnet or 'none'})")
+        if mac and not ids.MAC_RE.match(mac):
+            raise InvalidParameter(f"invalid MAC address {mac!r}")
+        return {"network": net.id, "aliases": aliases, "ip": ip, "ip6": ip6, "mac": mac.lower()}
+
+    def _validate_links(self, specs: list[str], network: str) -> list[list[str]]:
+        if specs and network != "bridge":
+            raise InvalidParameter("--link is supported only on the default bridge network (user networks resolve names)")
+        links = []
+        for spec in specs:
+            name, _, alias = spec.partition(":")
+            target = self.get(name)
+            if not target.running:
+                raise Conflict(f"Cannot link to a non running container: /{target.name}")
+            alias = alias or target.name
+            if not ids.DNS_NAME_RE.match(alias):
+                raise InvalidParameter(f"invalid link alias {alias!r}: not a DNS name")
+            links.append([target.id, alias])
+        return links
 
     # -- start -----------------------------------------------------------
 
@@ -258,24 +320,19 @@ class Containers:
                 sandbox = os.path.join(self.root.netns_dir, ctr.id[:12])
                 steps.run("create-sandbox", lambda: self.host.create_netns(sandbox), lambda: self.host.destroy_netns(sandbox))
                 if ctr.network_mode == "none":
-                    steps.run("configure-sandbox", lambda: self.host.configure_sandbox(sandbox, None, "", 0, None))
-                else:
-                    net = self.networks.get(ctr.network_mode)
-                    endpoints.append(self.networks.join(steps, net, ctr.id, sandbox, "eth0"))
-                address = endpoints[0].address if endpoints else None
+                    steps.run("configure-sandbox", lambda: self.host.configure_sandbox(sandbox, None))
+                for index, att in enumerate(ctr.attachments):
+                    net = self.networks.get(att["network"])
+                    endpoints.append(
+                        self.networks.join(
+                            steps, net, ctr.id, sandbox, f"eth{index}", index == 0, att["ip"], att["ip6"], att["mac"], att["aliases"]
+                        )
+                    )
                 if endpoints:
                     mappings = self._publish(steps, ctr, endpoints[0])
-                steps.run(
-                    "write-etc-files",
-                    lambda: etcfiles.write(
-                        self.root.container_dir(ctr.id),
-                        {
-                            "hosts": etcfiles.hosts(address, ctr.hostname),
-                            "resolv.conf": etcfiles.resolv_conf(),
-                            "hostname": ctr.hostname + "\n",
-                        },
-                    ),
-                )
+                link_env = self._link_env(ctr)
+                spec["env"].update(link_env)
+                steps.run("write-etc-files", lambda: self._write_etc(ctr, endpoints))
                 spec.update(netns=sandbox, hostname=ctr.hostname, mounts=_etc_mounts(files))
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(files["exit"])
@@ -299,7 +356,50 @@ class Containers:
                 raise
         for ep in endpoints:
             self.networks.adopt(ep)
+        self.on_change({ep.network_id for ep in endpoints})
         return ctr
+
+    def _write_etc(self, ctr: Container, endpoints: list[Endpoint]) -> None:
+        entries = [(a, ctr.hostname) for ep in endpoints for a in (ep.address, ep.address6) if a]
+        for target_id, alias in ctr.links:
+            target = self.by_id.get(target_id)
+            address = next((ep.address for _n, ep in self.endpoints(target)), "") if target else ""
+            if target and address:
+                entries.append((address, f"{alias} {target.hostname}" + (f" {target.name}" if target.name != alias else "")))
+        nets = [self.networks.by_id[ep.network_id] for ep in endpoints if ep.network_id in self.networks.by_id]
+        resolvers = [n.gateway for n in nets if n.user_defined and n.gateway]
+        etcfiles.write(
+            self.root.container_dir(ctr.id),
+            {
+                "hosts": etcfiles.hosts(entries),
+                "resolv.conf": etcfiles.resolv_conf(self.networks.resolv_conf, nameservers=resolvers[:3]),
+                "hostname": ctr.hostname + "\n",
+            },
+        )
+
+    def _link_env(self, ctr: Container) -> dict[str, str]:
+        """Docker's legacy link variables (ALIAS_PORT_80_TCP_ADDR, ALIAS_ENV_X, ...)."""
+        env: dict[str, str] = {}
+        for target_id, alias in ctr.links:
+            target = self.by_id.get(target_id)
+            if target is None or not target.running:
+                raise Conflict(f"Cannot link to a non running container: {alias}")
+            address = next((ep.address for _n, ep in self.endpoints(target)), "")
+            prefix = alias.upper().replace("-", "_")  # as Docker: only '-' is replaced
+            env[f"{prefix}_NAME"] = f"/{ctr.name}/{alias}"
+            exposed = sorted((int(k.split("/")[0]), k.split("/")[1]) for k in target.exposed_ports)
+            exposed.sort(key=lambda pp: (pp[1] != "tcp", pp[0]))  # Docker lists TCP first
+            for number, (port, proto) in enumerate(exposed):
+                url = f"{proto}://{address}:{port}"
+                if number == 0:
+                    env[f"{prefix}_PORT"] = url
+                key = f"{prefix}_PORT_{port}_{proto.upper()}"
+                env.update({key: url, f"{key}_ADDR": address, f"{key}_PORT": str(port), f"{key}_PROTO": proto})
+            for item in target.env:
+                k, _, v = item.partition("=")
+                if k not in ("HOME", "PATH"):
+                    env[f"{prefix}_ENV_{k}"] = v
+        return env
 
     def _publish(self, steps: Steps, ctr: Container, ep: Endpoint) -> list[PortMapping]:
         """Reserve the host ports and add the DNAT map elements (one nft transaction)."""
@@ -397,6 +497,7 @@ class Containers:
                 if m.proto == "udp":
                     self.host.flush_conntrack(m.proto, m.host_port)
             ctr.ports = []
+        changed = {ep.network_id for _n, ep in self.endpoints(ctr)}
         for _name, ep in self.endpoints(ctr):
             self.networks.leave(ep)
         if ctr.sandbox_key and not ctr.joined_to:
@@ -406,6 +507,7 @@ class Containers:
                 for eid in ctr.endpoint_ids:
                     tx.delete("endpoints", eid)
         ctr.sandbox_key, ctr.endpoint_ids = "", []
+        self.on_change(changed)
 
     def _forget(self, ctr: Container) -> None:
         with self.store.transaction() as tx:
@@ -464,6 +566,11 @@ class Containers:
         with self.lock:
             ctr = self.get(ref)
             joined = [c.name for c in self.by_id.values() if c.joined_to == ctr.id and c.running]
+            linked = [c.name for c in self.by_id.values() if c.running and any(t == ctr.id for t, _a in c.links)]
+            if linked and not force:
+                raise Conflict(
+                    f"cannot remove container {ctr.name}: container {linked[0]} links to it (--link); stop that one first or use -f"
+                )
             if joined and not force:
                 raise Conflict(
                     f"cannot remove container {ctr.name}: container {joined[0]} shares its network namespace; stop it first or use -f"
@@ -478,6 +585,71 @@ class Containers:
             if ctr.id in self.by_id:
                 self._release(ctr)
                 self._forget(ctr)
+
+    # -- connect / disconnect ---------------------------------------------
+
+    def connect(self, ref: str, net_ref: str, cfg: dict[str, Any]) -> None:
+        """Docker's ``network connect``: a running container gets a new ethN at once."""
+        with self.lock:
+            ctr, net = self.get(ref), self.networks.get(net_ref)
+            if not ctr.attachments:
+                raise Conflict(f"container {ctr.name} uses network mode {ctr.network_mode.split(':')[0]}: it cannot join other networks")
+            if any(att["network"] == net.id for att in ctr.attachments):
+                raise Conflict(f"endpoint with name {ctr.name} already exists in network {net.name}")
+            att = self._attachment(net, cfg)
+            if not ctr.running:
+                ctr.attachments.append(att)
+                with self.store.transaction() as tx:
+                    tx.put("containers", to_dict(ctr))
+                return
+            used = {int(ep.ifname[3:]) for _n, ep in self.endpoints(ctr)}
+            ifname = f"eth{min(set(range(len(used) + 1)) - used)}"
+            with Steps(self.fault) as steps:
+                ep = self.networks.join(
+                    steps, net, ctr.id, ctr.sandbox_key, ifname, False, att["ip"], att["ip6"], att["mac"], att["aliases"]
+                )
+
+                def commit() -> None:
+                    with self.store.transaction() as tx:
+                        tx.put("endpoints", to_dict(ep))
+                        tx.put(
+                            "containers",
+                            to_dict(dataclasses.replace(ctr, attachments=[*ctr.attachments, att], endpoint_ids=[*ctr.endpoint_ids, ep.id])),
+                        )
+
+                steps.run("store", commit)
+            ctr.attachments.append(att)
+            ctr.endpoint_ids.append(ep.id)
+            self.networks.adopt(ep)
+            self._write_etc(ctr, [e for _n, e in self.endpoints(ctr)])
+            self.on_change({net.id})
+
+    def disconnect(self, ref: str, net_ref: str, force: bool = False) -> None:
+        with self.lock:
+            ctr, net = self.get(ref), self.networks.get(net_ref)
+            att = next((a for a in ctr.attachments if a["network"] == net.id), None)
+            if att is None:
+                raise Conflict(f"container {ctr.name} is not connected to network {net.name}")
+            rest = [a for a in ctr.attachments if a is not att]
+            if ctr.port_bindings or ctr.publish_all:
+                if not rest:
+                    raise Conflict(f"cannot disconnect {ctr.name} from {net.name}: it is its last network and it publishes ports")
+                if ctr.running and ctr.attachments[0] is att and ctr.ports and not force:
+                    raise Conflict(f"cannot disconnect {ctr.name} from {net.name}: its published ports forward to that network")
+            ep = next((e for _n, e in self.endpoints(ctr) if e.network_id == net.id), None)
+            with self.store.transaction() as tx:
+                if ep:
+                    tx.delete("endpoints", ep.id)
+                tx.put(
+                    "containers",
+                    to_dict(dataclasses.replace(ctr, attachments=rest, endpoint_ids=[e for e in ctr.endpoint_ids if not ep or e != ep.id])),
+                )
+            ctr.attachments = rest
+            if ep:
+                ctr.endpoint_ids.remove(ep.id)
+                self.networks.leave(ep)
+                self._write_etc(ctr, [e for _n, e in self.endpoints(ctr)])
+                self.on_change({net.id})
 
     def logs(self, ref: str) -> bytes:
         with self.lock:

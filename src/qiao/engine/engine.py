@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 
+from qiao.dns.resolver import Resolver, build_zone
 from qiao.engine.containers import Containers
 from qiao.engine.networks import Networks
 from qiao.engine.steps import Fault
@@ -23,13 +24,25 @@ log = logging.getLogger("qiao.engine")
 
 
 class Engine:
-    def __init__(self, root: Root, host: Host, firewall: Firewall, fault: Fault | None = None):
+    def __init__(
+        self,
+        root: Root,
+        host: Host,
+        firewall: Firewall,
+        fault: Fault | None = None,
+        resolver: Resolver | None = None,
+        resolv_conf: str | None = None,
+    ):
         root.ensure()
         self.root = root
         self.lock = threading.RLock()
         self.store = Store(root.store)
         self.networks = Networks(self.store, host, firewall, self.lock, fault)
         self.containers = Containers(root, self.store, self.networks, self.lock, fault)
+        self.resolver = resolver
+        if resolv_conf:
+            self.networks.resolv_conf = resolv_conf
+        self.networks.on_change = self.containers.on_change = self.refresh_dns
 
     def start(self) -> None:
         with self.lock:
@@ -38,6 +51,7 @@ class Engine:
             self.networks.restore_kernel(self.containers.published())
             self.networks.ensure_builtin()
             self.containers.reconcile()
+            self.refresh_dns(set(self.networks.by_id))
         threading.Thread(target=self._resync, name="resync", daemon=True).start()
 
     def _resync(self, every: float = 5.0) -> None:
@@ -51,6 +65,24 @@ class Engine:
                     self.networks.firewall.ensure_foreign_hooks(bridges)
             except Exception:
                 log.exception("firewall resync failed")
+
+    def refresh_dns(self, network_ids: set[str]) -> None:
+        """Give the resolver the current names of these networks (called under the lock)."""
+        if self.resolver is None:
+            return
+        for nid in network_ids:
+            net = self.networks.by_id.get(nid)
+            if net is None or not net.user_defined:
+                self.resolver.drop_zone(nid)
+                continue
+            records = []
+            for ep in self.networks.endpoints_of(nid):
+                ctr = self.containers.by_id.get(ep.container_id)
+                if ctr is not None and ctr.running:
+                    records.append(([ctr.name, ctr.id[:12], *ep.aliases], [a for a in (ep.address, ep.address6) if a]))
+            gateways = [g for g in (net.gateway, net.gateway6) if g]
+            subnets = [s for s in (net.subnet, net.subnet6) if s]
+            self.resolver.set_zone(nid, build_zone(gateways, subnets, net.internal, records))
 
     def network_json(self, ref: str) -> dict:
         with self.lock:

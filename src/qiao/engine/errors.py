@@ -18,7 +18,3 @@ class NotFound(QiaoError):
 
 class Conflict(QiaoError):
     status = 409
-
-
-class NotImplementedYet(QiaoError):
-    status = 501

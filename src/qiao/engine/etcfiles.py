@@ -17,9 +17,22 @@ ff02::2\tip6-allrouters
 FALLBACK_NAMESERVERS = ("8.8.8.8", "8.8.4.4")
 
 
-def hosts(address: str | None, hostname: str) -> str:
-    """Docker's localhost lines, then ``IP HOSTNAME`` when there is an address."""
-    return HOSTS_HEADER + (f"{address}\t{hostname}\n" if address else "")
+def hosts(entries: list[tuple[str, str]]) -> str:
+    """Docker's localhost lines, then one ``IP NAMES`` line per entry (the
+    container's own addresses first, then its ``--link`` targets)."""
+    return HOSTS_HEADER + "".join(f"{address}\t{names}\n" for address, names in entries)
+
+
+SYSTEMD_RESOLVED = "/run/systemd/resolve/resolv.conf"
+
+
+def default_resolv_conf(path: str = "/etc/resolv.conf") -> str:
+    """The host's resolver configuration; behind systemd-resolved's stub
+    (127.0.0.53) the real upstreams are in its own file, as Docker finds them."""
+    servers = host_nameservers(path)
+    if servers and all(s.startswith("127.0.0.53") for s in servers) and os.path.exists(SYSTEMD_RESOLVED):
+        return SYSTEMD_RESOLVED
+    return path
 
 
 def host_nameservers(resolv_conf: str = "/etc/resolv.conf") -> list[str]:
@@ -35,10 +48,18 @@ def host_nameservers(resolv_conf: str = "/etc/resolv.conf") -> list[str]:
     return servers
 
 
-def resolv_conf(source: str = "/etc/resolv.conf") -> str:
+def resolv_conf(source: str = "/etc/resolv.conf", nameservers: list[str] | None = None) -> str:
     """The host's resolv.conf without loopback nameservers (unreachable from
-    a container) nor IPv6 ones (sandboxes are IPv4-only), falling back to
-    public resolvers as Docker does (moby's ``TransformForLegacyNw``)."""
+    a container) nor IPv6 ones (sandboxes on the default bridge are IPv4-only),
+    falling back to public resolvers as Docker does (moby's ``TransformForLegacyNw``).
+    On user networks ``nameservers`` (qiao's resolvers) replace the host's."""
+    if nameservers:
+        try:
+            with open(source) as f:
+                rest = [line for line in f if line.split()[:1] != ["nameserver"]]
+        except OSError:
+            rest = []
+        return "".join(f"nameserver {ns}\n" for ns in nameservers) + "".join(line if line.endswith("\n") else line + "\n" for line in rest)
     kept, dropped_all = [], True
     try:
         with open(source) as f:
@@ -62,9 +83,9 @@ def resolv_conf(source: str = "/etc/resolv.conf") -> str:
 
 
 def write(directory: str, files: dict[str, str]) -> None:
+    """Write in place: the files are bind-mounted into running containers,
+    and a bind mount follows the inode, not the name."""
     os.makedirs(directory, exist_ok=True)
     for name, text in files.items():
-        tmp = os.path.join(directory, f".{name}.tmp")
-        with open(tmp, "w") as f:
+        with open(os.path.join(directory, name), "w") as f:
             f.write(text)
-        os.replace(tmp, os.path.join(directory, name))

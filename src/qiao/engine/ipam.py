@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from qiao.engine.errors import Conflict, InvalidParameter
 
@@ -24,21 +24,23 @@ def _default_pools() -> list[IPv4Network]:
 DEFAULT_POOLS = _default_pools()
 
 
-def parse_subnet(text: str) -> IPv4Network:
+IPNetwork = IPv4Network | IPv6Network
+IPAddress = IPv4Address | IPv6Address
+
+
+def parse_subnet(text: str) -> IPNetwork:
     try:
         net = ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
         raise InvalidParameter(f"invalid subnet {text!r}: {exc}") from None
-    if not isinstance(net, IPv4Network):
-        raise InvalidParameter(f"invalid subnet {text!r}: only IPv4 is supported on this network")
-    if net.prefixlen > 30:
-        raise InvalidParameter(f"invalid subnet {text}: too small, the prefix must be /30 or shorter")
+    if net.prefixlen > (30 if net.version == 4 else 126):
+        raise InvalidParameter(f"invalid subnet {text}: too small, the prefix must be /{30 if net.version == 4 else 126} or shorter")
     return net
 
 
-def parse_address(text: str, what: str = "address") -> IPv4Address:
+def parse_address(text: str, what: str = "address") -> IPAddress:
     try:
-        return IPv4Address(text)
+        return ipaddress.ip_address(text)
     except ValueError:
         raise InvalidParameter(f"invalid {what} {text!r}") from None
 
@@ -54,44 +56,56 @@ def choose_subnet(reserved: Iterable[IPv4Network], pools: Iterable[IPv4Network] 
 
 
 class AddressPool:
-    """Addresses of one subnet (optionally restricted to ``ip_range``).
+    """Addresses of one subnet, IPv4 or IPv6 (optionally restricted to ``ip_range``).
 
-    The network address, the broadcast address and the gateway are never
-    handed out.
+    The network address, the IPv4 broadcast address and the gateway are never
+    handed out.  Lowest free first, as Docker's default IPAM: a set of used
+    offsets plus a "lowest possibly free" hint, so allocation is amortised
+    O(1) and the pool of a /64 costs memory only for addresses in use.
     """
 
-    def __init__(self, subnet: IPv4Network, gateway: IPv4Address, ip_range: IPv4Network | None = None):
+    def __init__(self, subnet: IPNetwork, gateway: IPAddress, ip_range: IPNetwork | None = None):
         self.subnet = subnet
         self.gateway = gateway
         self.range = ip_range or subnet
         self._base = int(self.range.network_address)
         self._size = self.range.num_addresses
-        self._used = 0  # bit i set: range address i is taken
-        for fixed in (subnet.network_address, subnet.broadcast_address, gateway):
+        self._used: set[int] = set()
+        self._hint = 0
+        for fixed in self._fixed():
             if fixed in self.range:
-                self._used |= 1 << (int(fixed) - self._base)
+                self._used.add(int(fixed) - self._base)
 
-    def allocate(self) -> IPv4Address:
-        free_bit = ~self._used & (self._used + 1)  # lowest clear bit
-        index = free_bit.bit_length() - 1
+    def _fixed(self) -> tuple[IPAddress, ...]:
+        if isinstance(self.subnet, IPv4Network):
+            return (self.subnet.network_address, self.subnet.broadcast_address, self.gateway)
+        return (self.subnet.network_address, self.gateway)
+
+    def allocate(self) -> IPAddress:
+        index = self._hint
+        while index in self._used:
+            index += 1
         if index >= self._size:
-            raise Conflict("no available IPv4 addresses on this network's address pools")
-        self._used |= free_bit
-        return IPv4Address(self._base + index)
+            raise Conflict("no available IP addresses on this network's address pools")
+        self._used.add(index)
+        self._hint = index + 1
+        return (IPv4Address if self.range.version == 4 else IPv6Address)(self._base + index)
 
-    def reserve(self, address: IPv4Address) -> None:
+    def reserve(self, address: IPAddress) -> None:
         if address not in self.subnet:
             raise InvalidParameter(f"address {address} is not in subnet {self.subnet}")
-        if address in (self.subnet.network_address, self.subnet.broadcast_address, self.gateway):
+        if address in self._fixed():
             raise Conflict(f"address {address} is reserved on subnet {self.subnet}")
         if address not in self.range:
             # Static addresses may lie outside --ip-range but inside the subnet.
             return
-        bit = 1 << (int(address) - self._base)
-        if self._used & bit:
+        index = int(address) - self._base
+        if index in self._used:
             raise Conflict(f"address {address} is already in use")
-        self._used |= bit
+        self._used.add(index)
 
-    def release(self, address: IPv4Address) -> None:
-        if address in self.range and address not in (self.subnet.network_address, self.subnet.broadcast_address, self.gateway):
-            self._used &= ~(1 << (int(address) - self._base))
+    def release(self, address: IPAddress) -> None:
+        if address in self.range and address not in self._fixed():
+            index = int(address) - self._base
+            self._used.discard(index)
+            self._hint = min(self._hint, index)

@@ -24,6 +24,18 @@ class Network:
     labels: dict[str, str] = field(default_factory=dict)
     internal: bool = False
     attachable: bool = False
+    enable_ipv6: bool = False
+    subnet6: str | None = None
+    gateway6: str | None = None
+
+    @property
+    def user_defined(self) -> bool:
+        """User networks get DNS; the default bridge keeps Docker's legacy behaviour."""
+        return self.driver == "bridge" and self.name != "bridge"
+
+    @property
+    def icc(self) -> bool:
+        return self.options.get("com.docker.network.bridge.enable_icc", "true") == "true"
 
     @property
     def builtin(self) -> bool:
@@ -44,8 +56,12 @@ class Endpoint:
     host_ifname: str  # veth + 7 hex
     address: str
     prefixlen: int
-    gateway: str
+    gateway: str  # empty unless this endpoint carries the default route
     mac: str
+    aliases: list[str] = field(default_factory=list)
+    address6: str = ""
+    prefixlen6: int = 0
+    gateway6: str = ""
 
 
 @dataclass
@@ -56,7 +72,7 @@ class Container:
     cmd: list[str]
     env: list[str]
     hostname: str
-    network_mode: str  # bridge | host | none | container:<id> | <network name>
+    network_mode: str  # bridge | host | none | container:<id> | <first network name>
     auto_remove: bool = False
     status: str = "created"  # created | running | exited
     pid: int = 0
@@ -72,6 +88,10 @@ class Container:
     exposed_ports: dict[str, Any] = field(default_factory=dict)  # Config.ExposedPorts
     publish_all: bool = False  # -P
     ports: list[dict[str, Any]] = field(default_factory=list)  # PortMapping fields, while running
+    # Networks to join at start, in order (the first one carries the default route):
+    # {"network": id, "aliases": [...], "ip": "", "ip6": "", "mac": ""}; changed by connect/disconnect.
+    attachments: list[dict[str, Any]] = field(default_factory=list)
+    links: list[list[str]] = field(default_factory=list)  # [[container id, alias]] (--link)
 
     @property
     def running(self) -> bool:

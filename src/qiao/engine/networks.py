@@ -13,17 +13,18 @@ import contextlib
 import datetime
 import ipaddress
 import threading
-from ipaddress import IPv4Address, IPv4Network
+from collections.abc import Callable
+from ipaddress import IPv4Network
 from typing import Any
 
 from qiao.engine import etcfiles, ids
 from qiao.engine.errors import Conflict, InvalidParameter, NotFound
-from qiao.engine.ipam import AddressPool, choose_subnet, parse_address, parse_subnet
+from qiao.engine.ipam import AddressPool, IPAddress, IPNetwork, choose_subnet, parse_address, parse_subnet
 from qiao.engine.models import Endpoint, Network, from_dict, to_dict
 from qiao.engine.steps import Fault, Steps
 from qiao.engine.store import Store
 from qiao.kernel.firewall import BridgeRules, Firewall, PortMapping
-from qiao.kernel.host import Host
+from qiao.kernel.host import Host, Iface
 
 DEFAULT_BRIDGE = "qiao0"
 OPT_BRIDGE_NAME = "com.docker.network.bridge.name"
@@ -48,6 +49,10 @@ class Networks:
         self.by_id: dict[str, Network] = {}
         self.endpoints: dict[str, Endpoint] = {}
         self.pools: dict[str, AddressPool] = {}
+        self.pools6: dict[str, AddressPool] = {}
+        self.by_network: dict[str, dict[str, Endpoint]] = {}  # network id -> endpoint id -> endpoint
+        self.on_change: Callable[[set[str]], None] = lambda network_ids: None  # the engine refreshes DNS
+        self.resolv_conf = etcfiles.default_resolv_conf()  # the host's resolvers (qiaod --resolv-conf)
 
     # -- start-up --------------------------------------------------------
 
@@ -55,12 +60,13 @@ class Networks:
         for row in self.store.load("networks"):
             net = from_dict(Network, row)
             self.by_id[net.id] = net
-            if net.subnet:
-                self.pools[net.id] = self._pool(net)
+            self._add_pools(net)
         for row in self.store.load("endpoints"):
             ep = from_dict(Endpoint, row)
-            self.endpoints[ep.id] = ep
-            self.pools[ep.network_id].reserve(IPv4Address(ep.address))
+            self.adopt(ep)
+            self.pools[ep.network_id].reserve(ipaddress.ip_address(ep.address))
+            if ep.address6:
+                self.pools6[ep.network_id].reserve(ipaddress.ip_address(ep.address6))
 
     def ensure_builtin(self) -> None:
         """Create ``bridge`` (on qiao0), ``host`` and ``none`` on first use."""
@@ -88,10 +94,9 @@ class Networks:
         """Re-assert every bridge and the whole firewall table from intent."""
         bridges = [n for n in self.by_id.values() if n.driver == "bridge"]
         for net in bridges:
-            assert net.bridge and net.gateway
-            self.host.ensure_bridge(net.bridge, net.gateway, net.prefixlen, net.mtu)
+            self._ensure_bridge(net)
         if bridges:
-            self.host.enable_forwarding()
+            self.host.enable_forwarding(ipv6=any(n.enable_ipv6 for n in bridges))
         self.firewall.reset([self._rules(n) for n in bridges], mappings)
 
     # -- lookup ----------------------------------------------------------
@@ -111,7 +116,7 @@ class Networks:
         raise NotFound(f"network {ref} not found")
 
     def endpoints_of(self, network_id: str) -> list[Endpoint]:
-        return [e for e in self.endpoints.values() if e.network_id == network_id]
+        return list(self.by_network.get(network_id, {}).values())
 
     # -- create / remove -------------------------------------------------
 
@@ -126,19 +131,24 @@ class Networks:
         labels: dict[str, str] | None = None,
         internal: bool = False,
         attachable: bool = False,
+        enable_ipv6: bool = False,
+        subnet6: str | None = None,
+        gateway6: str | None = None,
     ) -> Network:
         with self.lock:
             net = self._validate(name, driver, subnet, gateway, ip_range, options or {}, labels or {}, internal, attachable)
+            if enable_ipv6 or subnet6:
+                self._validate_v6(net, enable_ipv6, subnet6, gateway6)
             rules = self._rules(net)
-            assert net.bridge and net.gateway
-            bridge, gateway = net.bridge, net.gateway
+            assert net.bridge
+            bridge = net.bridge
             with Steps(self.fault) as steps:
                 created = steps.run(
                     "create-bridge",
-                    lambda: self.host.ensure_bridge(bridge, gateway, net.prefixlen, net.mtu),
+                    lambda: self._ensure_bridge(net),
                     lambda: self.host.delete_link(bridge) if created else None,
                 )
-                steps.run("enable-forwarding", self.host.enable_forwarding)
+                steps.run("enable-forwarding", lambda: self.host.enable_forwarding(ipv6=net.enable_ipv6))
                 steps.run("add-firewall", lambda: self.firewall.add_network(rules), lambda: self.firewall.del_network(rules))
 
                 def commit() -> None:
@@ -147,8 +157,25 @@ class Networks:
 
                 steps.run("store", commit)
             self.by_id[net.id] = net
-            self.pools[net.id] = self._pool(net)
+            self._add_pools(net)
+            self.on_change({net.id})
             return net
+
+    def _validate_v6(self, net: Network, enable_ipv6: bool, subnet6: str | None, gateway6: str | None) -> None:
+        if not enable_ipv6:
+            raise InvalidParameter("an IPv6 --subnet needs --ipv6")
+        if not subnet6:
+            raise InvalidParameter("--ipv6 needs an IPv6 --subnet (for example --subnet fd00:1::/64)")
+        net6 = parse_subnet(subnet6)
+        for other in self.by_id.values():
+            if other.subnet6 and net6.overlaps(ipaddress.ip_network(other.subnet6)):
+                raise Conflict(
+                    f"invalid pool request: Pool overlaps with other one on this address space ({other.subnet6}, network {other.name})"
+                )
+        gw6 = parse_address(gateway6, "gateway") if gateway6 else net6.network_address + 1
+        if gw6 not in net6 or gw6 == net6.network_address:
+            raise InvalidParameter(f"no matching subnet for gateway {gateway6}: it must be a host address of {net6}")
+        net.enable_ipv6, net.subnet6, net.gateway6 = True, str(net6), str(gw6)
 
     def _validate(
         self,
@@ -191,6 +218,8 @@ class Networks:
         taken = [ipaddress.IPv4Network(n.subnet) for n in self.by_id.values() if n.subnet]
         if subnet:
             net4 = parse_subnet(subnet)
+            if not isinstance(net4, IPv4Network):
+                raise InvalidParameter(f"invalid subnet {subnet}: the first subnet must be IPv4 (add an IPv6 one with --ipv6)")
             for other in self.by_id.values():
                 if other.subnet and net4.overlaps(ipaddress.ip_network(other.subnet)):
                     raise Conflict(
@@ -200,14 +229,14 @@ class Networks:
             if gateway or ip_range:
                 raise InvalidParameter("--gateway and --ip-range need a --subnet")
             reserved = taken + self.host.reserved_networks()
-            for ns in etcfiles.host_nameservers():
+            for ns in etcfiles.host_nameservers(self.resolv_conf):
                 with contextlib.suppress(ValueError):
                     reserved.append(ipaddress.IPv4Network(ns))
             net4 = choose_subnet(reserved)
-        range4: IPv4Network | None = None
+        range4: IPNetwork | None = None
         if ip_range:
             range4 = parse_subnet(ip_range)
-            if not range4.subnet_of(net4):
+            if not isinstance(range4, IPv4Network) or not range4.subnet_of(net4):
                 raise InvalidParameter(f"ip-range {ip_range} is not inside subnet {net4}")
         if gateway:
             gw = parse_address(gateway, "gateway")
@@ -254,6 +283,9 @@ class Networks:
         self.host.delete_link(net.bridge)  # after the store: a leftover bridge is harmless, a dangling record is not
         del self.by_id[net.id]
         self.pools.pop(net.id, None)
+        self.pools6.pop(net.id, None)
+        self.by_network.pop(net.id, None)
+        self.on_change({net.id})
 
     def prune(self) -> list[str]:
         removed = []
@@ -266,11 +298,27 @@ class Networks:
 
     # -- endpoints -------------------------------------------------------
 
-    def join(self, steps: Steps, net: Network, container_id: str, sandbox: str, ifname: str) -> Endpoint:
+    def join(
+        self,
+        steps: Steps,
+        net: Network,
+        container_id: str,
+        sandbox: str,
+        ifname: str,
+        default_route: bool = True,
+        ip: str = "",
+        ip6: str = "",
+        mac: str = "",
+        aliases: list[str] | None = None,
+    ) -> Endpoint:
         """Plug a new endpoint of ``net`` into the sandbox at ``sandbox``; every
         step registers its undo on ``steps``.  The caller stores the endpoint."""
-        pool = self.pools[net.id]
-        address = steps.run("allocate-address", pool.allocate, lambda: pool.release(address))
+        address = self._take(steps, "allocate-address", self.pools[net.id], ip, "IPv4 address")
+        address6 = None
+        if net.enable_ipv6:
+            address6 = self._take(steps, "allocate-address6", self.pools6[net.id], ip6, "IPv6 address")
+        elif ip6:
+            raise InvalidParameter(f"network {net.name} has no IPv6 subnet: --ip6 cannot be used")
         assert net.bridge and net.gateway
         ep = Endpoint(
             id=ids.new_id(),
@@ -280,45 +328,74 @@ class Networks:
             host_ifname=ids.veth_name(),
             address=str(address),
             prefixlen=net.prefixlen,
-            gateway=net.gateway,
-            mac=ids.mac_from_ipv4(str(address)),
+            gateway=net.gateway if default_route and not net.internal else "",
+            mac=mac or ids.mac_from_ipv4(str(address)),
+            aliases=list(aliases or []),
+            address6=str(address6) if address6 else "",
+            prefixlen6=int(net.subnet6.split("/")[1]) if net.subnet6 else 0,
+            gateway6=net.gateway6 if address6 and default_route and not net.internal and net.gateway6 else "",
         )
         steps.run(
             "create-veth",
             lambda: self.host.create_veth(ep.host_ifname, sandbox, ifname, ep.mac, net.mtu, ep.id),
             lambda: self.host.delete_link(ep.host_ifname),
         )
-        steps.run("attach-bridge", lambda: self.host.attach_to_bridge(ep.host_ifname, net.bridge or ""))
-        steps.run("configure-sandbox", lambda: self.host.configure_sandbox(sandbox, ifname, ep.address, ep.prefixlen, ep.gateway))
+        # icc=false: when bridged traffic passes netfilter (br_netfilter), the
+        # network's forward chain drops container-to-container packets but
+        # lets port-forwarded ones through; otherwise bridge port isolation
+        # does it (packets to published ports are then routed via the host).
+        isolated = not net.icc and not self.host.bridge_netfilter()
+        steps.run("attach-bridge", lambda: self.host.attach_to_bridge(ep.host_ifname, net.bridge or "", isolated=isolated))
+        iface = Iface(ifname, ep.address, ep.prefixlen, ep.gateway, ep.address6, ep.prefixlen6, ep.gateway6)
+        steps.run("configure-sandbox", lambda: self.host.configure_sandbox(sandbox, iface))
         return ep
+
+    @staticmethod
+    def _take(steps: Steps, step: str, pool: AddressPool, static: str, what: str) -> IPAddress:
+        """A static address (reserved) or the lowest free one, undone on failure."""
+        if static:
+            address = parse_address(static, what)
+            steps.run(step, lambda: pool.reserve(address), lambda: pool.release(address))
+            return address
+        taken: IPAddress = steps.run(step, pool.allocate, lambda: pool.release(taken))
+        return taken
 
     def adopt(self, ep: Endpoint) -> None:
         self.endpoints[ep.id] = ep
+        self.by_network.setdefault(ep.network_id, {})[ep.id] = ep
 
     def leave(self, ep: Endpoint) -> None:
-        """Best effort: remove the veth and return the address."""
+        """Best effort: remove the veth and return the addresses."""
         self.host.delete_link(ep.host_ifname)
         self.endpoints.pop(ep.id, None)
-        pool = self.pools.get(ep.network_id)
-        if pool:
-            pool.release(IPv4Address(ep.address))
+        self.by_network.get(ep.network_id, {}).pop(ep.id, None)
+        if ep.network_id in self.pools:
+            self.pools[ep.network_id].release(ipaddress.ip_address(ep.address))
+        if ep.address6 and ep.network_id in self.pools6:
+            self.pools6[ep.network_id].release(ipaddress.ip_address(ep.address6))
 
     # -- helpers ---------------------------------------------------------
 
-    @staticmethod
-    def _pool(net: Network) -> AddressPool:
-        assert net.subnet and net.gateway
-        return AddressPool(
-            ipaddress.IPv4Network(net.subnet),
-            IPv4Address(net.gateway),
-            ipaddress.IPv4Network(net.ip_range) if net.ip_range else None,
-        )
+    def _add_pools(self, net: Network) -> None:
+        if net.subnet and net.gateway:
+            self.pools[net.id] = AddressPool(
+                ipaddress.ip_network(net.subnet),
+                ipaddress.ip_address(net.gateway),
+                ipaddress.ip_network(net.ip_range) if net.ip_range else None,
+            )
+        if net.subnet6 and net.gateway6:
+            self.pools6[net.id] = AddressPool(ipaddress.ip_network(net.subnet6), ipaddress.ip_address(net.gateway6))
+
+    def _ensure_bridge(self, net: Network) -> bool:
+        assert net.bridge and net.gateway
+        v6 = (net.gateway6, int(net.subnet6.split("/")[1])) if net.subnet6 and net.gateway6 else None
+        return self.host.ensure_bridge(net.bridge, net.gateway, net.prefixlen, net.mtu, v6)
 
     @staticmethod
     def _rules(net: Network) -> BridgeRules:
         assert net.bridge and net.subnet
         masq = net.options.get("com.docker.network.bridge.enable_ip_masquerade", "true") == "true" and not net.internal
-        return BridgeRules(net.bridge, net.subnet, masquerade=masq)
+        return BridgeRules(net.bridge, net.subnet, masquerade=masq, internal=net.internal, subnet6=net.subnet6 or "", icc=net.icc)
 
     def describe(self, net: Network, containers: dict[str, Any]) -> dict[str, Any]:
         from qiao.engine import schema

@@ -18,6 +18,8 @@ def network(net: Network, endpoints: list[Endpoint], containers: dict[str, Conta
             entry["IPRange"] = net.ip_range
         entry["Gateway"] = net.gateway or ""
         config.append(entry)
+    if net.subnet6:
+        config.append({"Subnet": net.subnet6, "Gateway": net.gateway6 or ""})
     attached = {}
     for ep in endpoints:
         ctr = containers.get(ep.container_id)
@@ -26,7 +28,7 @@ def network(net: Network, endpoints: list[Endpoint], containers: dict[str, Conta
             "EndpointID": ep.id,
             "MacAddress": ep.mac,
             "IPv4Address": f"{ep.address}/{ep.prefixlen}",
-            "IPv6Address": "",
+            "IPv6Address": f"{ep.address6}/{ep.prefixlen6}" if ep.address6 else "",
         }
     return {
         "Name": net.name,
@@ -34,7 +36,7 @@ def network(net: Network, endpoints: list[Endpoint], containers: dict[str, Conta
         "Created": net.created,
         "Scope": "local",
         "Driver": net.driver,
-        "EnableIPv6": False,
+        "EnableIPv6": net.enable_ipv6,
         "IPAM": {"Driver": "default", "Options": None if net.name == "bridge" else {}, "Config": config},
         "Internal": net.internal,
         "Attachable": net.attachable,
@@ -47,21 +49,23 @@ def network(net: Network, endpoints: list[Endpoint], containers: dict[str, Conta
     }
 
 
-def _endpoint_settings(ep: Endpoint) -> dict[str, Any]:
+def _endpoint_settings(ep: Endpoint, ctr: Container | None = None, user_defined: bool = False) -> dict[str, Any]:
+    att = next((a for a in ctr.attachments if a["network"] == ep.network_id), {}) if ctr else {}
+    static = {k: v for k, v in (("IPv4Address", att.get("ip")), ("IPv6Address", att.get("ip6"))) if v}
     return {
-        "IPAMConfig": None,
+        "IPAMConfig": static or None,
         "Links": None,
-        "Aliases": None,
+        "Aliases": list(ep.aliases) or None,
         "MacAddress": ep.mac,
         "NetworkID": ep.network_id,
         "EndpointID": ep.id,
         "Gateway": ep.gateway,
         "IPAddress": ep.address,
         "IPPrefixLen": ep.prefixlen,
-        "IPv6Gateway": "",
-        "GlobalIPv6Address": "",
-        "GlobalIPv6PrefixLen": 0,
-        "DNSNames": None,
+        "IPv6Gateway": ep.gateway6,
+        "GlobalIPv6Address": ep.address6,
+        "GlobalIPv6PrefixLen": ep.prefixlen6,
+        "DNSNames": [ctr.name, ctr.id[:12], *ep.aliases] if ctr and user_defined else None,
     }
 
 
@@ -80,10 +84,12 @@ def ports(ctr: Container) -> dict[str, Any]:
     return out
 
 
-def container(ctr: Container, endpoints: list[tuple[str, Endpoint]], files: dict[str, str]) -> dict[str, Any]:
+def container(
+    ctr: Container, endpoints: list[tuple[str, Endpoint]], files: dict[str, str], links: list[str] | None = None
+) -> dict[str, Any]:
     """``GET /containers/{id}/json``; ``endpoints`` are (network name, endpoint)."""
     primary = endpoints[0][1] if endpoints else None
-    networks: dict[str, Any] = {name: _endpoint_settings(ep) for name, ep in endpoints}
+    networks: dict[str, Any] = {name: _endpoint_settings(ep, ctr, name != "bridge") for name, ep in endpoints}
     if not endpoints and not ctr.joined_to:
         networks[ctr.network_mode] = {"NetworkID": "", "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "MacAddress": ""}
     return {
@@ -115,6 +121,7 @@ def container(ctr: Container, endpoints: list[tuple[str, Endpoint]], files: dict
             "PortBindings": dict(ctr.port_bindings),
             "AutoRemove": ctr.auto_remove,
             "PublishAllPorts": ctr.publish_all,
+            "Links": links or None,
         },
         "Config": {
             "Hostname": ctr.hostname,
@@ -133,6 +140,9 @@ def container(ctr: Container, endpoints: list[tuple[str, Endpoint]], files: dict
             "IPAddress": primary.address if primary else "",
             "IPPrefixLen": primary.prefixlen if primary else 0,
             "MacAddress": primary.mac if primary else "",
+            "GlobalIPv6Address": primary.address6 if primary else "",
+            "GlobalIPv6PrefixLen": primary.prefixlen6 if primary else 0,
+            "IPv6Gateway": primary.gateway6 if primary else "",
             "Networks": networks,
         },
     }
@@ -165,7 +175,7 @@ def container_summary(ctr: Container, endpoints: list[tuple[str, Endpoint]]) -> 
         "State": ctr.status,
         "Status": status_text(ctr),
         "HostConfig": {"NetworkMode": ctr.network_mode},
-        "NetworkSettings": {"Networks": {name: _endpoint_settings(ep) for name, ep in endpoints}},
+        "NetworkSettings": {"Networks": {name: _endpoint_settings(ep, ctr, name != "bridge") for name, ep in endpoints}},
     }
 
 

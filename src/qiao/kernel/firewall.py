@@ -60,6 +60,9 @@ class BridgeRules:
     bridge: str
     subnet: str  # CIDR
     masquerade: bool = True
+    internal: bool = False  # no traffic in or out of the network, only within
+    icc: bool = True  # containers of the network may talk to each other
+    subnet6: str = ""
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ class Firewall(Protocol):
 BASE = f"""\
 table {TABLE} {{
     map fwd_in {{ type ifname : verdict; }}
+    map fwd_out {{ type ifname : verdict; }}
     map nat_out {{ type ifname : verdict; }}
     map published {{ type inet_proto . ipv4_addr . inet_service : ipv4_addr . inet_service; }}
     map published_any {{ type inet_proto . inet_service : ipv4_addr . inet_service; }}
@@ -108,6 +112,7 @@ table {TABLE} {{
     chain forward {{
         type filter hook forward priority filter; policy accept;
         oifname vmap @fwd_in
+        iifname vmap @fwd_out
     }}
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
@@ -121,19 +126,26 @@ table {TABLE} {{
 
 def _network(net: BridgeRules) -> str:
     br = net.bridge
-    masq = f'oifname != "{br}" ip saddr {net.subnet} masquerade' if net.masquerade else ""
+    extra = []
+    if net.masquerade:
+        extra.append(f'add rule {TABLE} nat-out-{br} oifname != "{br}" ip saddr {net.subnet} masquerade')
+        if net.subnet6:
+            extra.append(f'add rule {TABLE} nat-out-{br} oifname != "{br}" ip6 saddr {net.subnet6} masquerade')
+    if net.internal:
+        extra.append(f"add chain {TABLE} fwd-out-{br}")
+        extra.append(f'add rule {TABLE} fwd-out-{br} oifname != "{br}" drop comment "internal network"')
+        extra.append(f'add element {TABLE} fwd_out {{ "{br}" : jump fwd-out-{br} }}')
     return f"""\
 add chain {TABLE} fwd-in-{br}
 add rule {TABLE} fwd-in-{br} ct state established,related accept
 add rule {TABLE} fwd-in-{br} ct status dnat accept comment "published ports"
-add rule {TABLE} fwd-in-{br} iifname "{br}" accept
+add rule {TABLE} fwd-in-{br} iifname "{br}" {"accept" if net.icc else 'drop comment "icc=false"'}
 add rule {TABLE} fwd-in-{br} drop
 add element {TABLE} fwd_in {{ "{br}" : jump fwd-in-{br} }}
 add chain {TABLE} nat-out-{br}
 add rule {TABLE} nat-out-{br} oifname "{br}" ip saddr {net.subnet} ct status dnat masquerade comment "hairpin"
-{f"add rule {TABLE} nat-out-{br} {masq}" if masq else ""}
 add element {TABLE} nat_out {{ "{br}" : jump nat-out-{br} }}
-"""
+""" + "".join(line + "\n" for line in extra)
 
 
 def _elements(verb: str, mappings: list[PortMapping], with_data: bool) -> str:
@@ -217,8 +229,10 @@ class NftFirewall:
 
     def del_network(self, net: BridgeRules) -> None:
         br = net.bridge
+        internal = f'delete element {TABLE} fwd_out {{ "{br}" }}\nflush chain {TABLE} fwd-out-{br}\ndelete chain {TABLE} fwd-out-{br}\n'
         self._apply(
             self._foreign_script([], [br])
+            + (internal if net.internal else "")
             + f"""\
 delete element {TABLE} fwd_in {{ "{br}" }}
 delete element {TABLE} nat_out {{ "{br}" }}

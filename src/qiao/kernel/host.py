@@ -13,16 +13,31 @@ import errno
 import os
 import secrets
 import socket
+from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Any, Protocol
 
 from qiao.kernel import netns
 
 ALIAS_PREFIX = "qiao:"
+IFA_F_NODAD = 0x02  # IPv6 addresses usable at once: qiao's IPAM already guarantees uniqueness
+
+
+@dataclass(frozen=True)
+class Iface:
+    """How to configure one interface inside a sandbox."""
+
+    ifname: str
+    address: str
+    prefixlen: int
+    gateway: str = ""  # set on the interface that carries the default route
+    address6: str = ""
+    prefixlen6: int = 0
+    gateway6: str = ""
 
 
 class Host(Protocol):
-    def ensure_bridge(self, name: str, address: str, prefixlen: int, mtu: int) -> bool: ...
+    def ensure_bridge(self, name: str, address: str, prefixlen: int, mtu: int, v6: tuple[str, int] | None = None) -> bool: ...
     def delete_link(self, name: str) -> None: ...
     def link_exists(self, name: str) -> bool: ...
     def link_kind(self, name: str) -> str | None: ...
@@ -30,10 +45,11 @@ class Host(Protocol):
     def create_netns(self, path: str) -> None: ...
     def destroy_netns(self, path: str) -> None: ...
     def create_veth(self, host_ifname: str, netns_path: str, peer_ifname: str, mac: str, mtu: int, owner: str) -> None: ...
-    def attach_to_bridge(self, host_ifname: str, bridge: str) -> None: ...
-    def configure_sandbox(self, netns_path: str, ifname: str | None, address: str, prefixlen: int, gateway: str | None) -> None: ...
+    def attach_to_bridge(self, host_ifname: str, bridge: str, isolated: bool = False) -> None: ...
+    def bridge_netfilter(self) -> bool: ...
+    def configure_sandbox(self, netns_path: str, iface: Iface | None) -> None: ...
     def reserved_networks(self) -> list[IPv4Network]: ...
-    def enable_forwarding(self) -> None: ...
+    def enable_forwarding(self, ipv6: bool = False) -> None: ...
     def flush_conntrack(self, proto: str, port: int) -> None: ...
 
 
@@ -63,7 +79,7 @@ class LinuxHost:
         info = self._ipr.get_links(index)[0].get_attr("IFLA_LINKINFO")
         return (info.get_attr("IFLA_INFO_KIND") if info else None) or ""
 
-    def ensure_bridge(self, name: str, address: str, prefixlen: int, mtu: int) -> bool:
+    def ensure_bridge(self, name: str, address: str, prefixlen: int, mtu: int, v6: tuple[str, int] | None = None) -> bool:
         index = self._index(name)
         created = index is None
         if created:
@@ -76,6 +92,10 @@ class LinuxHost:
         have = {(a.get("address"), a["prefixlen"]) for a in self._ipr.get_addr(index=index, family=2)}
         if (address, prefixlen) not in have:
             self._ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
+        if v6:
+            have6 = {(a.get("address"), a["prefixlen"]) for a in self._ipr.get_addr(index=index, family=socket.AF_INET6)}
+            if v6 not in have6:
+                self._ipr.addr("add", index=index, address=v6[0], prefixlen=v6[1], flags=IFA_F_NODAD)
         self._ipr.link("set", index=index, state="up")
         self._write_sysctl(f"/proc/sys/net/ipv6/conf/{name}/accept_ra", "0", missing_ok=True)
         # Lets the host reach published ports through 127.0.0.1: DNAT sends those
@@ -119,27 +139,40 @@ class LinuxHost:
             os.close(fd)
         self._ipr.link("set", ifname=host_ifname, ifalias=ALIAS_PREFIX + owner)
 
-    def attach_to_bridge(self, host_ifname: str, bridge: str) -> None:
+    def bridge_netfilter(self) -> bool:
+        """Whether bridged IPv4 traffic passes the netfilter hooks (br_netfilter)."""
+        try:
+            with open("/proc/sys/net/bridge/bridge-nf-call-iptables") as f:
+                return f.read().strip() == "1"
+        except OSError:
+            return False
+
+    def attach_to_bridge(self, host_ifname: str, bridge: str, isolated: bool = False) -> None:
         master = self._index(bridge)
         if master is None:
             raise OSError(errno.ENODEV, f"no such device: {bridge}")
-        self._ipr.link("set", ifname=host_ifname, master=master, state="up")  # ENODEV from the kernel if the veth is gone
+        self._ipr.link("set", ifname=host_ifname, master=master)  # ENODEV from the kernel if the veth is gone
         # Hairpin mode, as Docker without its userland proxy: with br_netfilter, a container's
         # packet to its own published port is bridged back out of the port it came in on.
-        self._ipr.link("set", ifname=host_ifname, kind="bridge_slave", mode=1)
+        self._ipr.link("set", ifname=host_ifname, kind="bridge_slave", mode=1, **({"isolated": 1} if isolated else {}))
+        self._ipr.link("set", ifname=host_ifname, state="up")
 
-    def configure_sandbox(self, netns_path: str, ifname: str | None, address: str, prefixlen: int, gateway: str | None) -> None:
+    def configure_sandbox(self, netns_path: str, iface: Iface | None) -> None:
         with netns.entered(netns_path):
             ipr = self._IPRoute()
         try:
             ipr.link("set", ifname="lo", state="up")
-            if ifname is None:
+            if iface is None:
                 return
-            index = ipr.link_lookup(ifname=ifname)[0]
-            ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
+            index = ipr.link_lookup(ifname=iface.ifname)[0]
+            ipr.addr("add", index=index, address=iface.address, prefixlen=iface.prefixlen)
+            if iface.address6:
+                ipr.addr("add", index=index, address=iface.address6, prefixlen=iface.prefixlen6, flags=IFA_F_NODAD)
             ipr.link("set", index=index, state="up")
-            if gateway:
-                ipr.route("add", dst="0.0.0.0/0", gateway=gateway)
+            if iface.gateway:
+                ipr.route("add", dst="0.0.0.0/0", gateway=iface.gateway)
+            if iface.gateway6:
+                ipr.route("add", dst="::/0", gateway=iface.gateway6, family=socket.AF_INET6)
         finally:
             ipr.close()
 
@@ -155,8 +188,10 @@ class LinuxHost:
             nets.append(IPv4Network(f"{addr.get('address')}/32"))
         return nets
 
-    def enable_forwarding(self) -> None:
+    def enable_forwarding(self, ipv6: bool = False) -> None:
         self._write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+        if ipv6:  # only with an IPv6 network, as Docker: it stops the host's own RA-based autoconfiguration
+            self._write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")
 
     def flush_conntrack(self, proto: str, port: int) -> None:
         """Forget flows to a host port, so the next datagram of a long UDP flow
@@ -192,9 +227,10 @@ class StubHost:
         self.sandboxes: dict[str, dict[str, Any]] = {}
         self.reserved = reserved or []
         self.forwarding = False
+        self.forwarding6 = False
         self.flushed: list[tuple[str, int]] = []
 
-    def ensure_bridge(self, name: str, address: str, prefixlen: int, mtu: int) -> bool:
+    def ensure_bridge(self, name: str, address: str, prefixlen: int, mtu: int, v6: tuple[str, int] | None = None) -> bool:
         created = name not in self.links
         self.links.setdefault(name, {"kind": "bridge", "address": f"{address}/{prefixlen}", "mtu": mtu})
         return created
@@ -225,17 +261,21 @@ class StubHost:
             raise OSError(errno.EEXIST, f"{host_ifname} exists")
         self.links[host_ifname] = {"kind": "veth", "netns": netns_path, "peer": peer_ifname, "mac": mac, "owner": owner}
 
-    def attach_to_bridge(self, host_ifname: str, bridge: str) -> None:
-        self.links[host_ifname]["master"] = bridge
+    def attach_to_bridge(self, host_ifname: str, bridge: str, isolated: bool = False) -> None:
+        self.links[host_ifname].update(master=bridge, isolated=isolated)
 
-    def configure_sandbox(self, netns_path: str, ifname: str | None, address: str, prefixlen: int, gateway: str | None) -> None:
-        self.sandboxes[netns_path] = {"ifname": ifname, "address": address, "gateway": gateway}
+    def bridge_netfilter(self) -> bool:
+        return False
+
+    def configure_sandbox(self, netns_path: str, iface: Iface | None) -> None:
+        self.sandboxes.setdefault(netns_path, {})[iface.ifname if iface else "lo"] = iface
 
     def reserved_networks(self) -> list[IPv4Network]:
         return list(self.reserved)
 
-    def enable_forwarding(self) -> None:
+    def enable_forwarding(self, ipv6: bool = False) -> None:
         self.forwarding = True
+        self.forwarding6 = self.forwarding6 or ipv6
 
     def flush_conntrack(self, proto: str, port: int) -> None:
         self.flushed.append((proto, port))

@@ -1,0 +1,1 @@
+"""qiao's DNS resolver for user-defined networks (aardvark-dns's design)."""
