@@ -101,8 +101,13 @@ class Containers:
                     with self.store.transaction() as tx:
                         tx.delete("endpoints", ep.id)
             for name, owner in self.host.owned_links().items():
-                if owner not in self.networks.endpoints:
+                # veths are tagged with their endpoint, bridges with "net:<network id>"
+                known = owner[4:] in self.networks.by_id if owner.startswith("net:") else owner in self.networks.endpoints
+                if not known:
                     self.host.delete_link(name)
+            for ctr in self.by_id.values():
+                if not ctr.running:
+                    self._kill_orphan_shim(ctr)
             keys = {c.sandbox_key for c in self.by_id.values() if c.running and c.sandbox_key}
             for entry in os.listdir(self.root.netns_dir):
                 path = os.path.join(self.root.netns_dir, entry)
@@ -300,7 +305,12 @@ class Containers:
     def _start(self, ctr: Container, stdio: tuple[int, int, int] | None) -> Container:
         files = self.files(ctr)
         os.makedirs(self.root.container_dir(ctr.id), exist_ok=True)
-        spec: dict[str, Any] = {"cmd": ctr.cmd, "env": self._env(ctr, stdio is not None), "exit_file": files["exit"]}
+        spec: dict[str, Any] = {
+            "cmd": ctr.cmd,
+            "env": self._env(ctr, stdio is not None),
+            "exit_file": files["exit"],
+            "pid_file": os.path.join(self.root.container_dir(ctr.id), "shim.pid"),
+        }
         endpoints: list[Endpoint] = []
         mappings: list[PortMapping] = []
         sandbox = ""
@@ -464,6 +474,25 @@ class Containers:
             os.kill(pid, signal.SIGKILL)
 
     # -- exit ------------------------------------------------------------
+
+    def _kill_orphan_shim(self, ctr: Container) -> None:
+        """A daemon killed between starting a container's shim and storing it
+        leaves a shim (and its command) that no record owns: end them.  The
+        shim wrote its pid first thing; its command line names the container."""
+        pid_file = os.path.join(self.root.container_dir(ctr.id), "shim.pid")
+        try:
+            with open(pid_file) as f:
+                pid = int(f.read())
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+            owned = b"qiao.runtime.shim" in cmdline and ctr.id.encode() in cmdline
+        except (OSError, ValueError):
+            return
+        if owned:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)  # the shim leads its session: the command dies with it
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pid_file)
 
     def _on_exit(self, cid: str) -> None:
         with self.lock:

@@ -389,7 +389,7 @@ class Networks:
     def _ensure_bridge(self, net: Network) -> bool:
         assert net.bridge and net.gateway
         v6 = (net.gateway6, int(net.subnet6.split("/")[1])) if net.subnet6 and net.gateway6 else None
-        return self.host.ensure_bridge(net.bridge, net.gateway, net.prefixlen, net.mtu, v6)
+        return self.host.ensure_bridge(net.bridge, net.gateway, net.prefixlen, net.mtu, v6, owner=f"net:{net.id}")
 
     @staticmethod
     def _rules(net: Network) -> BridgeRules:

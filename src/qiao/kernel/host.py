@@ -37,7 +37,9 @@ class Iface:
 
 
 class Host(Protocol):
-    def ensure_bridge(self, name: str, address: str, prefixlen: int, mtu: int, v6: tuple[str, int] | None = None) -> bool: ...
+    def ensure_bridge(
+        self, name: str, address: str, prefixlen: int, mtu: int, v6: tuple[str, int] | None = None, owner: str = ""
+    ) -> bool: ...
     def delete_link(self, name: str) -> None: ...
     def link_exists(self, name: str) -> bool: ...
     def link_kind(self, name: str) -> str | None: ...
@@ -79,7 +81,7 @@ class LinuxHost:
         info = self._ipr.get_links(index)[0].get_attr("IFLA_LINKINFO")
         return (info.get_attr("IFLA_INFO_KIND") if info else None) or ""
 
-    def ensure_bridge(self, name: str, address: str, prefixlen: int, mtu: int, v6: tuple[str, int] | None = None) -> bool:
+    def ensure_bridge(self, name: str, address: str, prefixlen: int, mtu: int, v6: tuple[str, int] | None = None, owner: str = "") -> bool:
         index = self._index(name)
         created = index is None
         if created:
@@ -89,6 +91,8 @@ class LinuxHost:
             mac[0] = (mac[0] & 0xFE) | 0x02
             self._ipr.link("add", ifname=name, kind="bridge", mtu=mtu, address=":".join(f"{b:02x}" for b in mac))
             index = self._index(name)
+            if owner:  # so a restart after a crash mid-create can find and remove it
+                self._ipr.link("set", index=index, ifalias=ALIAS_PREFIX + owner)
         have = {(a.get("address"), a["prefixlen"]) for a in self._ipr.get_addr(index=index, family=2)}
         if (address, prefixlen) not in have:
             self._ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
@@ -230,9 +234,11 @@ class StubHost:
         self.forwarding6 = False
         self.flushed: list[tuple[str, int]] = []
 
-    def ensure_bridge(self, name: str, address: str, prefixlen: int, mtu: int, v6: tuple[str, int] | None = None) -> bool:
+    def ensure_bridge(self, name: str, address: str, prefixlen: int, mtu: int, v6: tuple[str, int] | None = None, owner: str = "") -> bool:
         created = name not in self.links
         self.links.setdefault(name, {"kind": "bridge", "address": f"{address}/{prefixlen}", "mtu": mtu})
+        if created and owner:
+            self.links[name]["owner"] = owner
         return created
 
     def delete_link(self, name: str) -> None:

@@ -63,6 +63,8 @@ def _write_exit(path: str, code: int) -> None:
 def main() -> int:
     spec = json.loads(sys.argv[1])
     status = os.fdopen(spec["status_fd"], "w")
+    with open(spec["pid_file"], "w") as f:  # first: a daemon that dies before storing us can still find us
+        f.write(str(os.getpid()))
     for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
     try:
