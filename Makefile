@@ -23,5 +23,8 @@ bench: setup
 bench-peers: setup
 	scripts/install-peers.sh
 
+bench-ports: setup
+	.venv/bin/python -m bench.ports
+
 clean:
 	rm -rf .venv build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -104,22 +104,80 @@ def test_run_options_parsing():
         ["run", "--rm", "-it", "-h", "box", "-e", "A=1", "-e", "B=2", "--net", "web", "-p", "8080:80", "-P", "--expose", "53/udp", "true"]
     )
     assert a.rm and a.interactive and a.tty and a.publish_all
-    assert (a.hostname, a.env, a.network, a.publish, a.expose) == ("box", ["A=1", "B=2"], "web", ["8080:80"], ["53/udp"])
-    assert build_parser().parse_args(["run", "true"]).network == "bridge"
+    assert (a.hostname, a.env, a.network, a.publish, a.expose) == ("box", ["A=1", "B=2"], ["web"], ["8080:80"], ["53/udp"])
+    plain = build_parser().parse_args(["run", "true"])
+    assert (plain.network, plain.network_alias, plain.ip, plain.ip6, plain.mac_address, plain.link) == ([], [], "", "", "", [])
 
 
 def test_network_create_parsing():
     argv = ["network", "create", "--subnet", "10.1.0.0/24", "--gateway", "10.1.0.254", "--ip-range", "10.1.0.0/28"]
     a = build_parser().parse_args([*argv, "-o", "a=b", "--internal", "n"])
-    assert (a.network_command, a.subnet, a.gateway, a.ip_range, a.opt, a.internal, a.name) == (
+    assert (a.network_command, a.subnet, a.gateway, a.ip_range, a.opt, a.internal, a.ipv6, a.name) == (
         "create",
-        "10.1.0.0/24",
-        "10.1.0.254",
+        ["10.1.0.0/24"],
+        ["10.1.0.254"],
         "10.1.0.0/28",
         ["a=b"],
         True,
+        False,
         "n",
     )
+
+
+def test_run_network_options_parsing():
+    argv = ["run", "--network", "web", "--net", "db", "--network-alias", "api", "--network-alias", "v1.api"]
+    argv += ["--ip", "10.1.0.9", "--ip6", "fd00:1::9", "--mac-address", "02:42:00:00:00:09", "--link", "a:b", "--link", "c", "true"]
+    a = build_parser().parse_args(argv)
+    assert a.network == ["web", "db"]
+    assert (a.network_alias, a.ip, a.ip6, a.mac_address, a.link) == (
+        ["api", "v1.api"],
+        "10.1.0.9",
+        "fd00:1::9",
+        "02:42:00:00:00:09",
+        ["a:b", "c"],
+    )
+    assert a.cmd == ["true"]
+
+
+def test_network_create_dual_stack_parsing():
+    argv = ["network", "create", "--ipv6", "--subnet", "10.1.0.0/24", "--subnet", "fd00:1::/64", "--gateway", "10.1.0.1"]
+    a = build_parser().parse_args([*argv, "--gateway", "fd00:1::1", "--attachable", "n"])
+    assert (a.ipv6, a.subnet, a.gateway, a.attachable, a.ip_range) == (
+        True,
+        ["10.1.0.0/24", "fd00:1::/64"],
+        ["10.1.0.1", "fd00:1::1"],
+        True,
+        None,
+    )
+
+
+def test_network_connect_disconnect_parsing():
+    a = build_parser().parse_args(
+        ["network", "connect", "--alias", "x", "--alias", "y", "--ip", "10.1.0.5", "--ip6", "fd00::5", "web", "box"]
+    )
+    assert (a.network_command, a.alias, a.ip, a.ip6, a.network, a.container) == ("connect", ["x", "y"], "10.1.0.5", "fd00::5", "web", "box")
+    plain = build_parser().parse_args(["network", "connect", "web", "box"])
+    assert (plain.alias, plain.ip, plain.ip6) == ([], "", "")
+    d = build_parser().parse_args(["network", "disconnect", "-f", "web", "box"])
+    assert (d.network_command, d.force, d.network, d.container) == ("disconnect", True, "web", "box")
+    assert build_parser().parse_args(["network", "disconnect", "web", "box"]).force is False
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["network", "connect", "web"], "required: container"),
+        (["network", "disconnect"], "required: network, container"),
+        (["network", "connect", "--mac-address", "x", "web", "box"], "unrecognized arguments: --mac-address"),
+        (["run", "--ip"], "expected one argument"),
+        (["run", "--network", "web", "--network", "web", "true"], 'network "web" is specified multiple times'),
+        (["run", "--net", "a", "--net", "b", "--net", "a", "true"], 'network "a" is specified multiple times'),
+        (["network", "create", "--gateway", "10.1.0.1", "n"], "each --gateway needs a --subnet"),
+    ],
+)
+def test_new_options_usage_errors(tmp_path, capsys, argv, fragment):
+    assert main(["--root", str(tmp_path), *argv]) == 2
+    assert fragment in one_error_line(capsys)
 
 
 # -- a fake qiaod ------------------------------------------------------------
@@ -278,8 +336,85 @@ def test_main_network_create_body(tmp_path, root, daemon, capsys):
     # Docker's MapOpts: "-o KEY" means KEY="" and only the first "=" splits
     assert body["Options"] == {"mtu": "", "a": "b=c"}
     assert body["Labels"] == {"x": "1"}
-    assert body["IPAM"] == {"Driver": "default", "Config": [{"Subnet": "10.1.0.0/24", "Gateway": None, "IPRange": None}]}
-    assert (body["Name"], body["Driver"], body["Internal"], body["Attachable"]) == ("web", "bridge", False, False)
+    assert body["IPAM"] == {"Driver": "default", "Config": [{"Subnet": "10.1.0.0/24", "Gateway": None}]}
+    assert (body["Name"], body["Driver"], body["Internal"], body["Attachable"], body["EnableIPv6"]) == (
+        "web",
+        "bridge",
+        False,
+        False,
+        False,
+    )
+
+
+def test_main_network_create_dual_stack_body(tmp_path, root, daemon, capsys):
+    daemon.reply("POST", "/networks/create", 201, {"Id": "f" * 64})
+    argv = ["network", "create", "--ipv6", "--subnet", "10.1.0.0/24", "--subnet", "fd00:1::/64", "--gateway", "10.1.0.254"]
+    assert main(["--root", str(tmp_path), *argv, "--ip-range", "10.1.0.0/28", "--internal", "web"]) == 0
+    body = daemon.requests[-1]["body"]
+    assert body["EnableIPv6"] is True and body["Internal"] is True
+    assert body["IPAM"]["Config"] == [
+        {"Subnet": "10.1.0.0/24", "Gateway": "10.1.0.254", "IPRange": "10.1.0.0/28"},
+        {"Subnet": "fd00:1::/64", "Gateway": None},
+    ]
+
+
+def test_main_network_create_without_subnet_sends_no_ipam_config(tmp_path, root, daemon, capsys):
+    daemon.reply("POST", "/networks/create", 201, {"Id": "f" * 64})
+    assert main(["--root", str(tmp_path), "network", "create", "web"]) == 0
+    assert daemon.requests[-1]["body"]["IPAM"] == {"Driver": "default", "Config": []}
+
+
+def test_main_run_network_settings_go_to_the_first_network(tmp_path, root, daemon, capsys):
+    daemon.reply("POST", "/containers/create", 201, {"Id": "a" * 64})
+    daemon.reply("POST", "/containers/" + "a" * 64 + "/start", 204, b"")
+    argv = ["run", "-d", "--network", "web", "--network", "db", "--network-alias", "api", "--ip", "10.1.0.9", "--ip6", "fd00::9"]
+    assert main(["--root", str(tmp_path), *argv, "--mac-address", "02:42:00:00:00:09", "--link", "x:y", "true"]) == 0
+    create = daemon.requests[0]["body"]
+    assert create["HostConfig"]["NetworkMode"] == "web"
+    assert create["HostConfig"]["Links"] == ["x:y"]
+    assert create["NetworkingConfig"] == {
+        "EndpointsConfig": {
+            "web": {
+                "Aliases": ["api"],
+                "IPAMConfig": {"IPv4Address": "10.1.0.9", "IPv6Address": "fd00::9"},
+                "MacAddress": "02:42:00:00:00:09",
+            },
+            "db": {},
+        }
+    }
+    assert list(create["NetworkingConfig"]["EndpointsConfig"]) == ["web", "db"]  # order: the first carries the default route
+
+
+def test_main_run_default_network_is_bridge(tmp_path, root, daemon, capsys):
+    daemon.reply("POST", "/containers/create", 201, {"Id": "a" * 64})
+    daemon.reply("POST", "/containers/" + "a" * 64 + "/start", 204, b"")
+    assert main(["--root", str(tmp_path), "run", "-d", "true"]) == 0
+    create = daemon.requests[0]["body"]
+    assert create["HostConfig"]["NetworkMode"] == "bridge" and create["HostConfig"]["Links"] == []
+    assert create["NetworkingConfig"] == {
+        "EndpointsConfig": {"bridge": {"Aliases": [], "IPAMConfig": {"IPv4Address": "", "IPv6Address": ""}, "MacAddress": ""}}
+    }
+
+
+def test_main_network_connect_and_disconnect_bodies(tmp_path, root, daemon, capsys):
+    daemon.reply("POST", "/networks/web/connect", 200, b"")
+    daemon.reply("POST", "/networks/web/disconnect", 200, b"")
+    assert main(["--root", str(tmp_path), "network", "connect", "--alias", "api", "--ip", "10.1.0.5", "web", "box"]) == 0
+    assert main(["--root", str(tmp_path), "network", "disconnect", "--force", "web", "box"]) == 0
+    connect, disconnect = daemon.requests
+    assert (connect["method"], connect["path"]) == ("POST", "/networks/web/connect")
+    assert connect["body"] == {
+        "Container": "box",
+        "EndpointConfig": {"Aliases": ["api"], "IPAMConfig": {"IPv4Address": "10.1.0.5", "IPv6Address": ""}},
+    }
+    assert (disconnect["path"], disconnect["body"]) == ("/networks/web/disconnect", {"Container": "box", "Force": True})
+    assert capsys.readouterr().out == ""  # Docker prints nothing on success
+
+
+def test_main_network_connect_refused(tmp_path, root, daemon, capsys):
+    daemon.reply("POST", "/networks/web/connect", 409, {"message": "endpoint with name box already exists in network web"})
+    assert main(["--root", str(tmp_path), "network", "connect", "web", "box"]) == 1
+    assert one_error_line(capsys) == "qiao: Error response from daemon: endpoint with name box already exists in network web"
 
 
 def test_main_daemon_error_is_one_line(tmp_path, root, daemon, capsys):
@@ -475,6 +610,98 @@ def test_parse_expose():
     assert output.parse_expose("80") == ["80/tcp"]
     with pytest.raises(ValueError):
         output.parse_expose("80/icmp")
+
+
+@pytest.mark.parametrize(
+    "subnets, gateways, ip_range, config",
+    [
+        ([], [], None, []),
+        ([], [], "10.1.0.0/28", [{"IPRange": "10.1.0.0/28"}]),
+        (["10.1.0.0/24"], [], None, [{"Subnet": "10.1.0.0/24", "Gateway": None}]),
+        (["10.1.0.0/24"], ["10.1.0.1"], "10.1.0.0/28", [{"Subnet": "10.1.0.0/24", "Gateway": "10.1.0.1", "IPRange": "10.1.0.0/28"}]),
+        (
+            ["10.1.0.0/24", "fd00::/64"],
+            ["10.1.0.1", "fd00::1"],
+            "10.1.0.0/28",
+            [{"Subnet": "10.1.0.0/24", "Gateway": "10.1.0.1", "IPRange": "10.1.0.0/28"}, {"Subnet": "fd00::/64", "Gateway": "fd00::1"}],
+        ),
+        (
+            ["fd00::/64", "10.1.0.0/24"],
+            ["fd00::1"],
+            None,
+            [{"Subnet": "fd00::/64", "Gateway": "fd00::1"}, {"Subnet": "10.1.0.0/24", "Gateway": None}],
+        ),
+    ],
+)
+def test_ipam_config(subnets, gateways, ip_range, config):
+    assert output.ipam_config(subnets, gateways, ip_range) == config
+
+
+def test_ipam_config_gateway_without_subnet():
+    with pytest.raises(ValueError, match="each --gateway needs a --subnet"):
+        output.ipam_config(["10.1.0.0/24"], ["10.1.0.1", "fd00::1"], None)
+
+
+@pytest.mark.parametrize(
+    "spec, parsed",
+    [
+        ("53/udp", [("53/udp", {"HostIp": "", "HostPort": ""})]),
+        ("9/sctp", [("9/sctp", {"HostIp": "", "HostPort": ""})]),
+        ("80-82", [(f"{p}/tcp", {"HostIp": "", "HostPort": ""}) for p in (80, 81, 82)]),
+        (
+            "0.0.0.0:8080-8081:80-81/udp",
+            [("80/udp", {"HostIp": "0.0.0.0", "HostPort": "8080"}), ("81/udp", {"HostIp": "0.0.0.0", "HostPort": "8081"})],
+        ),
+        (":8080:80", [("80/tcp", {"HostIp": "", "HostPort": "8080"})]),
+        ("80/", [("80/tcp", {"HostIp": "", "HostPort": ""})]),  # as Docker's SplitProtoPort: an empty protocol is tcp
+        ("65535:1", [("1/tcp", {"HostIp": "", "HostPort": "65535"})]),
+    ],
+)
+def test_parse_publish_more(spec, parsed):
+    assert output.parse_publish(spec) == parsed
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("80/tcp/udp", "invalid protocol 'tcp/udp'"),
+        ("http", "invalid container port 'http'"),
+        ("8080:0", "invalid container port '0'"),
+        ("65536:80", "invalid host port '65536'"),
+        ("x:80", "invalid host port 'x'"),
+        ("81-80:80", "invalid host port '81-80'"),
+        ("1:2:3:4", "expected [IP:][HOSTPORT[-END]:]PORT[-END][/PROTO]"),
+        ("[::1]:80:80", "IPv6 host addresses are not supported yet"),
+        ("8080-8082:80-81", "differ in size"),
+    ],
+)
+def test_parse_publish_error_messages(spec, fragment):
+    with pytest.raises(ValueError) as info:
+        output.parse_publish(spec)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "spec, parsed",
+    [("53/udp", ["53/udp"]), ("9/sctp", ["9/sctp"]), ("80-81", ["80/tcp", "81/tcp"]), ("65535", ["65535/tcp"]), ("80/", ["80/tcp"])],
+)
+def test_parse_expose_more(spec, parsed):
+    assert output.parse_expose(spec) == parsed
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("0", "ports are 1-65535"),
+        ("81-80", "start <= end"),
+        ("65536", "invalid port"),
+        ("80/icmp", "invalid protocol"),
+        ("", "invalid port ''"),
+    ],
+)
+def test_parse_expose_errors(spec, fragment):
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(")):
+        output.parse_expose(spec)
 
 
 # -- start-up cost -----------------------------------------------------------

@@ -19,15 +19,24 @@ DOCKER_HOSTS_HEADER = [
 
 
 def test_hosts_with_address():
-    text = etcfiles.hosts("172.17.0.2", "0123456789ab")
+    text = etcfiles.hosts([("172.17.0.2", "0123456789ab")])
     assert text.splitlines() == DOCKER_HOSTS_HEADER + ["172.17.0.2\t0123456789ab"]
     assert text.endswith("\n")
 
 
 def test_hosts_without_address():
-    text = etcfiles.hosts(None, "box")
+    text = etcfiles.hosts([])
     assert text.splitlines() == DOCKER_HOSTS_HEADER
-    assert "box" not in text
+    assert text == etcfiles.HOSTS_HEADER
+
+
+def test_hosts_own_addresses_then_links_in_order():
+    entries = [("10.1.0.2", "box"), ("fd00:1::2", "box"), ("172.17.0.3", "db cccccccccccc other")]
+    assert etcfiles.hosts(entries).splitlines()[len(DOCKER_HOSTS_HEADER) :] == [
+        "10.1.0.2\tbox",
+        "fd00:1::2\tbox",
+        "172.17.0.3\tdb cccccccccccc other",
+    ]
 
 
 def write(tmp_path, text: str) -> str:
@@ -87,15 +96,48 @@ def test_host_nameservers(tmp_path):
     assert etcfiles.host_nameservers(str(tmp_path / "missing")) == []
 
 
-def test_write_replaces_files_atomically(tmp_path):
+def test_write_rewrites_files_in_place(tmp_path):
+    """A bind mount follows the inode: a rewrite must keep it (no rename over the file)."""
     d = tmp_path / "ctr"
-    etcfiles.write(str(d), {"hosts": "a\n", "hostname": "box\n"})
+    etcfiles.write(str(d), {"hosts": "a long first version\n", "hostname": "box\n"})
+    inode = os.stat(d / "hosts").st_ino
     etcfiles.write(str(d), {"hosts": "b\n"})
-    assert (d / "hosts").read_text() == "b\n"
+    assert os.stat(d / "hosts").st_ino == inode
+    assert (d / "hosts").read_text() == "b\n"  # truncated, nothing of the longer old text left
     assert (d / "hostname").read_text() == "box\n"
     assert sorted(os.listdir(d)) == ["hostname", "hosts"]  # no temporary files left
 
 
+def test_resolv_conf_with_nameservers_replaces_the_hosts(tmp_path):
+    """User networks: qiao's resolvers (the gateways) instead of the host's; search and options stay."""
+    src = write(tmp_path, "nameserver 127.0.0.53\nsearch lan\nnameserver 10.0.0.2\noptions edns0")
+    assert etcfiles.resolv_conf(src, nameservers=["10.1.0.1", "10.2.0.1"]) == (
+        "nameserver 10.1.0.1\nnameserver 10.2.0.1\nsearch lan\noptions edns0\n"
+    )
+
+
+def test_resolv_conf_with_nameservers_missing_source(tmp_path):
+    assert etcfiles.resolv_conf(str(tmp_path / "missing"), nameservers=["10.1.0.1"]) == "nameserver 10.1.0.1\n"
+
+
+def test_resolv_conf_empty_nameservers_is_the_legacy_transform(tmp_path):
+    src = write(tmp_path, "nameserver 127.0.0.53\n")
+    assert etcfiles.resolv_conf(src, nameservers=[]) == etcfiles.resolv_conf(src)
+
+
+def test_default_resolv_conf(tmp_path, monkeypatch):
+    stub = write(tmp_path, "nameserver 127.0.0.53\noptions edns0\n")
+    monkeypatch.setattr(etcfiles, "SYSTEMD_RESOLVED", str(tmp_path / "missing"))
+    assert etcfiles.default_resolv_conf(stub) == stub  # behind the stub, but no systemd-resolved upstream file
+    real = tmp_path / "upstream.conf"
+    real.write_text("nameserver 10.0.0.2\n")
+    monkeypatch.setattr(etcfiles, "SYSTEMD_RESOLVED", str(real))
+    assert etcfiles.default_resolv_conf(stub) == str(real)
+    plain = tmp_path / "plain.conf"
+    plain.write_text("nameserver 10.0.0.2\n")
+    assert etcfiles.default_resolv_conf(str(plain)) == str(plain)
+
+
 @pytest.mark.parametrize("address", ["10.1.2.3", "192.168.0.10"])
 def test_hosts_line_is_tab_separated(address):
-    assert etcfiles.hosts(address, "h").splitlines()[-1] == f"{address}\th"
+    assert etcfiles.hosts([(address, "h")]).splitlines()[-1] == f"{address}\th"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
@@ -11,6 +11,8 @@ from qiao.engine.ipam import DEFAULT_POOLS, AddressPool, choose_subnet, parse_ad
 
 A = IPv4Address
 N = IPv4Network
+A6 = IPv6Address
+N6 = IPv6Network
 
 
 # -- default pools -----------------------------------------------------------
@@ -84,6 +86,12 @@ def test_parse_subnet_ok():
     assert parse_subnet("10.10.0.0/30") == N("10.10.0.0/30")
 
 
+def test_parse_subnet_ipv6():
+    assert parse_subnet("fd00::/64") == N6("fd00::/64")
+    assert parse_subnet("2001:db8:1::/48") == N6("2001:db8:1::/48")
+    assert parse_subnet("fd00::/126") == N6("fd00::/126")
+
+
 @pytest.mark.parametrize(
     "text, fragment",
     [
@@ -92,9 +100,13 @@ def test_parse_subnet_ok():
         ("300.1.0.0/16", "invalid subnet"),
         ("", "invalid subnet"),
         ("10.0.0.1/24", "host bits set"),
-        ("fd00::/64", "only IPv4"),
         ("10.0.0.0/31", "too small"),
         ("10.0.0.0/32", "too small"),
+        ("fd00::1/64", "host bits set"),
+        ("fd00::/127", "too small, the prefix must be /126"),
+        ("fd00::/128", "too small"),
+        ("fd00::/129", "invalid subnet"),
+        ("fd00:::/64", "invalid subnet"),
     ],
 )
 def test_parse_subnet_errors(text, fragment):
@@ -104,10 +116,13 @@ def test_parse_subnet_errors(text, fragment):
 
 def test_parse_address():
     assert parse_address("10.0.0.1") == A("10.0.0.1")
+    assert parse_address("fd00::1") == A6("fd00::1")
     with pytest.raises(InvalidParameter, match="invalid gateway 'x'"):
         parse_address("x", "gateway")
-    with pytest.raises(InvalidParameter):
-        parse_address("fd00::1")
+    with pytest.raises(InvalidParameter, match="invalid IPv6 address '10.0.0.0/24'"):
+        parse_address("10.0.0.0/24", "IPv6 address")
+    with pytest.raises(InvalidParameter, match="invalid address ''"):
+        parse_address("")
 
 
 # -- AddressPool -------------------------------------------------------------
@@ -221,11 +236,32 @@ def test_reserve_outside_subnet_is_invalid():
 
 def test_reserve_outside_ip_range_inside_subnet():
     p = pool("10.0.0.0/24", ip_range="10.0.0.128/25")
-    p.reserve(A("10.0.0.50"))  # static address outside the range: accepted, not tracked
+    p.reserve(A("10.0.0.50"))  # static address outside the range: accepted, never allocated
     assert p.allocate() == A("10.0.0.128")
     p.reserve(A("10.0.0.130"))
     assert p.allocate() == A("10.0.0.129")
     assert p.allocate() == A("10.0.0.131")
+
+
+def test_reserve_outside_ip_range_is_tracked():
+    """As Docker's IPAM (one bitmap per subnet): a second --ip of the same address is refused."""
+    p = pool("10.0.0.0/24", ip_range="10.0.0.128/25")
+    p.reserve(A("10.0.0.50"))
+    with pytest.raises(Conflict, match="10.0.0.50 is already in use"):
+        p.reserve(A("10.0.0.50"))
+    p.release(A("10.0.0.50"))
+    p.reserve(A("10.0.0.50"))  # free again after release
+    assert p.allocate() == A("10.0.0.128")  # a release below the range does not pull allocation out of it
+
+
+def test_release_below_range_keeps_allocation_in_range():
+    p = pool("10.0.0.0/24", ip_range="10.0.0.16/30")
+    p.reserve(A("10.0.0.5"))
+    assert p.allocate() == A("10.0.0.16")
+    p.release(A("10.0.0.5"))
+    assert [str(p.allocate()) for _ in range(3)] == ["10.0.0.17", "10.0.0.18", "10.0.0.19"]
+    with pytest.raises(Conflict, match="no available IPv4 addresses"):
+        p.allocate()
 
 
 def test_large_pool_allocation_is_sequential():
@@ -234,3 +270,83 @@ def test_large_pool_allocation_is_sequential():
     for _ in range(600):
         last = p.allocate()
     assert last == A("172.17.2.89")  # .2 + 599
+
+
+# -- IPv6 pools --------------------------------------------------------------
+
+
+def pool6(subnet: str = "fd00:1::/64", gateway: str | None = None) -> AddressPool:
+    net = N6(subnet)
+    return AddressPool(net, A6(gateway) if gateway else net.network_address + 1)
+
+
+def test_ipv6_allocate_lowest_free_skips_network_and_gateway():
+    p = pool6()
+    got = [p.allocate() for _ in range(3)]
+    assert got == [A6("fd00:1::2"), A6("fd00:1::3"), A6("fd00:1::4")]
+    assert all(isinstance(a, IPv6Address) for a in got)
+
+
+def test_ipv6_slash64_costs_memory_only_for_used_addresses():
+    p = pool6()
+    for _ in range(1000):
+        last = p.allocate()
+    assert last == A6("fd00:1::3e9")  # 2 + 999
+    assert len(p._used) == 1000 + 2  # the allocations, the network address and the gateway
+
+
+def test_ipv6_last_address_is_a_host():
+    """No broadcast in IPv6: the subnet's last address can be handed out."""
+    p = pool6("fd00::/126")
+    assert [str(p.allocate()) for _ in range(2)] == ["fd00::2", "fd00::3"]
+    with pytest.raises(Conflict, match="no available IPv6 addresses"):
+        p.allocate()
+
+
+def test_ipv6_gateway_elsewhere():
+    p = pool6("fd00::/126", gateway="fd00::2")
+    assert [str(p.allocate()) for _ in range(2)] == ["fd00::1", "fd00::3"]
+
+
+def test_ipv6_lowest_free_after_release():
+    p = pool6()
+    got = [p.allocate() for _ in range(6)]  # ::2 .. ::7
+    p.release(got[4])
+    p.release(got[2])
+    assert p.allocate() == got[2]
+    assert p.allocate() == got[4]
+    assert p.allocate() == A6("fd00:1::8")
+
+
+def test_ipv6_reserve_conflicts():
+    p = pool6()
+    p.reserve(A6("fd00:1::2"))
+    assert p.allocate() == A6("fd00:1::3")
+    with pytest.raises(Conflict, match="already in use"):
+        p.reserve(A6("fd00:1::2"))
+    with pytest.raises(Conflict, match="already in use"):
+        p.reserve(A6("fd00:1::3"))
+    for fixed in ("fd00:1::", "fd00:1::1"):
+        with pytest.raises(Conflict, match="reserved"):
+            p.reserve(A6(fixed))
+    with pytest.raises(InvalidParameter, match="not in subnet fd00:1::/64"):
+        p.reserve(A6("fd00:2::5"))
+    with pytest.raises(InvalidParameter, match="not in subnet"):
+        p.reserve(A("10.0.0.5"))  # another family entirely
+
+
+def test_ipv6_reserve_far_address_then_allocate_stays_low():
+    p = pool6()
+    p.reserve(A6("fd00:1::ffff:ffff:ffff:fffe"))
+    assert p.allocate() == A6("fd00:1::2")
+    p.release(A6("fd00:1::ffff:ffff:ffff:fffe"))
+    assert p.allocate() == A6("fd00:1::3")  # the hint never moves up past a free lower address
+    p.reserve(A6("fd00:1::ffff:ffff:ffff:ffff"))  # the last address is usable
+
+
+def test_ipv6_release_of_fixed_and_foreign_is_ignored():
+    p = pool6("fd00::/126")
+    for address in ("fd00::", "fd00::1", "fd00:9::2"):
+        p.release(A6(address))
+    p.release(A("10.0.0.2"))
+    assert p.allocate() == A6("fd00::2")

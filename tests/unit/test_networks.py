@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import ipaddress
 import threading
 from ipaddress import IPv4Address, IPv4Network
 
@@ -15,7 +16,7 @@ from qiao.engine.networks import DEFAULT_BRIDGE, OPT_BRIDGE_NAME, OPT_MTU, Netwo
 from qiao.engine.steps import InjectedFault, Steps, fault_at
 from qiao.engine.store import KINDS, Store
 from qiao.kernel.firewall import BridgeRules, StubFirewall
-from qiao.kernel.host import StubHost
+from qiao.kernel.host import Iface, StubHost
 
 SANDBOX = "/run/qiao-test/netns/c1"
 
@@ -88,9 +89,11 @@ def test_ensure_builtin_creates_bridge_host_none(nets):
     assert (by_name["host"].driver, by_name["host"].subnet, by_name["host"].bridge) == ("host", None, None)
     assert (by_name["none"].driver, by_name["none"].subnet) == ("null", None)
     assert all(n.builtin for n in by_name.values())
-    assert nets.host.links == {"qiao0": {"kind": "bridge", "address": "172.17.0.1/16", "mtu": 1500}}
-    assert nets.host.forwarding
+    # tagged with its network, so a restart after a crash mid-create can find and remove it
+    assert nets.host.links == {"qiao0": {"kind": "bridge", "address": "172.17.0.1/16", "mtu": 1500, "owner": f"net:{bridge.id}"}}
+    assert nets.host.forwarding and not nets.host.forwarding6
     assert nets.firewall.networks == {"qiao0": BridgeRules("qiao0", "172.17.0.0/16", masquerade=True)}
+    assert not bridge.user_defined and bridge.icc and not bridge.enable_ipv6
     assert {r["name"] for r in nets.store.load("networks")} == {"bridge", "host", "none"}
     assert first_free(nets, bridge.id) == IPv4Address("172.17.0.2")
     assert set(nets.pools) == {bridge.id}
@@ -131,7 +134,8 @@ def test_create_picks_next_free_pool(nets):
     assert net.subnet == "172.18.0.0/16" and net.gateway == "172.18.0.1"
     assert net.bridge == "br-" + net.id[:12]
     assert len(net.id) == 64
-    assert nets.host.links[net.bridge] == {"kind": "bridge", "address": "172.18.0.1/16", "mtu": 1500}
+    assert nets.host.links[net.bridge] == {"kind": "bridge", "address": "172.18.0.1/16", "mtu": 1500, "owner": f"net:{net.id}"}
+    assert net.user_defined and not net.enable_ipv6 and net.subnet6 is None
     assert nets.firewall.networks[net.bridge] == BridgeRules(net.bridge, "172.18.0.0/16", masquerade=True)
     stored = {r["name"]: r for r in nets.store.load("networks")}
     assert stored["web"] == to_dict(net)
@@ -183,7 +187,14 @@ def test_create_masquerade(nets, kwargs, masquerade):
         ({"subnet": "172.0.0.0/8"}, Conflict, "Pool overlaps"),
         ({"subnet": "10.0.0.1/24"}, InvalidParameter, "host bits set"),
         ({"subnet": "10.0.0.0/31"}, InvalidParameter, "too small"),
-        ({"subnet": "fd00::/64"}, InvalidParameter, "only IPv4"),
+        ({"subnet": "fd00::/64"}, InvalidParameter, "the first subnet must be IPv4"),
+        ({"subnet6": "fd00::/64"}, InvalidParameter, "an IPv6 --subnet needs --ipv6"),
+        ({"enable_ipv6": True}, InvalidParameter, "--ipv6 needs an IPv6 --subnet"),
+        ({"enable_ipv6": True, "subnet6": "fd00::1/64"}, InvalidParameter, "host bits set"),
+        ({"enable_ipv6": True, "subnet6": "fd00::/127"}, InvalidParameter, "too small"),
+        ({"enable_ipv6": True, "subnet6": "fd00::/64", "gateway6": "fd01::1"}, InvalidParameter, "no matching subnet for gateway fd01::1"),
+        ({"enable_ipv6": True, "subnet6": "fd00::/64", "gateway6": "fd00::"}, InvalidParameter, "no matching subnet for gateway"),
+        ({"enable_ipv6": True, "subnet6": "fd00::/64", "gateway6": "x"}, InvalidParameter, "invalid gateway"),
         ({"subnet": "10.2.0.0/24", "gateway": "10.3.0.1"}, InvalidParameter, "no matching subnet for gateway 10.3.0.1"),
         ({"subnet": "10.2.0.0/24", "gateway": "10.2.0.0"}, InvalidParameter, "no matching subnet for gateway"),
         ({"subnet": "10.2.0.0/24", "gateway": "10.2.0.255"}, InvalidParameter, "no matching subnet for gateway"),
@@ -350,9 +361,10 @@ def test_join_plugs_veth_into_bridge_and_sandbox(nets):
     ep = join_and_adopt(nets, net, "c" * 64)
     assert (ep.address, ep.prefixlen, ep.gateway, ep.mac, ep.ifname) == ("172.17.0.2", 16, "172.17.0.1", "02:42:ac:11:00:02", "eth0")
     assert ep.network_id == net.id and ep.container_id == "c" * 64
+    assert (ep.aliases, ep.address6, ep.prefixlen6, ep.gateway6) == ([], "", 0, "")
     link = nets.host.links[ep.host_ifname]
-    assert link == {"kind": "veth", "netns": SANDBOX, "peer": "eth0", "mac": ep.mac, "owner": ep.id, "master": "qiao0"}
-    assert nets.host.sandboxes[SANDBOX] == {"ifname": "eth0", "address": "172.17.0.2", "gateway": "172.17.0.1"}
+    assert link == {"kind": "veth", "netns": SANDBOX, "peer": "eth0", "mac": ep.mac, "owner": ep.id, "master": "qiao0", "isolated": False}
+    assert nets.host.sandboxes[SANDBOX] == {"eth0": Iface("eth0", "172.17.0.2", 16, "172.17.0.1")}
     assert nets.endpoints_of(net.id) == [ep]
     second = join_and_adopt(nets, net, "d" * 64)
     assert second.address == "172.17.0.3"
@@ -440,7 +452,7 @@ def test_reload_then_restore_kernel(tmp_path):
     assert again.firewall.resets == 1
     assert again.firewall.networks == {
         "qiao0": BridgeRules("qiao0", "172.17.0.0/16", True),
-        web.bridge: BridgeRules(web.bridge, "10.5.0.0/24", False),
+        web.bridge: BridgeRules(web.bridge, "10.5.0.0/24", masquerade=False, internal=True),
     }
 
 
@@ -450,3 +462,170 @@ def test_describe_uses_schema(nets):
     doc = nets.describe(net, {})
     assert doc["Name"] == "bridge"
     assert doc["Containers"]["c" * 64]["IPv4Address"] == f"{ep.address}/16"
+
+
+# -- IPv6, static settings, isolation, notifications ---------------------------
+
+
+@pytest.fixture
+def dual(nets):
+    return nets.create("dual", subnet="10.8.0.0/24", enable_ipv6=True, subnet6="fd00:8::/64")
+
+
+def test_create_dual_stack(nets, monkeypatch):
+    calls = []
+    real = nets.host.ensure_bridge
+    monkeypatch.setattr(nets.host, "ensure_bridge", lambda *a, **kw: calls.append(a) or real(*a, **kw))
+    net = nets.create("dual", subnet="10.8.0.0/24", enable_ipv6=True, subnet6="fd00:8::/64")
+    assert (net.enable_ipv6, net.subnet6, net.gateway6) == (True, "fd00:8::/64", "fd00:8::1")
+    assert calls == [(net.bridge, "10.8.0.1", 24, 1500, ("fd00:8::1", 64))]
+    assert nets.host.forwarding6
+    assert nets.firewall.networks[net.bridge] == BridgeRules(net.bridge, "10.8.0.0/24", masquerade=True, subnet6="fd00:8::/64")
+    assert str(nets.pools6[net.id].allocate()) == "fd00:8::2"
+    doc = nets.describe(net, {})
+    assert doc["EnableIPv6"] is True
+    assert doc["IPAM"]["Config"] == [{"Subnet": "10.8.0.0/24", "Gateway": "10.8.0.1"}, {"Subnet": "fd00:8::/64", "Gateway": "fd00:8::1"}]
+
+
+def test_create_dual_stack_custom_gateway_and_normalised_text(nets):
+    net = nets.create("dual", subnet="10.8.0.0/24", enable_ipv6=True, subnet6="FD00:8:0::/64", gateway6="fd00:8::fe")
+    assert (net.subnet6, net.gateway6) == ("fd00:8::/64", "fd00:8::fe")
+    assert str(nets.pools6[net.id].allocate()) == "fd00:8::1"
+
+
+def test_create_ipv6_overlap(nets, dual):
+    before = snapshot(nets)
+    with pytest.raises(Conflict, match=r"Pool overlaps .*\(fd00:8::/64, network dual\)"):
+        nets.create("other", enable_ipv6=True, subnet6="fd00:8::/48")
+    assert snapshot(nets) == before
+
+
+def test_create_ipv4_only_network_has_no_v6_pool(nets):
+    net = nets.create("web")
+    assert net.id not in nets.pools6
+    assert not nets.host.forwarding6  # IPv6 forwarding only with an IPv6 network, as Docker
+
+
+def test_create_and_remove_notify(nets):
+    seen = []
+    nets.on_change = seen.append
+    net = nets.create("web")
+    nets.remove("web")
+    other = nets.create("other")
+    assert nets.prune() == ["other"]
+    assert seen == [{net.id}, {net.id}, {other.id}, {other.id}]
+
+
+def test_failed_create_does_not_notify(nets):
+    seen = []
+    nets.on_change = seen.append
+    nets.fault = fault_at("store")
+    with pytest.raises(InjectedFault):
+        nets.create("web")
+    assert seen == []
+
+
+def test_join_dual_stack(nets, dual):
+    ep = join_and_adopt(nets, dual)
+    assert (ep.address, ep.prefixlen, ep.gateway) == ("10.8.0.2", 24, "10.8.0.1")
+    assert (ep.address6, ep.prefixlen6, ep.gateway6) == ("fd00:8::2", 64, "fd00:8::1")
+    assert nets.host.sandboxes[SANDBOX]["eth0"] == Iface("eth0", "10.8.0.2", 24, "10.8.0.1", "fd00:8::2", 64, "fd00:8::1")
+    nets.leave(ep)
+    assert str(nets.pools6[dual.id].allocate()) == "fd00:8::2"
+
+
+def test_join_static_addresses_mac_and_aliases(nets, dual):
+    with Steps() as steps:
+        ep = nets.join(steps, dual, "c" * 64, SANDBOX, "eth0", ip="10.8.0.50", ip6="fd00:8::50", mac="02:00:00:00:00:50", aliases=["db"])
+    assert (ep.address, ep.address6, ep.mac, ep.aliases) == ("10.8.0.50", "fd00:8::50", "02:00:00:00:00:50", ["db"])
+    assert nets.host.links[ep.host_ifname]["mac"] == "02:00:00:00:00:50"
+    assert str(nets.pools[dual.id].allocate()) == "10.8.0.2"  # dynamic allocation goes around it
+    with pytest.raises(Conflict, match="10.8.0.50 is already in use"), Steps() as steps:
+        nets.join(steps, dual, "d" * 64, SANDBOX, "eth1", ip="10.8.0.50")
+    with pytest.raises(Conflict, match="fd00:8::50 is already in use"), Steps() as steps:
+        nets.join(steps, dual, "d" * 64, SANDBOX, "eth1", ip6="fd00:8::50")
+    assert str(nets.pools[dual.id].allocate()) == "10.8.0.3"  # the failed joins gave their IPv4 address back
+
+
+def test_join_ip6_on_ipv4_only_network(nets):
+    net = nets.create("web", subnet="10.9.0.0/24")
+    with pytest.raises(InvalidParameter, match="network web has no IPv6 subnet"), Steps() as steps:
+        nets.join(steps, net, "c" * 64, SANDBOX, "eth0", ip6="fd00::5")
+    assert first_free(nets, net.id) == IPv4Address("10.9.0.2")
+    assert veths(nets.host) == {}
+
+
+@pytest.mark.parametrize("step", ["allocate-address6", "create-veth", "configure-sandbox"])
+def test_join_dual_stack_is_all_or_nothing(nets, dual, step):
+    with pytest.raises(InjectedFault), Steps(fault_at(step)) as steps:
+        nets.join(steps, dual, "c" * 64, SANDBOX, "eth0", ip="10.8.0.9", ip6="fd00:8::9")
+    assert veths(nets.host) == {}
+    nets.pools[dual.id].reserve(IPv4Address("10.8.0.9"))  # both given back
+    nets.pools6[dual.id].reserve(ipaddress.ip_address("fd00:8::9"))
+
+
+def test_join_without_default_route(nets, dual):
+    with Steps() as steps:
+        ep = nets.join(steps, dual, "c" * 64, SANDBOX, "eth1", default_route=False)
+    assert (ep.gateway, ep.gateway6) == ("", "")
+    assert nets.host.sandboxes[SANDBOX]["eth1"] == Iface("eth1", "10.8.0.2", 24, "", "fd00:8::2", 64, "")
+
+
+def test_join_internal_network_has_no_default_route(nets):
+    net = nets.create("secret", subnet="10.7.0.0/24", internal=True, enable_ipv6=True, subnet6="fd00:7::/64")
+    ep = join_and_adopt(nets, net)
+    assert (ep.gateway, ep.gateway6, ep.address6) == ("", "", "fd00:7::2")
+    assert nets.firewall.networks[net.bridge] == BridgeRules(
+        net.bridge, "10.7.0.0/24", masquerade=False, internal=True, subnet6="fd00:7::/64"
+    )
+
+
+@pytest.mark.parametrize("br_netfilter, isolated", [(False, True), (True, False)])
+def test_join_icc_false(nets, monkeypatch, br_netfilter, isolated):
+    """icc=false: bridge port isolation, unless bridged traffic passes netfilter (then the forward chain drops it)."""
+    monkeypatch.setattr(nets.host, "bridge_netfilter", lambda: br_netfilter)
+    net = nets.create("quiet", options={"com.docker.network.bridge.enable_icc": "false"})
+    assert not net.icc and nets.firewall.networks[net.bridge].icc is False
+    ep = join_and_adopt(nets, net)
+    assert nets.host.links[ep.host_ifname]["isolated"] is isolated
+
+
+def test_by_network_index(nets, dual):
+    bridge = nets.get("bridge")
+    a, b = join_and_adopt(nets, dual, "a" * 64), join_and_adopt(nets, dual, "b" * 64)
+    c = join_and_adopt(nets, bridge, "c" * 64)
+    assert nets.by_network == {dual.id: {a.id: a, b.id: b}, bridge.id: {c.id: c}}
+    assert nets.endpoints_of(dual.id) == [a, b] and nets.endpoints_of("nope") == []
+    nets.leave(a)
+    assert nets.endpoints_of(dual.id) == [b]
+    nets.leave(b)
+    nets.remove("dual")
+    assert dual.id not in nets.by_network and dual.id not in nets.pools6
+
+
+def test_reload_restores_ipv6_and_static_addresses(tmp_path):
+    nets = make(tmp_path)
+    dual = nets.create("dual", subnet="10.8.0.0/24", ip_range="10.8.0.128/25", enable_ipv6=True, subnet6="fd00:8::/64")
+    with Steps() as steps:
+        ep = nets.join(steps, dual, "c" * 64, SANDBOX, "eth0", ip="10.8.0.5", aliases=["db"])  # outside the range
+    store_endpoint(nets, ep)
+    again = make(tmp_path, StubHost())
+    assert again.endpoints[ep.id] == ep
+    assert again.by_network == {dual.id: {ep.id: ep}}
+    with pytest.raises(Conflict, match="already in use"):
+        again.pools[dual.id].reserve(IPv4Address("10.8.0.5"))
+    assert str(again.pools6[dual.id].allocate()) == "fd00:8::3"
+
+
+def test_restore_kernel_enables_ipv6_forwarding_only_with_an_ipv6_network(tmp_path):
+    make(tmp_path)
+    host = StubHost()
+    again = make(tmp_path, host, builtin=False)
+    again.restore_kernel([])
+    assert host.forwarding and not host.forwarding6
+    again.create("dual", subnet="10.8.0.0/24", enable_ipv6=True, subnet6="fd00:8::/64")
+    host = StubHost()
+    third = make(tmp_path, host, builtin=False)
+    third.restore_kernel([])
+    assert host.forwarding6
+    assert third.firewall.networks[third.get("dual").bridge].subnet6 == "fd00:8::/64"

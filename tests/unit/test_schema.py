@@ -202,6 +202,7 @@ def test_container_key_order_and_values():
         "NetworkMode": "web",
         "PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]},
         "AutoRemove": False,
+        "Links": None,
         "PublishAllPorts": False,
     }
     ns = doc["NetworkSettings"]
@@ -310,3 +311,97 @@ def test_status_text():
 
 def test_status_text_bad_stamp_is_zero():
     assert schema.status_text(container(status="running", started_at="garbage")) == "Up Less than a second"
+
+
+# -- user networks: IPv6, static settings, aliases, links ----------------------
+
+
+def dual_endpoint(**kw) -> Endpoint:
+    return Endpoint(
+        **{
+            **dict(
+                id="e" * 64,
+                network_id=NET_ID,
+                container_id=CID,
+                ifname="eth0",
+                host_ifname="veth1234567",
+                address="172.18.0.5",
+                prefixlen=16,
+                gateway="172.18.0.1",
+                mac="02:42:ac:12:00:05",
+                aliases=["db", "store"],
+                address6="fd00:1::5",
+                prefixlen6=64,
+                gateway6="fd00:1::1",
+            ),
+            **kw,
+        }
+    )
+
+
+def test_network_ipv6_config_and_addresses():
+    net = bridge_net(enable_ipv6=True, subnet6="fd00:1::/64", gateway6="fd00:1::1", ip_range="172.18.5.0/24")
+    doc = schema.network(net, [dual_endpoint()], {CID: container()})
+    assert doc["EnableIPv6"] is True
+    assert doc["IPAM"]["Config"] == [
+        {"Subnet": "172.18.0.0/16", "IPRange": "172.18.5.0/24", "Gateway": "172.18.0.1"},
+        {"Subnet": "fd00:1::/64", "Gateway": "fd00:1::1"},
+    ]
+    assert list(doc["IPAM"]["Config"][1]) == ["Subnet", "Gateway"]
+    assert doc["Containers"][CID]["IPv6Address"] == "fd00:1::5/64"
+    assert doc["Containers"][CID]["IPv4Address"] == "172.18.0.5/16"
+
+
+def test_endpoint_settings_on_a_user_network():
+    ctr = container(attachments=[{"network": NET_ID, "aliases": ["db", "store"], "ip": "172.18.0.5", "ip6": "fd00:1::5", "mac": ""}])
+    web = schema.container(ctr, [("web", dual_endpoint())], {})["NetworkSettings"]["Networks"]["web"]
+    assert in_docker_order(web, DOCKER_ENDPOINT_SETTINGS_KEYS)
+    assert web["IPAMConfig"] == {"IPv4Address": "172.18.0.5", "IPv6Address": "fd00:1::5"}
+    assert web["Aliases"] == ["db", "store"]
+    assert web["DNSNames"] == ["box", CID[:12], "db", "store"]
+    assert (web["GlobalIPv6Address"], web["GlobalIPv6PrefixLen"], web["IPv6Gateway"]) == ("fd00:1::5", 64, "fd00:1::1")
+    assert web["Links"] is None
+
+
+def test_endpoint_settings_only_given_static_addresses():
+    ctr = container(attachments=[{"network": NET_ID, "aliases": [], "ip": "", "ip6": "fd00:1::5", "mac": ""}])
+    web = schema.container(ctr, [("web", dual_endpoint(aliases=[]))], {})["NetworkSettings"]["Networks"]["web"]
+    assert web["IPAMConfig"] == {"IPv6Address": "fd00:1::5"}
+    assert web["Aliases"] is None
+    assert web["DNSNames"] == ["box", CID[:12]]
+
+
+def test_endpoint_settings_on_the_default_bridge_have_no_dns_names():
+    ctr = container(network_mode="bridge", attachments=[{"network": NET_ID, "aliases": [], "ip": "", "ip6": "", "mac": ""}])
+    settings = schema.container(ctr, [("bridge", endpoint())], {})["NetworkSettings"]["Networks"]["bridge"]
+    assert (settings["IPAMConfig"], settings["Aliases"], settings["DNSNames"]) == (None, None, None)
+    assert (settings["GlobalIPv6Address"], settings["GlobalIPv6PrefixLen"], settings["IPv6Gateway"]) == ("", 0, "")
+
+
+def test_container_ipv6_primary_and_second_network():
+    second = dual_endpoint(id="f" * 64, network_id="m" * 64, ifname="eth1", address="10.8.0.2", gateway="", gateway6="", address6="")
+    doc = schema.container(container(), [("web", dual_endpoint()), ("other", second)], {})
+    ns = doc["NetworkSettings"]
+    assert in_docker_order(ns, DOCKER_NETWORK_SETTINGS_KEYS)
+    assert (ns["GlobalIPv6Address"], ns["GlobalIPv6PrefixLen"], ns["IPv6Gateway"]) == ("fd00:1::5", 64, "fd00:1::1")
+    assert (ns["IPAddress"], ns["Gateway"]) == ("172.18.0.5", "172.18.0.1")  # the first network's
+    assert list(ns["Networks"]) == ["web", "other"]
+    assert ns["Networks"]["other"]["Gateway"] == "" and ns["Networks"]["other"]["IPAMConfig"] is None
+
+
+def test_container_links():
+    doc = schema.container(container(network_mode="bridge"), [("bridge", endpoint())], {}, ["/db:/box/data"])
+    assert doc["HostConfig"]["Links"] == ["/db:/box/data"]
+    assert in_docker_order(doc["HostConfig"], DOCKER_HOSTCONFIG_KEYS)
+    assert schema.container(container(), [], {}, [])["HostConfig"]["Links"] is None
+
+
+def test_container_without_network_has_no_ipv6():
+    ns = schema.container(container(network_mode="none"), [], {})["NetworkSettings"]
+    assert (ns["GlobalIPv6Address"], ns["GlobalIPv6PrefixLen"], ns["IPv6Gateway"]) == ("", 0, "")
+
+
+def test_summary_networks_carry_endpoint_settings():
+    ctr = container(status="running", started_at=stamp(1))
+    doc = schema.container_summary(ctr, [("web", dual_endpoint())])
+    assert doc["NetworkSettings"]["Networks"]["web"]["DNSNames"] == ["box", CID[:12], "db", "store"]

@@ -157,6 +157,9 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
             bindings.setdefault(key, []).append(binding)
     exposed: dict[str, dict[str, str]] = {key: {} for spec in a.expose for key in output.parse_expose(spec)}
     networks = a.network or ["bridge"]
+    for i, net in enumerate(networks):
+        if net in networks[:i]:  # as Docker's CLI: a second mention would drop the first one's settings
+            raise UsageError(f'qiao run: network "{net}" is specified multiple times')
     first = {
         "Aliases": a.network_alias,
         "IPAMConfig": {"IPv4Address": a.ip, "IPv6Address": a.ip6},

@@ -212,14 +212,15 @@ class Containers:
                 configs = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
                 first = self.networks.get(mode)
                 mode = first.name
-                order = [first] + [self.networks.get(ref) for ref in configs]
-                seen: set[str] = set()
-                for net in order:
-                    if net.id in seen:
-                        continue
-                    seen.add(net.id)
-                    cfg = configs.get(net.name) or configs.get(net.id) or (configs.get(mode) if net is first else None) or {}
-                    attachments.append(self._attachment(net, cfg))
+                # Keys may be names, ids or id prefixes (as --network takes them): resolve each one.
+                wanted = {first.id: first}
+                settings: dict[str, dict[str, Any]] = {}
+                for ref, cfg in configs.items():
+                    net = self.networks.get(ref)
+                    wanted.setdefault(net.id, net)
+                    settings.setdefault(net.id, cfg or {})
+                for net in wanted.values():
+                    attachments.append(self._attachment(net, settings.get(net.id, {})))
                 if (port_bindings or publish_all) and first.internal:
                     raise InvalidParameter(f"port publishing is not possible on internal network {first.name}")
                 links = self._validate_links(host_config.get("Links") or [], first.name)

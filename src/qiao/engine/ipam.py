@@ -68,13 +68,15 @@ class AddressPool:
         self.subnet = subnet
         self.gateway = gateway
         self.range = ip_range or subnet
-        self._base = int(self.range.network_address)
-        self._size = self.range.num_addresses
+        # Offsets from the subnet's first address: static addresses outside
+        # the range are tracked too; only allocation keeps to [_lo, _end).
+        self._base = int(subnet.network_address)
+        self._lo = int(self.range.network_address) - self._base
+        self._end = self._lo + self.range.num_addresses
         self._used: set[int] = set()
-        self._hint = 0
+        self._hint = self._lo
         for fixed in self._fixed():
-            if fixed in self.range:
-                self._used.add(int(fixed) - self._base)
+            self._used.add(int(fixed) - self._base)
 
     def _fixed(self) -> tuple[IPAddress, ...]:
         if isinstance(self.subnet, IPv4Network):
@@ -82,30 +84,28 @@ class AddressPool:
         return (self.subnet.network_address, self.gateway)
 
     def allocate(self) -> IPAddress:
-        index = self._hint
+        index = max(self._hint, self._lo)
         while index in self._used:
             index += 1
-        if index >= self._size:
-            raise Conflict("no available IP addresses on this network's address pools")
+        if index >= self._end:
+            raise Conflict(f"no available IPv{self.subnet.version} addresses on this network's address pools")
         self._used.add(index)
         self._hint = index + 1
-        return (IPv4Address if self.range.version == 4 else IPv6Address)(self._base + index)
+        return (IPv4Address if self.subnet.version == 4 else IPv6Address)(self._base + index)
 
     def reserve(self, address: IPAddress) -> None:
         if address not in self.subnet:
             raise InvalidParameter(f"address {address} is not in subnet {self.subnet}")
         if address in self._fixed():
             raise Conflict(f"address {address} is reserved on subnet {self.subnet}")
-        if address not in self.range:
-            # Static addresses may lie outside --ip-range but inside the subnet.
-            return
+        # Static addresses may lie outside --ip-range but inside the subnet.
         index = int(address) - self._base
         if index in self._used:
             raise Conflict(f"address {address} is already in use")
         self._used.add(index)
 
     def release(self, address: IPAddress) -> None:
-        if address in self.range and address not in self._fixed():
+        if address in self.subnet and address not in self._fixed():
             index = int(address) - self._base
             self._used.discard(index)
             self._hint = min(self._hint, index)

@@ -12,10 +12,11 @@ removing a network or a mapping touches nothing else::
     chain prerouting  { nat/dstnat: ip daddr 127.0.0.0/8 return; fib daddr type local jump publish }
     chain output      { nat/dstnat: fib daddr type local jump publish }     # host -> any own address, 127.0.0.1 too
     chain publish     { dnat via @published, then via @published_any }
-    chain forward     { filter: oifname vmap @fwd_in }
+    chain forward     { filter: iifname vmap @fwd_out; oifname vmap @fwd_in }
     chain postrouting { nat/srcnat: ip saddr 127.0.0.0/8 ct status dnat masquerade; iifname vmap @nat_out; oifname vmap @nat_out }
     chain fwd-in-BR   { ct state established,related accept; ct status dnat accept; iifname BR accept; drop }
     chain nat-out-BR  { oifname BR ip saddr SUBNET ct status dnat masquerade (hairpin); oifname != BR ip saddr SUBNET masquerade }
+    chain fwd-out-BR  { internal networks only: oifname != BR drop }
 
 The second dispatch, by output interface, is for hairpin traffic that
 br_netfilter bridges back out of the bridge (``bridge-nf-call-iptables``):
@@ -111,8 +112,8 @@ table {TABLE} {{
     }}
     chain forward {{
         type filter hook forward priority filter; policy accept;
+        iifname vmap @fwd_out comment "first: an accept in fwd-in-BR (ct status dnat) would end the chain"
         oifname vmap @fwd_in
-        iifname vmap @fwd_out
     }}
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;

@@ -1,0 +1,1 @@
+"""qiao's benchmarks (``python -m bench.attach``; see bench/README.md)."""
