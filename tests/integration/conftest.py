@@ -188,12 +188,14 @@ def host() -> Iterator[Host]:
 
 
 def _snapshot() -> dict[str, str]:
-    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines() if RUN in line]
+    """What this run may have left: its own namespaces, links and mounts (all
+    carry RUN; other runs may share the kernel), and the initial namespace's
+    nftables ruleset (tests never touch it: every qiao runs in a test host)."""
+    links = sh("ip", "-o", "link", "show").stdout.splitlines()
     return {
-        "netns": sh("ip", "netns", "list").stdout,
-        "links": sh("ip", "-o", "link", "show").stdout.count("\n").__str__(),
-        "link names": " ".join(sorted(line.split(": ")[1].split("@")[0] for line in sh("ip", "-o", "link", "show").stdout.splitlines())),
-        "mounts": "\n".join(mounts),
+        "netns": "\n".join(line for line in sh("ip", "netns", "list").stdout.splitlines() if RUN in line),
+        "links": "\n".join(line.split(": ")[1] for line in links if RUN in line),
+        "mounts": "\n".join(line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines() if RUN in line),
         "nft": sh("nft", "list", "ruleset", check=False).stdout,
     }
 

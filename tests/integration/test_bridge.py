@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 from tests.integration.conftest import Host
 
@@ -59,7 +60,7 @@ def test_container_gets_eth0_veth_address_mac_route_hostname_and_etc_files(host:
         hosts = host.exec("anatomy", "cat", "/etc/hosts").stdout
         assert hosts.startswith("127.0.0.1\tlocalhost\n") and hosts.endswith(f"{ip}\t{cid[:12]}\n")
         assert "nameserver 127." not in host.exec("anatomy", "cat", "/etc/resolv.conf").stdout
-        assert open("/etc/hosts").read() != hosts  # the host's own file is untouched
+        assert Path("/etc/hosts").read_text() != hosts  # the host's own file is untouched
 
         # The host end: veth + 7 hex, on qiao0, peer of the container's eth0.
         host_links = json.loads(host.sh("ip", "-j", "link", "show", "master", "qiao0").stdout)
@@ -87,7 +88,8 @@ def test_container_to_container_gateway_and_outside_with_masquerade(make_host) -
             " except OSError: time.sleep(0.1)\nprint(s.recv(100).decode() if sys.argv[3:] else 'connected')\n"
         )
         # container -> container
-        r = h.qiao("run", "--rm", "--", "python3", "-c", "import urllib.request as u; print(u.urlopen('http://172.17.0.2', timeout=5).status)")
+        fetch = "import urllib.request as u; print(u.urlopen('http://172.17.0.2', timeout=5).status)"
+        r = h.qiao("run", "--rm", "--", "python3", "-c", fetch)
         assert r.stdout.strip() == "200"
         # container -> gateway (the host's address on the bridge)
         gw = h.popen("python3", "-m", "http.server", "--bind", "172.17.0.1", "8081")

@@ -130,11 +130,16 @@ class Client:
         finally:
             sock.close()
         raw = b"".join(chunks)
+        if not raw.startswith(b"HTTP/"):
+            raise Unreachable(f"qiaod closed the connection without answering {method} {path}")
         header, _, payload = raw.partition(b"\r\n\r\n")
         status = int(header.split(b" ", 2)[1])
         is_json = b"application/json" in header.lower()
         decoded: Any = json.loads(payload) if (is_json and payload) else (payload if not is_json else None)
         if status >= 400:
-            message = decoded.get("message", "") if isinstance(decoded, dict) else str(decoded)
+            if isinstance(decoded, dict):
+                message = decoded.get("message", "")
+            else:  # a plain-text (or empty) error body: its text, not the repr of bytes
+                message = decoded.decode(errors="replace").strip() if isinstance(decoded, bytes) else ""
             raise DaemonError(status, message, decoded if isinstance(decoded, dict) else {})
         return decoded

@@ -37,7 +37,7 @@ def _kv(items: list[str] | None, what: str) -> dict[str, str]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not key:
-            raise UsageError(f"invalid {what} {item!r}: expected KEY=VALUE")
+            raise UsageError(f"qiao: invalid {what} {item!r}: expected KEY=VALUE")
         out[key] = value if sep else ""
     return out
 
@@ -295,7 +295,7 @@ def cmd_network(c: Client, a: argparse.Namespace) -> int:
         }
         print(c.request("POST", "/networks/create", body=body)["Id"])
     elif sub == "ls":
-        nets = c.request("GET", "/networks")
+        nets = output.by_name(c.request("GET", "/networks"))
         if a.quiet:
             for n in nets:
                 print(n["Id"][:12])
@@ -341,10 +341,22 @@ def cmd_daemon(c: Client, a: argparse.Namespace) -> int:
         return 0
     pid = c.request("POST", "/qiao/shutdown")["Pid"]
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+    while not _exited(pid):
+        if time.monotonic() > deadline:
+            print(f"qiao: qiaod (pid {pid}) did not stop within 10 s", file=sys.stderr)
+            return 1
         time.sleep(0.02)
     print(f"qiaod: stopped (pid {pid}); containers keep running")
     return 0
+
+
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie its parent has not reaped yet (it has stopped all the same)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
 
 
 def main(argv: list[str] | None = None) -> int:

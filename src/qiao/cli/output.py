@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from qiao.units import human_duration
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up time)
 if TYPE_CHECKING:
     from typing import Any
@@ -16,14 +18,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def _ago(unix: int) -> str:
-    s = max(0, int(time.time() - unix))
-    if s < 60:
-        return f"{s} seconds ago" if s != 1 else "1 second ago"
-    if s < 3600:
-        m = s // 60
-        return "About a minute ago" if m == 1 else f"{m} minutes ago"
-    h = s // 3600
-    return "About an hour ago" if h == 1 else (f"{h} hours ago" if h < 48 else f"{h // 24} days ago")
+    return human_duration(time.time() - unix) + " ago"
 
 
 def _command(cmd: str, width: int = 20) -> str:
@@ -66,10 +61,37 @@ def network_table(nets: list[dict[str, Any]]) -> str:
     return _table(["NETWORK ID", "NAME", "DRIVER", "SCOPE"], [[n["Id"][:12], n["Name"], n["Driver"], n["Scope"]] for n in nets])
 
 
+def by_name(nets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Docker's CLI lists networks by name, digit runs compared as numbers (``sortorder.NaturalLess``)."""
+
+    def key(n: dict[str, Any]) -> list[tuple[str, int]]:
+        items: list[tuple[str, int]] = []  # ("0", value) per run of digits, (char, -1) per other char
+        for ch in n["Name"]:
+            if not "0" <= ch <= "9":
+                items.append((ch, -1))
+            elif items and items[-1][1] >= 0:
+                items[-1] = ("0", items[-1][1] * 10 + int(ch))
+            else:
+                items.append(("0", int(ch)))
+        return items
+
+    return sorted(nets, key=key)
+
+
+def _go_time(stamp: str) -> str:
+    """An RFC 3339 UTC time as Go's ``time.Time.String()`` prints it (``2024-05-01 10:00:00.123 +0000 UTC``)."""
+    if not stamp.endswith("Z") or "T" not in stamp:
+        return stamp
+    date, _, clock = stamp[:-1].partition("T")
+    whole, _, fraction = clock.partition(".")
+    fraction = fraction.rstrip("0")
+    return f"{date} {whole}{'.' + fraction if fraction else ''} +0000 UTC"
+
+
 def network_json_line(n: dict[str, Any]) -> dict[str, Any]:
     """One line of ``docker network ls --format json``."""
     return {
-        "CreatedAt": n["Created"],
+        "CreatedAt": _go_time(n["Created"]),
         "Driver": n["Driver"],
         "ID": n["Id"][:12],
         "IPv4": "true" if n["IPAM"]["Config"] else "false",

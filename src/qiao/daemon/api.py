@@ -76,7 +76,7 @@ class Api:
 
     @route("POST", "/qiao/shutdown")
     def stop_daemon(self, req: Request) -> tuple[int, Any]:
-        threading.Thread(target=self.shutdown, daemon=True).start()
+        req.after_reply = self.shutdown  # not before: the exiting daemon would cut this reply off
         return 200, {"Pid": os.getpid()}
 
     # -- containers ------------------------------------------------------
@@ -118,6 +118,8 @@ class Api:
             sig = int(name) if name.isdigit() else signal.Signals[name if name.startswith("SIG") else "SIG" + name]
         except KeyError:
             raise InvalidParameter(f"invalid signal: {name}") from None
+        if not 0 < sig <= signal.SIGRTMAX:  # as Docker: no 0 (a no-op) and nothing the kernel would refuse
+            raise InvalidParameter(f"invalid signal: {name}")
         self.engine.containers.kill(ref, sig)
         return 204, None
 
@@ -196,6 +198,7 @@ class Request:
         self._handler = handler
         self.query = query
         self.body = body
+        self.after_reply: Callable[[], None] | None = None
 
     def json(self) -> dict[str, Any]:
         try:
@@ -232,14 +235,15 @@ class RequestHandler(BaseHTTPRequestHandler):
         path = re.sub(r"^/v[0-9.]+(?=/)", "", url.path)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
         length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        body = self._read_body(length)
         status: int
         payload: Any
+        req = Request(self, query, body)
         for verb, pattern, name in ROUTES:
             match = pattern.match(path)
             if verb == method and match:
                 try:
-                    status, payload = getattr(self.api, name)(Request(self, query, body), **match.groupdict())
+                    status, payload = getattr(self.api, name)(req, **match.groupdict())
                 except QiaoError as exc:
                     status, payload = exc.status, {"message": str(exc)}
                 except Exception as exc:
@@ -249,6 +253,19 @@ class RequestHandler(BaseHTTPRequestHandler):
         else:
             status, payload = 404, {"message": f"page not found: {method} {path}"}
         self._reply(status, payload)
+        if req.after_reply:
+            threading.Thread(target=req.after_reply, daemon=True).start()
+
+    def _read_body(self, length: int) -> bytes:
+        """All ``length`` bytes: ``rfile`` is unbuffered, so one read returns
+        only what has arrived yet (a large ``-p`` range's body is cut short)."""
+        body = bytearray()
+        while len(body) < length:
+            chunk = self.rfile.read(length - len(body))
+            if not chunk:
+                break
+            body += chunk
+        return bytes(body)
 
     def _reply(self, status: int, payload: Any) -> None:
         if isinstance(payload, Raw):

@@ -27,6 +27,22 @@ def _lock_pidfile(root: Root) -> int | None:
     return fd
 
 
+def _raise_nofile() -> None:
+    """Soft open-files limit up to the hard one: every published host port is
+    a socket held here, so the usual soft 1024 would fail ``-p 20000-29999``
+    with EMFILE (dockerd runs with LimitNOFILE=infinity; Go does this itself).
+    Containers inherit the raised limit, as they inherit dockerd's."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        if hard == resource.RLIM_INFINITY:  # the kernel still caps it at fs.nr_open
+            with open("/proc/sys/fs/nr_open") as f:
+                hard = int(f.read())
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qiaod", description="qiao's engine daemon")
     parser.add_argument("--root", help="keep everything under DIR (default: /var/lib/qiao and /run/qiao; env QIAO_ROOT)")
@@ -41,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print("qiaod: must run as root (it creates namespaces, links and firewall rules)", file=sys.stderr)
         return 1
     root.ensure()
+    _raise_nofile()
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

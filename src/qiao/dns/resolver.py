@@ -74,20 +74,23 @@ class Upstreams:
         self._stamp: tuple[float, int] | None = None
         self._checked = 0.0
         self._servers: list[str] = []
+        self._lock = threading.Lock()  # forwards run in parallel: none may see the list before its first read
 
     def servers(self) -> list[str]:
-        now = time.monotonic()
-        if now - self._checked >= 1.0:
-            self._checked = now
-            try:
-                st = os.stat(self.path)
-                stamp = (st.st_mtime, st.st_ino)
-            except OSError:
-                stamp = None
-            if stamp != self._stamp:
-                self._stamp = stamp
-                self._servers = host_nameservers(self.path)[:3]
-        return [s for s in self._servers if s not in self.exclude]
+        with self._lock:
+            now = time.monotonic()
+            if now - self._checked >= 1.0:
+                self._checked = now
+                try:
+                    st = os.stat(self.path)
+                    stamp = (st.st_mtime, st.st_ino)
+                except OSError:
+                    stamp = None
+                if stamp != self._stamp:
+                    self._stamp = stamp
+                    self._servers = host_nameservers(self.path)[:3]
+            servers = self._servers
+        return [s for s in servers if s not in self.exclude]
 
 
 class Resolver:

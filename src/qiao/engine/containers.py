@@ -121,8 +121,8 @@ class Containers:
         matches = [c for c in self.by_id.values() if c.id.startswith(ref)] if ref else []
         if len(matches) == 1:
             return matches[0]
-        if len(matches) > 1:
-            raise NotFound(f"multiple IDs found with provided prefix: {ref}")
+        if len(matches) > 1:  # not NotFound: `inspect` would go on to look for a network of that name
+            raise InvalidParameter(f"multiple IDs found with provided prefix: {ref}")
         raise NotFound(f"No such container: {ref}")
 
     def endpoints(self, ctr: Container) -> list[tuple[str, Endpoint]]:
@@ -311,7 +311,11 @@ class Containers:
                 if target is None or not target.running:
                     raise Conflict(f"cannot join network of a non running container: {ctr.joined_to[:12]}")
                 sandbox = target.sandbox_key
-                spec.update(netns=sandbox, join_uts_pid=target.pid, mounts=_etc_mounts(self.files(target)))
+                owner = target  # whose /etc files: a joined target has none of its own, it uses its own target's
+                while owner.joined_to and owner.joined_to in self.by_id:
+                    owner = self.by_id[owner.joined_to]
+                mounts = None if owner.network_mode == "host" else _etc_mounts(self.files(owner))  # host mode: the host's
+                spec.update(netns=sandbox, join_uts_pid=target.pid, mounts=mounts)
             elif ctr.network_mode != "host":
                 sandbox = os.path.join(self.root.netns_dir, ctr.id[:12])
                 steps.run("create-sandbox", lambda: self.host.create_netns(sandbox), lambda: self.host.destroy_netns(sandbox))
@@ -381,7 +385,7 @@ class Containers:
             if target is None or not target.running:
                 raise Conflict(f"Cannot link to a non running container: {alias}")
             address = next((ep.address for _n, ep in self.endpoints(target)), "")
-            prefix = alias.upper().replace("-", "_").replace(".", "_")
+            prefix = alias.upper().replace("-", "_")  # as Docker: only '-' is replaced
             env[f"{prefix}_NAME"] = f"/{ctr.name}/{alias}"
             exposed = sorted((int(k.split("/")[0]), k.split("/")[1]) for k in target.exposed_ports)
             exposed.sort(key=lambda pp: (pp[1] != "tcp", pp[0]))  # Docker lists TCP first
@@ -404,10 +408,14 @@ class Containers:
             return []
 
         def reserve() -> list[PortMapping]:
-            return [
-                PortMapping(r.proto, r.host_ip, self.reservations.reserve(ctr.id, r, self._describe), ep.address, r.container_port)
-                for r in wanted
-            ]
+            try:
+                return [
+                    PortMapping(r.proto, r.host_ip, self.reservations.reserve(ctr.id, r, self._describe), ep.address, r.container_port)
+                    for r in wanted
+                ]
+            except BaseException:  # a failing step registers no undo: give back the ports reserved before it
+                self.reservations.release(ctr.id)
+                raise
 
         mappings = steps.run("reserve-ports", reserve, lambda: self.reservations.release(ctr.id))
         steps.run("publish-ports", lambda: self.firewall.add_ports(mappings), lambda: self.firewall.del_ports(mappings))

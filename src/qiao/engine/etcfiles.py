@@ -50,8 +50,9 @@ def host_nameservers(resolv_conf: str = "/etc/resolv.conf") -> list[str]:
 
 def resolv_conf(source: str = "/etc/resolv.conf", nameservers: list[str] | None = None) -> str:
     """The host's resolv.conf without loopback nameservers (unreachable from
-    a container), falling back to public resolvers as Docker does.  On user
-    networks ``nameservers`` (qiao's resolvers) replace the host's."""
+    a container) nor IPv6 ones (sandboxes on the default bridge are IPv4-only),
+    falling back to public resolvers as Docker does (moby's ``TransformForLegacyNw``).
+    On user networks ``nameservers`` (qiao's resolvers) replace the host's."""
     if nameservers:
         try:
             with open(source) as f:
@@ -69,7 +70,8 @@ def resolv_conf(source: str = "/etc/resolv.conf", nameservers: list[str] | None 
         parts = line.split()
         if len(parts) >= 2 and parts[0] == "nameserver":
             try:
-                if ipaddress.ip_address(parts[1].split("%")[0]).is_loopback:
+                server = ipaddress.ip_address(parts[1].split("%")[0])
+                if server.is_loopback or server.version == 6:
                     continue
             except ValueError:
                 continue

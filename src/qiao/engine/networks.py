@@ -96,7 +96,7 @@ class Networks:
         for net in bridges:
             self._ensure_bridge(net)
         if bridges:
-            self.host.enable_forwarding()
+            self.host.enable_forwarding(ipv6=any(n.enable_ipv6 for n in bridges))
         self.firewall.reset([self._rules(n) for n in bridges], mappings)
 
     # -- lookup ----------------------------------------------------------
@@ -148,7 +148,7 @@ class Networks:
                     lambda: self._ensure_bridge(net),
                     lambda: self.host.delete_link(bridge) if created else None,
                 )
-                steps.run("enable-forwarding", self.host.enable_forwarding)
+                steps.run("enable-forwarding", lambda: self.host.enable_forwarding(ipv6=net.enable_ipv6))
                 steps.run("add-firewall", lambda: self.firewall.add_network(rules), lambda: self.firewall.del_network(rules))
 
                 def commit() -> None:
@@ -206,6 +206,8 @@ class Networks:
             raise InvalidParameter(f"invalid bridge name {bridge!r}: an interface name is 1-15 characters of A-Z a-z 0-9 _ . -")
         if any(n.bridge == bridge for n in self.by_id.values()):
             raise Conflict(f"bridge name {bridge} is already used by another network")
+        if self.host.link_kind(bridge) not in (None, "bridge"):  # e.g. lo or a NIC: never give it our address
+            raise Conflict(f"existing interface {bridge} is not a bridge")
         try:
             mtu = int(options.get(OPT_MTU, "1500"))
         except ValueError:
@@ -338,8 +340,12 @@ class Networks:
             lambda: self.host.create_veth(ep.host_ifname, sandbox, ifname, ep.mac, net.mtu, ep.id),
             lambda: self.host.delete_link(ep.host_ifname),
         )
-        # icc=false: bridge port isolation, so containers of the network cannot talk to each other.
-        steps.run("attach-bridge", lambda: self.host.attach_to_bridge(ep.host_ifname, net.bridge or "", isolated=not net.icc))
+        # icc=false: when bridged traffic passes netfilter (br_netfilter), the
+        # network's forward chain drops container-to-container packets but
+        # lets port-forwarded ones through; otherwise bridge port isolation
+        # does it (packets to published ports are then routed via the host).
+        isolated = not net.icc and not self.host.bridge_netfilter()
+        steps.run("attach-bridge", lambda: self.host.attach_to_bridge(ep.host_ifname, net.bridge or "", isolated=isolated))
         iface = Iface(ifname, ep.address, ep.prefixlen, ep.gateway, ep.address6, ep.prefixlen6, ep.gateway6)
         steps.run("configure-sandbox", lambda: self.host.configure_sandbox(sandbox, iface))
         return ep
@@ -389,7 +395,7 @@ class Networks:
     def _rules(net: Network) -> BridgeRules:
         assert net.bridge and net.subnet
         masq = net.options.get("com.docker.network.bridge.enable_ip_masquerade", "true") == "true" and not net.internal
-        return BridgeRules(net.bridge, net.subnet, masquerade=masq, internal=net.internal, subnet6=net.subnet6 or "")
+        return BridgeRules(net.bridge, net.subnet, masquerade=masq, internal=net.internal, subnet6=net.subnet6 or "", icc=net.icc)
 
     def describe(self, net: Network, containers: dict[str, Any]) -> dict[str, Any]:
         from qiao.engine import schema

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from qiao.engine.models import Container, Endpoint, Network
+from qiao.units import human_duration
 
 
 def network(net: Network, endpoints: list[Endpoint], containers: dict[str, Container]) -> dict[str, Any]:
@@ -115,6 +116,13 @@ def container(
         "HostsPath": files.get("hosts", ""),
         "LogPath": files.get("log", ""),
         "Name": "/" + ctr.name,
+        "HostConfig": {
+            "NetworkMode": ctr.network_mode,
+            "PortBindings": dict(ctr.port_bindings),
+            "AutoRemove": ctr.auto_remove,
+            "PublishAllPorts": ctr.publish_all,
+            "Links": links or None,
+        },
         "Config": {
             "Hostname": ctr.hostname,
             "Domainname": "",
@@ -122,13 +130,6 @@ def container(
             "Env": list(ctr.env),
             "Cmd": list(ctr.cmd),
             "Image": "",
-        },
-        "HostConfig": {
-            "NetworkMode": ctr.network_mode,
-            "AutoRemove": ctr.auto_remove,
-            "PortBindings": dict(ctr.port_bindings),
-            "PublishAllPorts": ctr.publish_all,
-            "Links": links or None,
         },
         "NetworkSettings": {
             "Bridge": "",
@@ -152,28 +153,6 @@ def _since(stamp: str) -> float:
         return time.time() - datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return 0.0
-
-
-def human_duration(seconds: float) -> str:
-    """Docker's ``units.HumanDuration``."""
-    s = int(seconds)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    m = s // 60
-    if m == 1:
-        return "About a minute"
-    if m < 60:
-        return f"{m} minutes"
-    h = round(s / 3600)
-    if h == 1:
-        return "About an hour"
-    if h < 48:
-        return f"{h} hours"
-    return f"{h // 24} days"
 
 
 def status_text(ctr: Container) -> str:

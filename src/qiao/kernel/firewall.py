@@ -13,9 +13,15 @@ removing a network or a mapping touches nothing else::
     chain output      { nat/dstnat: fib daddr type local jump publish }     # host -> any own address, 127.0.0.1 too
     chain publish     { dnat via @published, then via @published_any }
     chain forward     { filter: oifname vmap @fwd_in }
-    chain postrouting { nat/srcnat: ip saddr 127.0.0.0/8 ct status dnat masquerade; iifname vmap @nat_out }
+    chain postrouting { nat/srcnat: ip saddr 127.0.0.0/8 ct status dnat masquerade; iifname vmap @nat_out; oifname vmap @nat_out }
     chain fwd-in-BR   { ct state established,related accept; ct status dnat accept; iifname BR accept; drop }
-    chain nat-out-BR  { oifname BR ct status dnat masquerade (hairpin); oifname != BR ip saddr SUBNET masquerade }
+    chain nat-out-BR  { oifname BR ip saddr SUBNET ct status dnat masquerade (hairpin); oifname != BR ip saddr SUBNET masquerade }
+
+The second dispatch, by output interface, is for hairpin traffic that
+br_netfilter bridges back out of the bridge (``bridge-nf-call-iptables``):
+the kernel runs postrouting for it with no input interface.  With the
+ports in hairpin mode this lets a container reach even its own published
+port through a host address (moby's "MASQ TO OWN PORT").
 
 Nothing outside this table is touched; policies stay ``accept``, with one
 documented exception: when another table hooks ``forward`` with policy
@@ -55,6 +61,7 @@ class BridgeRules:
     subnet: str  # CIDR
     masquerade: bool = True
     internal: bool = False  # no traffic in or out of the network, only within
+    icc: bool = True  # containers of the network may talk to each other
     subnet6: str = ""
 
 
@@ -111,6 +118,7 @@ table {TABLE} {{
         type nat hook postrouting priority srcnat; policy accept;
         ip saddr 127.0.0.0/8 ct status dnat masquerade comment "host 127.0.0.1 -> published port"
         iifname vmap @nat_out
+        oifname vmap @nat_out comment "hairpin bridged by br_netfilter: no input interface"
     }}
 }}
 """
@@ -131,11 +139,11 @@ def _network(net: BridgeRules) -> str:
 add chain {TABLE} fwd-in-{br}
 add rule {TABLE} fwd-in-{br} ct state established,related accept
 add rule {TABLE} fwd-in-{br} ct status dnat accept comment "published ports"
-add rule {TABLE} fwd-in-{br} iifname "{br}" accept
+add rule {TABLE} fwd-in-{br} iifname "{br}" {"accept" if net.icc else 'drop comment "icc=false"'}
 add rule {TABLE} fwd-in-{br} drop
 add element {TABLE} fwd_in {{ "{br}" : jump fwd-in-{br} }}
 add chain {TABLE} nat-out-{br}
-add rule {TABLE} nat-out-{br} oifname "{br}" ct status dnat masquerade comment "hairpin"
+add rule {TABLE} nat-out-{br} oifname "{br}" ip saddr {net.subnet} ct status dnat masquerade comment "hairpin"
 add element {TABLE} nat_out {{ "{br}" : jump nat-out-{br} }}
 """ + "".join(line + "\n" for line in extra)
 

@@ -40,14 +40,16 @@ class Host(Protocol):
     def ensure_bridge(self, name: str, address: str, prefixlen: int, mtu: int, v6: tuple[str, int] | None = None) -> bool: ...
     def delete_link(self, name: str) -> None: ...
     def link_exists(self, name: str) -> bool: ...
+    def link_kind(self, name: str) -> str | None: ...
     def owned_links(self) -> dict[str, str]: ...
     def create_netns(self, path: str) -> None: ...
     def destroy_netns(self, path: str) -> None: ...
     def create_veth(self, host_ifname: str, netns_path: str, peer_ifname: str, mac: str, mtu: int, owner: str) -> None: ...
     def attach_to_bridge(self, host_ifname: str, bridge: str, isolated: bool = False) -> None: ...
+    def bridge_netfilter(self) -> bool: ...
     def configure_sandbox(self, netns_path: str, iface: Iface | None) -> None: ...
     def reserved_networks(self) -> list[IPv4Network]: ...
-    def enable_forwarding(self) -> None: ...
+    def enable_forwarding(self, ipv6: bool = False) -> None: ...
     def flush_conntrack(self, proto: str, port: int) -> None: ...
     def underlay(self, advertise: str | None) -> tuple[str, str, int]: ...
     def ensure_vxlan(self, name: str, vni: int, local_ip: str, port: int, mtu: int, mac: str, underlay: str, address: str) -> None: ...
@@ -166,6 +168,14 @@ class LinuxHost(_VxlanMixin):
     def link_exists(self, name: str) -> bool:
         return self._index(name) is not None
 
+    def link_kind(self, name: str) -> str | None:
+        """``bridge``, ``veth``, ...; "" for a link of no kind (lo, a NIC); None when there is no such link."""
+        index = self._index(name)
+        if index is None:
+            return None
+        info = self._ipr.get_links(index)[0].get_attr("IFLA_LINKINFO")
+        return (info.get_attr("IFLA_INFO_KIND") if info else None) or ""
+
     def ensure_bridge(self, name: str, address: str, prefixlen: int, mtu: int, v6: tuple[str, int] | None = None) -> bool:
         index = self._index(name)
         created = index is None
@@ -191,11 +201,8 @@ class LinuxHost(_VxlanMixin):
         return created
 
     def delete_link(self, name: str) -> None:
-        index = self._index(name)
-        if index is None:
-            return
         try:
-            self._ipr.link("del", index=index)
+            self._ipr.link("del", ifname=name)  # by name: the kernel resolves it, no lookup round trip
         except Exception as exc:
             if not _missing(exc):
                 raise
@@ -227,25 +234,31 @@ class LinuxHost(_VxlanMixin):
             )
         finally:
             os.close(fd)
-        index = self._index(host_ifname)
-        self._ipr.link("set", index=index, ifalias=ALIAS_PREFIX + owner)
+        self._ipr.link("set", ifname=host_ifname, ifalias=ALIAS_PREFIX + owner)
+
+    def bridge_netfilter(self) -> bool:
+        """Whether bridged IPv4 traffic passes the netfilter hooks (br_netfilter)."""
+        try:
+            with open("/proc/sys/net/bridge/bridge-nf-call-iptables") as f:
+                return f.read().strip() == "1"
+        except OSError:
+            return False
 
     def attach_to_bridge(self, host_ifname: str, bridge: str, isolated: bool = False) -> None:
-        index = self._index(host_ifname)
         master = self._index(bridge)
-        if index is None or master is None:
-            raise OSError(errno.ENODEV, f"no such device: {host_ifname if index is None else bridge}")
-        self._ipr.link("set", index=index, master=master)
-        if isolated:
-            self._ipr.brport("set", index=index, isolated=1)
-        self._ipr.link("set", index=index, state="up")
+        if master is None:
+            raise OSError(errno.ENODEV, f"no such device: {bridge}")
+        self._ipr.link("set", ifname=host_ifname, master=master)  # ENODEV from the kernel if the veth is gone
+        # Hairpin mode, as Docker without its userland proxy: with br_netfilter, a container's
+        # packet to its own published port is bridged back out of the port it came in on.
+        self._ipr.link("set", ifname=host_ifname, kind="bridge_slave", mode=1, **({"isolated": 1} if isolated else {}))
+        self._ipr.link("set", ifname=host_ifname, state="up")
 
     def configure_sandbox(self, netns_path: str, iface: Iface | None) -> None:
         with netns.entered(netns_path):
             ipr = self._IPRoute()
         try:
-            lo = ipr.link_lookup(ifname="lo")[0]
-            ipr.link("set", index=lo, state="up")
+            ipr.link("set", ifname="lo", state="up")
             if iface is None:
                 return
             index = ipr.link_lookup(ifname=iface.ifname)[0]
@@ -272,8 +285,10 @@ class LinuxHost(_VxlanMixin):
             nets.append(IPv4Network(f"{addr.get('address')}/32"))
         return nets
 
-    def enable_forwarding(self) -> None:
+    def enable_forwarding(self, ipv6: bool = False) -> None:
         self._write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+        if ipv6:  # only with an IPv6 network, as Docker: it stops the host's own RA-based autoconfiguration
+            self._write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")
 
     def flush_conntrack(self, proto: str, port: int) -> None:
         """Forget flows to a host port, so the next datagram of a long UDP flow
@@ -309,6 +324,7 @@ class StubHost:
         self.sandboxes: dict[str, dict[str, Any]] = {}
         self.reserved = reserved or []
         self.forwarding = False
+        self.forwarding6 = False
         self.flushed: list[tuple[str, int]] = []
 
     def ensure_bridge(self, name: str, address: str, prefixlen: int, mtu: int, v6: tuple[str, int] | None = None) -> bool:
@@ -321,6 +337,9 @@ class StubHost:
 
     def link_exists(self, name: str) -> bool:
         return name in self.links
+
+    def link_kind(self, name: str) -> str | None:
+        return self.links[name].get("kind", "") if name in self.links else None
 
     def owned_links(self) -> dict[str, str]:
         return {n: link["owner"] for n, link in self.links.items() if "owner" in link}
@@ -342,14 +361,18 @@ class StubHost:
     def attach_to_bridge(self, host_ifname: str, bridge: str, isolated: bool = False) -> None:
         self.links[host_ifname].update(master=bridge, isolated=isolated)
 
+    def bridge_netfilter(self) -> bool:
+        return False
+
     def configure_sandbox(self, netns_path: str, iface: Iface | None) -> None:
         self.sandboxes.setdefault(netns_path, {})[iface.ifname if iface else "lo"] = iface
 
     def reserved_networks(self) -> list[IPv4Network]:
         return list(self.reserved)
 
-    def enable_forwarding(self) -> None:
+    def enable_forwarding(self, ipv6: bool = False) -> None:
         self.forwarding = True
+        self.forwarding6 = self.forwarding6 or ipv6
 
     def flush_conntrack(self, proto: str, port: int) -> None:
         self.flushed.append((proto, port))

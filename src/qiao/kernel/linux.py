@@ -9,7 +9,6 @@ thread without disturbing the others.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 CLONE_NEWNS = 0x00020000
@@ -26,7 +25,10 @@ MNT_DETACH = 2
 
 NSFS_MAGIC = 0x6E736673
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# dlopen(NULL): the C library the interpreter already runs on.  Not
+# ctypes.util.find_library("c"): importing ctypes.util costs ~15 ms (shutil,
+# subprocess, tempfile) and the lookup runs ldconfig: a third of a shim's start.
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]

@@ -1,0 +1,32 @@
+"""Docker's ``units.HumanDuration`` (go-units), shared by the daemon's
+``Status`` texts and the CLI's ``CREATED`` column.  Standard library only."""
+
+from __future__ import annotations
+
+
+def human_duration(seconds: float) -> str:
+    """``Less than a second``, ``5 seconds``, ``About a minute``, ``3 hours``, ``2 weeks``, ..."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    m = int(seconds / 60)
+    if m == 1:
+        return "About a minute"
+    if m < 60:
+        return f"{m} minutes"
+    h = int(seconds / 3600 + 0.5)  # Go's int(d.Hours() + 0.5): half rounds up, not to even
+    if h == 1:
+        return "About an hour"
+    if h < 48:
+        return f"{h} hours"
+    if h < 24 * 7 * 2:
+        return f"{h // 24} days"
+    if h < 24 * 30 * 2:
+        return f"{h // 24 // 7} weeks"
+    if h < 24 * 365 * 2:
+        return f"{h // 24 // 30} months"
+    return f"{int(seconds / 3600) // 24 // 365} years"

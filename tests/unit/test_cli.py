@@ -1,0 +1,490 @@
+"""The ``qiao`` CLI without a daemon: arguments, output formatting, the
+unix-socket client against a fake server, and a light import."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from qiao.cli import output
+from qiao.cli.client import Client, DaemonError, Unreachable
+from qiao.cli.main import build_parser, main
+from qiao.paths import Root
+
+
+@pytest.fixture(autouse=True)
+def never_start_a_daemon(monkeypatch, tmp_path):
+    """Tests run as root too: a CLI that would start qiaod must fail loudly instead."""
+
+    def refuse(self):
+        raise AssertionError("the CLI tried to start qiaod")
+
+    monkeypatch.setattr(Client, "_start_daemon", refuse)
+    monkeypatch.setenv("QIAO_ROOT", str(tmp_path / "envroot"))
+
+
+def one_error_line(capsys) -> str:
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# -- usage errors ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        ([], "required"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["run"], "no command given"),
+        (["run", "--"], "no command given"),
+        (["run", "-d", "--name", "x"], "no command given"),
+        (["run", "--bogus", "true"], "unrecognized arguments: --bogus"),
+        (["run", "-p", "99999:80", "--", "true"], "invalid host port"),
+        (["run", "-p", "80/icmp", "true"], "invalid protocol"),
+        (["run", "-p", "1-3:80-81", "true"], "differ in size"),
+        (["run", "--expose", "x", "true"], "invalid port"),
+        (["exec", "box"], "no command given"),
+        (["ps", "--format", "yaml"], "invalid choice: 'yaml'"),
+        (["stop", "-t", "soon", "box"], "invalid float value"),
+        (["stop"], "required"),
+        (["network"], "required"),
+        (["network", "frob"], "invalid choice: 'frob'"),
+        (["network", "create"], "required"),
+        (["network", "create", "-o", "=x", "net"], "invalid option '=x': expected KEY=VALUE"),
+        (["network", "create", "--label", "=x", "net"], "invalid label '=x'"),
+        (["daemon", "restart"], "invalid choice: 'restart'"),
+    ],
+)
+def test_usage_errors(tmp_path, capsys, argv, fragment):
+    rc = main(["--root", str(tmp_path), *argv])
+    assert rc == 2
+    line = one_error_line(capsys)
+    assert fragment in line
+    assert line.startswith("qiao")
+
+
+def test_usage_error_without_root_option(capsys):
+    assert main(["run"]) == 2
+    assert "no command given" in one_error_line(capsys)
+
+
+# -- parsing -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, cmd, detach, name",
+    [
+        (["run", "--", "echo", "hi"], ["--", "echo", "hi"], False, None),
+        (["run", "echo", "hi"], ["echo", "hi"], False, None),
+        (["run", "-d", "--name", "x", "echo", "-d"], ["echo", "-d"], True, "x"),
+        (["run", "-d", "--", "sh", "-c", "exit 3"], ["--", "sh", "-c", "exit 3"], True, None),
+        (["run", "--name", "x", "--", "--", "y"], ["--", "--", "y"], False, "x"),
+    ],
+)
+def test_run_command_parsing(argv, cmd, detach, name):
+    a = build_parser().parse_args(argv)
+    assert (a.cmd, a.detach, a.name) == (cmd, detach, name)
+
+
+def test_run_options_parsing():
+    a = build_parser().parse_args(
+        ["run", "--rm", "-it", "-h", "box", "-e", "A=1", "-e", "B=2", "--net", "web", "-p", "8080:80", "-P", "--expose", "53/udp", "true"]
+    )
+    assert a.rm and a.interactive and a.tty and a.publish_all
+    assert (a.hostname, a.env, a.network, a.publish, a.expose) == ("box", ["A=1", "B=2"], "web", ["8080:80"], ["53/udp"])
+    assert build_parser().parse_args(["run", "true"]).network == "bridge"
+
+
+def test_network_create_parsing():
+    argv = ["network", "create", "--subnet", "10.1.0.0/24", "--gateway", "10.1.0.254", "--ip-range", "10.1.0.0/28"]
+    a = build_parser().parse_args([*argv, "-o", "a=b", "--internal", "n"])
+    assert (a.network_command, a.subnet, a.gateway, a.ip_range, a.opt, a.internal, a.name) == (
+        "create",
+        "10.1.0.0/24",
+        "10.1.0.254",
+        "10.1.0.0/28",
+        ["a=b"],
+        True,
+        "n",
+    )
+
+
+# -- a fake qiaod ------------------------------------------------------------
+
+
+class FakeDaemon:
+    """Answers HTTP/1.0 requests on a unix socket from a table of replies."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.requests: list[dict] = []
+        self.replies: dict[tuple[str, str], tuple[int, str, bytes]] = {}
+        self.hang_up: set[tuple[str, str]] = set()
+        fake = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = self.request.recv(4096)
+                    if not chunk:
+                        return
+                    head += chunk
+                head, _, body = head.partition(b"\r\n\r\n")
+                lines = head.decode().split("\r\n")
+                method, target, _version = lines[0].split(" ")
+                headers = dict(line.split(": ", 1) for line in lines[1:])
+                while len(body) < int(headers.get("Content-Length", 0)):
+                    body += self.request.recv(4096)
+                path, _, query = target.partition("?")
+                fake.requests.append(
+                    {"method": method, "path": path, "query": query, "headers": headers, "body": json.loads(body) if body else None}
+                )
+                if (method, path) in fake.hang_up:
+                    return  # close without answering
+                status, ctype, data = fake.replies.get((method, path), (404, "application/json", b'{"message": "page not found"}'))
+                self.request.sendall(f"HTTP/1.0 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+
+        self.server = socketserver.ThreadingUnixStreamServer(path, Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.01,), daemon=True)
+        self.thread.start()
+
+    def reply(self, method: str, path: str, status: int, payload, ctype: str = "application/json") -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.replies[(method, path)] = (status, ctype, data)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def root(tmp_path) -> Root:
+    r = Root.resolve(str(tmp_path))
+    os.makedirs(r.run)
+    return r
+
+
+@pytest.fixture
+def daemon(root):
+    fake = FakeDaemon(root.socket)
+    yield fake
+    fake.close()
+
+
+# -- the client --------------------------------------------------------------
+
+
+def test_client_json_reply(root, daemon):
+    daemon.reply("GET", "/networks", 200, [{"Name": "bridge"}])
+    got = Client(root, autostart=False).request("GET", "/networks", {"filter": "a b/c", "skip": None, "n": 1})
+    assert got == [{"Name": "bridge"}]
+    req = daemon.requests[-1]
+    assert (req["method"], req["path"], req["query"]) == ("GET", "/networks", "filter=a%20b%2Fc&n=1")
+    assert req["headers"]["Content-Type"] == "application/json" and req["body"] is None
+
+
+def test_client_sends_json_body(root, daemon):
+    daemon.reply("POST", "/networks/create", 201, {"Id": "abc"})
+    got = Client(root, autostart=False).request("POST", "/networks/create", body={"Name": "wéb"})
+    assert got == {"Id": "abc"}
+    assert daemon.requests[-1]["body"] == {"Name": "wéb"}
+
+
+def test_client_empty_reply(root, daemon):
+    daemon.reply("POST", "/containers/x/start", 204, b"")
+    assert Client(root, autostart=False).request("POST", "/containers/x/start") is None
+
+
+def test_client_text_reply(root, daemon):
+    daemon.reply("GET", "/containers/x/logs", 200, b"hello\n", "text/plain; charset=utf-8")
+    assert Client(root, autostart=False).request("GET", "/containers/x/logs") == b"hello\n"
+
+
+def test_client_error_reply(root, daemon):
+    daemon.reply("DELETE", "/networks/bridge", 409, {"message": "bridge is a pre-defined network and cannot be removed"})
+    with pytest.raises(DaemonError) as info:
+        Client(root, autostart=False).request("DELETE", "/networks/bridge")
+    assert info.value.status == 409
+    assert str(info.value) == "bridge is a pre-defined network and cannot be removed"
+    assert info.value.body == {"message": "bridge is a pre-defined network and cannot be removed"}
+
+
+def test_client_error_reply_not_json(root, daemon):
+    daemon.reply("GET", "/boom", 500, b"something broke\n", "text/plain")
+    with pytest.raises(DaemonError) as info:
+        Client(root, autostart=False).request("GET", "/boom")
+    assert info.value.status == 500
+    assert str(info.value) == "something broke"
+    assert info.value.body == {}
+
+
+def test_client_connection_closed_without_answer(root, daemon):
+    daemon.hang_up.add(("POST", "/qiao/shutdown"))
+    with pytest.raises(Unreachable, match="closed the connection"):
+        Client(root, autostart=False).request("POST", "/qiao/shutdown")
+
+
+def test_client_unreachable_without_socket(root):
+    with pytest.raises(Unreachable, match="no qiaod is listening on " + root.socket):
+        Client(root, autostart=False).request("GET", "/info")
+
+
+def test_client_unreachable_with_stale_socket(root):
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(root.socket)
+    stale.close()  # the file stays, nobody listens: ECONNREFUSED
+    with pytest.raises(Unreachable):
+        Client(root, autostart=False).request("GET", "/info")
+
+
+def test_client_not_root_cannot_start_daemon(root, monkeypatch):
+    monkeypatch.undo()  # the real _start_daemon, which refuses when not root
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(Unreachable, match="only root can start it"):
+        Client(root).request("GET", "/info")
+
+
+# -- commands against the fake daemon ----------------------------------------
+
+
+def test_main_daemon_status_not_running(tmp_path, capsys):
+    assert main(["--root", str(tmp_path), "daemon", "status"]) == 3
+    out, err = capsys.readouterr()
+    assert out.startswith("qiaod: not running") and err == ""
+
+
+def test_main_network_create_body(tmp_path, root, daemon, capsys):
+    daemon.reply("POST", "/networks/create", 201, {"Id": "f" * 64})
+    argv = ["network", "create", "--subnet", "10.1.0.0/24", "-o", "mtu", "-o", "a=b=c", "--label", "x=1", "web"]
+    rc = main(["--root", str(tmp_path), *argv])
+    assert rc == 0
+    assert capsys.readouterr().out == "f" * 64 + "\n"
+    body = daemon.requests[-1]["body"]
+    # Docker's MapOpts: "-o KEY" means KEY="" and only the first "=" splits
+    assert body["Options"] == {"mtu": "", "a": "b=c"}
+    assert body["Labels"] == {"x": "1"}
+    assert body["IPAM"] == {"Driver": "default", "Config": [{"Subnet": "10.1.0.0/24", "Gateway": None, "IPRange": None}]}
+    assert (body["Name"], body["Driver"], body["Internal"], body["Attachable"]) == ("web", "bridge", False, False)
+
+
+def test_main_daemon_error_is_one_line(tmp_path, root, daemon, capsys):
+    daemon.reply("POST", "/networks/create", 409, {"message": "network with name web already exists"})
+    assert main(["--root", str(tmp_path), "network", "create", "web"]) == 1
+    assert one_error_line(capsys) == "qiao: Error response from daemon: network with name web already exists"
+
+
+@pytest.mark.parametrize("argv, cmd", [(["--", "echo", "hi"], ["echo", "hi"]), (["echo", "-d"], ["echo", "-d"])])
+def test_main_run_detached_sends_command(tmp_path, root, daemon, capsys, argv, cmd):
+    daemon.reply("POST", "/containers/create", 201, {"Id": "a" * 64})
+    daemon.reply("POST", "/containers/" + "a" * 64 + "/start", 204, b"")
+    assert main(["--root", str(tmp_path), "run", "-d", "--name", "box", "-p", "8080:80", *argv]) == 0
+    assert capsys.readouterr().out == "a" * 64 + "\n"
+    create = daemon.requests[0]
+    assert create["query"] == "name=box"
+    assert create["body"]["Cmd"] == cmd
+    assert create["body"]["HostConfig"]["PortBindings"] == {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}
+    assert "X-Qiao-Stdio" not in daemon.requests[1]["headers"]
+
+
+def test_main_run_refused_exits_125(tmp_path, root, daemon, capsys):
+    daemon.reply("POST", "/containers/create", 404, {"message": "network nope not found"})
+    assert main(["--root", str(tmp_path), "run", "--net", "nope", "-d", "true"]) == 125
+    assert one_error_line(capsys) == "qiao: Error response from daemon: network nope not found"
+
+
+def test_main_network_ls_formats(tmp_path, root, daemon, capsys):
+    daemon.reply("GET", "/networks", 200, [network_doc()])
+    assert main(["--root", str(tmp_path), "network", "ls", "-q"]) == 0
+    assert capsys.readouterr().out == "0123456789ab\n"
+    assert main(["--root", str(tmp_path), "network", "ls", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == output.network_json_line(network_doc())
+
+
+# -- output ------------------------------------------------------------------
+
+
+def ps_row(**kw) -> dict:
+    row = {
+        "Id": "0123456789abcdef" * 4,
+        "Names": ["/box"],
+        "Image": "",
+        "Command": "sleep 3600",
+        "Created": int(time.time()) - 125,
+        "Ports": [{"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"}, {"PrivatePort": 53, "Type": "udp"}],
+        "State": "running",
+        "Status": "Up 2 minutes",
+        "HostConfig": {"NetworkMode": "bridge"},
+        "NetworkSettings": {"Networks": {"bridge": {}}},
+    }
+    row.update(kw)
+    return row
+
+
+def network_doc(**kw) -> dict:
+    doc = {
+        "Name": "web",
+        "Id": "0123456789abcdef" * 4,
+        "Created": "2024-05-01T10:00:00.000000Z",
+        "Scope": "local",
+        "Driver": "bridge",
+        "EnableIPv6": False,
+        "IPAM": {"Driver": "default", "Options": {}, "Config": [{"Subnet": "172.18.0.0/16", "Gateway": "172.18.0.1"}]},
+        "Internal": False,
+        "Labels": {"a": "1", "b": "2"},
+    }
+    doc.update(kw)
+    return doc
+
+
+def test_ps_json_keys_and_values():
+    line = output.ps_json(ps_row(Created=0))
+    assert list(line) == [
+        "Command", "CreatedAt", "ID", "Image", "Labels", "LocalVolumes", "Mounts", "Names", "Networks", "Ports",
+        "RunningFor", "Size", "State", "Status",
+    ]  # fmt: skip
+    assert line["Command"] == '"sleep 3600"'
+    assert line["CreatedAt"] == "1970-01-01 00:00:00 +0000 UTC"
+    assert line["ID"] == "0123456789ab"
+    assert line["Names"] == "box"
+    assert line["Networks"] == "bridge"
+    assert line["Ports"] == "0.0.0.0:8080->80/tcp, 53/udp"
+    assert line["RunningFor"].endswith(" years ago")
+    assert (line["Size"], line["State"], line["Status"], line["LocalVolumes"]) == ("0B", "running", "Up 2 minutes", "0")
+    assert all(isinstance(v, str) for v in line.values())
+
+
+def test_ps_json_network_mode_when_no_networks():
+    row = ps_row(HostConfig={"NetworkMode": "container:abc"}, NetworkSettings={"Networks": {}})
+    assert output.ps_json(row)["Networks"] == "container:abc"
+
+
+def test_ps_json_truncates_long_command():
+    line = output.ps_json(ps_row(Command="sh -c 'while true; do sleep 1; done'"))
+    assert line["Command"] == '"sh -c \'while true; …"'
+
+
+def test_network_json_line_keys_and_values():
+    line = output.network_json_line(network_doc())
+    assert list(line) == ["CreatedAt", "Driver", "ID", "IPv4", "IPv6", "Internal", "Labels", "Name", "Scope"]
+    assert line == {
+        "CreatedAt": "2024-05-01 10:00:00 +0000 UTC",  # Go's time.Time.String(), as docker prints it
+        "Driver": "bridge",
+        "ID": "0123456789ab",
+        "IPv4": "true",
+        "IPv6": "false",
+        "Internal": "false",
+        "Labels": "a=1,b=2",
+        "Name": "web",
+        "Scope": "local",
+    }
+    host = output.network_json_line(network_doc(Name="host", Driver="host", IPAM={"Config": []}, Labels={}, Internal=True))
+    assert (host["IPv4"], host["Labels"], host["Internal"]) == ("false", "", "true")
+
+
+def test_network_table():
+    nets = [network_doc(), network_doc(Name="bridge", Id="f" * 64), network_doc(Name="none", Driver="null", Id="e" * 64)]
+    assert output.network_table(nets) == (
+        "NETWORK ID     NAME     DRIVER   SCOPE\n"
+        "0123456789ab   web      bridge   local\n"
+        "ffffffffffff   bridge   bridge   local\n"
+        "eeeeeeeeeeee   none     null     local\n"
+    )
+    assert output.network_table([]) == "NETWORK ID   NAME   DRIVER   SCOPE\n"
+
+
+def test_ps_table():
+    text = output.ps_table([ps_row(), ps_row(Names=["/other"], Ports=[], Status="Created", Command="x" * 30)])
+    lines = text.splitlines()
+    header = lines[0]
+    assert header.startswith("CONTAINER ID   COMMAND")
+    for col in ("CONTAINER ID", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"):
+        assert col in header
+    # every column starts at the same offset on every line
+    starts = [header.index(c) for c in ("COMMAND", "CREATED", "STATUS", "PORTS", "NAMES")]
+    assert lines[1][starts[0] :].startswith('"sleep 3600"')
+    assert lines[1][starts[1] :].startswith("2 minutes ago")
+    assert lines[1][starts[2] :].startswith("Up 2 minutes")
+    assert lines[1][starts[3] :].startswith("0.0.0.0:8080->80/tcp, 53/udp")
+    assert lines[1][starts[4] :] == "box"
+    assert lines[2][starts[0] :].startswith('"' + "x" * 19 + '…"')
+    assert lines[2][starts[4] :] == "other"
+    assert all(line == line.rstrip() for line in lines)
+    assert output.ps_table([]) == "CONTAINER ID   COMMAND   CREATED   STATUS   PORTS   NAMES\n"
+
+
+@pytest.mark.parametrize(
+    "ago, text",
+    [
+        (0, "Less than a second ago"),
+        (1, "1 second ago"),
+        (59, "59 seconds ago"),
+        (90, "About a minute ago"),
+        (45 * 60, "45 minutes ago"),
+        (90 * 60 + 1, "2 hours ago"),
+        (5 * 86400, "5 days ago"),
+        (21 * 86400, "3 weeks ago"),
+    ],
+)
+def test_created_column_is_dockers_human_duration(ago, text):
+    assert output.ps_json(ps_row(Created=int(time.time()) - ago))["RunningFor"] == text
+
+
+def test_ports_text():
+    assert output.ports_text([]) == ""
+    assert output.ports_text([{"IP": "127.0.0.1", "PrivatePort": 53, "PublicPort": 5353, "Type": "udp"}]) == "127.0.0.1:5353->53/udp"
+
+
+@pytest.mark.parametrize(
+    "spec, parsed",
+    [
+        ("80", [("80/tcp", {"HostIp": "", "HostPort": ""})]),
+        ("8080:80", [("80/tcp", {"HostIp": "", "HostPort": "8080"})]),
+        ("127.0.0.1:8080:80/udp", [("80/udp", {"HostIp": "127.0.0.1", "HostPort": "8080"})]),
+        ("127.0.0.1::80", [("80/tcp", {"HostIp": "127.0.0.1", "HostPort": ""})]),
+        ("8000-8010:80", [("80/tcp", {"HostIp": "", "HostPort": "8000-8010"})]),
+        ("7000-7001:80-81", [("80/tcp", {"HostIp": "", "HostPort": "7000"}), ("81/tcp", {"HostIp": "", "HostPort": "7001"})]),
+    ],
+)
+def test_parse_publish(spec, parsed):
+    assert output.parse_publish(spec) == parsed
+
+
+@pytest.mark.parametrize("spec", ["", "a:b:c:d", "0:80", "80:", "[::1]:80:80", "80/icmp", "90-80"])
+def test_parse_publish_errors(spec):
+    with pytest.raises(ValueError):
+        output.parse_publish(spec)
+
+
+def test_parse_expose():
+    assert output.parse_expose("7000-7002/udp") == ["7000/udp", "7001/udp", "7002/udp"]
+    assert output.parse_expose("80") == ["80/tcp"]
+    with pytest.raises(ValueError):
+        output.parse_expose("80/icmp")
+
+
+# -- start-up cost -----------------------------------------------------------
+
+
+def test_cli_import_is_light():
+    code = "import sys, qiao.cli.main; print('\\n'.join(sorted(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
+    loaded = set(proc.stdout.split())
+    assert "qiao.cli.main" in loaded
+    heavy = {"pyroute2", "nftables", "http.client", "http", "email", "urllib", "subprocess", "dataclasses", "sqlite3"}
+    assert loaded & heavy == set()
+    assert not any(m.startswith(("pyroute2.", "qiao.engine", "qiao.kernel", "qiao.daemon")) for m in loaded)

@@ -1,0 +1,452 @@
+"""The bridge driver's logic over in-memory kernel stubs and a real store."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from qiao.engine import etcfiles, ids
+from qiao.engine.errors import Conflict, InvalidParameter, NotFound
+from qiao.engine.models import to_dict
+from qiao.engine.networks import DEFAULT_BRIDGE, OPT_BRIDGE_NAME, OPT_MTU, Networks
+from qiao.engine.steps import InjectedFault, Steps, fault_at
+from qiao.engine.store import KINDS, Store
+from qiao.kernel.firewall import BridgeRules, StubFirewall
+from qiao.kernel.host import StubHost
+
+SANDBOX = "/run/qiao-test/netns/c1"
+
+
+@pytest.fixture(autouse=True)
+def no_host_nameservers(monkeypatch):
+    """The host's /etc/resolv.conf must not influence subnet choice."""
+    monkeypatch.setattr(etcfiles, "host_nameservers", lambda *a: [])
+
+
+_opened: list[Store] = []
+
+
+@pytest.fixture(autouse=True)
+def close_stores():
+    yield
+    while _opened:
+        _opened.pop().close()
+
+
+def make(tmp_path, host: StubHost | None = None, builtin: bool = True) -> Networks:
+    """Networks over the store in ``tmp_path`` (a second call reloads the same db)."""
+    store = Store(str(tmp_path / "qiao.db"))
+    _opened.append(store)
+    nets = Networks(store, host or StubHost(), StubFirewall(), threading.RLock())
+    nets.load()
+    if builtin:
+        nets.ensure_builtin()
+    return nets
+
+
+@pytest.fixture
+def nets(tmp_path) -> Networks:
+    return make(tmp_path)
+
+
+def snapshot(nets: Networks) -> dict:
+    return {
+        "store": {kind: sorted(nets.store.load(kind), key=lambda r: r["id"]) for kind in KINDS},
+        "links": copy.deepcopy(nets.host.links),
+        "firewall": dict(nets.firewall.networks),
+        "by_id": dict(nets.by_id),
+        "pools": set(nets.pools),
+    }
+
+
+def first_free(nets: Networks, net_id: str) -> IPv4Address:
+    """The address the pool would hand out next (allocated, then given back)."""
+    pool = nets.pools[net_id]
+    address = pool.allocate()
+    pool.release(address)
+    return address
+
+
+def veths(host: StubHost) -> dict:
+    return {n: link for n, link in host.links.items() if link["kind"] == "veth"}
+
+
+# -- built-in networks -------------------------------------------------------
+
+
+def test_ensure_builtin_creates_bridge_host_none(nets):
+    by_name = {n.name: n for n in nets.by_id.values()}
+    assert set(by_name) == {"bridge", "host", "none"}
+    bridge = by_name["bridge"]
+    assert (bridge.driver, bridge.bridge, bridge.mtu) == ("bridge", DEFAULT_BRIDGE, 1500)
+    assert (bridge.subnet, bridge.gateway) == ("172.17.0.0/16", "172.17.0.1")
+    assert bridge.options[OPT_BRIDGE_NAME] == "qiao0"
+    assert bridge.options["com.docker.network.bridge.default_bridge"] == "true"
+    assert (by_name["host"].driver, by_name["host"].subnet, by_name["host"].bridge) == ("host", None, None)
+    assert (by_name["none"].driver, by_name["none"].subnet) == ("null", None)
+    assert all(n.builtin for n in by_name.values())
+    assert nets.host.links == {"qiao0": {"kind": "bridge", "address": "172.17.0.1/16", "mtu": 1500}}
+    assert nets.host.forwarding
+    assert nets.firewall.networks == {"qiao0": BridgeRules("qiao0", "172.17.0.0/16", masquerade=True)}
+    assert {r["name"] for r in nets.store.load("networks")} == {"bridge", "host", "none"}
+    assert first_free(nets, bridge.id) == IPv4Address("172.17.0.2")
+    assert set(nets.pools) == {bridge.id}
+
+
+def test_ensure_builtin_is_idempotent(nets):
+    before = snapshot(nets)
+    nets.ensure_builtin()
+    assert snapshot(nets) == before
+
+
+def test_ensure_builtin_skips_reserved_host_routes(tmp_path):
+    host = StubHost(reserved=[IPv4Network("172.17.0.0/16"), IPv4Network("172.18.3.4/32")])
+    nets = make(tmp_path, host)
+    assert nets.get("bridge").subnet == "172.19.0.0/16"
+    assert host.links["qiao0"]["address"] == "172.19.0.1/16"
+
+
+def test_ensure_builtin_skips_nameservers(tmp_path, monkeypatch):
+    monkeypatch.setattr(etcfiles, "host_nameservers", lambda *a: ["172.17.0.53", "fe80::1", "bogus"])
+    nets = make(tmp_path)
+    assert nets.get("bridge").subnet == "172.18.0.0/16"
+
+
+def test_ensure_builtin_after_reload_does_not_duplicate(tmp_path):
+    first = make(tmp_path)
+    again = make(tmp_path)  # loads, then ensure_builtin
+    assert sorted(n.name for n in again.by_id.values()) == ["bridge", "host", "none"]
+    assert {n.id for n in again.by_id.values()} == set(first.by_id)
+    assert len(again.store.load("networks")) == 3
+
+
+# -- create ------------------------------------------------------------------
+
+
+def test_create_picks_next_free_pool(nets):
+    net = nets.create("web")
+    assert net.subnet == "172.18.0.0/16" and net.gateway == "172.18.0.1"
+    assert net.bridge == "br-" + net.id[:12]
+    assert len(net.id) == 64
+    assert nets.host.links[net.bridge] == {"kind": "bridge", "address": "172.18.0.1/16", "mtu": 1500}
+    assert nets.firewall.networks[net.bridge] == BridgeRules(net.bridge, "172.18.0.0/16", masquerade=True)
+    stored = {r["name"]: r for r in nets.store.load("networks")}
+    assert stored["web"] == to_dict(net)
+    assert first_free(nets, net.id) == IPv4Address("172.18.0.2")
+    assert nets.create("web2").subnet == "172.19.0.0/16"
+
+
+def test_create_with_subnet_gateway_range_options(nets):
+    net = nets.create(
+        "custom",
+        subnet="10.9.0.0/24",
+        gateway="10.9.0.254",
+        ip_range="10.9.0.16/28",
+        options={OPT_BRIDGE_NAME: "br-custom", OPT_MTU: "1400"},
+        labels={"a": "b"},
+    )
+    assert (net.subnet, net.gateway, net.ip_range, net.bridge, net.mtu) == ("10.9.0.0/24", "10.9.0.254", "10.9.0.16/28", "br-custom", 1400)
+    assert net.labels == {"a": "b"}
+    assert nets.host.links["br-custom"]["mtu"] == 1400
+    assert first_free(nets, net.id) == IPv4Address("10.9.0.16")
+
+
+def test_create_gateway_defaults_to_first_host(nets):
+    net = nets.create("n", subnet="10.9.0.0/24", gateway="10.9.0.9")
+    assert first_free(nets, net.id) == IPv4Address("10.9.0.1")
+    assert nets.create("m", subnet="10.8.0.0/30").gateway == "10.8.0.1"
+
+
+@pytest.mark.parametrize(
+    "kwargs, masquerade",
+    [({}, True), ({"internal": True}, False), ({"options": {"com.docker.network.bridge.enable_ip_masquerade": "false"}}, False)],
+)
+def test_create_masquerade(nets, kwargs, masquerade):
+    net = nets.create("n", **kwargs)
+    assert nets.firewall.networks[net.bridge].masquerade is masquerade
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, fragment",
+    [
+        ({"name": "bridge"}, Conflict, "network with name bridge already exists"),
+        ({"name": ""}, InvalidParameter, "a network name is required"),
+        ({"name": "-bad"}, InvalidParameter, "invalid network name"),
+        ({"name": "a b"}, InvalidParameter, "invalid network name"),
+        ({"name": "web\n"}, InvalidParameter, "invalid network name"),
+        ({"driver": "x"}, InvalidParameter, 'plugin "x" not found'),
+        ({"driver": "overlay"}, InvalidParameter, 'plugin "overlay" not found'),
+        ({"subnet": "172.17.5.0/24"}, Conflict, "Pool overlaps with other one on this address space (172.17.0.0/16, network bridge)"),
+        ({"subnet": "172.0.0.0/8"}, Conflict, "Pool overlaps"),
+        ({"subnet": "10.0.0.1/24"}, InvalidParameter, "host bits set"),
+        ({"subnet": "10.0.0.0/31"}, InvalidParameter, "too small"),
+        ({"subnet": "fd00::/64"}, InvalidParameter, "only IPv4"),
+        ({"subnet": "10.2.0.0/24", "gateway": "10.3.0.1"}, InvalidParameter, "no matching subnet for gateway 10.3.0.1"),
+        ({"subnet": "10.2.0.0/24", "gateway": "10.2.0.0"}, InvalidParameter, "no matching subnet for gateway"),
+        ({"subnet": "10.2.0.0/24", "gateway": "10.2.0.255"}, InvalidParameter, "no matching subnet for gateway"),
+        ({"subnet": "10.2.0.0/24", "gateway": "nope"}, InvalidParameter, "invalid gateway"),
+        ({"subnet": "10.2.0.0/24", "ip_range": "10.2.1.0/28"}, InvalidParameter, "ip-range 10.2.1.0/28 is not inside subnet 10.2.0.0/24"),
+        ({"subnet": "10.2.0.0/24", "ip_range": "10.0.0.0/8"}, InvalidParameter, "not inside subnet"),
+        ({"gateway": "172.18.0.1"}, InvalidParameter, "need a --subnet"),
+        ({"ip_range": "172.18.0.0/24"}, InvalidParameter, "need a --subnet"),
+        ({"options": {OPT_BRIDGE_NAME: "this-name-is-too-long"}}, InvalidParameter, "invalid bridge name"),
+        ({"options": {OPT_BRIDGE_NAME: "br 0"}}, InvalidParameter, "invalid bridge name"),
+        ({"options": {OPT_BRIDGE_NAME: 'br";0'}}, InvalidParameter, "invalid bridge name"),
+        ({"options": {OPT_BRIDGE_NAME: "qiao0"}}, Conflict, "bridge name qiao0 is already used"),
+        ({"options": {OPT_MTU: "abc"}}, InvalidParameter, "invalid MTU 'abc'"),
+        ({"options": {OPT_MTU: "67"}}, InvalidParameter, "invalid MTU 67"),
+        ({"options": {OPT_MTU: "65536"}}, InvalidParameter, "invalid MTU 65536"),
+        ({"options": {"com.docker.network.bridge.unknown": "1"}}, InvalidParameter, "unsupported option"),
+    ],
+)
+def test_create_validation_errors_change_nothing(nets, kwargs, error, fragment):
+    kwargs = {"name": "n", **kwargs}
+    before = snapshot(nets)
+    with pytest.raises(error) as info:
+        nets.create(**kwargs)
+    assert fragment in str(info.value)
+    assert snapshot(nets) == before
+
+
+def test_create_accepts_foreign_options_and_mtu_bounds(nets):
+    assert nets.create("a", options={"my.option": "x", OPT_MTU: "68"}).mtu == 68
+    assert nets.create("b", options={OPT_MTU: "65535"}).mtu == 65535
+
+
+def test_create_overlap_with_user_network(nets):
+    nets.create("a", subnet="10.1.0.0/16")
+    with pytest.raises(Conflict, match=r"\(10\.1\.0\.0/16, network a\)"):
+        nets.create("b", subnet="10.1.2.0/24")
+    # automatic choice skips user networks too
+    nets.create("c", subnet="172.18.0.0/16")
+    assert nets.create("d").subnet == "172.19.0.0/16"
+
+
+@pytest.mark.parametrize("step", ["create-bridge", "enable-forwarding", "add-firewall", "store"])
+def test_create_is_all_or_nothing(nets, step):
+    before = snapshot(nets)
+    nets.fault = fault_at(step)
+    with pytest.raises(InjectedFault, match=step):
+        nets.create("web", subnet="10.7.0.0/24")
+    assert snapshot(nets) == before
+    nets.fault = None
+    net = nets.create("web", subnet="10.7.0.0/24")  # nothing left behind blocks a retry
+    assert net.bridge in nets.host.links
+
+
+def test_create_failure_in_store_keeps_preexisting_bridge(nets):
+    """A bridge that existed before (not created by this call) survives the rollback."""
+    nets.host.links["br-mine"] = {"kind": "bridge", "address": "10.7.0.1/24", "mtu": 1500}
+    before = snapshot(nets)
+    nets.fault = fault_at("store")
+    with pytest.raises(InjectedFault):
+        nets.create("web", subnet="10.7.0.0/24", options={OPT_BRIDGE_NAME: "br-mine"})
+    assert snapshot(nets) == before
+
+
+def test_create_real_store_failure_rolls_back(nets, monkeypatch):
+    before = snapshot(nets)
+
+    def broken_transaction():
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nets.store, "transaction", broken_transaction)
+    with pytest.raises(OSError, match="disk full"):
+        nets.create("web")
+    monkeypatch.undo()
+    assert snapshot(nets) == before
+
+
+# -- lookup ------------------------------------------------------------------
+
+
+def test_get_by_id_name_prefix(nets):
+    net = nets.create("web")
+    assert nets.get(net.id) is net
+    assert nets.get("web") is net
+    assert nets.get(net.id[:5]) is net
+    with pytest.raises(NotFound, match="network nope not found"):
+        nets.get("nope")
+    with pytest.raises(NotFound):
+        nets.get("")
+
+
+def test_get_ambiguous_prefix(nets, monkeypatch):
+    made = iter(["abc1" + "0" * 60, "abc2" + "0" * 60])
+    monkeypatch.setattr(ids, "new_id", lambda: next(made))
+    nets.create("one")
+    nets.create("two")
+    with pytest.raises(NotFound, match="ambiguous"):
+        nets.get("abc")
+    assert nets.get("abc2").name == "two"
+
+
+# -- remove / prune ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["bridge", "host", "none"])
+def test_remove_builtin_refused(nets, name):
+    before = snapshot(nets)
+    with pytest.raises(Conflict, match="pre-defined network"):
+        nets.remove(name)
+    assert snapshot(nets) == before
+
+
+def join_and_adopt(nets: Networks, net, container_id: str = "c" * 64, ifname: str = "eth0"):
+    with Steps() as steps:
+        ep = nets.join(steps, net, container_id, SANDBOX, ifname)
+    nets.adopt(ep)
+    return ep
+
+
+def test_remove_with_endpoints_refused_then_allowed(nets):
+    net = nets.create("web")
+    ep = join_and_adopt(nets, net)
+    before = snapshot(nets)
+    with pytest.raises(Conflict, match="has active endpoints"):
+        nets.remove("web")
+    assert snapshot(nets) == before
+    nets.leave(ep)
+    nets.remove("web")
+    assert net.id not in nets.by_id and net.id not in nets.pools
+    assert net.bridge not in nets.host.links
+    assert net.bridge not in nets.firewall.networks
+    assert "web" not in {r["name"] for r in nets.store.load("networks")}
+
+
+def test_remove_unknown(nets):
+    with pytest.raises(NotFound):
+        nets.remove("nope")
+
+
+@pytest.mark.parametrize("step", ["del-firewall", "store"])
+def test_remove_is_all_or_nothing(nets, step):
+    nets.create("web")
+    before = snapshot(nets)
+    nets.fault = fault_at(step)
+    with pytest.raises(InjectedFault):
+        nets.remove("web")
+    assert snapshot(nets) == before
+
+
+def test_prune(nets):
+    a = nets.create("a")
+    b = nets.create("b")
+    join_and_adopt(nets, b)
+    assert nets.prune() == ["a"]
+    assert sorted(n.name for n in nets.by_id.values()) == ["b", "bridge", "host", "none"]
+    assert a.bridge not in nets.host.links and b.bridge in nets.host.links
+    assert nets.prune() == []
+
+
+# -- endpoints ---------------------------------------------------------------
+
+
+def test_join_plugs_veth_into_bridge_and_sandbox(nets):
+    net = nets.get("bridge")
+    ep = join_and_adopt(nets, net, "c" * 64)
+    assert (ep.address, ep.prefixlen, ep.gateway, ep.mac, ep.ifname) == ("172.17.0.2", 16, "172.17.0.1", "02:42:ac:11:00:02", "eth0")
+    assert ep.network_id == net.id and ep.container_id == "c" * 64
+    link = nets.host.links[ep.host_ifname]
+    assert link == {"kind": "veth", "netns": SANDBOX, "peer": "eth0", "mac": ep.mac, "owner": ep.id, "master": "qiao0"}
+    assert nets.host.sandboxes[SANDBOX] == {"ifname": "eth0", "address": "172.17.0.2", "gateway": "172.17.0.1"}
+    assert nets.endpoints_of(net.id) == [ep]
+    second = join_and_adopt(nets, net, "d" * 64)
+    assert second.address == "172.17.0.3"
+
+
+def test_leave_returns_address_and_removes_veth(nets):
+    net = nets.get("bridge")
+    ep = join_and_adopt(nets, net)
+    nets.leave(ep)
+    assert veths(nets.host) == {}
+    assert nets.endpoints_of(net.id) == []
+    assert first_free(nets, net.id) == IPv4Address("172.17.0.2")
+    nets.leave(ep)  # best effort: twice is harmless
+
+
+@pytest.mark.parametrize("step", ["allocate-address", "create-veth", "attach-bridge", "configure-sandbox"])
+def test_join_is_all_or_nothing(nets, step):
+    net = nets.get("bridge")
+    join_and_adopt(nets, net, "a" * 64)  # holds .2
+    links_before = copy.deepcopy(nets.host.links)
+    with pytest.raises(InjectedFault, match=step), Steps(fault_at(step)) as steps:
+        nets.join(steps, net, "b" * 64, SANDBOX, "eth0")
+    assert nets.host.links == links_before
+    assert len(veths(nets.host)) == 1
+    assert nets.pools[net.id].allocate() == IPv4Address("172.17.0.3")
+
+
+def test_join_failure_of_kernel_call_rolls_back(nets, monkeypatch):
+    net = nets.get("bridge")
+
+    def broken(*args):
+        raise OSError("no such device")
+
+    monkeypatch.setattr(nets.host, "configure_sandbox", broken)
+    with pytest.raises(OSError), Steps() as steps:
+        nets.join(steps, net, "b" * 64, SANDBOX, "eth0")
+    assert veths(nets.host) == {}
+    assert first_free(nets, net.id) == IPv4Address("172.17.0.2")
+
+
+def test_join_exhausted_pool(nets):
+    net = nets.create("tiny", subnet="10.3.0.0/30")
+    join_and_adopt(nets, net)
+    with pytest.raises(Conflict, match="no available IPv4 addresses"), Steps() as steps:
+        nets.join(steps, net, "b" * 64, SANDBOX, "eth0")
+    assert len(veths(nets.host)) == 1
+
+
+# -- reload ------------------------------------------------------------------
+
+
+def store_endpoint(nets: Networks, ep) -> None:
+    with nets.store.transaction() as tx:
+        tx.put("endpoints", to_dict(ep))
+
+
+def test_reload_restores_networks_and_pools(tmp_path):
+    nets = make(tmp_path)
+    web = nets.create("web", subnet="10.5.0.0/24", ip_range="10.5.0.0/29")
+    bridge = nets.get("bridge")
+    eps = [join_and_adopt(nets, web, f"{i}" * 64) for i in range(3)]  # .2 .3 .4
+    store_endpoint(nets, eps[0])
+    store_endpoint(nets, eps[2])
+    store_endpoint(nets, join_and_adopt(nets, bridge, "9" * 64))  # 172.17.0.2
+
+    again = make(tmp_path, StubHost())
+    assert {n.id: to_dict(n) for n in again.by_id.values()} == {n.id: to_dict(n) for n in nets.by_id.values()}
+    assert set(again.endpoints) == {eps[0].id, eps[2].id} | {e.id for e in nets.endpoints_of(bridge.id)}
+    assert [str(again.pools[web.id].allocate()) for _ in range(4)] == ["10.5.0.3", "10.5.0.5", "10.5.0.6", "10.5.0.7"]
+    with pytest.raises(Conflict):
+        again.pools[web.id].allocate()
+    assert again.pools[bridge.id].allocate() == IPv4Address("172.17.0.3")
+    assert set(again.pools) == {web.id, bridge.id}
+
+
+def test_reload_then_restore_kernel(tmp_path):
+    nets = make(tmp_path)
+    web = nets.create("web", subnet="10.5.0.0/24", internal=True)
+    host = StubHost()
+    again = make(tmp_path, host, builtin=False)
+    again.restore_kernel([])
+    assert set(host.links) == {"qiao0", web.bridge}
+    assert host.links[web.bridge]["address"] == "10.5.0.1/24"
+    assert host.forwarding
+    assert again.firewall.resets == 1
+    assert again.firewall.networks == {
+        "qiao0": BridgeRules("qiao0", "172.17.0.0/16", True),
+        web.bridge: BridgeRules(web.bridge, "10.5.0.0/24", False),
+    }
+
+
+def test_describe_uses_schema(nets):
+    net = nets.get("bridge")
+    ep = join_and_adopt(nets, net, "c" * 64)
+    doc = nets.describe(net, {})
+    assert doc["Name"] == "bridge"
+    assert doc["Containers"]["c" * 64]["IPv4Address"] == f"{ep.address}/16"

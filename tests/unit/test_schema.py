@@ -1,0 +1,312 @@
+"""Docker Engine API JSON: key order and values."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+
+import pytest
+
+from qiao.engine import schema
+from qiao.engine.models import Container, Endpoint, Network
+
+NET_ID = "n" * 64
+CID = "c" * 64
+
+# Docker's field order (moby api/types: network.Inspect, container.InspectResponse, ...).
+DOCKER_NETWORK_KEYS = [
+    "Name", "Id", "Created", "Scope", "Driver", "EnableIPv4", "EnableIPv6", "IPAM", "Internal", "Attachable", "Ingress",
+    "ConfigFrom", "ConfigOnly", "Containers", "Options", "Labels", "Peers", "Services",
+]  # fmt: skip
+DOCKER_CONTAINER_KEYS = [
+    "Id", "Created", "Path", "Args", "State", "Image", "ResolvConfPath", "HostnamePath", "HostsPath", "LogPath", "Node", "Name",
+    "RestartCount", "Driver", "Platform", "ImageManifestDescriptor", "MountLabel", "ProcessLabel", "AppArmorProfile", "ExecIDs",
+    "HostConfig", "GraphDriver", "SizeRw", "SizeRootFs", "Mounts", "Config", "NetworkSettings",
+]  # fmt: skip
+DOCKER_STATE_KEYS = [
+    "Status", "Running", "Paused", "Restarting", "OOMKilled", "Dead", "Pid", "ExitCode", "Error", "StartedAt", "FinishedAt", "Health",
+]  # fmt: skip
+DOCKER_CONFIG_KEYS = [
+    "Hostname", "Domainname", "User", "AttachStdin", "AttachStdout", "AttachStderr", "ExposedPorts", "Tty", "OpenStdin",
+    "StdinOnce", "Env", "Cmd", "Healthcheck", "ArgsEscaped", "Image", "Volumes", "WorkingDir", "Entrypoint",
+]  # fmt: skip
+DOCKER_HOSTCONFIG_KEYS = [
+    "Binds", "ContainerIDFile", "LogConfig", "NetworkMode", "PortBindings", "RestartPolicy", "AutoRemove", "VolumeDriver",
+    "VolumesFrom", "ConsoleSize", "Annotations", "CapAdd", "CapDrop", "CgroupnsMode", "Dns", "DnsOptions", "DnsSearch",
+    "ExtraHosts", "GroupAdd", "IpcMode", "Cgroup", "Links", "OomScoreAdj", "PidMode", "Privileged", "PublishAllPorts",
+]  # fmt: skip
+DOCKER_NETWORK_SETTINGS_KEYS = [
+    "Bridge", "SandboxID", "SandboxKey", "Ports", "HairpinMode", "LinkLocalIPv6Address", "LinkLocalIPv6PrefixLen",
+    "SecondaryIPAddresses", "SecondaryIPv6Addresses", "EndpointID", "Gateway", "GlobalIPv6Address", "GlobalIPv6PrefixLen",
+    "IPAddress", "IPPrefixLen", "IPv6Gateway", "MacAddress", "Networks",
+]  # fmt: skip
+DOCKER_ENDPOINT_SETTINGS_KEYS = [
+    "IPAMConfig", "Links", "Aliases", "MacAddress", "DriverOpts", "GwPriority", "NetworkID", "EndpointID", "Gateway",
+    "IPAddress", "IPPrefixLen", "IPv6Gateway", "GlobalIPv6Address", "GlobalIPv6PrefixLen", "DNSNames",
+]  # fmt: skip
+DOCKER_SUMMARY_KEYS = [
+    "Id", "Names", "Image", "ImageID", "Command", "Created", "Ports", "SizeRw", "SizeRootFs", "Labels", "State", "Status",
+    "HostConfig", "NetworkSettings", "Mounts",
+]  # fmt: skip
+
+
+def in_docker_order(keys, docker_keys) -> bool:
+    """``keys`` are known to Docker and appear in Docker's relative order."""
+    assert set(keys) <= set(docker_keys), set(keys) - set(docker_keys)
+    return [k for k in docker_keys if k in keys] == list(keys)
+
+
+def stamp(seconds_ago: float) -> str:
+    t = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=seconds_ago)
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def bridge_net(name: str = "web", **kw) -> Network:
+    return Network(
+        id=NET_ID,
+        name=name,
+        driver="bridge",
+        created="2024-05-01T10:00:00.000000Z",
+        subnet="172.18.0.0/16",
+        gateway="172.18.0.1",
+        bridge="br-nnnnnnnnnnnn",
+        options={"com.docker.network.bridge.name": "br-nnnnnnnnnnnn"},
+        labels={"env": "test"},
+        **kw,
+    )
+
+
+def endpoint(address: str = "172.18.0.2", container_id: str = CID, eid: str = "e" * 64) -> Endpoint:
+    return Endpoint(
+        id=eid,
+        network_id=NET_ID,
+        container_id=container_id,
+        ifname="eth0",
+        host_ifname="veth1234567",
+        address=address,
+        prefixlen=16,
+        gateway="172.18.0.1",
+        mac="02:42:ac:12:00:02",
+    )
+
+
+def container(**kw) -> Container:
+    defaults = dict(
+        id=CID,
+        name="box",
+        created=stamp(10),
+        cmd=["sleep", "60"],
+        env=["A=1"],
+        hostname="cccccccccccc",
+        network_mode="web",
+    )
+    return Container(**{**defaults, **kw})
+
+
+# -- networks ----------------------------------------------------------------
+
+
+def test_network_key_order_and_values():
+    doc = schema.network(bridge_net(), [endpoint()], {CID: container()})
+    assert list(doc) == [
+        "Name", "Id", "Created", "Scope", "Driver", "EnableIPv6", "IPAM", "Internal", "Attachable", "Ingress",
+        "ConfigFrom", "ConfigOnly", "Containers", "Options", "Labels",
+    ]  # fmt: skip
+    assert in_docker_order(doc, DOCKER_NETWORK_KEYS)
+    assert doc["Name"] == "web" and doc["Id"] == NET_ID and doc["Created"] == "2024-05-01T10:00:00.000000Z"
+    assert (doc["Scope"], doc["Driver"], doc["EnableIPv6"]) == ("local", "bridge", False)
+    assert doc["IPAM"] == {"Driver": "default", "Options": {}, "Config": [{"Subnet": "172.18.0.0/16", "Gateway": "172.18.0.1"}]}
+    assert list(doc["IPAM"]) == ["Driver", "Options", "Config"]
+    assert list(doc["IPAM"]["Config"][0]) == ["Subnet", "Gateway"]
+    assert (doc["Internal"], doc["Attachable"], doc["Ingress"], doc["ConfigOnly"]) == (False, False, False, False)
+    assert doc["ConfigFrom"] == {"Network": ""}
+    assert doc["Containers"] == {
+        CID: {
+            "Name": "box",
+            "EndpointID": "e" * 64,
+            "MacAddress": "02:42:ac:12:00:02",
+            "IPv4Address": "172.18.0.2/16",
+            "IPv6Address": "",
+        }
+    }
+    assert list(doc["Containers"][CID]) == ["Name", "EndpointID", "MacAddress", "IPv4Address", "IPv6Address"]
+    assert doc["Options"] == {"com.docker.network.bridge.name": "br-nnnnnnnnnnnn"}
+    assert doc["Labels"] == {"env": "test"}
+    json.dumps(doc)
+
+
+def test_network_ip_range_between_subnet_and_gateway():
+    doc = schema.network(bridge_net(ip_range="172.18.5.0/24"), [], {})
+    assert doc["IPAM"]["Config"] == [{"Subnet": "172.18.0.0/16", "IPRange": "172.18.5.0/24", "Gateway": "172.18.0.1"}]
+    assert list(doc["IPAM"]["Config"][0]) == ["Subnet", "IPRange", "Gateway"]
+    assert doc["Containers"] == {}
+
+
+def test_default_bridge_ipam_options_null():
+    assert schema.network(bridge_net("bridge"), [], {})["IPAM"]["Options"] is None
+
+
+def test_host_and_none_networks_have_no_ipam_config():
+    for name, driver in (("host", "host"), ("none", "null")):
+        doc = schema.network(Network("h" * 64, name, driver, "2024-05-01T10:00:00Z"), [], {})
+        assert doc["IPAM"]["Config"] == [] and doc["Driver"] == driver
+
+
+def test_network_flags_and_unknown_container():
+    doc = schema.network(bridge_net(internal=True, attachable=True), [endpoint(container_id="x" * 64)], {})
+    assert doc["Internal"] is True and doc["Attachable"] is True
+    assert doc["Containers"]["x" * 64]["Name"] == ""
+
+
+def test_network_several_endpoints():
+    eps = [endpoint("172.18.0.2", "a" * 64, "1" * 64), endpoint("172.18.0.3", "b" * 64, "2" * 64)]
+    doc = schema.network(bridge_net(), eps, {})
+    assert [c["IPv4Address"] for c in doc["Containers"].values()] == ["172.18.0.2/16", "172.18.0.3/16"]
+
+
+# -- containers --------------------------------------------------------------
+
+
+def test_container_key_order_and_values():
+    ctr = container(
+        status="running",
+        pid=4242,
+        started_at=stamp(5),
+        sandbox_key="/run/qiao/netns/" + CID,
+        exposed_ports={"80/tcp": {}},
+        port_bindings={"80/tcp": [{"HostIp": "", "HostPort": "8080"}]},
+        ports=[{"proto": "tcp", "host_ip": "0.0.0.0", "host_port": 8080, "container_ip": "172.18.0.2", "container_port": 80}],
+    )
+    files = {"resolv.conf": "/d/resolv.conf", "hostname": "/d/hostname", "hosts": "/d/hosts", "log": "/d/log"}
+    doc = schema.container(ctr, [("web", endpoint())], files)
+    assert in_docker_order(doc, DOCKER_CONTAINER_KEYS)
+    assert in_docker_order(doc["State"], DOCKER_STATE_KEYS)
+    assert in_docker_order(doc["Config"], DOCKER_CONFIG_KEYS)
+    assert in_docker_order(doc["HostConfig"], DOCKER_HOSTCONFIG_KEYS)
+    assert in_docker_order(doc["NetworkSettings"], DOCKER_NETWORK_SETTINGS_KEYS)
+    assert in_docker_order(doc["NetworkSettings"]["Networks"]["web"], DOCKER_ENDPOINT_SETTINGS_KEYS)
+
+    assert doc["Id"] == CID and doc["Name"] == "/box"
+    assert (doc["Path"], doc["Args"]) == ("sleep", ["60"])
+    assert doc["State"]["Status"] == "running" and doc["State"]["Running"] is True and doc["State"]["Pid"] == 4242
+    assert (doc["ResolvConfPath"], doc["HostnamePath"], doc["HostsPath"], doc["LogPath"]) == (
+        "/d/resolv.conf",
+        "/d/hostname",
+        "/d/hosts",
+        "/d/log",
+    )
+    assert doc["Config"]["Hostname"] == "cccccccccccc" and doc["Config"]["Env"] == ["A=1"] and doc["Config"]["Cmd"] == ["sleep", "60"]
+    assert doc["Config"]["ExposedPorts"] == {"80/tcp": {}}
+    assert doc["HostConfig"] == {
+        "NetworkMode": "web",
+        "PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]},
+        "AutoRemove": False,
+        "PublishAllPorts": False,
+    }
+    ns = doc["NetworkSettings"]
+    assert ns["SandboxID"] == CID and ns["SandboxKey"] == "/run/qiao/netns/" + CID
+    assert (ns["Gateway"], ns["IPAddress"], ns["IPPrefixLen"], ns["MacAddress"]) == ("172.18.0.1", "172.18.0.2", 16, "02:42:ac:12:00:02")
+    assert ns["Ports"] == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}
+    web = ns["Networks"]["web"]
+    assert (web["NetworkID"], web["EndpointID"], web["IPAddress"], web["IPPrefixLen"], web["Gateway"]) == (
+        NET_ID,
+        "e" * 64,
+        "172.18.0.2",
+        16,
+        "172.18.0.1",
+    )
+    json.dumps(doc)
+
+
+def test_container_not_running_hides_pid_and_ports():
+    ctr = container(status="exited", pid=4242, exit_code=3, exposed_ports={"80/tcp": {}}, finished_at=stamp(3))
+    doc = schema.container(ctr, [], {})
+    assert doc["State"]["Running"] is False and doc["State"]["Pid"] == 0 and doc["State"]["ExitCode"] == 3
+    assert doc["NetworkSettings"]["Ports"] == {}
+    assert doc["NetworkSettings"]["SandboxID"] == "" and doc["NetworkSettings"]["IPAddress"] == ""
+    assert doc["ResolvConfPath"] == ""
+
+
+def test_container_none_mode_lists_none_network():
+    doc = schema.container(container(network_mode="none"), [], {})
+    assert list(doc["NetworkSettings"]["Networks"]) == ["none"]
+    assert doc["NetworkSettings"]["Networks"]["none"]["IPAddress"] == ""
+
+
+def test_container_joined_mode_lists_no_network():
+    doc = schema.container(container(network_mode="container:" + "d" * 64), [], {})
+    assert doc["NetworkSettings"]["Networks"] == {}
+
+
+def test_container_exposed_port_without_binding_is_null():
+    ctr = container(status="running", exposed_ports={"53/udp": {}, "80/tcp": {}})
+    assert schema.ports(ctr) == {"53/udp": None, "80/tcp": None}
+    assert schema.container(ctr, [], {})["Config"]["ExposedPorts"] == {"53/udp": {}, "80/tcp": {}}
+    assert schema.container(container(), [], {})["Config"]["ExposedPorts"] is None
+
+
+def test_container_summary():
+    ctr = container(
+        status="running",
+        started_at=stamp(120),
+        exposed_ports={"7000/udp": {}},
+        ports=[{"proto": "tcp", "host_ip": "0.0.0.0", "host_port": 8080, "container_ip": "172.18.0.2", "container_port": 80}],
+    )
+    doc = schema.container_summary(ctr, [("web", endpoint())])
+    assert in_docker_order(doc, DOCKER_SUMMARY_KEYS)
+    assert doc["Names"] == ["/box"] and doc["Command"] == "sleep 60" and doc["State"] == "running"
+    assert abs(doc["Created"] - (time.time() - 10)) <= 2
+    assert doc["Status"] == "Up 2 minutes"
+    assert doc["Ports"] == [{"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"}, {"PrivatePort": 7000, "Type": "udp"}]
+    assert list(doc["NetworkSettings"]["Networks"]) == ["web"]
+
+
+# -- durations and status ----------------------------------------------------
+
+MIN, HOUR, DAY = 60, 3600, 86400
+
+
+@pytest.mark.parametrize(
+    "seconds, text",
+    [
+        (-5, "Less than a second"),
+        (0, "Less than a second"),
+        (0.9, "Less than a second"),
+        (1, "1 second"),
+        (1.5, "1 second"),
+        (2, "2 seconds"),
+        (59, "59 seconds"),
+        (60, "About a minute"),
+        (119, "About a minute"),
+        (120, "2 minutes"),
+        (59 * MIN + 59, "59 minutes"),
+        (60 * MIN, "About an hour"),
+        (89 * MIN, "About an hour"),
+        (90 * MIN, "2 hours"),  # Go rounds d.Hours() + 0.5 down: 1.5 h -> 2
+        (150 * MIN, "3 hours"),  # 2.5 h -> 3 (not banker's rounding to 2)
+        (47 * HOUR, "47 hours"),
+        (48 * HOUR, "2 days"),
+        (13 * DAY, "13 days"),
+        (14 * DAY, "2 weeks"),
+        (59 * DAY, "8 weeks"),
+        (60 * DAY, "2 months"),
+        (729 * DAY, "24 months"),
+        (730 * DAY, "2 years"),
+        (3 * 365 * DAY, "3 years"),
+    ],
+)
+def test_human_duration_matches_go_units(seconds, text):
+    assert schema.human_duration(seconds) == text
+
+
+def test_status_text():
+    assert schema.status_text(container()) == "Created"
+    assert schema.status_text(container(status="running", started_at=stamp(3.5))) == "Up 3 seconds"
+    assert schema.status_text(container(status="running", started_at=stamp(0))) == "Up Less than a second"
+    assert schema.status_text(container(status="exited", exit_code=137, finished_at=stamp(7200))) == "Exited (137) 2 hours ago"
+    assert schema.status_text(container(status="exited", exit_code=0, finished_at=stamp(30.5))) == "Exited (0) 30 seconds ago"
+
+
+def test_status_text_bad_stamp_is_zero():
+    assert schema.status_text(container(status="running", started_at="garbage")) == "Up Less than a second"
