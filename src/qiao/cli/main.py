@@ -360,6 +360,11 @@ def _exited(pid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["lab"]:  # its own parser; imports pyroute2 only for lab commands
+        from qiao.lab.lab import main as lab_main
+
+        return lab_main(args[1:])
     failing_run = False  # Docker's `run` exits 125 when the daemon refuses
     try:
         a = build_parser().parse_args(argv)

@@ -125,7 +125,11 @@ class _VxlanMixin:
     def set_peer(self, dev: str, subnet: str, vtep_ip: str, mac: str, public_ip: str) -> None:
         index = self._ipr.link_lookup(ifname=dev)[0]
         self._ipr.neigh("replace", ifindex=index, dst=vtep_ip, lladdr=mac, state=0x80)  # NUD_PERMANENT
-        self._ipr.fdb("replace", ifindex=index, lladdr=mac, dst=public_ip, state=0x80)
+        try:  # "append" as flannel ("replace" is not supported for VXLAN FDB entries); the MAC encodes the address
+            self._ipr.fdb("append", ifindex=index, lladdr=mac, dst=public_ip, state=0x80)
+        except Exception as exc:
+            if getattr(exc, "code", None) != errno.EEXIST:
+                raise
         self._ipr.route("replace", dst=subnet, gateway=vtep_ip, oif=index, flags=4)  # RTNH_F_ONLINK
 
     def del_peer(self, dev: str, subnet: str, vtep_ip: str, mac: str) -> None:
