@@ -139,6 +139,8 @@ def build_parser() -> Parser:
     prune = nsub.add_parser("prune")
     prune.add_argument("-f", "--force", action="store_true")
 
+    sub.add_parser("lab", help="simulated hosts on one kernel: qiao lab up|exec|status|down (see qiao lab --help)", add_help=False)
+
     daemon = sub.add_parser("daemon", help="show or stop qiaod")
     daemon.add_argument("action", choices=["status", "stop"])
     return p

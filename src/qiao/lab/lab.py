@@ -214,6 +214,12 @@ class Lab:
         for name, pid in self.state.get("pids", {}).items():
             _stop(pid, self.root)
             _say(f"stopped {name} (pid {pid})")
+        left = _container_processes(self.root)  # of hosts whose qiaod was dead: nobody removed them
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if left:
+            _say(f"killed {len(left)} container processes left by dead daemons")
         for h in self.state.get("hosts", []):
             netns_dir = os.path.join(h["root"], "run", "netns")
             if os.path.isdir(netns_dir):
@@ -235,6 +241,32 @@ def _alive(pid: int, root: str) -> bool:
             return root.encode() in f.read()
     except OSError:
         return False
+
+
+def _container_processes(root: str) -> list[int]:
+    """The lab's container shims (their command line names the lab's host roots)
+    and every process under them, children first."""
+    marker = (os.path.join(root, "hosts") + os.sep).encode()
+    found: list[int] = []
+
+    def below(pid: int) -> list[int]:
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                children = [int(c) for c in f.read().split()]
+        except OSError:
+            return []
+        return [p for c in children for p in below(c)] + children
+
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:
+                continue
+            if b"qiao.runtime.shim" in cmdline and marker in cmdline:
+                found += below(int(entry)) + [int(entry)]
+    return found
 
 
 def _stop(pid: int, root: str) -> None:

@@ -61,8 +61,14 @@ class OverlayManager:
         self.lease: Any = None
         self.names: dict[str, dict[str, dict[str, Any]]] = {}  # network name -> endpoint id -> record (cluster-wide)
         self._published: dict[str, dict[str, Any]] = {}  # endpoint id -> our record, as written
+        self._held: dict[str, tuple[str, Any]] = {}  # network name -> (our subnet, the lease we wrote it under)
         self._wake = threading.Event()
         self._lock = threading.Lock()  # one sync at a time
+        self._syncing: int | None = None  # the thread in sync()'s DNS refresh
+        self._stopped = threading.Event()  # set by leave(): no more syncs, renewals or watches
+        self._cancel_watch: Any = None
+        self._lease_lost = False
+        self._hold_removals_until = 0.0  # after our lease was lost (etcd away past the TTL), peers' expired too: keep their routes
 
     # -- lifecycle -------------------------------------------------------
 
@@ -74,13 +80,28 @@ class OverlayManager:
         threading.Thread(target=self._keepalive_loop, name="overlay-lease", daemon=True).start()
 
     def leave(self) -> None:
-        """Graceful leave (daemon stopping with no overlay containers left): peers drop our routes at once."""
+        """Graceful leave (daemon stopping with no overlay containers left): peers drop our routes at once.
+        In any case the loops stop: a stopping daemon must not re-register (and the watch's
+        thread would keep the process from exiting)."""
+        self._stopped.set()
+        with contextlib.suppress(Exception):
+            if self._cancel_watch is not None:
+                self._cancel_watch()
+        locked = self._lock.acquire(timeout=5)  # let a sync in flight finish: it could re-create what we revoke
+        try:
+            self._leave()
+        finally:
+            if locked:
+                self._lock.release()
+
+    def _leave(self) -> None:
         if self.lease is not None and not any(ep for net in self._overlay_networks() for ep in self.engine.networks.endpoints_of(net.id)):
             with contextlib.suppress(Exception):
                 self.lease.revoke()
 
     def request_sync(self) -> None:
-        self._wake.set()
+        if self._syncing != threading.get_ident():  # from sync()'s own DNS refresh: names just published, no new sync
+            self._wake.set()
 
     # -- API -------------------------------------------------------------
 
@@ -161,7 +182,7 @@ class OverlayManager:
 
     def _sync_loop(self) -> None:
         backoff = 1.0
-        while True:
+        while not self._stopped.is_set():
             self._wake.wait(SYNC_EVERY)
             self._wake.clear()
             time.sleep(0.01)  # coalesce a burst of events into one sync
@@ -171,13 +192,15 @@ class OverlayManager:
             except Exception as exc:
                 log.warning("overlay sync failed (%s); retrying in %.0f s", exc, backoff)
                 time.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, SYNC_EVERY)  # back within SYNC_EVERY of etcd's return (see _hold_removals_until)
 
     def _watch_loop(self) -> None:
         backoff = 1.0
-        while True:
+        while not self._stopped.is_set():
             try:
-                events, cancel = self.store.watch()
+                events, self._cancel_watch = self.store.watch()
+                if self._stopped.is_set():  # leave() came while the watch was being set up
+                    self._cancel_watch()
                 backoff = 1.0
                 for _event in events:
                     self._wake.set()
@@ -190,20 +213,28 @@ class OverlayManager:
     def _keepalive_loop(self) -> None:
         while True:
             time.sleep(LEASE_TTL / 3)
+            if self._stopped.is_set():
+                return
             try:
                 if self.lease is not None and self.lease.refresh() <= 0:
                     raise RuntimeError("lease expired")
             except Exception as exc:
                 log.warning("overlay lease renewal failed (%s): will re-acquire", exc)
                 self.lease = None
+                self._lease_lost = True
                 self._published.clear()
                 self._wake.set()
 
     def sync(self) -> None:
         """Make local networks, leases, peers and names match etcd."""
         with self._lock:
+            if self._stopped.is_set():
+                return
             if self.lease is None:
                 self.lease = self.store.lease(LEASE_TTL)
+                if self._lease_lost:  # so did every peer's, likely (an etcd outage): they re-register within SYNC_EVERY
+                    self._hold_removals_until = time.monotonic() + LEASE_TTL
+                    self._lease_lost = False
             cluster = self.store.dump()
             seen = set()
             for name, state in cluster.items():
@@ -224,7 +255,11 @@ class OverlayManager:
                         self.engine.networks.drop_overlay(net)
                         self.names.pop(net.name, None)
                 self.publish_names()
-                self.engine.refresh_dns({n.id for n in self._overlay_networks()})
+                self._syncing = threading.get_ident()
+                try:
+                    self.engine.refresh_dns({n.id for n in self._overlay_networks()})
+                finally:
+                    self._syncing = None
 
     def _own_subnet(self, name: str, cfg: dict[str, Any], leases: dict[str, Any]) -> str | None:
         """Our lease in this network: keep it, re-take it (same subnet after a
@@ -233,9 +268,13 @@ class OverlayManager:
         vni = cfg["Backend"]["VNI"]
         record = {"PublicIP": self.public_ip, "BackendType": "vxlan", "BackendData": {"VNI": vni, "VtepMAC": vtep_mac(self.public_ip, vni)}}
         local = next((n for n in self._overlay_networks() if n.id == cfg["Id"]), None)
+        held = self._held.get(name)
+        if held and held[1] is self.lease and leases.get(held[0]) == record:
+            return held[0]  # written by us under this lease: no write (it would wake every host's watch, and so on)
         mine = [s for s, v in leases.items() if v.get("PublicIP") == self.public_ip]
         for subnet in mine:  # ours already (restart, or an old lease): move it under our current lease
             if self.store.replace_if(keys.subnet_key(name, subnet), leases[subnet], record, lease=self.lease):
+                self._held[name] = (subnet, self.lease)
                 return subnet
         net_range = ipaddress.IPv4Network(cfg["Network"])
         candidates = [str(s) for s in net_range.subnets(new_prefix=cfg["SubnetLen"])][1:]  # the first is skipped, as flannel
@@ -246,6 +285,7 @@ class OverlayManager:
             candidates = random.sample(free[:100], min(len(free), 100))  # flannel: random among the first free ones
         for subnet in candidates:
             if self.store.create(keys.subnet_key(name, subnet), record, lease=self.lease):
+                self._held[name] = (subnet, self.lease)
                 return subnet
         log.error("overlay %s: no free subnet left for this host", name)
         return None
@@ -261,6 +301,8 @@ class OverlayManager:
         for subnet, (vtep_ip, mac, public_ip) in want.items():
             if have.get(subnet) != (vtep_ip, mac):
                 host.set_peer(net.vxlan, subnet, vtep_ip, mac, public_ip)
+        if time.monotonic() < self._hold_removals_until:
+            return
         for subnet, (vtep_ip, mac) in have.items():
             if subnet not in want:
                 host.del_peer(net.vxlan, subnet, vtep_ip, mac)

@@ -1,0 +1,1 @@
+"""qiao's benchmarks (``python -m bench.overlay``; see bench/OVERLAY.md)."""
