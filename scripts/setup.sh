@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 # Debian packages: iproute2 (ip, for tests and humans), nftables + libnftables1
 # (the firewall), conntrack (flushing stale flows), util-linux (nsenter for exec),
 # iperf3 (benchmarks).
-packages=(iproute2 nftables libnftables1 conntrack util-linux iperf3 procps)
+packages=(iproute2 nftables libnftables1 conntrack util-linux iperf3 procps etcd-server)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

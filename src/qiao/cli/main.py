@@ -139,6 +139,8 @@ def build_parser() -> Parser:
     prune = nsub.add_parser("prune")
     prune.add_argument("-f", "--force", action="store_true")
 
+    sub.add_parser("lab", help="simulated hosts on one kernel: qiao lab up|exec|status|down (see qiao lab --help)", add_help=False)
+
     daemon = sub.add_parser("daemon", help="show or stop qiaod")
     daemon.add_argument("action", choices=["status", "stop"])
     return p
@@ -363,6 +365,11 @@ def _exited(pid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["lab"]:  # its own parser; imports pyroute2 only for lab commands
+        from qiao.lab.lab import main as lab_main
+
+        return lab_main(args[1:])
     failing_run = False  # Docker's `run` exits 125 when the daemon refuses
     try:
         a = build_parser().parse_args(argv)

@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qiaod", description="qiao's engine daemon")
     parser.add_argument("--root", help="keep everything under DIR (default: /var/lib/qiao and /run/qiao; env QIAO_ROOT)")
     parser.add_argument("--debug", action="store_true", help="log every request")
+    parser.add_argument("--cluster-store", help="etcd://HOST:PORT: enables overlay networks (Docker <= 19.03's flag)")
+    parser.add_argument("--cluster-advertise", help="IFACE or IP of this host on the underlay (default: the default route's)")
     parser.add_argument(
         "--resolv-conf",
         help="the host's resolver file: upstreams of the DNS and base of containers' resolv.conf (default /etc/resolv.conf)",
@@ -80,7 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         resolv_conf = args.resolv_conf or default_resolv_conf()
         fault = fault_at(os.environ.get("QIAO_FAULT_STEP"))
         engine = Engine(root, LinuxHost(), NftFirewall(), fault, Resolver(resolv_conf), resolv_conf)
+        if args.cluster_store:
+            from qiao.overlay.manager import OverlayManager
+
+            engine.networks.overlay = OverlayManager(engine, args.cluster_store, args.cluster_advertise)
         engine.start()
+        if engine.networks.overlay:
+            engine.networks.overlay.start()
     except Exception as exc:
         logging.exception("start-up failed")
         print(f"qiaod: start-up failed: {exc}", file=sys.stderr)
@@ -96,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.serve_forever()
     finally:
+        if engine.networks.overlay:
+            engine.networks.overlay.leave()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(root.socket)
         server.server_close()

@@ -249,7 +249,7 @@ class Containers:
 
     def _attachment(self, net: Network, cfg: dict[str, Any]) -> dict[str, Any]:
         """Validate one network's endpoint settings (Docker's EndpointsConfig)."""
-        if net.driver != "bridge":
+        if net.driver not in ("bridge", "overlay"):
             raise InvalidParameter(f"container cannot be connected to network {net.name} (driver {net.driver}) and to other networks")
         aliases = list(cfg.get("Aliases") or [])
         ipam = cfg.get("IPAMConfig") or {}

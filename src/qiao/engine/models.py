@@ -27,11 +27,15 @@ class Network:
     enable_ipv6: bool = False
     subnet6: str | None = None
     gateway6: str | None = None
+    # Overlay networks: ``subnet`` is this host's lease of ``cluster_subnet``.
+    cluster_subnet: str | None = None
+    vni: int = 0
+    vxlan: str = ""  # the VXLAN device
 
     @property
     def user_defined(self) -> bool:
         """User networks get DNS; the default bridge keeps Docker's legacy behaviour."""
-        return self.driver == "bridge" and self.name != "bridge"
+        return self.driver in ("bridge", "overlay") and self.name != "bridge"
 
     @property
     def icc(self) -> bool:

@@ -15,7 +15,7 @@ import ipaddress
 import threading
 from collections.abc import Callable
 from ipaddress import IPv4Network
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qiao.engine import etcfiles, ids
 from qiao.engine.errors import Conflict, InvalidParameter, NotFound
@@ -25,6 +25,9 @@ from qiao.engine.steps import Fault, Steps
 from qiao.engine.store import Store
 from qiao.kernel.firewall import BridgeRules, Firewall, PortMapping
 from qiao.kernel.host import Host, Iface
+
+if TYPE_CHECKING:
+    from qiao.overlay.manager import OverlayManager
 
 DEFAULT_BRIDGE = "qiao0"
 OPT_BRIDGE_NAME = "com.docker.network.bridge.name"
@@ -52,7 +55,8 @@ class Networks:
         self.pools6: dict[str, AddressPool] = {}
         self.by_network: dict[str, dict[str, Endpoint]] = {}  # network id -> endpoint id -> endpoint
         self.on_change: Callable[[set[str]], None] = lambda network_ids: None  # the engine refreshes DNS
-        self.resolv_conf = etcfiles.default_resolv_conf()  # the host's resolvers (qiaod --resolv-conf)
+        self.resolv_conf = etcfiles.default_resolv_conf()
+        self.overlay: OverlayManager | None = None  # set when qiaod has a cluster store  # the host's resolvers (qiaod --resolv-conf)
 
     # -- start-up --------------------------------------------------------
 
@@ -92,7 +96,7 @@ class Networks:
 
     def restore_kernel(self, mappings: list[PortMapping]) -> None:
         """Re-assert every bridge and the whole firewall table from intent."""
-        bridges = [n for n in self.by_id.values() if n.driver == "bridge"]
+        bridges = [n for n in self.by_id.values() if n.driver in ("bridge", "overlay")]
         for net in bridges:
             self._ensure_bridge(net)
         if bridges:
@@ -135,6 +139,15 @@ class Networks:
         subnet6: str | None = None,
         gateway6: str | None = None,
     ) -> Network:
+        if driver == "overlay":
+            if self.overlay is None:
+                raise InvalidParameter("overlay networks need a cluster store: start qiaod with --cluster-store etcd://HOST:2379")
+            with self.lock:
+                if any(n.name == name for n in self.by_id.values()):
+                    raise Conflict(f"network with name {name} already exists")
+                if not name or not ids.NAME_RE.match(name):
+                    raise InvalidParameter(f"invalid network name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+            return self.overlay.create_network(name, subnet, options or {}, labels or {})
         with self.lock:
             net = self._validate(name, driver, subnet, gateway, ip_range, options or {}, labels or {}, internal, attachable)
             if enable_ipv6 or subnet6:
@@ -267,7 +280,67 @@ class Networks:
                 raise Conflict(f"{net.name} is a pre-defined network and cannot be removed")
             if self.endpoints_of(net.id):
                 raise Conflict(f"error while removing network: network {net.name} id {net.id} has active endpoints")
-            self._delete(net)
+            if net.driver != "overlay":
+                self._delete(net)
+                return
+        assert self.overlay is not None
+        self.overlay.remove_network(net)  # cluster-wide; every host drops it when it sees the change
+
+    # -- overlay networks (driven by overlay.manager) --------------------
+
+    def ensure_overlay(self, name: str, cfg: dict[str, Any], subnet: str, public_ip: str, underlay: str, mtu: int) -> Network:
+        """This host's side of an overlay network: a bridge holding our
+        containers with the lease's first address, and the VXLAN device.
+        Idempotent: called on every sync."""
+        from qiao.overlay.manager import VXLAN_PORT, vtep_mac
+
+        net = self.by_id.get(cfg["Id"])
+        if net is not None and net.subnet != subnet and not self.endpoints_of(net.id):
+            self.drop_overlay(net)  # our lease changed and nothing uses the old one: renumber
+            net = None
+        vni = cfg["Backend"]["VNI"]
+        lease = ipaddress.IPv4Network(subnet)
+        if net is None:
+            net = Network(
+                id=cfg["Id"],
+                name=name,
+                driver="overlay",
+                created=now(),
+                subnet=subnet,
+                gateway=str(lease.network_address + 1),
+                bridge="br-" + cfg["Id"][:12],
+                mtu=mtu,
+                options=dict(cfg.get("Options") or {}),
+                labels=dict(cfg.get("Labels") or {}),
+                attachable=True,
+                cluster_subnet=cfg["Network"],
+                vni=vni,
+                vxlan=f"qv{vni}",
+            )
+        self._ensure_bridge(net)
+        self.host.ensure_vxlan(
+            net.vxlan,
+            vni,
+            public_ip,
+            cfg["Backend"].get("Port", VXLAN_PORT),
+            mtu,
+            vtep_mac(public_ip, vni),
+            underlay,
+            str(lease.network_address),
+        )
+        if net.id not in self.by_id:
+            self.host.enable_forwarding()
+            self.firewall.add_network(self._rules(net))
+            with self.store.transaction() as tx:
+                tx.put("networks", to_dict(net))
+            self.by_id[net.id] = net
+            self._add_pools(net)
+            self.on_change({net.id})
+        return net
+
+    def drop_overlay(self, net: Network) -> None:
+        self._delete(net)
+        self.host.delete_link(net.vxlan)
 
     def _delete(self, net: Network) -> None:
         rules = self._rules(net)
@@ -395,7 +468,16 @@ class Networks:
     def _rules(net: Network) -> BridgeRules:
         assert net.bridge and net.subnet
         masq = net.options.get("com.docker.network.bridge.enable_ip_masquerade", "true") == "true" and not net.internal
-        return BridgeRules(net.bridge, net.subnet, masquerade=masq, internal=net.internal, subnet6=net.subnet6 or "", icc=net.icc)
+        return BridgeRules(
+            net.bridge,
+            net.subnet,
+            masquerade=masq,
+            internal=net.internal,
+            subnet6=net.subnet6 or "",
+            icc=net.icc,
+            peer_dev=net.vxlan,
+            cluster=net.cluster_subnet or "",
+        )
 
     def describe(self, net: Network, containers: dict[str, Any]) -> dict[str, Any]:
         from qiao.engine import schema

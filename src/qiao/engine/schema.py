@@ -13,7 +13,7 @@ from qiao.units import human_duration
 def network(net: Network, endpoints: list[Endpoint], containers: dict[str, Container]) -> dict[str, Any]:
     config: list[dict[str, str]] = []
     if net.subnet:
-        entry = {"Subnet": net.subnet}
+        entry = {"Subnet": net.cluster_subnet or net.subnet}  # overlay: the range shared by all hosts
         if net.ip_range:
             entry["IPRange"] = net.ip_range
         entry["Gateway"] = net.gateway or ""
@@ -34,7 +34,7 @@ def network(net: Network, endpoints: list[Endpoint], containers: dict[str, Conta
         "Name": net.name,
         "Id": net.id,
         "Created": net.created,
-        "Scope": "local",
+        "Scope": "global" if net.driver == "overlay" else "local",  # Docker <= 19.03's cluster-store networks
         "Driver": net.driver,
         "EnableIPv6": net.enable_ipv6,
         "IPAM": {"Driver": "default", "Options": None if net.name == "bridge" else {}, "Config": config},

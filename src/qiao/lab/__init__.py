@@ -1,0 +1,1 @@
+"""``qiao lab``: several simulated hosts on one kernel, for demos and tests."""
