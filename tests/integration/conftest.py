@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from qiao.kernel.netns import release_run_dir, run_dir_mounted
+
 RUN = "q" + secrets.token_hex(2)  # short: interface names are at most 15 bytes
 BIN = Path(sys.executable).parent
 QIAO = str(BIN / "qiao")
@@ -202,7 +204,9 @@ def _snapshot() -> dict[str, str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def leaves_no_trace() -> Iterator[None]:
+    run_dir_was_mounted = run_dir_mounted()
     before = _snapshot()
     yield
+    release_run_dir(run_dir_was_mounted)  # `ip netns add` bind-mounts /run/netns once and keeps it
     after = _snapshot()
     assert after == before, "the suite left kernel objects behind"

@@ -55,6 +55,23 @@ def adopt(path: str, pid: int) -> None:
     linux.mount(f"/proc/{pid}/ns/net", path, None, linux.MS_BIND)
 
 
+NETNS_RUN_DIR = "/run/netns"
+
+
+def run_dir_mounted() -> bool:
+    """Whether /run/netns is a mount point (iproute2 bind-mounts it onto itself
+    the first time a named namespace is made, and never undoes it)."""
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == NETNS_RUN_DIR for line in f)
+
+
+def release_run_dir(was_mounted: bool) -> None:
+    """Undo iproute2's bind mount of /run/netns if we caused it and it is empty again."""
+    if not was_mounted and run_dir_mounted() and not os.listdir(NETNS_RUN_DIR):
+        with contextlib.suppress(OSError):
+            linux.umount(NETNS_RUN_DIR)
+
+
 def destroy(path: str) -> None:
     """Unmount and remove a namespace file; missing files are not an error."""
     with contextlib.suppress(OSError):

@@ -64,7 +64,14 @@ class Lab:
             raise SystemExit("qiao lab: --hosts must be between 1 and 50")
         lab_id = os.urandom(2).hex()
         ul = f"qlab-{lab_id}-ul"
-        self.state = {"id": lab_id, "underlay": ul, "namespaces": [ul], "hosts": [], "pids": {}}
+        self.state = {
+            "id": lab_id,
+            "underlay": ul,
+            "namespaces": [ul],
+            "hosts": [],
+            "pids": {},
+            "run_dir_was_mounted": qnetns.run_dir_mounted(),
+        }
         self._save()
         netns.create(ul)
         with qnetns.entered(f"/run/netns/{ul}"), IPRoute() as ipr:
@@ -230,6 +237,7 @@ class Lab:
         for ns in reversed(self.state.get("namespaces", [])):
             with contextlib.suppress(OSError):
                 netns.remove(ns)
+        qnetns.release_run_dir(self.state.get("run_dir_was_mounted", True))
         shutil.rmtree(self.root, ignore_errors=True)
         _say(f"lab {self.state.get('id')} down: namespaces, links, etcd and daemons removed")
         self.state = {}
