@@ -223,10 +223,9 @@ class Floor(Method):
             try:
                 mac = "02:42:ac:11:" + f"{n // 256:02x}:{n % 256:02x}"
                 peer = {"ifname": "eth0", "net_ns_fd": fd, "address": mac, "mtu": self.MTU}
-                self.ipr.link("add", ifname=veth, kind="veth", mtu=self.MTU, peer=peer)
+                self.ipr.link("add", ifname=veth, kind="veth", mtu=self.MTU, master=self.bridge, state="up", peer=peer)
             finally:
                 os.close(fd)
-            self.ipr.link("set", ifname=veth, master=self.bridge, state="up")
             inner.link("set", index=1, state="up")  # lo is ifindex 1 in every new namespace
             eth0 = inner.link_lookup(ifname="eth0")[0]
             inner.addr("add", index=eth0, address=address, prefixlen=16)

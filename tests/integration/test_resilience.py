@@ -157,7 +157,6 @@ CONTAINER_STEPS = [  # (step, network mode, publish a port)
     ("configure-sandbox", "none", False),
     ("allocate-address", "bridge", False),
     ("create-veth", "bridge", False),
-    ("attach-bridge", "bridge", False),
     ("configure-sandbox", "bridge", False),
     ("reserve-ports", "bridge", True),
     ("publish-ports", "bridge", True),

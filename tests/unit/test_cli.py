@@ -715,3 +715,19 @@ def test_cli_import_is_light():
     heavy = {"pyroute2", "nftables", "http.client", "http", "email", "urllib", "subprocess", "dataclasses", "sqlite3"}
     assert loaded & heavy == set()
     assert not any(m.startswith(("pyroute2.", "qiao.engine", "qiao.kernel", "qiao.daemon")) for m in loaded)
+
+
+def test_parser_builds_only_the_named_command() -> None:
+    """Start-up: `qiao ps` builds the ps parser alone; anything unclear gets the full one."""
+    from qiao.cli.main import COMMANDS
+
+    def commands(argv: list[str]) -> set[str]:
+        sub = next(a for a in build_parser(argv)._actions if a.dest == "command")
+        return set(sub.choices)
+
+    assert commands(["--root", "/r", "ps", "-a"]) == {"ps"}
+    assert commands(["network", "ls"]) == {"network"}
+    assert commands(["--help"]) == set(COMMANDS)
+    assert commands(["nosuch"]) == set(COMMANDS)
+    assert commands([]) == set(COMMANDS)
+    assert build_parser(["--root", "/r", "rm", "-f", "x"]).parse_args(["--root", "/r", "rm", "-f", "x"]).force is True

@@ -29,7 +29,7 @@ NO_SUCH_PID = 2**31 - 1  # above any pid_max: a stray kill finds nothing
 class FakeSupervisor:
     """Pretends to start the command; never forks, never kills."""
 
-    def __init__(self, on_exit):
+    def __init__(self, on_exit, tag=""):
         self.on_exit = on_exit
         self.specs: dict[str, dict] = {}
 

@@ -381,7 +381,7 @@ def test_leave_returns_address_and_removes_veth(nets):
     nets.leave(ep)  # best effort: twice is harmless
 
 
-@pytest.mark.parametrize("step", ["allocate-address", "create-veth", "attach-bridge", "configure-sandbox"])
+@pytest.mark.parametrize("step", ["allocate-address", "create-veth", "configure-sandbox"])
 def test_join_is_all_or_nothing(nets, step):
     net = nets.get("bridge")
     join_and_adopt(nets, net, "a" * 64)  # holds .2

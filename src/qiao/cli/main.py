@@ -42,11 +42,7 @@ def _kv(items: list[str] | None, what: str) -> dict[str, str]:
     return out
 
 
-def build_parser() -> Parser:
-    p = Parser(prog="qiao", description="Docker's container networking on the kernel's own parts")
-    p.add_argument("--root", help="state root (env QIAO_ROOT; default /var/lib/qiao and /run/qiao)")
-    sub = p.add_subparsers(dest="command", parser_class=Parser, required=True)
-
+def _add_run(sub: Any) -> None:
     run = sub.add_parser("run", help="run a command in a new container", add_help=False)
     run.add_argument("--help", action="help")
     run.add_argument("-d", "--detach", action="store_true")
@@ -67,15 +63,19 @@ def build_parser() -> Parser:
     run.add_argument("-t", "--tty", action="store_true", help="accepted for Docker compatibility: the terminal is always passed")
     run.add_argument("cmd", nargs=argparse.REMAINDER)
 
+
+def _add_ps(sub: Any) -> None:
     ps = sub.add_parser("ps", help="list containers")
     ps.add_argument("-a", "--all", action="store_true")
     ps.add_argument("-q", "--quiet", action="store_true")
     ps.add_argument("--format", choices=["table", "json"], default="table")
 
-    for name, helptext in (("inspect", "show containers or networks as JSON"),):
-        sp = sub.add_parser(name, help=helptext)
-        sp.add_argument("names", nargs="+")
 
+def _add_inspect(sub: Any) -> None:
+    sub.add_parser("inspect", help="show containers or networks as JSON").add_argument("names", nargs="+")
+
+
+def _add_exec(sub: Any) -> None:
     ex = sub.add_parser("exec", help="run a command inside a running container", add_help=False)
     ex.add_argument("--help", action="help")
     ex.add_argument("-e", "--env", action="append", default=[])
@@ -84,28 +84,40 @@ def build_parser() -> Parser:
     ex.add_argument("container")
     ex.add_argument("cmd", nargs=argparse.REMAINDER)
 
+
+def _add_port(sub: Any) -> None:
     port = sub.add_parser("port", help="list a container's published ports")
     port.add_argument("container")
     port.add_argument("port", nargs="?", help="PORT[/PROTO]")
 
-    logs = sub.add_parser("logs", help="print a container's output")
-    logs.add_argument("container")
 
+def _add_logs(sub: Any) -> None:
+    sub.add_parser("logs", help="print a container's output").add_argument("container")
+
+
+def _add_stop(sub: Any) -> None:
     stop = sub.add_parser("stop", help="SIGTERM, then SIGKILL after a grace period")
     stop.add_argument("-t", "--time", type=float, default=10)
     stop.add_argument("names", nargs="+")
 
-    start = sub.add_parser("start", help="start stopped containers")
-    start.add_argument("names", nargs="+")
 
+def _add_start(sub: Any) -> None:
+    sub.add_parser("start", help="start stopped containers").add_argument("names", nargs="+")
+
+
+def _add_kill(sub: Any) -> None:
     kill = sub.add_parser("kill", help="send a signal to containers")
     kill.add_argument("-s", "--signal", default="SIGKILL")
     kill.add_argument("names", nargs="+")
 
+
+def _add_rm(sub: Any) -> None:
     rm = sub.add_parser("rm", help="remove containers")
     rm.add_argument("-f", "--force", action="store_true")
     rm.add_argument("names", nargs="+")
 
+
+def _add_network(sub: Any) -> None:
     net = sub.add_parser("network", help="manage networks")
     nsub = net.add_subparsers(dest="network_command", parser_class=Parser, required=True)
     create = nsub.add_parser("create")
@@ -122,10 +134,8 @@ def build_parser() -> Parser:
     nls = nsub.add_parser("ls")
     nls.add_argument("-q", "--quiet", action="store_true")
     nls.add_argument("--format", choices=["table", "json"], default="table")
-    ninspect = nsub.add_parser("inspect")
-    ninspect.add_argument("names", nargs="+")
-    nrm = nsub.add_parser("rm")
-    nrm.add_argument("names", nargs="+")
+    nsub.add_parser("inspect").add_argument("names", nargs="+")
+    nsub.add_parser("rm").add_argument("names", nargs="+")
     conn = nsub.add_parser("connect")
     conn.add_argument("--ip", default="")
     conn.add_argument("--ip6", default="")
@@ -136,13 +146,58 @@ def build_parser() -> Parser:
     disc.add_argument("-f", "--force", action="store_true")
     disc.add_argument("network")
     disc.add_argument("container")
-    prune = nsub.add_parser("prune")
-    prune.add_argument("-f", "--force", action="store_true")
+    nsub.add_parser("prune").add_argument("-f", "--force", action="store_true")
 
+
+def _add_lab(sub: Any) -> None:
     sub.add_parser("lab", help="simulated hosts on one kernel: qiao lab up|exec|status|down (see qiao lab --help)", add_help=False)
 
-    daemon = sub.add_parser("daemon", help="show or stop qiaod")
-    daemon.add_argument("action", choices=["status", "stop"])
+
+def _add_daemon(sub: Any) -> None:
+    sub.add_parser("daemon", help="show or stop qiaod").add_argument("action", choices=["status", "stop"])
+
+
+COMMANDS = {
+    "run": _add_run,
+    "ps": _add_ps,
+    "inspect": _add_inspect,
+    "exec": _add_exec,
+    "port": _add_port,
+    "logs": _add_logs,
+    "stop": _add_stop,
+    "start": _add_start,
+    "kill": _add_kill,
+    "rm": _add_rm,
+    "network": _add_network,
+    "lab": _add_lab,
+    "daemon": _add_daemon,
+}
+
+
+def _command_word(argv: list[str]) -> str | None:
+    """The subcommand named on the command line, if any (after ``--root DIR``)."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--root":
+            i += 2
+        elif arg.startswith("-"):
+            return None  # --help, --root=DIR or a mistake: let the full parser judge
+        else:
+            return arg
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> Parser:
+    """The parser; given the command line, only its subcommand's part is built
+    (all twenty sub-parsers would cost a command ~5 ms of its start-up)."""
+    p = Parser(prog="qiao", description="Docker's container networking on the kernel's own parts")
+    p.add_argument("--root", help="state root (env QIAO_ROOT; default /var/lib/qiao and /run/qiao)")
+    sub = p.add_subparsers(dest="command", parser_class=Parser, required=True)
+    word = _command_word(argv) if argv is not None else None
+    for name, add in COMMANDS.items():
+        if word not in COMMANDS or name == word:
+            add(sub)
     return p
 
 
@@ -372,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         return lab_main(args[1:])
     failing_run = False  # Docker's `run` exits 125 when the daemon refuses
     try:
-        a = build_parser().parse_args(argv)
+        a = build_parser(args).parse_args(args)
         failing_run = a.command == "run"
         c = Client(Root.resolve(a.root))
         cmd = a.command

@@ -68,7 +68,7 @@ class Containers:
         self.by_id: dict[str, Container] = {}
         self.changed = threading.Condition(lock)
         self.removed_exit_codes: collections.OrderedDict[str, int] = collections.OrderedDict()
-        self.supervisor = Supervisor(self._on_exit)
+        self.supervisor = Supervisor(self._on_exit, tag=root.base or root.data)
         # Told which networks' endpoints changed (the engine refreshes DNS).
         self.on_change: Callable[[set[str]], None] = lambda network_ids: None
 
@@ -479,14 +479,14 @@ class Containers:
     def _kill_orphan_shim(self, ctr: Container) -> None:
         """A daemon killed between starting a container's shim and storing it
         leaves a shim (and its command) that no record owns: end them.  The
-        shim wrote its pid first thing; its command line names the container."""
+        shim wrote its pid and start time first thing on being given the
+        container, which names that process for good."""
         pid_file = os.path.join(self.root.container_dir(ctr.id), "shim.pid")
         try:
             with open(pid_file) as f:
-                pid = int(f.read())
+                pid, start = (int(field) for field in f.read().split())
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
-            owned = b"qiao.runtime.shim" in cmdline and ctr.id.encode() in cmdline
+                owned = b"qiao.runtime.shim" in f.read() and alive(pid, start)
         except (OSError, ValueError):
             return
         if owned:

@@ -24,7 +24,7 @@ from qiao.engine.models import Endpoint, Network, from_dict, to_dict
 from qiao.engine.steps import Fault, Steps
 from qiao.engine.store import Store
 from qiao.kernel.firewall import BridgeRules, Firewall, PortMapping
-from qiao.kernel.host import Host, Iface
+from qiao.kernel.host import Host, Iface, Peer
 
 if TYPE_CHECKING:
     from qiao.overlay.manager import OverlayManager
@@ -408,17 +408,17 @@ class Networks:
             prefixlen6=int(net.subnet6.split("/")[1]) if net.subnet6 else 0,
             gateway6=net.gateway6 if address6 and default_route and not net.internal and net.gateway6 else "",
         )
-        steps.run(
-            "create-veth",
-            lambda: self.host.create_veth(ep.host_ifname, sandbox, ifname, ep.mac, net.mtu, ep.id),
-            lambda: self.host.delete_link(ep.host_ifname),
-        )
         # icc=false: when bridged traffic passes netfilter (br_netfilter), the
         # network's forward chain drops container-to-container packets but
         # lets port-forwarded ones through; otherwise bridge port isolation
         # does it (packets to published ports are then routed via the host).
         isolated = not net.icc and not self.host.bridge_netfilter()
-        steps.run("attach-bridge", lambda: self.host.attach_to_bridge(ep.host_ifname, net.bridge or "", isolated=isolated))
+        peer = Peer(ifname, ep.mac, net.mtu)
+        steps.run(
+            "create-veth",
+            lambda: self.host.plug_veth(ep.host_ifname, net.bridge or "", sandbox, peer, ep.id, isolated=isolated),
+            lambda: self.host.delete_link(ep.host_ifname),
+        )
         iface = Iface(ifname, ep.address, ep.prefixlen, ep.gateway, ep.address6, ep.prefixlen6, ep.gateway6)
         steps.run("configure-sandbox", lambda: self.host.configure_sandbox(sandbox, iface))
         return ep

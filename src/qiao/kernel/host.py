@@ -36,6 +36,15 @@ class Iface:
     gateway6: str = ""
 
 
+@dataclass(frozen=True)
+class Peer:
+    """The sandbox end of a veth pair."""
+
+    ifname: str
+    mac: str
+    mtu: int
+
+
 class Host(Protocol):
     def ensure_bridge(
         self, name: str, address: str, prefixlen: int, mtu: int, v6: tuple[str, int] | None = None, owner: str = ""
@@ -46,8 +55,7 @@ class Host(Protocol):
     def owned_links(self) -> dict[str, str]: ...
     def create_netns(self, path: str) -> None: ...
     def destroy_netns(self, path: str) -> None: ...
-    def create_veth(self, host_ifname: str, netns_path: str, peer_ifname: str, mac: str, mtu: int, owner: str) -> None: ...
-    def attach_to_bridge(self, host_ifname: str, bridge: str, isolated: bool = False) -> None: ...
+    def plug_veth(self, host_ifname: str, bridge: str, netns_path: str, peer: Peer, owner: str, isolated: bool = False) -> None: ...
     def bridge_netfilter(self) -> bool: ...
     def configure_sandbox(self, netns_path: str, iface: Iface | None) -> None: ...
     def reserved_networks(self) -> list[IPv4Network]: ...
@@ -166,6 +174,7 @@ class LinuxHost(_VxlanMixin):
 
         self._IPRoute = IPRoute
         self._ipr = IPRoute()
+        self._bridges: dict[str, int] = {}  # bridge name -> ifindex
 
     def _index(self, name: str) -> int | None:
         found = self._ipr.link_lookup(ifname=name)
@@ -192,8 +201,8 @@ class LinuxHost(_VxlanMixin):
             mac[0] = (mac[0] & 0xFE) | 0x02
             self._ipr.link("add", ifname=name, kind="bridge", mtu=mtu, address=":".join(f"{b:02x}" for b in mac))
             index = self._index(name)
-            if owner:  # so a restart after a crash mid-create can find and remove it
-                self._ipr.link("set", index=index, ifalias=ALIAS_PREFIX + owner)
+        if owner:  # so a restart after a crash mid-create can find and remove it; an adopted bridge is ours now
+            self._ipr.link("set", index=index, ifalias=ALIAS_PREFIX + owner)
         have = {(a.get("address"), a["prefixlen"]) for a in self._ipr.get_addr(index=index, family=2)}
         if (address, prefixlen) not in have:
             self._ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
@@ -206,9 +215,12 @@ class LinuxHost(_VxlanMixin):
         # Lets the host reach published ports through 127.0.0.1: DNAT sends those
         # packets out of the bridge with a loopback source, then masquerade fixes it.
         self._write_sysctl(f"/proc/sys/net/ipv4/conf/{name}/route_localnet", "1")
+        if index is not None:
+            self._bridges[name] = index
         return created
 
     def delete_link(self, name: str) -> None:
+        self._bridges.pop(name, None)
         try:
             self._ipr.link("del", ifname=name)  # by name: the kernel resolves it, no lookup round trip
         except Exception as exc:
@@ -230,19 +242,39 @@ class LinuxHost(_VxlanMixin):
     def destroy_netns(self, path: str) -> None:
         netns.destroy(path)
 
-    def create_veth(self, host_ifname: str, netns_path: str, peer_ifname: str, mac: str, mtu: int, owner: str) -> None:
+    def plug_veth(self, host_ifname: str, bridge: str, netns_path: str, peer: Peer, owner: str, isolated: bool = False) -> None:
+        """A veth pair, its host end up on ``bridge`` and its peer inside the
+        sandbox, in two netlink messages: the kernel takes the master and the
+        up flag in the creating message, but the owner tag and the bridge
+        port flags only once the port exists."""
         fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            self._ipr.link(
-                "add",
-                ifname=host_ifname,
-                kind="veth",
-                mtu=mtu,
-                peer={"ifname": peer_ifname, "net_ns_fd": fd, "address": mac, "mtu": mtu},
-            )
+            try:
+                self._add_veth(host_ifname, self._bridge_index(bridge), fd, peer)
+            except Exception as exc:
+                if getattr(exc, "code", None) not in (errno.EINVAL, errno.ENODEV):
+                    raise
+                self._bridges.pop(bridge, None)  # the bridge was recreated (or is gone): look it up again
+                self._add_veth(host_ifname, self._bridge_index(bridge), fd, peer)
         finally:
             os.close(fd)
-        self._ipr.link("set", ifname=host_ifname, ifalias=ALIAS_PREFIX + owner)
+        # Hairpin mode, as Docker without its userland proxy: with br_netfilter, a container's
+        # packet to its own published port is bridged back out of the port it came in on.
+        port_flags = {"mode": 1, **({"isolated": 1} if isolated else {})}
+        self._ipr.link("set", ifname=host_ifname, ifalias=ALIAS_PREFIX + owner, kind="bridge_slave", **port_flags)
+
+    def _add_veth(self, host_ifname: str, master: int, netns_fd: int, peer: Peer) -> None:
+        sandbox_end = {"ifname": peer.ifname, "net_ns_fd": netns_fd, "address": peer.mac, "mtu": peer.mtu}
+        self._ipr.link("add", ifname=host_ifname, kind="veth", mtu=peer.mtu, master=master, state="up", peer=sandbox_end)
+
+    def _bridge_index(self, name: str) -> int:
+        """The bridge's ifindex, looked up once (ifindexes are not reused)."""
+        if name not in self._bridges:
+            index = self._index(name)
+            if index is None:
+                raise OSError(errno.ENODEV, f"no such device: {name}")
+            self._bridges[name] = index
+        return self._bridges[name]
 
     def bridge_netfilter(self) -> bool:
         """Whether bridged IPv4 traffic passes the netfilter hooks (br_netfilter)."""
@@ -251,16 +283,6 @@ class LinuxHost(_VxlanMixin):
                 return f.read().strip() == "1"
         except OSError:
             return False
-
-    def attach_to_bridge(self, host_ifname: str, bridge: str, isolated: bool = False) -> None:
-        master = self._index(bridge)
-        if master is None:
-            raise OSError(errno.ENODEV, f"no such device: {bridge}")
-        self._ipr.link("set", ifname=host_ifname, master=master)  # ENODEV from the kernel if the veth is gone
-        # Hairpin mode, as Docker without its userland proxy: with br_netfilter, a container's
-        # packet to its own published port is bridged back out of the port it came in on.
-        self._ipr.link("set", ifname=host_ifname, kind="bridge_slave", mode=1, **({"isolated": 1} if isolated else {}))
-        self._ipr.link("set", ifname=host_ifname, state="up")
 
     def configure_sandbox(self, netns_path: str, iface: Iface | None) -> None:
         with netns.entered(netns_path):
@@ -363,13 +385,13 @@ class StubHost:
         self.namespaces.discard(path)
         self.sandboxes.pop(path, None)
 
-    def create_veth(self, host_ifname: str, netns_path: str, peer_ifname: str, mac: str, mtu: int, owner: str) -> None:
+    def plug_veth(self, host_ifname: str, bridge: str, netns_path: str, peer: Peer, owner: str, isolated: bool = False) -> None:
         if host_ifname in self.links:
             raise OSError(errno.EEXIST, f"{host_ifname} exists")
-        self.links[host_ifname] = {"kind": "veth", "netns": netns_path, "peer": peer_ifname, "mac": mac, "owner": owner}
-
-    def attach_to_bridge(self, host_ifname: str, bridge: str, isolated: bool = False) -> None:
-        self.links[host_ifname].update(master=bridge, isolated=isolated)
+        if bridge not in self.links:
+            raise OSError(errno.ENODEV, f"no such device: {bridge}")
+        link = {"kind": "veth", "netns": netns_path, "peer": peer.ifname, "mac": peer.mac, "owner": owner}
+        self.links[host_ifname] = {**link, "master": bridge, "isolated": isolated}
 
     def bridge_netfilter(self) -> bool:
         return False

@@ -1,14 +1,18 @@
-"""The container shim (``python -m qiao.runtime.shim SPEC``), qiao's conmon.
+"""The container shim (``python -m qiao.runtime.shim FD [TAG]``), qiao's conmon.
 
-It enters the sandbox (network namespace), makes the container's own UTS
+The daemon starts it ahead of need (see :mod:`qiao.runtime.supervisor`): it
+waits on the control socket FD for one message, the container's spec with
+its stdin, stdout and stderr attached (SCM_RIGHTS); an end of file instead
+means the daemon went away without needing it.  TAG only names the qiao root
+on the command line.  Then it enters the sandbox (network namespace), makes the container's own UTS
 and mount namespaces (hostname; /etc/hosts, /etc/resolv.conf and
 /etc/hostname bind-mounted over the host's, which stay untouched), forks
 the command and stays as its parent to record the exit code in a file.
 Because the shim, not the daemon, waits for the command, containers and
 their exit codes outlive a daemon restart.
 
-It reports ``ok <pid>`` or ``error <message>`` on the status pipe.  Standard library
-only, so it starts in a few milliseconds.
+It answers ``ok <pid>`` or ``error <message>`` on the control socket.
+Standard library only, so it starts in a few milliseconds.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 
 from qiao.kernel import linux
@@ -53,6 +58,12 @@ def _enter(spec: dict) -> None:
                 pass
 
 
+def _start_time() -> int:
+    """Field 22 of /proc/self/stat: with the pid, names this process for good."""
+    with open("/proc/self/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])
+
+
 def _write_exit(path: str, code: int) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -60,23 +71,38 @@ def _write_exit(path: str, code: int) -> None:
     os.replace(tmp, path)
 
 
+def _receive(control: socket.socket) -> dict | None:
+    """The spec, with the container's stdio put on fds 0, 1 and 2; None at end of file."""
+    message, fds, _flags, _addr = socket.recv_fds(control, 1 << 20, 3)
+    if not message:
+        return None
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        if fd > 2:
+            os.close(fd)
+    return json.loads(message)
+
+
 def main() -> int:
-    spec = json.loads(sys.argv[1])
-    status = os.fdopen(spec["status_fd"], "w")
-    with open(spec["pid_file"], "w") as f:  # first: a daemon that dies before storing us can still find us
-        f.write(str(os.getpid()))
+    control = socket.socket(fileno=int(sys.argv[1]))
+    control.set_inheritable(False)
     for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
+    spec = _receive(control)
+    if spec is None:
+        return 0
+    with open(spec["pid_file"], "w") as f:  # first: a daemon that dies before storing us can still find us
+        f.write(f"{os.getpid()} {_start_time()}")
     try:
         _enter(spec)
     except OSError as exc:
-        status.write(f"error cannot enter the container's namespaces: {exc}\n")
+        control.send(f"error cannot enter the container's namespaces: {exc}".encode())
         return 1
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         os.close(ready_r)
-        status.close()
+        control.close()
         for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_DFL)
         cmd = spec["cmd"]
@@ -93,10 +119,10 @@ def main() -> int:
     if failure:
         os.waitpid(pid, 0)
         _write_exit(spec["exit_file"], 127)
-        status.write(f"error {failure}\n")
+        control.send(f"error {failure}".encode())
         return 127
-    status.write(f"ok {pid}\n")
-    status.close()
+    control.send(f"ok {pid}".encode())
+    control.close()
     _, wstatus = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(wstatus)
     _write_exit(spec["exit_file"], 128 - code if code < 0 else code)

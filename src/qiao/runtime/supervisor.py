@@ -1,8 +1,12 @@
 """Daemon side of container processes: start shims, notice their exits.
 
-One thread waits on pidfds of every shim (epoll), so noticing an exit costs
-nothing per running container, and works for shims started by an earlier
-daemon (pidfds do not need a parent-child relation).
+A shim is a fresh Python interpreter (~20 ms to start and import), so one
+is always started ahead, idle on a control socket (a "spare", as Android's
+zygote): starting a container hands the spare its spec and stdio, and a new
+spare is started in the background.  One thread waits on pidfds of every
+shim (epoll), so noticing an exit costs nothing per running container, and
+works for shims started by an earlier daemon (pidfds do not need a
+parent-child relation).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import logging
 import os
 import select
+import socket
 import subprocess
 import sys
 import threading
@@ -49,40 +54,97 @@ def alive(pid: int, start_time: int) -> bool:
     return pid > 0 and process_start_time(pid) == start_time
 
 
+@dataclass
+class _Shim:
+    """A started shim waiting for its container: the process and our end of its control socket."""
+
+    proc: subprocess.Popen[bytes]
+    control: socket.socket
+
+
 class Supervisor:
-    def __init__(self, on_exit: Callable[[str], None]):
+    def __init__(self, on_exit: Callable[[str], None], tag: str = ""):
         self._on_exit = on_exit
+        self._tag = tag  # on every shim's command line (the qiao root), so a lab or a repair can find its own
         self._epoll = select.epoll()
         self._watched: dict[int, tuple[str, int, int]] = {}  # pidfd -> (container id, shim pid, is child)
         self._lock = threading.Lock()
+        self._spare: _Shim | None = None
+        self._refilling = False
         threading.Thread(target=self._loop, name="supervisor", daemon=True).start()
 
     def spawn(self, cid: str, spec: dict[str, Any], stdio: tuple[int, int, int]) -> Started:
-        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        """Hand ``spec`` and the container's stdio to a waiting shim; its answer
+        is ``ok <pid>`` once the command is exec'd, or ``error <message>``."""
+        shim = self._take()
+        try:
+            try:
+                socket.send_fds(shim.control, [json.dumps(spec).encode()], list(stdio))
+            except OSError:  # the spare died while idle (killed by someone): start one now
+                shim.control.close()
+                shim = self._launch()
+                socket.send_fds(shim.control, [json.dumps(spec).encode()], list(stdio))
+            answer = shim.control.recv(4096).decode()
+        finally:
+            shim.control.close()
+            self._refill()
+        if not answer.startswith("ok "):
+            code = shim.proc.wait()
+            raise StartError(answer.removeprefix("error ") or "container process failed to start", 127 if code == 127 else 126)
+        started = Started(int(answer.split()[1]), shim.proc.pid, process_start_time(shim.proc.pid))
+        self.watch(cid, shim.proc.pid, child=True)
+        return started
+
+    def _take(self) -> _Shim:
+        with self._lock:
+            shim, self._spare = self._spare, None
+        if shim is not None and shim.proc.poll() is None:
+            return shim
+        if shim is not None:
+            shim.control.close()
+        return self._launch()
+
+    def _refill(self) -> None:
+        """Start the next spare in the background (at most one at a time)."""
+        with self._lock:
+            if self._spare is not None or self._refilling:
+                return
+            self._refilling = True
+
+        def launch() -> None:
+            try:
+                shim = self._launch()
+            except Exception:
+                log.exception("starting a spare container shim failed")
+                shim = None
+            with self._lock:
+                self._refilling = False
+                if self._spare is None:
+                    self._spare, shim = shim, None
+            if shim is not None:  # raced with another refill: not needed
+                shim.control.close()
+
+        threading.Thread(target=launch, name="spare-shim", daemon=True).start()
+
+    def _launch(self) -> _Shim:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "qiao.runtime.shim", json.dumps({**spec, "status_fd": status_w})],
-                stdin=stdio[0],
-                stdout=stdio[1],
-                stderr=stdio[2],
-                pass_fds=(status_w,),
+                [sys.executable, "-m", "qiao.runtime.shim", str(theirs.fileno()), self._tag],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
                 start_new_session=True,
                 env={"PYTHONPATH": os.pathsep.join(sys.path), "PATH": os.environ.get("PATH", "")},
                 close_fds=True,
             )
         except BaseException:
-            os.close(status_r)
-            os.close(status_w)
+            ours.close()
             raise
-        os.close(status_w)
-        with os.fdopen(status_r) as status:
-            line = status.readline().strip()
-        if not line.startswith("ok "):
-            code = proc.wait()
-            raise StartError(line.removeprefix("error ") or "container process failed to start", 127 if code == 127 else 126)
-        started = Started(int(line.split()[1]), proc.pid, process_start_time(proc.pid))
-        self.watch(cid, proc.pid, child=True)
-        return started
+        finally:
+            theirs.close()
+        return _Shim(proc, ours)
 
     def watch(self, cid: str, shim_pid: int, child: bool = False) -> None:
         try:
