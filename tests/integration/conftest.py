@@ -19,8 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,6 +41,27 @@ def sh(*args: str, check: bool = True, timeout: float = 60, **kw) -> subprocess.
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} -> {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
     return proc
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 10, interval: float = 0.02) -> Any:
+    """Poll ``check`` until it returns something truthy (returned); fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """A refusal: non-zero exit, exactly one line on stderr, no traceback."""
+    assert proc.returncode != 0, proc
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].strip(), proc.stderr
+    return lines[0]
 
 
 class Namespace:
@@ -74,9 +96,10 @@ class Host(Namespace):
 
     # -- the daemon ------------------------------------------------------
 
-    def start_daemon(self, env: dict[str, str] | None = None) -> None:
-        log = open(os.path.join(self.root, "qiaod.test.log"), "ab")  # noqa: SIM115 - owned by the Popen
-        self.daemon = self.popen(QIAOD, "--root", self.root, stdout=log, stderr=log, env={**os.environ, **(env or {})})
+    def start_daemon(self, env: dict[str, str] | None = None, args: Sequence[str] = ()) -> None:
+        """Start qiaod (with ``env`` added to ours and extra command-line ``args``) and wait until it answers."""
+        with open(os.path.join(self.root, "qiaod.test.log"), "ab") as log:  # the daemon keeps its own copy
+            self.daemon = self.popen(QIAOD, "--root", self.root, *args, stdout=log, stderr=log, env={**os.environ, **(env or {})})
         sock = os.path.join(self.root, "run", "qiao.sock")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -116,6 +139,20 @@ class Host(Namespace):
     def exec(self, name: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.qiao("exec", name, *cmd, check=check)
 
+    def ps_json(self, *flags: str) -> list[dict]:
+        """``qiao ps --format json FLAGS``: one dict per container."""
+        return [json.loads(line) for line in self.qiao("ps", "--format", "json", *flags).stdout.splitlines()]
+
+    def ps_ids(self) -> list[str]:
+        """The short ids of all containers (``ps -a``), sorted."""
+        return sorted(row["ID"] for row in self.ps_json("-a"))
+
+    def remove_containers(self) -> None:
+        """``qiao rm -f`` every container (running or not); errors are ignored."""
+        ids = self.qiao("ps", "-aq", check=False).stdout.split()
+        if ids:
+            self.qiao("rm", "-f", *ids, check=False)
+
     # -- neighbours ------------------------------------------------------
 
     def add_outside(self, name: str = "out", subnet: str = "198.51.100") -> Namespace:
@@ -135,9 +172,7 @@ class Host(Namespace):
     def cleanup(self) -> None:
         if self.daemon and self.daemon.poll() is None:
             with contextlib.suppress(Exception):
-                ids = self.qiao("ps", "-aq", check=False).stdout.split()
-                if ids:
-                    self.qiao("rm", "-f", *ids, check=False)
+                self.remove_containers()
         self.stop_daemon()
         self._kill_leftovers()
         for out in self.links:
@@ -187,6 +222,14 @@ def host() -> Iterator[Host]:
         yield h
     finally:
         h.cleanup()
+
+
+@pytest.fixture
+def clean(host: Host) -> Iterator[None]:
+    """The test leaves no containers on the shared host (they are removed after it, even on failure).
+    A module that wants it for every test says ``pytestmark = pytest.mark.usefixtures("clean")``."""
+    yield
+    host.remove_containers()
 
 
 def _snapshot() -> dict[str, str]:

@@ -28,7 +28,6 @@ from tests.integration.test_user_networks import (
     in_parallel,
     netns_of,
     poll_dns,
-    start_qiaod,
     user_host,
 )
 
@@ -179,7 +178,7 @@ def test_resolution_works_again_within_one_second_after_a_daemon_restart(lab: La
     try:
         assert in_netns(ns, dns_query, gw, "s1", "A", 0.3) is None  # nobody answers while it is down
     finally:
-        start_qiaod(h, "--resolv-conf", lab.resolv)
+        h.start_daemon(args=("--resolv-conf", lab.resolv))
     since = time.monotonic()
     for name in ("s1", "s-alias"):
         assert poll_dns(ns, gw, name, ("NOERROR", [ip]), since=since) == ("NOERROR", [ip])

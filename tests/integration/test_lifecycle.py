@@ -12,13 +12,11 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.integration.conftest import QIAO, Host
+from tests.integration.conftest import QIAO, Host, one_line_error, wait_for
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 PS_JSON_KEYS = [
@@ -29,19 +27,10 @@ PS_JSON_KEYS = [
 IGNORE_TERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(300)"
 
 
+pytestmark = pytest.mark.usefixtures("clean")  # every test starts with no containers on the shared host and leaves none
+
+
 # -- helpers -------------------------------------------------------------------
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 10, interval: float = 0.02) -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def wait_exited(host: Host, name: str, timeout: float = 10) -> dict:
@@ -54,23 +43,6 @@ def wait_exited(host: Host, name: str, timeout: float = 10) -> dict:
     return wait_for(f"{name} to exit", exited, timeout)
 
 
-def ps_json(host: Host, *flags: str) -> list[dict]:
-    return [json.loads(line) for line in host.qiao("ps", "--format", "json", *flags).stdout.splitlines()]
-
-
-def ps_ids(host: Host) -> list[str]:
-    return sorted(row["ID"] for row in ps_json(host, "-a"))
-
-
-def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
-    """A refusal: non-zero exit, exactly one line on stderr, no traceback."""
-    assert proc.returncode != 0, proc
-    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].strip(), proc.stderr
-    return lines[0]
-
-
 def mounts_under(directory: str) -> list[str]:
     return [f for f in (line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()) if f.startswith(directory + "/")]
 
@@ -81,15 +53,6 @@ def veth_of(host: Host, endpoint_id: str) -> str | None:
         if link.get("ifalias") == "qiao:" + endpoint_id:
             return link["ifname"]
     return None
-
-
-@pytest.fixture(autouse=True)
-def clean(host: Host) -> Iterator[None]:
-    """Every test starts with no containers on the shared host and leaves none."""
-    yield
-    ids = host.qiao("ps", "-aq", check=False).stdout.split()
-    if ids:
-        host.qiao("rm", "-f", *ids, check=False)
 
 
 # -- run -----------------------------------------------------------------------
@@ -132,7 +95,7 @@ def test_env_hostname_and_rm(host: Host) -> None:
     r = host.qiao("run", "--rm", "--name", "tmp", "-e", "FOO=bar baz", "-e", "EMPTY=", "--hostname", "myhost", "--", "sh", "-c", script)
     assert r.stdout == "bar baz||myhost|myhost|myhost\n"
     assert host.qiao("inspect", "tmp", check=False).returncode != 0
-    assert ps_ids(host) == []
+    assert host.ps_ids() == []
     assert os.listdir(os.path.join(host.root, "lib", "containers")) == []
 
     # --rm -d: removed once the command exits on its own
@@ -160,8 +123,8 @@ def test_detach_prints_the_id_and_ps_lists_in_dockers_json(host: Host) -> None:
     assert host.qiao("ps", "-q").stdout.split() == [cid[:12]]
     assert len(host.qiao("ps", "-aq").stdout.split()) == 2
 
-    assert [row["Names"] for row in ps_json(host)] == ["sleeper"]
-    rows = {row["Names"]: row for row in ps_json(host, "-a")}
+    assert [row["Names"] for row in host.ps_json()] == ["sleeper"]
+    rows = {row["Names"]: row for row in host.ps_json("-a")}
     assert list(rows) == ["done", "sleeper"]  # newest first
     for row in rows.values():
         assert list(row) == PS_JSON_KEYS
@@ -262,7 +225,7 @@ def test_kill_sends_a_signal_and_exit_codes_are_recorded(host: Host) -> None:
     assert wait_exited(host, "k9")["ExitCode"] == 137
     assert wait_exited(host, "usr1")["ExitCode"] == 138
     assert wait_exited(host, "seven")["ExitCode"] == 7
-    statuses = {row["Names"]: row["Status"] for row in ps_json(host, "-a")}
+    statuses = {row["Names"]: row["Status"] for row in host.ps_json("-a")}
     for name, code in (("k9", 137), ("usr1", 138), ("seven", 7)):
         assert re.fullmatch(rf"Exited \({code}\) .* ago", statuses[name]), statuses
     assert "not running" in one_line_error(host.qiao("kill", "k9", check=False))
@@ -299,11 +262,11 @@ def test_an_ambiguous_id_prefix_is_refused(host: Host) -> None:
         cid = host.run_d("--network", "host", "--", "true")
         by_first.setdefault(cid[0], []).append(cid)
     prefix, (a, b) = next((k, v) for k, v in by_first.items() if len(v) > 1)
-    before = ps_ids(host)
+    before = host.ps_ids()
     for args in (("inspect", prefix), ("rm", "-f", prefix), ("stop", prefix), ("kill", prefix), ("logs", prefix), ("start", prefix)):
         line = one_line_error(host.qiao(*args, check=False))
         assert "multiple" in line and prefix in line, (args, line)
-    assert ps_ids(host) == before
+    assert host.ps_ids() == before
     # One digit past the common part names exactly one of them.
     common = len(os.path.commonprefix([a, b]))
     assert host.inspect(a[: common + 1])["Id"] == a

@@ -6,15 +6,11 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Host
+from tests.integration.conftest import Host, one_line_error, wait_for
 
 # Connect to 127.0.0.1:PORT (retrying while the server starts) and print the HTTP status of GET /.
 PROBE = (
@@ -29,28 +25,7 @@ PROBE = (
 )
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 10, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
-def ps_ids(host: Host) -> list[str]:
-    return sorted(json.loads(line)["ID"] for line in host.qiao("ps", "-a", "--format", "json").stdout.splitlines())
-
-
-def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
-    """A refusal: non-zero exit, exactly one line on stderr, no traceback."""
-    assert proc.returncode != 0, proc
-    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].strip(), proc.stderr
-    return lines[0]
+pytestmark = pytest.mark.usefixtures("clean")  # every test starts with no containers on the shared host and leaves none
 
 
 def link_names(ip_json: str) -> list[str]:
@@ -63,15 +38,6 @@ def veths(host: Host) -> list[str]:
 
 def ns_ids(pid: int) -> dict[str, str]:
     return {kind: os.readlink(f"/proc/{pid}/ns/{kind}") for kind in ("net", "uts", "mnt")}
-
-
-@pytest.fixture(autouse=True)
-def clean(host: Host) -> Iterator[None]:
-    """Every test starts with no containers on the shared host and leaves none."""
-    yield
-    ids = host.qiao("ps", "-aq", check=False).stdout.split()
-    if ids:
-        host.qiao("rm", "-f", *ids, check=False)
 
 
 # -- none ------------------------------------------------------------------------
@@ -181,7 +147,7 @@ def test_container_mode_joins_a_joined_or_a_host_mode_container(host: Host) -> N
 def test_container_mode_refusals_are_one_line_and_change_nothing(host: Host) -> None:
     host.run_d("--name", "web", "--", "sleep", "300")
     host.qiao("run", "--name", "dead", "--", "true")
-    before = ps_ids(host)
+    before = host.ps_ids()
     cases = [
         (("--network", "container:web", "--hostname", "other"), "hostname"),
         (("--network", "container:web", "-p", "8080:80"), "port"),
@@ -192,7 +158,7 @@ def test_container_mode_refusals_are_one_line_and_change_nothing(host: Host) -> 
         for detach in ((), ("-d",)):
             r = host.qiao("run", *detach, *args, "--", "sleep", "300", check=False)
             assert message in one_line_error(r), (args, r.stderr)
-            assert ps_ids(host) == before, args
+            assert host.ps_ids() == before, args
 
 
 def test_rm_of_a_target_is_refused_while_a_joined_container_runs(host: Host) -> None:
@@ -216,5 +182,5 @@ def test_rm_of_a_target_is_refused_while_a_joined_container_runs(host: Host) -> 
     assert host.inspect("side2")["State"]["Running"]
     host.qiao("stop", "side2")
     host.qiao("rm", "web2", "side2")
-    assert ps_ids(host) == []
+    assert host.ps_ids() == []
     assert veths(host) == [] and os.listdir(os.path.join(host.root, "run", "netns")) == []

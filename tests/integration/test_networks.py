@@ -10,13 +10,12 @@ import json
 import os
 import re
 import secrets
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import RUN, Host
+from tests.integration.conftest import RUN, Host, one_line_error
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 INSPECT_KEYS = [
@@ -47,22 +46,12 @@ def inet(link_json: dict) -> list[str]:
     return [f"{a['local']}/{a['prefixlen']}" for a in link_json["addr_info"] if a["family"] == "inet"]
 
 
-def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
-    """A refusal: non-zero exit, exactly one line on stderr, no traceback."""
-    assert proc.returncode != 0, proc
-    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].strip(), proc.stderr
-    return lines[0]
-
-
 @pytest.fixture
 def clean(host: Host) -> Iterator[None]:
-    """The test starts with no containers and only the built-in networks on the shared host, and leaves it so."""
+    """The test starts with no containers and only the built-in networks on the shared host, and leaves it so
+    (conftest's ``clean``, which this replaces, and the networks)."""
     yield
-    ids = host.qiao("ps", "-aq", check=False).stdout.split()
-    if ids:
-        host.qiao("rm", "-f", *ids, check=False)
+    host.remove_containers()
     host.qiao("network", "prune", "-f", check=False)
 
 
@@ -297,7 +286,7 @@ class BadHost(Host):
 
 def state(host: Host) -> dict:
     """What bad input must not change: networks, containers, links, firewall."""
-    containers = [json.loads(line) for line in host.qiao("ps", "-a", "--format", "json").stdout.splitlines()]
+    containers = host.ps_json("-a")
     return {
         "networks": sorted((n["ID"], n["Name"]) for n in ls_json(host)),
         "containers": sorted((c["ID"], c["Names"], c["State"]) for c in containers),

@@ -28,14 +28,13 @@ import json
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import RUN, Host, Namespace
+from tests.integration.conftest import RUN, Host, Namespace, wait_for
 
 PY = sys.executable  # the same interpreter everywhere: containers share the host's file system
 
@@ -182,17 +181,6 @@ threading.Event().wait()
 # -- helpers -------------------------------------------------------------------
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 10, interval: float = 0.03) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
 Where = Namespace | tuple[Host, str]  # a namespace, or (host, container name)
 
 
@@ -330,8 +318,7 @@ def sockets(ns: Namespace, flags: str) -> set[str]:
 
 def ps_rows(host: Host) -> list[dict]:
     """``ps -a --format json`` without the fields that move with the clock."""
-    rows = [json.loads(line) for line in host.qiao("ps", "-a", "--format", "json").stdout.splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("RunningFor", "Status", "CreatedAt")} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("RunningFor", "Status", "CreatedAt")} for r in host.ps_json("-a")]
 
 
 def one_clear_line(proc: subprocess.CompletedProcess[str], *words: str) -> str:

@@ -28,14 +28,12 @@ import re
 import signal
 import sqlite3
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.integration.conftest import QIAO, RUN, Host, Namespace, sh
+from tests.integration.conftest import QIAO, RUN, Host, Namespace, sh, wait_for
 
 # A tiny HTTP server answering with the container's hostname (its short id), so
 # a reply also tells *which* container answered.
@@ -51,18 +49,6 @@ SERVE = (
 
 
 # -- helpers -------------------------------------------------------------------
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 20, interval: float = 0.02) -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def links(ns: Namespace, *selector: str) -> dict[str, dict]:
@@ -205,7 +191,7 @@ def test_fault_at_each_start_step_leaves_nothing_behind(make_host, step: str, mo
         assert netns_leftovers(h) == [], "a namespace file or mount was left"
         assert json.loads(h.qiao("network", "inspect", "bridge").stdout)[0]["Containers"] == {}
         assert store_rows(h, "endpoints") == []
-        wait_for("the container's processes to be gone", lambda: not marked_pids(marker))
+        wait_for("the container's processes to be gone", lambda: not marked_pids(marker), timeout=20)
         # A run that could not start leaves no container behind (qiao's choice, unlike Docker's "Created").
         assert h.qiao("ps", "-aq").stdout == "" and store_rows(h, "containers") == []
         # The failing daemon still runs: the host port is not held, the firewall has no mapping.
@@ -324,7 +310,7 @@ def test_twenty_concurrent_runs_get_distinct_addresses_and_veths(make_host) -> N
             p.communicate()
         assert h.qiao("ps", "-aq").stdout == ""
         assert veths(h) == {} and netns_leftovers(h) == [] and store_rows(h, "endpoints") == []
-        wait_for("every container process to be gone", lambda: not marked_pids(marker))
+        wait_for("every container process to be gone", lambda: not marked_pids(marker), timeout=20)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -362,14 +348,14 @@ def test_containers_outlive_the_daemon_and_are_adopted(make_host, how: str) -> N
     assert http_get(h, address) == web[:12]
     # ... and the other one exits now, with nobody watching.
     Path(trigger).touch()
-    wait_for("quick to exit", lambda: not running(quick_info["State"]["Pid"]))
+    wait_for("quick to exit", lambda: not running(quick_info["State"]["Pid"]), timeout=20)
 
     h.start_daemon()
     assert h.qiao("ps", "-q").stdout.split() == [web[:12]]
     assert h.inspect("web")["State"]["Running"] and h.inspect("web")["State"]["Pid"] == web_info["State"]["Pid"]
     assert http_get(h, address) == web[:12]
 
-    state = wait_for("quick to be recorded as exited", lambda: (s := h.inspect("quick")["State"])["Status"] == "exited" and s)
+    state = wait_for("quick to be recorded as exited", lambda: (s := h.inspect("quick")["State"])["Status"] == "exited" and s, timeout=20)
     assert state["ExitCode"] == 5 and state["Pid"] == 0
     assert quick_veth[0] not in veths(h), "the exited container's veth was left"
     assert not os.path.exists(quick_sandbox), "the exited container's namespace file was left"
@@ -441,7 +427,7 @@ def test_concurrent_clis_autostart_one_daemon(make_host) -> None:
         assert [rc for rc, _out, _err in results] == [0] * 5, [err for _rc, _out, err in results]
         pid = _daemon_pid(h.root)
         assert pid is not None
-        wait_for("the losing daemons to exit", lambda: daemons_of(h.root) == [pid])
+        wait_for("the losing daemons to exit", lambda: daemons_of(h.root) == [pid], timeout=20)
         ids = [out.strip() for _rc, out, _err in results]
         addresses = {i["NetworkSettings"]["IPAddress"] for i in json.loads(h.qiao("inspect", *ids).stdout)}
         assert addresses == {f"172.17.0.{n}" for n in range(2, 7)}
@@ -486,7 +472,7 @@ def stop_autostarted(h: Host) -> None:
     pid = _daemon_pid(h.root)
     if pid is not None:
         os.kill(pid, signal.SIGKILL)
-        wait_for("the autostarted daemon to die", lambda: not running(pid))
+        wait_for("the autostarted daemon to die", lambda: not running(pid), timeout=20)
 
 
 def test_ip_netns_exec_autostarted_daemon_serves_other_mount_namespaces(make_host) -> None:
@@ -513,7 +499,7 @@ def test_ip_netns_exec_autostarted_daemon_serves_other_mount_namespaces(make_hos
 
         # Stop that daemon; one started by another `ip netns exec` adopts the container.
         ipx("daemon", "stop")
-        wait_for("the first daemon to exit", lambda: not running(first))
+        wait_for("the first daemon to exit", lambda: not running(first), timeout=20)
         assert http_get(h, "172.17.0.2") == cid[:12]
         assert ipx("ps", "-q").stdout.split() == [cid[:12]]  # autostarts the second daemon
         second = _daemon_pid(h.root)
@@ -527,7 +513,7 @@ def test_ip_netns_exec_autostarted_daemon_serves_other_mount_namespaces(make_hos
         assert veths(h) == {}
         ipx("rm", "web")
         ipx("daemon", "stop")
-        wait_for("the second daemon to exit", lambda: _daemon_pid(h.root) is None)
+        wait_for("the second daemon to exit", lambda: _daemon_pid(h.root) is None, timeout=20)
     finally:
         if _daemon_pid(h.root) is not None:
             with contextlib.suppress(Exception):

@@ -29,7 +29,7 @@ import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 
 from qiao.kernel import linux
-from tests.integration.conftest import QIAOD, RUN, Host, Namespace
+from tests.integration.conftest import RUN, Host, Namespace
 
 PY = sys.executable  # the venv's python: has dnslib, starts fast (no pyenv shim)
 
@@ -234,21 +234,6 @@ def poll_dns(
 # -- hosts with a chosen resolv.conf and a DNS upstream of our own -------------
 
 
-def start_qiaod(h: Host, *args: str) -> None:
-    """conftest's Host.start_daemon, with extra qiaod arguments."""
-    with open(os.path.join(h.root, "qiaod.test.log"), "ab") as log:
-        h.daemon = h.popen(QIAOD, "--root", h.root, *args, stdout=log, stderr=log)
-    sock = os.path.join(h.root, "run", "qiao.sock")
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if h.daemon.poll() is not None:
-            raise AssertionError(f"qiaod exited {h.daemon.returncode}: {h.daemon_log()}")
-        if os.path.exists(sock) and h.qiao("daemon", "status", check=False).returncode == 0:
-            return
-        time.sleep(0.02)
-    raise AssertionError("qiaod did not come up: " + h.daemon_log())
-
-
 class Upstream:
     """A DNS server in a namespace of its own, linked to host ``h`` (host .1, server .2)."""
 
@@ -286,7 +271,7 @@ def user_host(name: str, upstreams: list[tuple[str, str, str]]) -> tuple[Host, l
         resolv = os.path.join(h.root, "resolv.conf")
         with open(resolv, "w") as f:
             f.write(f"nameserver {ups[0].address}\n" if ups else "")
-        start_qiaod(h, "--resolv-conf", resolv)
+        h.start_daemon(args=("--resolv-conf", resolv))
     except BaseException:
         drop_host(h, ups)
         raise
@@ -303,9 +288,7 @@ def clean(h: Host) -> None:
     """Remove every container and user network of ``h`` (a test's leftovers, also after a failure)."""
     if h.daemon is None or h.daemon.poll() is not None:
         return  # no qiaod: a qiao command would start one we do not own (Host.cleanup kills leftovers)
-    ids = h.qiao("ps", "-aq", check=False).stdout.split()
-    if ids:
-        h.qiao("rm", "-f", *ids, check=False)
+    h.remove_containers()
     for line in h.qiao("network", "ls", "--format", "json", check=False).stdout.splitlines():
         name = json.loads(line)["Name"]
         if name not in ("bridge", "host", "none"):

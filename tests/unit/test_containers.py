@@ -157,32 +157,22 @@ def test_attachment_long_but_valid_alias(c, web):
 
 
 @pytest.mark.parametrize(
-    "ipam, fragment",
+    "net, ipam, fragment",
     [
-        ({"IPv4Address": "nope"}, "invalid IPv4 address 'nope'"),
-        ({"IPv4Address": "10.9.1.5"}, "invalid IPv4 address 10.9.1.5: not in the subnet of network web (10.9.0.0/24)"),
-        ({"IPv4Address": "fd00::5"}, "invalid IPv4 address fd00::5: not in the subnet"),
-        ({"IPv4Address": "10.9.0.0/24"}, "invalid IPv4 address"),
-        ({"IPv6Address": "fd00::5"}, "invalid IPv6 address fd00::5: not in the subnet of network web (none)"),
-        ({"IPv6Address": "zz::1"}, "invalid IPv6 address 'zz::1'"),
+        ("web", {"IPv4Address": "nope"}, "invalid IPv4 address 'nope'"),
+        ("web", {"IPv4Address": "10.9.1.5"}, "invalid IPv4 address 10.9.1.5: not in the subnet of network web (10.9.0.0/24)"),
+        ("web", {"IPv4Address": "fd00::5"}, "invalid IPv4 address fd00::5: not in the subnet"),
+        ("web", {"IPv4Address": "10.9.0.0/24"}, "invalid IPv4 address"),
+        ("web", {"IPv6Address": "fd00::5"}, "invalid IPv6 address fd00::5: not in the subnet of network web (none)"),
+        ("web", {"IPv6Address": "zz::1"}, "invalid IPv6 address 'zz::1'"),
+        ("dual", {"IPv6Address": "fd00:9::5"}, "invalid IPv6 address fd00:9::5: not in the subnet of network dual (fd00:8::/64)"),
+        ("dual", {"IPv6Address": "10.8.0.5"}, "invalid IPv6 address 10.8.0.5: not in the subnet"),
     ],
 )
-def test_attachment_invalid_static_ip(c, web, ipam, fragment):
+def test_attachment_invalid_static_ip(c, request, net, ipam, fragment):
+    """``net`` names the fixture of the network attached to: web (IPv4 only) or dual (IPv4 and IPv6)."""
     with pytest.raises(InvalidParameter) as info:
-        c._attachment(web, {"IPAMConfig": ipam})
-    assert fragment in str(info.value)
-
-
-@pytest.mark.parametrize(
-    "ipam, fragment",
-    [
-        ({"IPv6Address": "fd00:9::5"}, "invalid IPv6 address fd00:9::5: not in the subnet of network dual (fd00:8::/64)"),
-        ({"IPv6Address": "10.8.0.5"}, "invalid IPv6 address 10.8.0.5: not in the subnet"),
-    ],
-)
-def test_attachment_invalid_static_ip6(c, dual, ipam, fragment):
-    with pytest.raises(InvalidParameter) as info:
-        c._attachment(dual, {"IPAMConfig": ipam})
+        c._attachment(request.getfixturevalue(net), {"IPAMConfig": ipam})
     assert fragment in str(info.value)
 
 
