@@ -290,6 +290,8 @@ class QiaoInDaemon(Method):
             eng.networks.host.destroy_netns(sandbox)
             with eng.store.transaction() as tx:
                 tx.delete("endpoints", ep.id)
+        # qiaod deletes the veth off the request's path; the floor's detach includes that work, so wait for it.
+        eng.networks.host.settle(30)
 
     def close(self) -> None:
         self.engine.store.close()

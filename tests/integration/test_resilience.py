@@ -61,6 +61,11 @@ def veths(ns: Namespace) -> dict[str, str]:
     return {name: link.get("ifalias", "") for name, link in links(ns, "type", "veth").items()}
 
 
+def no_veths(ns: Namespace) -> None:
+    """Released endpoints' veths are gone: qiaod deletes them right after answering (~17 ms each)."""
+    wait_for("every veth to be deleted", lambda: veths(ns) == {})
+
+
 def netns_leftovers(host: Host) -> list[str]:
     """``file NAME`` for each file in ROOT/run/netns and ``mount NAME`` for each mount on one (in our
     mount namespace, which the harness's daemon shares)."""
@@ -205,7 +210,8 @@ def test_fault_at_each_start_step_leaves_nothing_behind(make_host, step: str, mo
         assert h.inspect(f"{RUN}-next")["NetworkSettings"]["IPAddress"] == "172.17.0.2"
         assert len(veths(h)) == 1
         h.qiao("rm", "-f", f"{RUN}-next")
-        assert veths(h) == {} and netns_leftovers(h) == [] and port_is_free(h, HOST_PORT)
+        no_veths(h)
+        assert netns_leftovers(h) == [] and port_is_free(h, HOST_PORT)
         h.stop_daemon(signal.SIGKILL)  # nothing is left to clean up: spare the teardown a graceful stop
     finally:
         kill_pids(marked_pids(marker))
@@ -309,7 +315,8 @@ def test_twenty_concurrent_runs_get_distinct_addresses_and_veths(make_host) -> N
         for p in removers:
             p.communicate()
         assert h.qiao("ps", "-aq").stdout == ""
-        assert veths(h) == {} and netns_leftovers(h) == [] and store_rows(h, "endpoints") == []
+        no_veths(h)
+        assert netns_leftovers(h) == [] and store_rows(h, "endpoints") == []
         wait_for("every container process to be gone", lambda: not marked_pids(marker), timeout=20)
     finally:
         for p in procs:
@@ -357,7 +364,7 @@ def test_containers_outlive_the_daemon_and_are_adopted(make_host, how: str) -> N
 
     state = wait_for("quick to be recorded as exited", lambda: (s := h.inspect("quick")["State"])["Status"] == "exited" and s, timeout=20)
     assert state["ExitCode"] == 5 and state["Pid"] == 0
-    assert quick_veth[0] not in veths(h), "the exited container's veth was left"
+    wait_for("the exited container's veth to go", lambda: quick_veth[0] not in veths(h))
     assert not os.path.exists(quick_sandbox), "the exited container's namespace file was left"
     web_sandbox = os.path.basename(web_info["NetworkSettings"]["SandboxKey"])
     assert netns_leftovers(h) == [f"file {web_sandbox}", f"mount {web_sandbox}"]
@@ -367,7 +374,8 @@ def test_containers_outlive_the_daemon_and_are_adopted(make_host, how: str) -> N
     h.qiao("stop", "web")
     web_state = h.inspect("web")["State"]
     assert (web_state["Status"], web_state["ExitCode"]) == ("exited", 143)
-    assert veths(h) == {} and netns_leftovers(h) == []
+    no_veths(h)
+    assert netns_leftovers(h) == []
     # The addresses are free again: a new container gets the first one.
     h.run_d("--name", "again", "--", "sleep", "300")
     assert h.inspect("again")["NetworkSettings"]["IPAddress"] == "172.17.0.2"
@@ -510,7 +518,7 @@ def test_ip_netns_exec_autostarted_daemon_serves_other_mount_namespaces(make_hos
         assert r.stdout == cid[:12]
         ipx("stop", "web")
         assert json.loads(ipx("inspect", "web").stdout)[0]["State"]["ExitCode"] == 143
-        assert veths(h) == {}
+        no_veths(h)
         ipx("rm", "web")
         ipx("daemon", "stop")
         wait_for("the second daemon to exit", lambda: _daemon_pid(h.root) is None, timeout=20)

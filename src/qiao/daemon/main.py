@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if engine.networks.overlay:
             engine.networks.overlay.leave()
+        engine.networks.host.settle(10)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(root.socket)
         server.server_close()

@@ -438,8 +438,8 @@ class Networks:
         self.by_network.setdefault(ep.network_id, {})[ep.id] = ep
 
     def leave(self, ep: Endpoint) -> None:
-        """Best effort: remove the veth and return the addresses."""
-        self.host.delete_link(ep.host_ifname)
+        """Best effort: remove the veth (off the caller's path) and return the addresses."""
+        self.host.retire_link(ep.host_ifname)
         self.endpoints.pop(ep.id, None)
         self.by_network.get(ep.network_id, {}).pop(ep.id, None)
         if ep.network_id in self.pools:

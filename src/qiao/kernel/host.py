@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import secrets
 import socket
+import threading
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Any, Protocol
 
 from qiao.kernel import netns
+
+log = logging.getLogger("qiao.host")
 
 ALIAS_PREFIX = "qiao:"
 IFA_F_NODAD = 0x02  # IPv6 addresses usable at once: qiao's IPAM already guarantees uniqueness
@@ -50,6 +54,8 @@ class Host(Protocol):
         self, name: str, address: str, prefixlen: int, mtu: int, v6: tuple[str, int] | None = None, owner: str = ""
     ) -> bool: ...
     def delete_link(self, name: str) -> None: ...
+    def retire_link(self, name: str) -> None: ...
+    def settle(self, timeout: float) -> None: ...
     def link_exists(self, name: str) -> bool: ...
     def link_kind(self, name: str) -> str | None: ...
     def owned_links(self) -> dict[str, str]: ...
@@ -175,6 +181,10 @@ class LinuxHost(_VxlanMixin):
         self._IPRoute = IPRoute
         self._ipr = IPRoute()
         self._bridges: dict[str, int] = {}  # bridge name -> ifindex
+        self._retiring: list[int] = []  # ifindexes for the retirer thread to delete, oldest first
+        self._retire_cond = threading.Condition()
+        # Started here, in the daemon's own network namespace, which the thread keeps.
+        threading.Thread(target=self._retire_loop, name="link-retirer", daemon=True).start()
 
     def _index(self, name: str) -> int | None:
         found = self._ipr.link_lookup(ifname=name)
@@ -226,6 +236,40 @@ class LinuxHost(_VxlanMixin):
         except Exception as exc:
             if not _missing(exc):
                 raise
+
+    def retire_link(self, name: str) -> None:
+        """Delete a link off the caller's path.  Unregistering a device costs
+        the kernel ~17 ms, mostly RCU grace periods, that ``rm`` or
+        ``disconnect`` need not wait for: the link is resolved to its ifindex
+        now (a name can be taken again at once, an ifindex is never reused)
+        and deleted by the retirer thread.  A daemon killed before that leaves
+        a tagged link of a forgotten endpoint, which the next start removes."""
+        index = self._index(name)
+        if index is None:
+            return
+        with self._retire_cond:
+            self._retiring.append(index)
+            self._retire_cond.notify_all()
+
+    def settle(self, timeout: float) -> None:
+        """Wait until every retired link is gone (a daemon's shutdown)."""
+        with self._retire_cond:
+            self._retire_cond.wait_for(lambda: not self._retiring, timeout)
+
+    def _retire_loop(self) -> None:
+        ipr = self._IPRoute()
+        while True:
+            with self._retire_cond:
+                self._retire_cond.wait_for(lambda: bool(self._retiring))
+                index = self._retiring[0]
+            try:
+                ipr.link("del", index=index)
+            except Exception as exc:
+                if not _missing(exc):
+                    log.warning("deleting link %d failed: %s", index, exc)
+            with self._retire_cond:
+                self._retiring.pop(0)
+                self._retire_cond.notify_all()
 
     def owned_links(self) -> dict[str, str]:
         """Host links qiao made (tagged with an ``ifalias`` naming their owner)."""
@@ -366,6 +410,12 @@ class StubHost:
 
     def delete_link(self, name: str) -> None:
         self.links.pop(name, None)
+
+    def retire_link(self, name: str) -> None:
+        self.links.pop(name, None)
+
+    def settle(self, timeout: float) -> None:
+        pass
 
     def link_exists(self, name: str) -> bool:
         return name in self.links
