@@ -1,16 +1,19 @@
 """``make demo``: Docker's container networking, working live, on throw-away hosts.
 
-Run as root (``.venv/bin/python scripts/demo.py``).  Each part is made for
+Run as root (``.venv/bin/python scripts/demo.py``).  Two parts, each made for
 this run and removed at its end, also after a failure or Ctrl-C:
 
 1. one simulated host and an "outside" machine (scripts/demo_host.py): the
    network modes, container to container, NAT out, a published port, user
-   networks with names by DNS, isolation between networks, ``--link``.
+   networks with names by DNS, isolation between networks, ``--link``;
+2. a ``qiao lab`` of three hosts (scripts/demo_overlay.py): an overlay
+   network across them, VXLAN over the underlay with a subnet per host
+   leased from etcd, containers talking across hosts by name and address.
 
 Every step prints ``$ command`` and its real output, and checks what it
 claims: the demo stops with one line ``demo: FAILED: ...`` when a claim does
 not hold.  Traffic goes only to 127.0.0.0/8 and to the namespaces this script
-makes.  Only processes this script started are ended, by PID.
+makes.  Only processes this script (or its lab) started are ended, by PID.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import time
 
 from demo_common import QIAO, Console, Failed, Part
 from demo_host import HostDemo
+from demo_overlay import OverlayDemo
 
 from qiao.kernel import netns as qnetns
 
@@ -34,8 +38,8 @@ PR_SET_CHILD_SUBREAPER = 36
 
 
 def adopt_orphans() -> None:
-    """Be the parent of what this run starts in the background (qiaod, shims)
-    once their starter exits, so that the demo reaps
+    """Be the parent of what this run starts in the background (qiaod, the lab's
+    etcd and daemons, shims) once their starter exits, so that the demo reaps
     them when they end instead of leaving them as init's zombies for a while."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
@@ -50,7 +54,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("demo: run as root (it creates network namespaces): sudo make demo", file=sys.stderr)
         return 1
-    missing = [tool for tool in ("ip", "nsenter", "nft") if shutil.which(tool) is None]
+    missing = [tool for tool in ("ip", "bridge", "nsenter", "nft", "etcd") if shutil.which(tool) is None]
     if missing or not os.path.exists(QIAO):
         print(f"demo: missing {', '.join(missing) or QIAO}; run `make setup` first", file=sys.stderr)
         return 1
@@ -64,7 +68,7 @@ def main() -> int:
     console = Console()
     tag = "qdemo-" + secrets.token_hex(2)
     run_dir_was_mounted = qnetns.run_dir_mounted()
-    parts: list[Part] = [HostDemo(console, tag)]
+    parts: list[Part] = [HostDemo(console, tag), OverlayDemo(console, tag)]
     console.out(console.style.title("qiao demo: Docker's container networking, live, on throw-away hosts"))
     started = time.monotonic()
     status = 0
