@@ -5,7 +5,7 @@ setup:
 	@scripts/setup.sh
 
 lint: setup
-	.venv/bin/ruff check src tests bench
+	.venv/bin/ruff check src tests bench scripts
 	.venv/bin/mypy
 
 unit: setup
