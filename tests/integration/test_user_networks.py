@@ -523,6 +523,13 @@ def test_connect_and_disconnect_a_running_container(h: Host) -> None:
     assert list(h.inspect("app")["NetworkSettings"]["Networks"]) == ["front"]
     assert h.inspect("app")["State"]["Pid"] == pid  # never restarted
 
+    # Disconnecting the network of the default route moves it to another network's gateway (as Docker).
+    h.qiao("network", "connect", "back", "app")
+    h.qiao("network", "disconnect", "front", "app")
+    assert default_routes(h, "app") == [("10.62.2.1", "eth1")]
+    assert h.inspect("app")["NetworkSettings"]["Networks"]["back"]["Gateway"] == "10.62.2.1"
+    assert in_netns(peer_ns, icmp_once, h.inspect("app")["NetworkSettings"]["Networks"]["back"]["IPAddress"], 0, 2.0) == "pong"
+
 
 def test_run_on_two_networks_with_static_ip_ip6_and_mac(h: Host) -> None:
     h.qiao("network", "create", "--ipv6", "--subnet", "10.62.3.0/24", "--subnet", "fd00:62:3::/64", "one")

@@ -476,6 +476,26 @@ def test_disconnect_errors(c, web, dual):
         c.disconnect("box", "dual")
 
 
+def test_disconnecting_the_gateway_network_moves_the_default_route(c, web, dual):
+    ctr = started(c, "box", "web", "dual", "bridge")
+    internal = c.networks.create("quiet", subnet="10.7.0.0/24", internal=True)
+    c.connect("box", "quiet", {})
+    assert eps(c, ctr)["web"].gateway == "10.9.0.1"
+
+    c.disconnect("box", "web")  # heirs by name: bridge < dual (quiet is internal)
+    assert c.host.default_routes[ctr.sandbox_key] == ("172.17.0.1", "")
+    assert (eps(c, ctr)["bridge"].gateway, eps(c, ctr)["dual"].gateway) == ("172.17.0.1", "")
+    stored = {r["network_id"]: r for r in c.store.load("endpoints")}
+    assert stored[eps(c, ctr)["bridge"].network_id]["gateway"] == "172.17.0.1"
+    assert c.inspect("box")["NetworkSettings"]["Networks"]["bridge"]["Gateway"] == "172.17.0.1"
+
+    c.disconnect("box", "bridge")
+    assert c.host.default_routes[ctr.sandbox_key] == ("10.8.0.1", "fd00:8::1")
+    c.disconnect("box", "dual")  # only the internal network is left: no default route to move to
+    assert c.host.default_routes[ctr.sandbox_key] == ("10.8.0.1", "fd00:8::1")
+    assert eps(c, ctr)["quiet"].gateway == "" and internal.internal
+
+
 def test_disconnect_stopped_container(c, web, dual):
     ctr = c.create("box", body("web", "dual"))
     c.disconnect("box", "web")

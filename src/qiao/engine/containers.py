@@ -667,19 +667,41 @@ class Containers:
                 if ctr.running and ctr.attachments[0] is att and ctr.ports and not force:
                     raise Conflict(f"cannot disconnect {ctr.name} from {net.name}: its published ports forward to that network")
             ep = next((e for _n, e in self.endpoints(ctr) if e.network_id == net.id), None)
+            heir = self._gateway_heir(ctr, ep) if ep and ep.gateway else None
+            if heir:  # first in the kernel: a failure here changes nothing
+                self.host.set_default_route(ctr.sandbox_key, heir.gateway, heir.gateway6)
             with self.store.transaction() as tx:
                 if ep:
                     tx.delete("endpoints", ep.id)
+                if heir:
+                    tx.put("endpoints", to_dict(heir))
                 tx.put(
                     "containers",
                     to_dict(dataclasses.replace(ctr, attachments=rest, endpoint_ids=[e for e in ctr.endpoint_ids if not ep or e != ep.id])),
                 )
             ctr.attachments = rest
+            if heir:
+                self.networks.adopt(heir)
             if ep:
                 ctr.endpoint_ids.remove(ep.id)
                 self.networks.leave(ep)
                 self._write_etc(ctr, [e for _n, e in self.endpoints(ctr)])
                 self.on_change({net.id})
+
+    def _gateway_heir(self, ctr: Container, leaving: Endpoint) -> Endpoint | None:
+        """When the endpoint with the default route leaves, the route moves to
+        another network's gateway, as Docker's sandbox does: of the networks
+        that can carry one (not internal), the first by name.  The endpoint
+        returned is a copy that carries it."""
+        candidates = []
+        for name, e in self.endpoints(ctr):
+            net = self.networks.by_id.get(e.network_id)
+            if e.id != leaving.id and net is not None and net.gateway and not net.internal:
+                candidates.append((name, e, net))
+        if not candidates:
+            return None
+        _name, e, net = min(candidates, key=lambda c: c[0])
+        return dataclasses.replace(e, gateway=net.gateway or "", gateway6=(net.gateway6 or "") if e.address6 else "")
 
     def logs(self, ref: str) -> bytes:
         with self.lock:

@@ -64,6 +64,7 @@ class Host(Protocol):
     def plug_veth(self, host_ifname: str, bridge: str, netns_path: str, peer: Peer, owner: str, isolated: bool = False) -> None: ...
     def bridge_netfilter(self) -> bool: ...
     def configure_sandbox(self, netns_path: str, iface: Iface | None) -> None: ...
+    def set_default_route(self, netns_path: str, gateway: str, gateway6: str = "") -> None: ...
     def reserved_networks(self) -> list[IPv4Network]: ...
     def enable_forwarding(self, ipv6: bool = False) -> None: ...
     def flush_conntrack(self, proto: str, port: int) -> None: ...
@@ -347,6 +348,17 @@ class LinuxHost(_VxlanMixin):
         finally:
             ipr.close()
 
+    def set_default_route(self, netns_path: str, gateway: str, gateway6: str = "") -> None:
+        """Point the sandbox's default route(s) at another network's gateway."""
+        with netns.entered(netns_path):
+            ipr = self._IPRoute()
+        try:
+            ipr.route("replace", dst="0.0.0.0/0", gateway=gateway)
+            if gateway6:
+                ipr.route("replace", dst="::/0", gateway=gateway6, family=socket.AF_INET6)
+        finally:
+            ipr.close()
+
     def reserved_networks(self) -> list[IPv4Network]:
         """On-link IPv4 routes and interface addresses of the host (Docker's
         ``InferReservedNetworks``); routes via a gateway (VPN splits such as
@@ -396,6 +408,7 @@ class StubHost:
         self.links: dict[str, dict[str, Any]] = {}
         self.namespaces: set[str] = set()
         self.sandboxes: dict[str, dict[str, Any]] = {}
+        self.default_routes: dict[str, tuple[str, str]] = {}  # sandbox -> (gateway, gateway6) after a move
         self.reserved = reserved or []
         self.forwarding = False
         self.forwarding6 = False
@@ -448,6 +461,9 @@ class StubHost:
 
     def configure_sandbox(self, netns_path: str, iface: Iface | None) -> None:
         self.sandboxes.setdefault(netns_path, {})[iface.ifname if iface else "lo"] = iface
+
+    def set_default_route(self, netns_path: str, gateway: str, gateway6: str = "") -> None:
+        self.default_routes[netns_path] = (gateway, gateway6)
 
     def reserved_networks(self) -> list[IPv4Network]:
         return list(self.reserved)
