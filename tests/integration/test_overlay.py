@@ -14,7 +14,7 @@ network namespace and one qiaod each) on an underlay bridge, with etcd.
   measured), a host crashing (its routes leave after the lease TTL) or
   leaving (at once);
 * the lab itself: progress, status, exec, ``down`` after a failed ``up``,
-  and ten hosts.
+  another lab's namespaces left alone when lab ids collide, and ten hosts.
 
 One module-scoped lab of four hosts serves most tests, in file order (the
 last ones remove host4 and host3).  Its root is a temporary directory named
@@ -852,6 +852,57 @@ def test_lab_down_after_a_failed_up_removes_everything(failing: str) -> None:
             Lab(root).cli("down", check=False)
         if os.path.isdir(root):
             shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("case", ["seen", "made-since-ul", "made-since-host"])
+def test_lab_id_collision_leaves_the_other_labs_namespaces_alone(
+    case: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another lab's namespace with a name ``up`` would give (its first id drawn: X).
+    ``seen``: X is passed over; ``made-since-ul``: qlab-X-ul appears after the check,
+    ``up`` draws again; ``made-since-host``: qlab-X-host2 does, ``up`` fails and removes
+    what it made (host1, etcd, its underlay) but not that namespace.  ``up`` runs in this
+    process (its id drawn by the test), as ``qiao lab up --hosts 2`` would."""
+    from qiao.lab import lab as qlab
+
+    taken = RUN[1:] + "c011"  # 8 hex digits, like a lab id
+    foreign = f"qlab-{taken}-{'host2' if case == 'made-since-host' else 'ul'}"
+    ids = iter([taken, RUN[1:] + "0f0f", RUN[1:] + "1e1e"])
+    monkeypatch.setattr(qlab, "_new_id", lambda: next(ids))
+    if case != "seen":
+        monkeypatch.setattr(qlab, "_taken", lambda lab_id: False)  # as if made between the check and the create
+    root = tempfile.mkdtemp(prefix=f"{RUN}-labid-")
+    sh("ip", "netns", "add", foreign)
+    try:
+        sh("ip", "-n", foreign, "link", "add", "other0", "type", "bridge")
+        inode = os.stat(f"/run/netns/{foreign}").st_ino
+        if case == "made-since-host":
+            with pytest.raises(SystemExit, match=f"namespace {foreign} exists and is not this lab's"):
+                qlab.main(["--root", root, "up", "--hosts", "2"])
+            out = capsys.readouterr().out
+            assert "host1: namespace" in out and "up failed; removing what was made" in out, out
+            lab_id = taken
+        else:
+            qlab.main(["--root", root, "up", "--hosts", "2"])
+            lab_id = Lab(root).state["id"]
+            assert lab_id == RUN[1:] + "0f0f", lab_id
+            assert Lab(root).cli("status").stdout.splitlines()[0].startswith(f"lab {lab_id} under {root}")
+            qlab.main(["--root", root, "down"])
+            out = capsys.readouterr().out
+        assert f"lab {lab_id} down" in out, out
+        assert os.path.exists(f"/run/netns/{foreign}"), f"the lab removed the other lab's namespace {foreign}"
+        assert os.stat(f"/run/netns/{foreign}").st_ino == inode, "the other lab's namespace was replaced"
+        assert "other0" in sh("ip", "-n", foreign, "-o", "link", "show").stdout, "the other lab's namespace was emptied"
+        try:
+            left_alone = [f"netns {foreign}"] if lab_id == taken else []
+            wait_for("nothing left of the lab", lambda: lab_leftovers(root, lab_id) == left_alone, timeout=5)
+        except AssertionError:
+            raise AssertionError(f"the lab left: {lab_leftovers(root, lab_id)}") from None
+    finally:
+        sh("ip", "netns", "del", foreign, check=False)
+        if os.path.exists(os.path.join(root, "lab.json")):
+            Lab(root).cli("down", check=False)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_ten_hosts_with_concurrent_network_creates_never_share_a_subnet() -> None:

@@ -8,29 +8,73 @@ exactly as it would across machines::
     host ns      qlab-ID-host1: eth0 10.250.0.11   qlab-ID-host2: eth0 10.250.0.12 ...
                                  qiaod --root ROOT/hosts/host1 --cluster-store etcd://10.250.0.1:2379
 
-Everything the lab makes is recorded in ROOT/lab.json *before* it is made,
-so ``down`` removes it all, also after ``up`` crashed half-way.
+The lab id is 8 hex digits, drawn again while any name it would give is in
+use.  A namespace is made held under the lab root first (ROOT/netns/NAME,
+ours by where it is), then published under /run/netns/NAME with an
+exclusive create, and only then recorded in ROOT/lab.json; ``down`` removes
+a /run/netns name only when it is the very namespace the lab holds, so a
+failed ``up`` never removes another lab's namespace.  ``down`` also finds
+the lab's processes by their command lines (the lab root's paths), so after
+``up`` was killed anywhere, ``down`` still removes everything: processes
+are checked before they are signalled, namespaces by their inode.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
 import urllib.request
 from typing import Any
 
+from qiao.kernel import linux
 from qiao.kernel import netns as qnetns
 
 UNDERLAY = "10.250.0"
 ETCD = f"{UNDERLAY}.1"
 DEFAULT_ROOT = "/var/lib/qiao-lab"
 BIN = os.path.dirname(sys.executable)
+MAX_HOSTS = 50
+ID_BYTES = 4  # 8 hex digits: the underlay's veth ends qlab<ID>h<N>, at most 15 bytes (IFNAMSIZ - 1) with N <= 99
+ID_TRIES = 20
+
+
+class NameTaken(Exception):
+    """A name the lab would give is in use: not the lab's, left alone."""
+
+
+def _new_id() -> str:
+    return os.urandom(ID_BYTES).hex()
+
+
+def _taken(lab_id: str) -> bool:
+    """Whether any name of a lab with this id is in use: a namespace qlab-ID-*
+    or a link qlab<ID>h* (the host ends of the underlay live in the lab's
+    namespaces, but a lab that died may have left one anywhere)."""
+    with contextlib.suppress(FileNotFoundError):
+        if any(e.startswith(f"qlab-{lab_id}-") for e in os.listdir(qnetns.NETNS_RUN_DIR)):
+            return True
+    with contextlib.suppress(FileNotFoundError):
+        return any(e.startswith(f"qlab{lab_id}h") for e in os.listdir("/sys/class/net"))
+    return False
+
+
+def _share_run_dir() -> None:
+    """Make /run/netns a shared mount point, as iproute2 does before its first
+    namespace (so namespaces published there show in every mount namespace)."""
+    os.makedirs(qnetns.NETNS_RUN_DIR, exist_ok=True)
+    try:
+        linux.mount("", qnetns.NETNS_RUN_DIR, "none", linux.MS_SHARED | linux.MS_REC)
+    except OSError:  # not a mount point yet: bind it onto itself first
+        linux.mount(qnetns.NETNS_RUN_DIR, qnetns.NETNS_RUN_DIR, "none", linux.MS_BIND | linux.MS_REC)
+        linux.mount("", qnetns.NETNS_RUN_DIR, "none", linux.MS_SHARED | linux.MS_REC)
 
 
 def _say(text: str) -> None:
@@ -56,24 +100,38 @@ class Lab:
     # -- up --------------------------------------------------------------
 
     def up(self, hosts: int) -> None:
-        from pyroute2 import IPRoute, netns
+        from pyroute2 import IPRoute
 
         if self.state:
             raise SystemExit(f"qiao lab: a lab already exists under {self.root} (qiao lab down first)")
-        if not 1 <= hosts <= 50:
-            raise SystemExit("qiao lab: --hosts must be between 1 and 50")
-        lab_id = os.urandom(2).hex()
-        ul = f"qlab-{lab_id}-ul"
+        if not 1 <= hosts <= MAX_HOSTS:
+            raise SystemExit(f"qiao lab: --hosts must be between 1 and {MAX_HOSTS}")
         self.state = {
-            "id": lab_id,
-            "underlay": ul,
-            "namespaces": [ul],
+            "id": "",
+            "underlay": "",
+            "netns_dir": os.path.join(self.root, "netns"),  # where the lab holds its namespaces (see _make_namespace)
+            "namespaces": [],  # published under /run/netns by this lab, recorded after it made them
             "hosts": [],
             "pids": {},
             "run_dir_was_mounted": qnetns.run_dir_mounted(),
         }
         self._save()
-        netns.create(ul)
+        _share_run_dir()
+        for _ in range(ID_TRIES):
+            lab_id = _new_id()
+            if _taken(lab_id):
+                continue
+            ul = f"qlab-{lab_id}-ul"
+            self.state["id"], self.state["underlay"] = lab_id, ul
+            try:
+                self._make_namespace(ul)
+            except NameTaken:  # made by someone else since _taken looked
+                self.state["id"], self.state["underlay"] = "", ""
+                continue
+            break
+        else:
+            raise SystemExit(f"qiao lab: no free lab id in {ID_TRIES} tries (namespaces qlab-ID-* in use)")
+        self._save()
         with qnetns.entered(f"/run/netns/{ul}"), IPRoute() as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
             ipr.link("add", ifname="ul0", kind="bridge")
@@ -86,6 +144,39 @@ class Lab:
         for i in range(1, hosts + 1):
             self.add_host(i)
         _say(f"lab {lab_id} up: {hosts} hosts; try: qiao lab exec host1 -- qiao network create -d overlay --subnet 10.244.0.0/16 ov")
+
+    def _make_namespace(self, name: str) -> None:
+        """Make the network namespace /run/netns/NAME, and record it once made.
+
+        It is made held at ROOT/netns/NAME (under the lab root: the lab's by
+        where it is, whatever happens next), then published with an exclusive
+        create of /run/netns/NAME (:class:`NameTaken` when that exists: it is
+        someone else's, left alone) and a bind mount.  Between the two the
+        name is recorded as ``publishing``: ``down`` removes it only when it
+        is the namespace held under the root, or the empty file of the create.
+        """
+        hold = os.path.join(self.state["netns_dir"], name)
+        os.makedirs(self.state["netns_dir"], exist_ok=True)
+        qnetns.create(hold)
+        self.state["publishing"] = name
+        self._save()
+        path = os.path.join(qnetns.NETNS_RUN_DIR, name)
+        try:
+            os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
+        except FileExistsError:
+            del self.state["publishing"]
+            self._save()
+            qnetns.destroy(hold)
+            raise NameTaken(name) from None
+        try:
+            linux.mount(hold, path, None, linux.MS_BIND)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        self.state["namespaces"].append(name)
+        del self.state["publishing"]
+        self._save()
 
     def _start_etcd(self, ul: str) -> None:
         data = os.path.join(self.root, "etcd")
@@ -114,15 +205,17 @@ class Lab:
         raise SystemExit(f"qiao lab: etcd did not answer; see {self.root}/etcd.log")
 
     def add_host(self, i: int) -> None:
-        from pyroute2 import IPRoute, netns
+        from pyroute2 import IPRoute
 
         name, ns = f"host{i}", f"qlab-{self.state['id']}-host{i}"
         address = f"{UNDERLAY}.{10 + i}"
         host_root = os.path.join(self.root, "hosts", name)
-        self.state["namespaces"].append(ns)
+        try:
+            self._make_namespace(ns)
+        except NameTaken:
+            raise SystemExit(f"qiao lab: namespace {ns} exists and is not this lab's (left alone)") from None
         self.state["hosts"].append({"name": name, "netns": ns, "address": address, "root": host_root})
         self._save()
-        netns.create(ns)
         with IPRoute() as ipr:
             fd = os.open(f"/run/netns/{self.state['underlay']}", os.O_RDONLY)
             hfd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
@@ -218,37 +311,108 @@ class Lab:
                 ids = [c["Id"] for c in client.request("GET", "/containers/json", {"all": 1})]
                 for cid in ids:
                     client.request("DELETE", f"/containers/{cid}", {"force": 1})
-        for name, pid in self.state.get("pids", {}).items():
-            _stop(pid, self.root)
-            _say(f"stopped {name} (pid {pid})")
+        # the qiaods first, all at once, while etcd still answers (each revokes its lease on the way out), then etcd
+        daemons, etcd = _lab_processes(self.root, self.state.get("pids", {}))
+        for group in (daemons, etcd):
+            for name, pid in _stop_all(group, self.root):
+                _say(f"stopped {name} (pid {pid})")
         left = _container_processes(self.root)  # of hosts whose qiaod was dead: nobody removed them
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         if left:
             _say(f"killed {len(left)} container processes left by dead daemons")
-        for h in self.state.get("hosts", []):
-            netns_dir = os.path.join(h["root"], "run", "netns")
+        hosts_dir = os.path.join(self.root, "hosts")
+        for host in sorted(os.listdir(hosts_dir)) if os.path.isdir(hosts_dir) else []:
+            netns_dir = os.path.join(hosts_dir, host, "run", "netns")
             if os.path.isdir(netns_dir):
                 for entry in os.listdir(netns_dir):
                     qnetns.destroy(os.path.join(netns_dir, entry))
-        from pyroute2 import netns
-
-        for ns in reversed(self.state.get("namespaces", [])):
-            with contextlib.suppress(OSError):
-                netns.remove(ns)
+        self._remove_namespaces()
         qnetns.release_run_dir(self.state.get("run_dir_was_mounted", True))
         shutil.rmtree(self.root, ignore_errors=True)
         _say(f"lab {self.state.get('id')} down: namespaces, links, etcd and daemons removed")
         self.state = {}
 
+    def _remove_namespaces(self) -> None:
+        """The /run/netns names this lab published, each only if it is the namespace the
+        lab holds under its root; then the held ones (their links go with them)."""
+        held = self.state.get("netns_dir")
+        names = list(reversed(self.state.get("namespaces", [])))
+        publishing = self.state.get("publishing")
+        if publishing and publishing not in names:
+            names.append(publishing)
+        for name in names:
+            path = os.path.join(qnetns.NETNS_RUN_DIR, name)
+            if held is None:  # a lab made before namespaces were held under its root
+                with contextlib.suppress(OSError):
+                    linux.umount(path)
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            elif _same_namespace(path, os.path.join(held, name)):
+                qnetns.destroy(path)
+            elif name == publishing and _empty_file(path):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)  # up was stopped between the exclusive create and the bind mount
+            elif os.path.lexists(path):
+                _say(f"left {path}: not the namespace this lab made")
+        if held and os.path.isdir(held):
+            for entry in os.listdir(held):
+                qnetns.destroy(os.path.join(held, entry))
 
-def _alive(pid: int, root: str) -> bool:
+
+def _same_namespace(path: str, held: str) -> bool:
+    """Whether ``path`` is a bind mount of the very namespace held at ``held``."""
+    if not (linux.is_netns_mount(path) and linux.is_netns_mount(held)):
+        return False
+    a, b = os.stat(path), os.stat(held)
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _empty_file(path: str) -> bool:
+    """An empty regular file, not a mount point: the stub of an unfinished publish."""
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return root.encode() in f.read()
+        st = os.lstat(path)
     except OSError:
         return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0 and not linux.is_netns_mount(path)
+
+
+def _alive(pid: int, root: str) -> bool:
+    """Whether ``pid`` runs and its command line names the lab root or a path under it."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    mine = os.fsencode(root)
+    return any(a == mine or a.startswith(mine + b"/") or a.endswith(b"=" + mine) or b"=" + mine + b"/" in a for a in argv)
+
+
+def _lab_processes(root: str, recorded: dict[str, int]) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """([(host, pid)] of the lab's qiaods, [("etcd", pid)]): those recorded in its
+    state and those found by their command line naming the lab's own paths
+    (``--root ROOT/hosts/HOST``, ``--data-dir ROOT/etcd``), for ``up`` killed
+    between starting one and recording it."""
+    daemons = [(n, p) for n, p in recorded.items() if n != "etcd"]
+    etcd = [(n, p) for n, p in recorded.items() if n == "etcd"]
+    known = set(recorded.values())
+    hosts, data = os.path.join(root, "hosts"), os.path.join(root, "etcd")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in known or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = [os.fsdecode(a) for a in f.read().split(b"\0")]
+        except OSError:
+            continue
+        pairs = list(itertools.pairwise(argv))
+        host = next((os.path.basename(v) for k, v in pairs if k == "--root" and os.path.dirname(v) == hosts), None)
+        if host:
+            daemons.append((host, int(entry)))
+        elif ("--data-dir", data) in pairs:
+            etcd.append(("etcd", int(entry)))
+    return daemons, etcd
 
 
 def _container_processes(root: str) -> list[int]:
@@ -277,20 +441,29 @@ def _container_processes(root: str) -> list[int]:
     return found
 
 
-def _stop(pid: int, root: str) -> None:
-    """End a process the lab started (checked by its command line naming the lab root)."""
-    if not _alive(pid, root):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while _alive(pid, root) and time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.05)
-    if _alive(pid, root):
+def _stop_all(procs: list[tuple[str, int]], root: str) -> list[tuple[str, int]]:
+    """End processes the lab started (each checked by its command line naming the
+    lab root): SIGTERM to all, then wait for all (10 s, then SIGKILL); those stopped."""
+    alive = [(n, p) for n, p in procs if _alive(p, root)]
+    for _, pid in alive:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGTERM)
+    for grace, sig in ((10.0, signal.SIGKILL), (5.0, None)):
+        deadline = time.monotonic() + grace
+        while True:
+            for _, pid in alive:  # reap those that are ours (after a failed up)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+            running = [pid for _, pid in alive if _alive(pid, root)]
+            if not running or time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        if not running or sig is None:
+            break
+        for pid in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+    return alive
 
 
 def main(argv: list[str]) -> int:
