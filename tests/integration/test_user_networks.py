@@ -643,6 +643,8 @@ def test_link_hosts_line_env_and_refusals(h: Host) -> None:
     }
     assert {k: env.get(k) for k in want} == want
     assert "DB_ENV_PATH" not in env and "DB_ENV_HOME" not in env
+    # qiao exec sees them too, as docker exec does.
+    assert h.exec("cli", "printenv", "DB_PORT_8080_TCP_ADDR", "WEB_NAME").stdout.split() == [ip, "/cli/web"]
 
     # Refused: a missing target, a stopped one, and removing a target while its linker runs.
     before = h.qiao("ps", "-aq").stdout

@@ -305,6 +305,15 @@ def cmd_inspect(c: Client, a: argparse.Namespace) -> int:
     return status
 
 
+def _process_env(pid: str) -> dict[str, str]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            items = f.read().split(b"\0")
+    except OSError:
+        return {}
+    return dict(item.decode(errors="surrogateescape").split("=", 1) for item in items if b"=" in item)
+
+
 def cmd_exec(c: Client, a: argparse.Namespace) -> int:
     cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
     if not cmd:
@@ -312,11 +321,13 @@ def cmd_exec(c: Client, a: argparse.Namespace) -> int:
     info = c.request("GET", f"/containers/{a.container}/json")
     if not info["State"]["Running"]:
         raise UsageError(f"container {info['Id'][:12]} is not running")
-    env = dict(item.split("=", 1) for item in info["Config"]["Env"] if "=" in item)
+    pid = str(info["State"]["Pid"])
+    # As Docker's exec: the container's own environment, --link variables included (the
+    # command's initial environment is exactly that); Config.Env if it cannot be read.
+    env = _process_env(pid) or dict(item.split("=", 1) for item in info["Config"]["Env"] if "=" in item)
     env.setdefault("PATH", os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"))
     env["HOSTNAME"] = info["Config"]["Hostname"]
     env.update(_kv(a.env, "environment variable"))
-    pid = str(info["State"]["Pid"])
     if info["HostConfig"]["NetworkMode"] == "host":
         os.execvpe(cmd[0], cmd, env)
     # nsenter (util-linux) enters every namespace the container has.
