@@ -15,7 +15,7 @@ import time
 import pytest
 
 from qiao.cli import output
-from qiao.cli.client import Client, DaemonError, Unreachable
+from qiao.cli.client import Client, DaemonError, Unreachable, quote
 from qiao.cli.main import build_parser, main
 from qiao.paths import Root
 
@@ -409,6 +409,38 @@ def test_main_network_connect_and_disconnect_bodies(tmp_path, root, daemon, caps
     }
     assert (disconnect["path"], disconnect["body"]) == ("/networks/web/disconnect", {"Container": "box", "Force": True})
     assert capsys.readouterr().out == ""  # Docker prints nothing on success
+
+
+def test_quote():
+    assert quote("web-1_a.b~") == "web-1_a.b~"
+    assert quote("a/b?c%d#e f") == "a%2Fb%3Fc%25d%23e%20f"
+    assert quote("wéb&x=y+z") == "w%C3%A9b%26x%3Dy%2Bz"
+
+
+@pytest.mark.parametrize(
+    "argv, requests",
+    [
+        (["inspect", "a/b"], [("GET", "/containers/a%2Fb/json", ""), ("GET", "/networks/a%2Fb", "")]),
+        (["port", "x?y"], [("GET", "/containers/x%3Fy/json", "")]),
+        (["logs", "50%"], [("GET", "/containers/50%25/logs", "")]),
+        (["rm", "-f", "a b", "c#d"], [("DELETE", "/containers/a%20b", "force=1"), ("DELETE", "/containers/c%23d", "force=1")]),
+        (["stop", "-t", "1", "/box"], [("POST", "/containers/%2Fbox/stop", "t=1.0")]),
+        (["network", "rm", "n/1"], [("DELETE", "/networks/n%2F1", "")]),
+        (["network", "connect", "n?", "box"], [("POST", "/networks/n%3F/connect", "")]),
+    ],
+)
+def test_main_refs_are_one_encoded_path_segment(tmp_path, root, daemon, capsys, argv, requests):
+    """Names go into request paths percent-encoded: no other route, no cut-off query."""
+    main(["--root", str(tmp_path), *argv])  # the fake daemon answers 404 to each
+    assert [(r["method"], r["path"], r["query"]) for r in daemon.requests] == requests
+
+
+def test_main_inspect_strange_name_is_no_such_object(tmp_path, root, daemon, capsys):
+    daemon.reply("GET", "/containers/a%2Fb/json", 404, {"message": "No such container: a/b"})
+    daemon.reply("GET", "/networks/a%2Fb", 404, {"message": "network a/b not found"})
+    assert main(["--root", str(tmp_path), "inspect", "a/b"]) == 1
+    out, err = capsys.readouterr()
+    assert (json.loads(out), err) == ([], "qiao: Error: No such object: a/b\n")
 
 
 def test_main_network_connect_refused(tmp_path, root, daemon, capsys):
