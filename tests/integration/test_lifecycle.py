@@ -244,6 +244,8 @@ def test_a_name_or_unique_id_prefix_works_everywhere(host: Host) -> None:
         assert host.inspect(ref)["Id"] == cid
         assert host.exec(ref, "hostname").stdout.strip() == cid[:12]
         wait_for("px's output", lambda ref=ref: host.qiao("logs", ref).stdout.startswith("hello\n"))
+    # refs go percent-encoded into one path segment: Docker's "/px" form works, "px/x" is just not found
+    assert host.inspect("/px")["Id"] == cid and one_line_error(host.qiao("stop", "px/x", check=False)).endswith("No such container: px/x")
     short = cid[:7]
     assert host.qiao("stop", short).stdout == f"{short}\n"
     assert host.inspect("px")["State"]["ExitCode"] == 143

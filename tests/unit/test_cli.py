@@ -15,7 +15,7 @@ import time
 import pytest
 
 from qiao.cli import output
-from qiao.cli.client import Client, DaemonError, Unreachable
+from qiao.cli.client import Client, DaemonError, Unreachable, quote
 from qiao.cli.main import build_parser, main
 from qiao.paths import Root
 
@@ -411,6 +411,38 @@ def test_main_network_connect_and_disconnect_bodies(tmp_path, root, daemon, caps
     assert capsys.readouterr().out == ""  # Docker prints nothing on success
 
 
+def test_quote():
+    assert quote("web-1_a.b~") == "web-1_a.b~"
+    assert quote("a/b?c%d#e f") == "a%2Fb%3Fc%25d%23e%20f"
+    assert quote("wéb&x=y+z") == "w%C3%A9b%26x%3Dy%2Bz"
+
+
+@pytest.mark.parametrize(
+    "argv, requests",
+    [
+        (["inspect", "a/b"], [("GET", "/containers/a%2Fb/json", ""), ("GET", "/networks/a%2Fb", "")]),
+        (["port", "x?y"], [("GET", "/containers/x%3Fy/json", "")]),
+        (["logs", "50%"], [("GET", "/containers/50%25/logs", "")]),
+        (["rm", "-f", "a b", "c#d"], [("DELETE", "/containers/a%20b", "force=1"), ("DELETE", "/containers/c%23d", "force=1")]),
+        (["stop", "-t", "1", "/box"], [("POST", "/containers/%2Fbox/stop", "t=1.0")]),
+        (["network", "rm", "n/1"], [("DELETE", "/networks/n%2F1", "")]),
+        (["network", "connect", "n?", "box"], [("POST", "/networks/n%3F/connect", "")]),
+    ],
+)
+def test_main_refs_are_one_encoded_path_segment(tmp_path, root, daemon, capsys, argv, requests):
+    """Names go into request paths percent-encoded: no other route, no cut-off query."""
+    main(["--root", str(tmp_path), *argv])  # the fake daemon answers 404 to each
+    assert [(r["method"], r["path"], r["query"]) for r in daemon.requests] == requests
+
+
+def test_main_inspect_strange_name_is_no_such_object(tmp_path, root, daemon, capsys):
+    daemon.reply("GET", "/containers/a%2Fb/json", 404, {"message": "No such container: a/b"})
+    daemon.reply("GET", "/networks/a%2Fb", 404, {"message": "network a/b not found"})
+    assert main(["--root", str(tmp_path), "inspect", "a/b"]) == 1
+    out, err = capsys.readouterr()
+    assert (json.loads(out), err) == ([], "qiao: Error: No such object: a/b\n")
+
+
 def test_main_network_connect_refused(tmp_path, root, daemon, capsys):
     daemon.reply("POST", "/networks/web/connect", 409, {"message": "endpoint with name box already exists in network web"})
     assert main(["--root", str(tmp_path), "network", "connect", "web", "box"]) == 1
@@ -497,7 +529,7 @@ def test_ps_json_keys_and_values():
     assert line["ID"] == "0123456789ab"
     assert line["Names"] == "box"
     assert line["Networks"] == "bridge"
-    assert line["Ports"] == "0.0.0.0:8080->80/tcp, 53/udp"
+    assert line["Ports"] == "53/udp, 0.0.0.0:8080->80/tcp"  # Docker's order: see test_ports_text_as_docker_ps
     assert line["RunningFor"].endswith(" years ago")
     assert (line["Size"], line["State"], line["Status"], line["LocalVolumes"]) == ("0B", "running", "Up 2 minutes", "0")
     assert all(isinstance(v, str) for v in line.values())
@@ -554,7 +586,7 @@ def test_ps_table():
     assert lines[1][starts[0] :].startswith('"sleep 3600"')
     assert lines[1][starts[1] :].startswith("2 minutes ago")
     assert lines[1][starts[2] :].startswith("Up 2 minutes")
-    assert lines[1][starts[3] :].startswith("0.0.0.0:8080->80/tcp, 53/udp")
+    assert lines[1][starts[3] :].startswith("53/udp, 0.0.0.0:8080->80/tcp")
     assert lines[1][starts[4] :] == "box"
     assert lines[2][starts[0] :].startswith('"' + "x" * 19 + '…"')
     assert lines[2][starts[4] :] == "other"
@@ -582,6 +614,67 @@ def test_created_column_is_dockers_human_duration(ago, text):
 def test_ports_text():
     assert output.ports_text([]) == ""
     assert output.ports_text([{"IP": "127.0.0.1", "PrivatePort": 53, "PublicPort": 5353, "Type": "udp"}]) == "127.0.0.1:5353->53/udp"
+
+
+def pub(ip: str, host: int, port: int, proto: str = "tcp") -> dict:
+    return {"IP": ip, "PrivatePort": port, "PublicPort": host, "Type": proto}
+
+
+def exp(port: int, proto: str = "tcp") -> dict:
+    return {"PrivatePort": port, "Type": proto}
+
+
+@pytest.mark.parametrize(
+    "ports, text",
+    [
+        # unpublished ports: consecutive ones of a protocol as one range
+        ([exp(80), exp(81), exp(82)], "80-82/tcp"),
+        ([exp(9999, "udp"), exp(9998, "udp")], "9998-9999/udp"),
+        ([exp(80), exp(80, "udp"), exp(81, "udp"), exp(81)], "80-81/tcp, 80-81/udp"),
+        # published on the same host port: ranges too, per host address and protocol
+        ([pub("0.0.0.0", p, p) for p in (8000, 8001, 8002)], "0.0.0.0:8000-8002->8000-8002/tcp"),
+        ([pub("1.2.3.4", 9998, 9998, "udp"), pub("1.2.3.4", 9999, 9999, "udp")], "1.2.3.4:9998-9999->9998-9999/udp"),
+        ([pub("0.0.0.0", 80, 80), pub("127.0.0.1", 81, 81)], "0.0.0.0:80->80/tcp, 127.0.0.1:81->81/tcp"),
+        # published on another host port (-p 8000-8002:80-82): never grouped, one each, after the groups
+        ([pub("0.0.0.0", 8000 + i, 80 + i) for i in (2, 0, 1)], "0.0.0.0:8000->80/tcp, 0.0.0.0:8001->81/tcp, 0.0.0.0:8002->82/tcp"),
+        ([pub("1.2.3.4", 7766, 6677), exp(9988, "udp")], "9988/udp, 1.2.3.4:7766->6677/tcp"),
+        ([exp(9988, "udp") | {"PublicPort": 8899}], "9988/udp"),  # no host address: shown as unpublished
+        # sorted by container port, then host address (IPv4 before IPv6, by value), host port, protocol
+        (
+            [pub("1.2.3.4", 8899, 9988, "udp"), pub("1.2.3.4", 8899, 9988), pub("4.3.2.1", 3322, 2233), pub("::1", 3322, 2233)],
+            "4.3.2.1:3322->2233/tcp, [::1]:3322->2233/tcp, 1.2.3.4:8899->9988/tcp, 1.2.3.4:8899->9988/udp",
+        ),
+        (
+            [pub("10.0.0.1", 81, 80), pub("9.0.0.1", 81, 80), pub("::ffff:1.1.1.1", 81, 80)],
+            "9.0.0.1:81->80/tcp, 10.0.0.1:81->80/tcp, [::ffff:1.1.1.1]:81->80/tcp",
+        ),
+        ([pub("2001:db8::2", 81, 80), pub("2001:db8::10", 81, 80)], "[2001:db8::2]:81->80/tcp, [2001:db8::10]:81->80/tcp"),
+        ([pub("::1", 9998, 9998), pub("::1", 9999, 9999)], "[::1]:9998-9999->9998-9999/tcp"),
+        ([pub("0.0.0.0", 0, 9988)], "0.0.0.0:0->9988/tcp"),
+        # a run cut by a gap is printed at once, before the groups still open
+        ([exp(80), exp(81), exp(82, "udp"), exp(83)], "80-81/tcp, 83/tcp, 82/udp"),
+        ([exp(9988, "udp"), exp(9988, "udp")], "9988/udp, 9988/udp"),
+        (
+            [exp(80), exp(1024), exp(80, "udp"), exp(1024, "udp"), exp(12345, "sctp")]
+            + [pub(ip, h, p, proto) for ip in ("1.1.1.1", "2.1.1.1") for h, p in ((80, 1024), (1024, 80)) for proto in ("tcp", "udp")],
+            "80/tcp, 80/udp, 1024/tcp, 1024/udp, 12345/sctp, "
+            "1.1.1.1:1024->80/tcp, 1.1.1.1:1024->80/udp, 2.1.1.1:1024->80/tcp, 2.1.1.1:1024->80/udp, "
+            "1.1.1.1:80->1024/tcp, 1.1.1.1:80->1024/udp, 2.1.1.1:80->1024/tcp, 2.1.1.1:80->1024/udp",
+        ),
+    ],
+)
+def test_ports_text_as_docker_ps(ports, text):
+    """The cases of docker/cli's TestDisplayablePorts (cli/command/formatter) and a few of qiao's own."""
+    assert output.ports_text(ports) == text
+    assert output.ports_text(list(reversed(ports))) == text  # the daemon's order does not matter
+
+
+def test_ps_table_and_json_show_ranges():
+    ports = [pub("0.0.0.0", 9000 + i, 9000 + i, "udp") for i in range(3)] + [pub("0.0.0.0", 8080, 80), exp(7000)]
+    expected = "7000/tcp, 0.0.0.0:9000-9002->9000-9002/udp, 0.0.0.0:8080->80/tcp"
+    assert output.ps_json(ps_row(Ports=ports))["Ports"] == expected  # docker ps --format json: the same text
+    header, line = output.ps_table([ps_row(Ports=ports)]).splitlines()
+    assert line[header.index("PORTS") :].startswith(expected + "   box")
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import sys
 import time
 
 from qiao.cli import output
-from qiao.cli.client import Client, DaemonError, Unreachable
+from qiao.cli.client import Client, DaemonError, Unreachable, quote
 from qiao.paths import Root
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up time)
@@ -255,11 +255,11 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
     }
     cid = c.request("POST", "/containers/create", {"name": a.name}, body)["Id"]
     try:
-        c.request("POST", f"/containers/{cid}/start", fds=None if a.detach else [0, 1, 2])
+        c.request("POST", f"/containers/{quote(cid)}/start", fds=None if a.detach else [0, 1, 2])
     except DaemonError as exc:
         # Unlike Docker, a run that could not start leaves no "Created" container behind.
         with contextlib.suppress(DaemonError):
-            c.request("DELETE", f"/containers/{cid}", {"force": 1})
+            c.request("DELETE", f"/containers/{quote(cid)}", {"force": 1})
         print(f"qiao: {exc}", file=sys.stderr)
         return int(exc.body.get("ExitCode", 125))
     if a.detach:
@@ -268,11 +268,11 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
 
     def forward(signum: int, _frame: Any) -> None:
         with contextlib.suppress(DaemonError, Unreachable):
-            c.request("POST", f"/containers/{cid}/kill", {"signal": signal.Signals(signum).name})
+            c.request("POST", f"/containers/{quote(cid)}/kill", {"signal": signal.Signals(signum).name})
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, forward)
-    return int(c.request("POST", f"/containers/{cid}/wait")["StatusCode"])
+    return int(c.request("POST", f"/containers/{quote(cid)}/wait")["StatusCode"])
 
 
 def cmd_ps(c: Client, a: argparse.Namespace) -> int:
@@ -292,12 +292,12 @@ def cmd_inspect(c: Client, a: argparse.Namespace) -> int:
     found, status = [], 0
     for name in a.names:
         try:
-            found.append(c.request("GET", f"/containers/{name}/json"))
+            found.append(c.request("GET", f"/containers/{quote(name)}/json"))
         except DaemonError as exc:
             if exc.status != 404:
                 raise
             try:
-                found.append(c.request("GET", f"/networks/{name}"))
+                found.append(c.request("GET", f"/networks/{quote(name)}"))
             except DaemonError:
                 print(f"qiao: Error: No such object: {name}", file=sys.stderr)
                 status = 1
@@ -318,7 +318,7 @@ def cmd_exec(c: Client, a: argparse.Namespace) -> int:
     cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
     if not cmd:
         raise UsageError("qiao exec: no command given")
-    info = c.request("GET", f"/containers/{a.container}/json")
+    info = c.request("GET", f"/containers/{quote(a.container)}/json")
     if not info["State"]["Running"]:
         raise UsageError(f"container {info['Id'][:12]} is not running")
     pid = str(info["State"]["Pid"])
@@ -335,7 +335,7 @@ def cmd_exec(c: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_port(c: Client, a: argparse.Namespace) -> int:
-    info = c.request("GET", f"/containers/{a.container}/json")
+    info = c.request("GET", f"/containers/{quote(a.container)}/json")
     published = {k: v for k, v in info["NetworkSettings"]["Ports"].items() if v}
     if a.port is None:
         for key, bindings in published.items():
@@ -351,7 +351,7 @@ def cmd_port(c: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_logs(c: Client, a: argparse.Namespace) -> int:
-    data = c.request("GET", f"/containers/{a.container}/logs")
+    data = c.request("GET", f"/containers/{quote(a.container)}/logs")
     sys.stdout.buffer.write(data or b"")
     return 0
 
@@ -360,7 +360,7 @@ def _each(c: Client, names: list[str], method: str, path: str, query: dict[str, 
     status = 0
     for name in names:
         try:
-            c.request(method, path.format(name), query)
+            c.request(method, path.format(quote(name)), query)
             print(name)
         except DaemonError as exc:
             print(f"qiao: Error response from daemon: {exc}", file=sys.stderr)
@@ -396,7 +396,7 @@ def cmd_network(c: Client, a: argparse.Namespace) -> int:
         found, status = [], 0
         for name in a.names:
             try:
-                found.append(c.request("GET", f"/networks/{name}"))
+                found.append(c.request("GET", f"/networks/{quote(name)}"))
             except DaemonError as exc:
                 print(f"qiao: Error response from daemon: {exc}", file=sys.stderr)
                 status = 1
@@ -404,9 +404,9 @@ def cmd_network(c: Client, a: argparse.Namespace) -> int:
         return status
     elif sub == "connect":
         cfg = {"Aliases": a.alias, "IPAMConfig": {"IPv4Address": a.ip, "IPv6Address": a.ip6}}
-        c.request("POST", f"/networks/{a.network}/connect", body={"Container": a.container, "EndpointConfig": cfg})
+        c.request("POST", f"/networks/{quote(a.network)}/connect", body={"Container": a.container, "EndpointConfig": cfg})
     elif sub == "disconnect":
-        c.request("POST", f"/networks/{a.network}/disconnect", body={"Container": a.container, "Force": a.force})
+        c.request("POST", f"/networks/{quote(a.network)}/disconnect", body={"Container": a.container, "Force": a.force})
     elif sub == "rm":
         return _each(c, a.names, "DELETE", "/networks/{}")
     elif sub == "prune":

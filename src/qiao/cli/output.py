@@ -103,15 +103,88 @@ def network_json_line(n: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def ports_text(ports: list[dict[str, Any]]) -> str:
-    """``0.0.0.0:8080->80/tcp, 7000/tcp`` as in ``docker ps``."""
-    out = []
-    for p in ports:
-        if "PublicPort" in p:
-            out.append(f"{p['IP']}:{p['PublicPort']}->{p['PrivatePort']}/{p['Type']}")
+def _v4(text: str) -> int:
+    parts = text.split(".")
+    if len(parts) != 4 or not all(p.isdigit() and int(p) <= 255 for p in parts):
+        raise ValueError(text)
+    return int.from_bytes(bytes(int(p) for p in parts), "big")
+
+
+def _v6_words(text: str) -> list[int]:
+    words: list[int] = []
+    for part in text.split(":") if text else []:
+        if "." in part:  # an embedded IPv4 tail, ::ffff:1.2.3.4
+            v4 = _v4(part)
+            words += [v4 >> 16, v4 & 0xFFFF]
+        elif 1 <= len(part) <= 4 and all(c in "0123456789abcdefABCDEF" for c in part):
+            words.append(int(part, 16))
         else:
-            out.append(f"{p['PrivatePort']}/{p['Type']}")
-    return ", ".join(out)
+            raise ValueError(text)
+    return words
+
+
+def _ip_order(ip: str) -> tuple[int, int, str]:
+    """Go's ``netip.Addr.Less``: no address first, then IPv4 before IPv6, each by value; the zone last."""
+    if not ip:
+        return (0, 0, "")
+    addr, _, zone = ip.partition("%")
+    try:
+        if ":" not in addr:
+            return (32, _v4(addr), zone)
+        head, gap, tail = addr.partition("::")
+        words = _v6_words(head)
+        if gap:
+            rest = _v6_words(tail)
+            words += [0] * (8 - len(words) - len(rest)) + rest
+        if len(words) != 8:
+            raise ValueError(ip)
+    except ValueError:
+        return (256, 0, ip)  # not an address: after all of them, as text
+    value = 0
+    for word in words:
+        value = value << 16 | word
+    return (128, value, zone)
+
+
+def _host_port(ip: str, port: object) -> str:
+    """Go's ``net.JoinHostPort``: an IPv6 address in brackets."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def ports_text(ports: list[dict[str, Any]]) -> str:
+    """The PORTS column of ``docker ps`` (docker/cli's ``formatter.DisplayablePorts``).
+
+    Ports are sorted by container port, host address, host port and protocol.
+    Unpublished ports (``80/tcp``) and ports published on the same host port
+    (``0.0.0.0:80->80/tcp``) are grouped per host address and protocol into runs
+    of consecutive ports (``80-82/tcp``, ``0.0.0.0:80-82->80-82/tcp``); the
+    groups come in the order each address and protocol first appears, a run cut
+    short by a gap coming before them all. Ports published on another host port
+    are never grouped: they follow, one each (``0.0.0.0:8000->80/tcp``).
+    """
+
+    def label(ip: str, proto: str, first: int, last: int) -> str:
+        run = str(first) if first == last else f"{first}-{last}"
+        return f"{_host_port(ip, run)}->{run}/{proto}" if ip else f"{run}/{proto}"
+
+    ordered = sorted(ports, key=lambda p: (p["PrivatePort"], _ip_order(p.get("IP") or ""), p.get("PublicPort") or 0, p["Type"]))
+    runs: dict[tuple[str, str], list[int]] = {}  # (host address, protocol) -> [first, last]; insertion order kept
+    out: list[str] = []
+    mapped: list[str] = []
+    for p in ordered:
+        port, ip, proto = p["PrivatePort"], p.get("IP") or "", p["Type"]
+        if ip and (p.get("PublicPort") or 0) != port:
+            mapped.append(f"{_host_port(ip, p.get('PublicPort') or 0)}->{port}/{proto}")
+            continue
+        run = runs.get((ip, proto))
+        if run and port == run[1] + 1:
+            run[1] = port
+            continue
+        if run:
+            out.append(label(ip, proto, *run))
+        runs[(ip, proto)] = [port, port]
+    out += [label(ip, proto, *run) for (ip, proto), run in runs.items()]
+    return ", ".join(out + mapped)
 
 
 _PROTOS = ("tcp", "udp", "sctp")

@@ -242,8 +242,10 @@ class RequestHandler(BaseHTTPRequestHandler):
         for verb, pattern, name in ROUTES:
             match = pattern.match(path)
             if verb == method and match:
+                # Matched while still encoded, so a %2F stays inside its segment; then decoded.
+                args = {k: urllib.parse.unquote(v) for k, v in match.groupdict().items()}
                 try:
-                    status, payload = getattr(self.api, name)(req, **match.groupdict())
+                    status, payload = getattr(self.api, name)(req, **args)
                 except QiaoError as exc:
                     status, payload = exc.status, {"message": str(exc)}
                 except Exception as exc:
