@@ -114,7 +114,7 @@ def _add_logs(sub: Any) -> None:
 
 def _add_stop(sub: Any) -> None:
     stop = sub.add_parser("stop", help="SIGTERM, then SIGKILL after a grace period")
-    stop.add_argument("-t", "--time", type=float, default=10)
+    stop.add_argument("-t", "--time", type=int, default=10, help="seconds to wait before SIGKILL")
     stop.add_argument("names", nargs="+")
 
 
