@@ -58,6 +58,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import common
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "attach.json"
 BIN = Path(sys.executable).parent
@@ -93,6 +95,9 @@ def p90(xs: list[float]) -> float:
 
 
 # -- kernel helpers (ctypes; the floor and the peers use no qiao code) --------
+# Not qiao.kernel.linux, although these are the same bindings: unshare, mount
+# and setns run inside the floor's timed attach and detach, and the floor is
+# the baseline qiao is measured against, so no change to qiao may move it.
 
 CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
@@ -159,11 +164,8 @@ class LowestFree:
         return f"{prefix}.{n // 256}.{n % 256}"
 
 
-def _run(args: list[str], stdin: str | None = None, env: dict[str, str] | None = None, timeout: float = 120) -> str:
-    proc = subprocess.run(args, input=stdin, capture_output=True, text=True, env=env, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} -> {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-800:]}")
-    return proc.stdout
+def _run(args: list[str], stdin: str | None = None, env: dict[str, str] | None = None) -> str:
+    return common.run(args, input=stdin, env=env).stdout
 
 
 # -- the methods (each runs as a worker inside its own bench namespace) -------
@@ -316,16 +318,7 @@ class EndToEnd(Method):
             [QIAOD, "--root", self.rootdir], stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
         )
         self.client = Client(self.root, autostart=False)
-        deadline = time.monotonic() + 30
-        while True:
-            if self.daemon.poll() is not None:
-                raise RuntimeError(f"qiaod exited {self.daemon.returncode}; see {workdir}/qiaod.log")
-            with contextlib.suppress(Exception):
-                self.client.request("GET", "/_ping")
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("qiaod did not come up in 30 s")
-            time.sleep(0.02)
+        common.wait_for_qiaod(self.daemon, lambda: self.client.request("GET", "/_ping"), lambda: f"see {workdir}/qiaod.log", interval=0.02)
 
     def hold(self) -> Any:
         body = {"Cmd": ["sleep", "3600"], "HostConfig": {"NetworkMode": "bridge"}}
@@ -353,13 +346,7 @@ class EndToEnd(Method):
         # Containers are killed by PID from the store by the bench's sweep,
         # and their namespaces go with the bench namespace: much faster than
         # 500 x rm -f, and the same whether or not qiaod is still alive.
-        if self.daemon.poll() is None:
-            self.daemon.terminate()
-            try:
-                self.daemon.wait(20)
-            except subprocess.TimeoutExpired:
-                self.daemon.kill()
-                self.daemon.wait()
+        common.stop(self.daemon, 20)
 
 
 class Cni(Method):
@@ -621,9 +608,9 @@ class Run:
         self.workers: list[Worker] = []
 
     def add_netns(self, name: str) -> None:
-        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+        common.run(["ip", "netns", "add", name])
         self.netns.append(name)
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True)
+        common.run(["ip", "-n", name, "link", "set", "lo", "up"])
 
     def cleanup(self) -> None:
         for w in self.workers:
@@ -631,7 +618,7 @@ class Run:
         self._kill_containers()
         self._umount_all()
         for name in self.netns:
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            common.run(["ip", "netns", "del", name], check=False)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _kill_containers(self) -> None:
@@ -642,57 +629,15 @@ class Run:
             pid = int(Path(pidfile).read_text().split()[0])
             if root.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
                 os.kill(pid, signal.SIGKILL)
-        db = os.path.join(root, "lib", "qiao.db")
-        if not os.path.exists(db):
-            return
-        import sqlite3
-
-        with contextlib.closing(sqlite3.connect(db)) as conn:
-            rows = [json.loads(r[0]) for r in conn.execute("SELECT body FROM containers")]
-        for ctr in rows:
-            shim, pid = ctr.get("shim_pid") or 0, ctr.get("pid") or 0
-            if ctr.get("status") != "running" or shim <= 0 or _start_time(shim) != ctr.get("shim_start"):
-                continue  # gone, or the PID now belongs to someone else
-            if pid > 0 and _ppid(pid) == shim:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(shim, signal.SIGKILL)
+        common.kill_containers(root)
 
     def _umount_all(self) -> None:
-        prefix = self.tmp + "/"
         for _ in range(3):
-            mounts = [m for m in _mountpoints() if m.startswith(prefix)]
+            mounts = common.mounts_under(self.tmp)
             if not mounts:
                 return
             for m in sorted(mounts, key=len, reverse=True):
                 _libc.umount2(os.fsencode(m), MNT_DETACH)
-
-
-def _mountpoints() -> list[str]:
-    out = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        field = line.split()[4]
-        out.append(field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\"))
-    return out
-
-
-def _start_time(pid: int) -> int:
-    try:
-        data = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    return int(data.rsplit(")", 1)[1].split()[19])
-
-
-def _ppid(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("PPid:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def available(kind: str) -> str | None:

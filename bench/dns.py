@@ -54,6 +54,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench import common
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "dns.json"
 BIN = Path(sys.executable).parent
@@ -157,26 +159,11 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
-def start_time(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except OSError:
-        return 0
-
-
 def pin(cpu: int | None) -> Any:
     """A preexec_fn: run the child (and all its threads) on one CPU."""
     if cpu is None:
         return None
     return lambda: os.sched_setaffinity(0, {cpu})
-
-
-def run(args: list[str], timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} -> {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-800:]}")
-    return proc
 
 
 # -- the fake upstream (``--upstream``, runs in the bench namespace) ----------
@@ -221,6 +208,12 @@ def _bad(reply: bytes) -> bool:
     return len(reply) < 12 or reply[3] & 0x0F != 0 or reply[6:8] == b"\0\0"
 
 
+def _finish(start: int, probe: Probe, lat: list[int]) -> tuple[float, dict[str, Any], list[float]]:
+    """At the end of a run: seconds since ``start`` (perf_counter_ns), the CPU accounting, the latencies in ms, sorted."""
+    elapsed = (time.perf_counter_ns() - start) / 1e9
+    return elapsed, probe.stop(), sorted(x / 1e6 for x in lat)
+
+
 def closed_loop(server: str, packets: list[bytes], n: int, watch: dict[str, int], cpu: int | None, timeout: float = 1.0) -> dict[str, Any]:
     """``n`` queries one after the other; a lost one counts as ``timeout``."""
     lat: list[int] = []
@@ -247,10 +240,7 @@ def closed_loop(server: str, packets: list[bytes], n: int, watch: dict[str, int]
                     lat.append(perf() - t0)
                     bad += _bad(data)
                     break
-        elapsed = (perf() - start) / 1e9
-        used = probe.stop()
-    lat.sort()
-    ms = [x / 1e6 for x in lat]
+        elapsed, used, ms = _finish(start, probe, lat)
     return {
         "queries": n,
         "seconds": elapsed,
@@ -317,10 +307,7 @@ def throughput(server: str, packets: list[bytes], seconds: float, window: int, w
                     del inflight[q]
                     lost += 1
                     send()
-        elapsed = (perf() - start) / 1e9
-        used = probe.stop()
-    lat.sort()
-    ms = [x / 1e6 for x in lat]
+        elapsed, used, ms = _finish(start, probe, lat)
     return {
         "seconds": elapsed,
         "window": window,
@@ -378,9 +365,9 @@ class Lab:
         return ["nsenter", f"--net={self.nspath}", "--", *args]
 
     def setup(self) -> None:
-        run(["ip", "netns", "add", self.ns])
+        common.run(["ip", "netns", "add", self.ns])
         self.ns_made = True
-        run(["ip", "-n", self.ns, "link", "set", "lo", "up"])
+        common.run(["ip", "-n", self.ns, "link", "set", "lo", "up"])
         self.upstream = subprocess.Popen(
             self.nsenter(PY, "-m", "bench.dns", "--upstream"),
             cwd=REPO,
@@ -406,13 +393,9 @@ class Lab:
         )
         log.close()
         sock = os.path.join(self.root, "run", "qiao.sock")
-        deadline = time.monotonic() + 30
-        while not (os.path.exists(sock) and self.qiao("daemon", "status", check=False).returncode == 0):
-            if self.qiaod.poll() is not None:
-                raise RuntimeError(f"qiaod exited {self.qiaod.returncode}: {self.daemon_log()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("qiaod did not come up: " + self.daemon_log())
-            time.sleep(0.05)
+        common.wait_for_qiaod(
+            self.qiaod, lambda: os.path.exists(sock) and self.qiao("daemon", "status", check=False).returncode == 0, self.daemon_log
+        )
         if self.daemon_cpu is not None:  # nsenter execs qiaod (same pid); make sure of every thread
             for tid in os.listdir(f"/proc/{self.qiaod.pid}/task"):
                 with contextlib.suppress(OSError):
@@ -428,7 +411,7 @@ class Lab:
     def qiao(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         if not self.daemon_alive():  # the CLI would start a qiaod of its own
             raise RuntimeError("qiaod is not running: " + self.daemon_log())
-        return run(self.nsenter(QIAO, "--root", self.root, *args), timeout=timeout, check=check)
+        return common.run(self.nsenter(QIAO, "--root", self.root, *args), timeout=timeout, check=check)
 
     def inspect(self, name: str) -> dict[str, Any]:
         return json.loads(self.qiao("inspect", name).stdout)[0]
@@ -508,53 +491,17 @@ class Lab:
                     self.qiao("rm", "-f", *sorted(ids)[chunk : chunk + 50], check=False, timeout=120)
             with contextlib.suppress(Exception):
                 self.qiao("network", "rm", NETWORK, check=False)
-        if self.qiaod is not None and self.qiaod.poll() is None:
-            self.qiaod.terminate()
-            try:
-                self.qiaod.wait(15)
-            except subprocess.TimeoutExpired:
-                self.qiaod.kill()
-                self.qiaod.wait()
-        self._kill_leftovers()
+        if self.qiaod is not None:
+            common.stop(self.qiaod, 15)
+        common.kill_containers(self.root)
         if self.upstream is not None and self.upstream.poll() is None:
             self.upstream.kill()
             self.upstream.wait()
-        for mount in reversed(self._mounts()):
-            run(["umount", "-l", mount], check=False)
+        for mount in reversed(common.mounts_under(self.root)):
+            common.run(["umount", "-l", mount], check=False)
         if self.ns_made:
-            run(["ip", "netns", "del", self.ns], check=False)
+            common.run(["ip", "netns", "del", self.ns], check=False)
         shutil.rmtree(self.root, ignore_errors=True)
-
-    def _mounts(self) -> list[str]:
-        with open("/proc/self/mountinfo") as f:
-            return [line.split()[4] for line in f if line.split()[4].startswith(self.root + "/")]
-
-    def _kill_leftovers(self) -> None:
-        """Containers still running after qiaod went (it died, or rm failed): their shims
-        and commands, by the PIDs in our own store, checked against the shim's start time."""
-        db = os.path.join(self.root, "lib", "qiao.db")
-        if not os.path.exists(db):
-            return
-        import sqlite3
-
-        with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(db)) as conn:
-            rows = [json.loads(r[0]) for r in conn.execute("SELECT body FROM containers")]
-            for ctr in rows:
-                shim, pid = ctr.get("shim_pid") or 0, ctr.get("pid") or 0
-                if shim and start_time(shim) == ctr.get("shim_start"):
-                    if pid and _parent(pid) == shim:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(pid, signal.SIGKILL)
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(shim, signal.SIGKILL)
-
-
-def _parent(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        return 0
 
 
 # -- the zone's own size ---------------------------------------------------------
@@ -590,20 +537,22 @@ def resolver_fixed_cost(lab: Lab) -> dict[str, int]:
         "c = rss()\n"
         "print(json.dumps({'bare_kb': a, 'import_kb': b - a, 'resolver_kb': c - b}))\n"
     )
-    return json.loads(run(lab.nsenter(PY, "-c", code)).stdout)
+    return json.loads(common.run(lab.nsenter(PY, "-c", code)).stdout)
 
 
 # -- the run --------------------------------------------------------------------
 
 
 def git_state() -> dict[str, Any]:
-    head = run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], check=False).stdout.strip()
-    dirty = run(["git", "-C", str(REPO), "status", "--porcelain", "src"], check=False).stdout.strip()
+    head = common.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], check=False).stdout.strip()
+    dirty = common.run(["git", "-C", str(REPO), "status", "--porcelain", "src"], check=False).stdout.strip()
     return {"head": head, "src_dirty": bool(dirty)}
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     cpus = sorted(os.sched_getaffinity(0))
+    daemon_cpu: int | None
+    client_cpu: int | None
     if args.cpus:
         daemon_cpu, client_cpu = (int(c) for c in args.cpus.split(","))
     elif len(cpus) >= 2:
@@ -792,10 +741,6 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _interrupted(*_: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.dns", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run (fewer queries, 2 s windows)")
@@ -824,13 +769,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--sizes: 1 to 250 containers (one /24)")
     args.count = args.count or (1000 if args.quick else 5000)
     args.duration = args.duration or (2.0 if args.quick else 8.0)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # also when started with SIGINT ignored (a background job)
-        signal.signal(sig, _interrupted)
     started = time.monotonic()
-    try:
-        result = bench(args)
-    except KeyboardInterrupt:
-        print("bench/dns: interrupted; everything it made is removed", file=sys.stderr)
+    result = common.interruptible("bench/dns", lambda: bench(args))
+    if result is None:
         return 130
     result["wall_s"] = time.monotonic() - started
     print(report(result))

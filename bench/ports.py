@@ -46,6 +46,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from bench import common
+
 RUN = "qp" + secrets.token_hex(2)  # prefix of every object made here (interface names: <= 15 bytes)
 BIN = Path(sys.executable).parent
 QIAO = str(BIN / "qiao")
@@ -128,19 +130,8 @@ print(json.dumps(out))
 """
 
 
-class Interrupted(KeyboardInterrupt):
-    pass
-
-
 def log(msg: str) -> None:
     print(f"[bench.ports {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def sh(*args: str, check: bool = True, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, **kw)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)[:200]} -> {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-600:]}")
-    return proc
 
 
 def ns_path(ns: str) -> str:
@@ -148,7 +139,7 @@ def ns_path(ns: str) -> str:
 
 
 def nsrun(ns: str, *args: str, check: bool = True, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return sh("nsenter", f"--net={ns_path(ns)}", "--", *args, check=check, timeout=timeout, **kw)
+    return common.run(["nsenter", f"--net={ns_path(ns)}", "--", *args], check=check, timeout=timeout, **kw)
 
 
 def stats(samples: list[float]) -> dict[str, Any]:
@@ -199,7 +190,7 @@ class Lab:
 
     def netns(self, suffix: str) -> str:
         name = f"{RUN}-{suffix}"
-        sh("ip", "netns", "add", name)
+        common.run(["ip", "netns", "add", name])
         self.namespaces.append(name)
         nsrun(name, "ip", "link", "set", "lo", "up")
         return name
@@ -212,7 +203,7 @@ class Lab:
     def link(self, a: str, b: str, a_cidr: str, b_cidr: str, tag: str) -> None:
         """veth between namespaces a (a_cidr) and b (b_cidr)."""
         ia, ib = f"{RUN}{tag}a", f"{RUN}{tag}b"
-        sh("ip", "link", "add", ia, "netns", a, "type", "veth", "peer", "name", ib, "netns", b)
+        common.run(["ip", "link", "add", ia, "netns", a, "type", "veth", "peer", "name", ib, "netns", b])
         for ns, dev, cidr in ((a, ia, a_cidr), (b, ib, b_cidr)):
             nsrun(ns, "ip", "addr", "add", cidr, "dev", dev)
             nsrun(ns, "ip", "link", "set", dev, "up")
@@ -239,7 +230,7 @@ class Lab:
             with contextlib.suppress(Exception):
                 self.stop(proc)
         for ns in reversed(self.namespaces):
-            sh("ip", "netns", "del", ns, check=False)
+            common.run(["ip", "netns", "del", ns], check=False)
         for d in self.dirs:
             shutil.rmtree(d, ignore_errors=True)
 
@@ -258,16 +249,7 @@ class QiaoHost:
         with open(self.log_path, "ab") as logf:
             self.daemon = lab.spawn(ns, QIAOD, "--root", self.root, stdout=logf, stderr=logf)
         self.api = Client(Root.resolve(self.root), autostart=False)
-        deadline = time.monotonic() + 30
-        while True:
-            if self.daemon.poll() is not None:
-                raise RuntimeError(f"qiaod exited {self.daemon.returncode}: {self.log_tail()}")
-            with contextlib.suppress(Exception):
-                self.api.request("GET", "/info")
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("qiaod did not come up: " + self.log_tail())
-            time.sleep(0.05)
+        common.wait_for_qiaod(self.daemon, lambda: self.api.request("GET", "/info"), self.log_tail)
 
     def log_tail(self) -> str:
         with contextlib.suppress(OSError):
@@ -304,33 +286,12 @@ class QiaoHost:
                 for row in self.api.request("GET", "/containers/json", {"all": 1}):
                     with contextlib.suppress(Exception):
                         self.rm(row["Id"])
-            self.daemon.terminate()
-            try:
-                self.daemon.wait(20)
-            except subprocess.TimeoutExpired:
-                self.daemon.kill()
-                self.daemon.wait()
-        self._kill_leftovers()
+        common.stop(self.daemon, 20)
+        common.kill_containers(self.root)
         netns_dir = os.path.join(self.root, "run", "netns")
         if os.path.isdir(netns_dir):
             for entry in os.listdir(netns_dir):
-                sh("umount", "-l", os.path.join(netns_dir, entry), check=False)
-
-    def _kill_leftovers(self) -> None:
-        """Container processes of this root (found through its own store), by PID."""
-        db = os.path.join(self.root, "lib", "qiao.db")
-        if not os.path.exists(db):
-            return
-        import sqlite3
-
-        with contextlib.closing(sqlite3.connect(db)) as conn:
-            rows = [json.loads(r[0]) for r in conn.execute("SELECT body FROM containers")]
-        for ctr in rows:
-            if ctr.get("status") == "running":
-                for pid in (ctr.get("pid"), ctr.get("shim_pid")):
-                    if pid:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(pid, signal.SIGKILL)
+                common.run(["umount", "-l", os.path.join(netns_dir, entry)], check=False)
 
 
 # -- measurements shared by the peers -------------------------------------
@@ -596,7 +557,7 @@ class CniBench:
     def delete(self, ctr: dict[str, Any]) -> None:
         self._exec("portmap", "DEL", ctr["cid"], ctr["netns"], ctr["pm_conf"])
         self._exec("bridge", "DEL", ctr["cid"], ctr["netns"], self._bridge_conf())
-        sh("ip", "netns", "del", ctr["netns"], check=False)
+        common.run(["ip", "netns", "del", ctr["netns"]], check=False)
         self.lab.namespaces.remove(ctr["netns"])
         self.count -= 1
         self.mappings -= 1
@@ -1046,16 +1007,9 @@ def main(argv: list[str] | None = None) -> int:
         print("bench.ports: needs root (namespaces, nftables)", file=sys.stderr)
         return 1
 
-    def interrupted(signum: int, _frame: Any) -> None:
-        raise Interrupted()
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT too: a background job starts with it ignored
-        signal.signal(sig, interrupted)
     t0 = time.monotonic()
-    try:
-        res = bench(args)
-    except KeyboardInterrupt:
-        print("bench.ports: interrupted; everything it made was removed", file=sys.stderr)
+    res = common.interruptible("bench.ports", lambda: bench(args))
+    if res is None:
         return 130
     res["seconds"] = round(time.monotonic() - t0, 1)
     res["loadavg_end"] = os.getloadavg()[0]

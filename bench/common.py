@@ -1,0 +1,138 @@
+"""What the benchmarks share: running a command, waiting for and stopping a
+process they started, and removing what a qiaod of their own left behind.
+
+Standard library only and no qiao code: the benchmarks' workers import this,
+and nothing here is on a measured path.  A process is only ever ended by the
+PID of a ``Popen`` the benchmark made itself, or -- for containers -- by the
+PIDs in the benchmark's own store, checked first against the shim's start
+time and the command's parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def run(args: Sequence[str], *, check: bool = True, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run`` with text output captured; a failure (``check``) raises with the end of its output."""
+    proc = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)[:200]} -> {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-800:]}")
+    return proc
+
+
+def wait_for_qiaod(
+    daemon: subprocess.Popen[Any], ready: Callable[[], object], detail: Callable[[], str], timeout: float = 30, interval: float = 0.05
+) -> None:
+    """Call ``ready()`` until it neither raises nor returns False (a request that
+    succeeds is enough); raise with ``detail()`` (where to look: a log's tail or
+    path) should ``daemon`` exit or ``timeout`` pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if daemon.poll() is not None:
+            raise RuntimeError(f"qiaod exited {daemon.returncode}: {detail()}")
+        with contextlib.suppress(Exception):
+            if ready() is not False:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"qiaod did not come up in {timeout:g} s: {detail()}")
+        time.sleep(interval)
+
+
+def stop(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM to a process this benchmark started (by its PID), SIGKILL after ``timeout`` s; reaped."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def interruptible(name: str, bench: Callable[[], T]) -> T | None:
+    """``bench()`` with SIGINT, SIGTERM and SIGHUP raising KeyboardInterrupt (SIGINT
+    too: a background job starts with it ignored), so that its ``finally`` removes
+    what it made; None, said on stderr, when it was interrupted."""
+
+    def interrupted(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupted)
+    try:
+        return bench()
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; everything it made was removed", file=sys.stderr)
+        return None
+
+
+# -- /proc ---------------------------------------------------------------------
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (field 3 on); [] when gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
+def start_time(pid: int) -> int:
+    """A process's start time in clock ticks after boot (what qiao stores as ``shim_start``); 0 when gone."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields else 0
+
+
+def parent(pid: int) -> int:
+    """A process's parent PID; 0 when gone."""
+    fields = _stat(pid)
+    return int(fields[1]) if fields else 0
+
+
+def mounts_under(directory: str) -> list[str]:
+    """The mount points below ``directory`` (not itself), in /proc/self/mountinfo order."""
+    prefix = directory.rstrip("/") + "/"
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+            if point.startswith(prefix):
+                out.append(point)
+    return out
+
+
+# -- a qiao root of the benchmark's own ------------------------------------------
+
+
+def kill_containers(root: str) -> None:
+    """SIGKILL the containers still running from the qiao root ``root`` (qiaod died, or
+    ``rm -f`` failed): each shim whose start time is the one in the store, and its
+    command if the shim is still its parent."""
+    db = os.path.join(root, "lib", "qiao.db")
+    if not os.path.exists(db):
+        return
+    import sqlite3
+
+    with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(db)) as conn:
+        rows = [json.loads(r[0]) for r in conn.execute("SELECT body FROM containers")]
+        for ctr in rows:
+            shim, pid = ctr.get("shim_pid") or 0, ctr.get("pid") or 0
+            if shim <= 0 or start_time(shim) != ctr.get("shim_start"):
+                continue  # gone, or the PID now belongs to someone else
+            if pid > 0 and parent(pid) == shim:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(shim, signal.SIGKILL)
