@@ -877,6 +877,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)  # also when started as a background job (SIGINT ignored)
     try:
         measure(args, run, results)
     except KeyboardInterrupt:
@@ -905,4 +906,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with common.netns_run_dir_restored():
+        sys.exit(main())

@@ -1,8 +1,9 @@
 """What the benchmarks share: running a command, waiting for and stopping a
 process they started, and removing what a qiaod of their own left behind.
 
-Standard library only and no qiao code: the benchmarks' workers import this,
-and nothing here is on a measured path.  A process is only ever ended by the
+Standard library only (qiao's own netns helper is imported lazily, for the
+end of a run): the benchmarks' workers import this, and nothing here is on
+a measured path.  A process is only ever ended by the
 PID of a ``Popen`` the benchmark made itself, or -- for containers -- by the
 PIDs in the benchmark's own store, checked first against the shim's start
 time and the command's parent.
@@ -17,10 +18,23 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def netns_run_dir_restored() -> Iterator[None]:
+    """``ip netns add`` bind-mounts /run/netns onto itself the first time and never
+    undoes it: when this run caused that mount, undo it at the end (once empty)."""
+    from qiao.kernel import netns
+
+    was_mounted = netns.run_dir_mounted()
+    try:
+        yield
+    finally:
+        netns.release_run_dir(was_mounted)
 
 
 def run(args: Sequence[str], *, check: bool = True, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:

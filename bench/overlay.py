@@ -51,6 +51,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench import common
+
 BIN = Path(sys.executable).parent
 QIAO = str(BIN / "qiao")
 REPO = Path(__file__).resolve().parent.parent
@@ -874,4 +876,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with common.netns_run_dir_restored():
+        sys.exit(main())

@@ -1029,4 +1029,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with common.netns_run_dir_restored():
+        sys.exit(main())
