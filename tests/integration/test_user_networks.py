@@ -503,30 +503,38 @@ def test_connect_and_disconnect_a_running_container(h: Host) -> None:
     since = time.monotonic()
     eth1 = [a for link in ip_json(h, "app", "addr", "show", "eth1") for a in link["addr_info"] if a["family"] == "inet"]
     assert [(a["local"], a["prefixlen"]) for a in eth1] == [("10.62.2.50", 24)]
-    assert default_routes(h, "app") == [("10.62.1.1", "eth0")]  # stays with the first network
+    assert default_routes(h, "app") == [("10.62.2.1", "eth1")]  # as Docker: "back" sorts before "front"
     assert f"10.62.2.50\t{hostname}\n" in h.exec("app", "cat", "/etc/hosts").stdout
     for name in ("app", "api"):
         assert poll_dns(peer_ns, "10.62.2.1", name, ("NOERROR", ["10.62.2.50"]), since=since) == ("NOERROR", ["10.62.2.50"])
     assert h.exec("peer", "getent", "hosts", "api").stdout.split()[0] == "10.62.2.50"
     back = h.inspect("app")["NetworkSettings"]["Networks"]["back"]
-    assert (back["IPAddress"], back["Aliases"], back["Gateway"]) == ("10.62.2.50", ["api"], "")
+    assert (back["IPAddress"], back["Aliases"], back["Gateway"]) == ("10.62.2.50", ["api"], "10.62.2.1")
+    assert h.inspect("app")["NetworkSettings"]["Networks"]["front"]["Gateway"] == ""
     assert back["IPAMConfig"] == {"IPv4Address": "10.62.2.50"}
     assert in_netns(peer_ns, icmp_once, "10.62.2.50", 0, 2.0) == "pong"
 
     h.qiao("network", "disconnect", "back", "app")
     since = time.monotonic()
     assert {link["ifname"] for link in ip_json(h, "app", "link")} == {"lo", "eth0"}
-    assert default_routes(h, "app") == [("10.62.1.1", "eth0")]
+    assert default_routes(h, "app") == [("10.62.1.1", "eth0")]  # back to the network left
     assert "10.62.2.50" not in h.exec("app", "cat", "/etc/hosts").stdout
     for name in ("app", "api"):
         assert poll_dns(peer_ns, "10.62.2.1", name, ("NXDOMAIN", []), since=since) == ("NXDOMAIN", [])
     assert list(h.inspect("app")["NetworkSettings"]["Networks"]) == ["front"]
     assert h.inspect("app")["State"]["Pid"] == pid  # never restarted
 
-    # Disconnecting the network of the default route moves it to another network's gateway (as Docker).
+    # Connecting a network that sorts later keeps the route; disconnecting the route's network moves it.
+    h.qiao("network", "create", "--subnet", "10.62.9.0/24", "zulu")
+    h.qiao("network", "connect", "zulu", "app")
+    assert default_routes(h, "app") == [("10.62.1.1", "eth0")]
     h.qiao("network", "connect", "back", "app")
+    assert default_routes(h, "app") == [("10.62.2.1", "eth2")]
     h.qiao("network", "disconnect", "front", "app")
-    assert default_routes(h, "app") == [("10.62.2.1", "eth1")]
+    assert default_routes(h, "app") == [("10.62.2.1", "eth2")]
+    h.qiao("network", "disconnect", "back", "app")
+    assert default_routes(h, "app") == [("10.62.9.1", "eth1")]
+    h.qiao("network", "connect", "back", "app")
     assert h.inspect("app")["NetworkSettings"]["Networks"]["back"]["Gateway"] == "10.62.2.1"
     assert in_netns(peer_ns, icmp_once, h.inspect("app")["NetworkSettings"]["Networks"]["back"]["IPAddress"], 0, 2.0) == "pong"
 

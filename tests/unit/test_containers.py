@@ -317,15 +317,19 @@ def test_start_on_default_bridge_keeps_legacy_resolv_conf(c):
     assert (settings["GlobalIPv6Address"], settings["IPv6Gateway"]) == ("", "")
 
 
-def test_start_several_networks_only_the_first_carries_the_default_route(c, web, dual):
-    ctr = started(c, "box", "web", "dual")
+def test_start_several_networks_the_default_route_follows_dockers_order(c, web, dual):
+    ctr = started(c, "box", "web", "dual")  # dual stack before IPv4 only, whatever the order given
     web_ep, dual_ep = eps(c, ctr)["web"], eps(c, ctr)["dual"]
-    assert (web_ep.ifname, web_ep.gateway) == ("eth0", "10.9.0.1")
-    assert (dual_ep.ifname, dual_ep.gateway, dual_ep.gateway6, dual_ep.address6) == ("eth1", "", "", "fd00:8::2")
-    assert c.host.sandboxes[ctr.sandbox_key]["eth1"] == Iface("eth1", "10.8.0.2", 24, "", "fd00:8::2", 64, "")
+    assert (web_ep.ifname, web_ep.gateway) == ("eth0", "")
+    assert (dual_ep.ifname, dual_ep.gateway, dual_ep.gateway6, dual_ep.address6) == ("eth1", "10.8.0.1", "fd00:8::1", "fd00:8::2")
+    assert c.host.sandboxes[ctr.sandbox_key]["eth1"] == Iface("eth1", "10.8.0.2", 24, "10.8.0.1", "fd00:8::2", 64, "fd00:8::1")
+    assert c.host.sandboxes[ctr.sandbox_key]["eth0"].gateway == ""
     assert read(c, ctr, "resolv.conf").startswith("nameserver 10.9.0.1\nnameserver 10.8.0.1\n")
     assert c.changes == [{web.id, dual.id}]
-    assert c.inspect("box")["NetworkSettings"]["Gateway"] == "10.9.0.1"
+    assert c.inspect("box")["NetworkSettings"]["Networks"]["dual"]["Gateway"] == "10.8.0.1"
+
+    other = started(c, "box2", "web", "bridge")  # both IPv4 only: by name
+    assert (eps(c, other)["bridge"].gateway, eps(c, other)["web"].gateway) == ("172.17.0.1", "")
 
 
 def test_start_internal_network_has_no_default_route(c):
@@ -425,21 +429,44 @@ def test_connect_running_container_gets_the_next_interface(c, web, dual):
     c.changes.clear()
     c.connect("box", "dual", {"Aliases": ["api"]})
     ep = eps(c, ctr)["dual"]
-    assert (ep.ifname, ep.gateway, ep.gateway6, ep.aliases) == ("eth1", "", "", ["api"])
+    # dual stack comes first in Docker's order: the default route moves to it
+    assert (ep.ifname, ep.gateway, ep.gateway6, ep.aliases) == ("eth1", "10.8.0.1", "fd00:8::1", ["api"])
+    assert c.host.default_routes[ctr.sandbox_key] == ("10.8.0.1", "fd00:8::1")
+    assert eps(c, ctr)["web"].gateway == ""
     assert c.networks.endpoints_of(dual.id) == [ep]
     assert c.changes == [{dual.id}]
     assert {r["id"] for r in c.store.load("endpoints")} == set(ctr.endpoint_ids)
+    assert {r["network_id"]: r["gateway"] for r in c.store.load("endpoints")} == {web.id: "", dual.id: "10.8.0.1"}
     assert host_lines(read(c, ctr, "hosts")) == [f"10.9.0.2\t{ctr.hostname}", f"10.8.0.2\t{ctr.hostname}", f"fd00:8::2\t{ctr.hostname}"]
     assert read(c, ctr, "resolv.conf").startswith("nameserver 10.9.0.1\nnameserver 10.8.0.1\n")
 
     c.changes.clear()
     c.disconnect("box", "dual")
     assert list(eps(c, ctr)) == ["web"] and c.networks.endpoints_of(dual.id) == []
+    assert c.host.default_routes[ctr.sandbox_key] == ("10.9.0.1", "")  # back to the one left
+    assert eps(c, ctr)["web"].gateway == "10.9.0.1"
     assert c.host.links.get(ep.host_ifname) is None
     assert c.changes == [{dual.id}]
     assert host_lines(read(c, ctr, "hosts")) == [f"10.9.0.2\t{ctr.hostname}"]
     c.connect("box", "dual", {})  # eth1 is free again
     assert eps(c, ctr)["dual"].ifname == "eth1"
+
+
+def test_connect_keeps_the_route_when_the_new_network_comes_later(c, web):
+    ctr = started(c, "box", "bridge")
+    before = dict(c.host.default_routes)
+    c.connect("box", "web", {})  # "bridge" < "web"
+    assert (eps(c, ctr)["bridge"].gateway, eps(c, ctr)["web"].gateway) == ("172.17.0.1", "")
+    assert c.host.default_routes == before
+
+
+def test_connect_that_fails_after_moving_the_route_moves_it_back(c, web, dual, monkeypatch):
+    ctr = started(c, "box", "web")
+    monkeypatch.setattr(c, "fault", lambda step: step == "store" and (_ for _ in ()).throw(RuntimeError("injected")))
+    with pytest.raises(RuntimeError, match="injected"):
+        c.connect("box", "dual", {})
+    assert c.host.default_routes[ctr.sandbox_key] == ("10.9.0.1", "")
+    assert list(eps(c, ctr)) == ["web"] and eps(c, ctr)["web"].gateway == "10.9.0.1"
 
 
 @pytest.mark.parametrize(
@@ -480,19 +507,19 @@ def test_disconnecting_the_gateway_network_moves_the_default_route(c, web, dual)
     ctr = started(c, "box", "web", "dual", "bridge")
     internal = c.networks.create("quiet", subnet="10.7.0.0/24", internal=True)
     c.connect("box", "quiet", {})
-    assert eps(c, ctr)["web"].gateway == "10.9.0.1"
+    assert eps(c, ctr)["dual"].gateway == "10.8.0.1"
 
-    c.disconnect("box", "web")  # heirs by name: bridge < dual (quiet is internal)
+    c.disconnect("box", "dual")  # heirs in Docker's order: bridge < web by name (quiet is internal)
     assert c.host.default_routes[ctr.sandbox_key] == ("172.17.0.1", "")
-    assert (eps(c, ctr)["bridge"].gateway, eps(c, ctr)["dual"].gateway) == ("172.17.0.1", "")
+    assert (eps(c, ctr)["bridge"].gateway, eps(c, ctr)["web"].gateway) == ("172.17.0.1", "")
     stored = {r["network_id"]: r for r in c.store.load("endpoints")}
     assert stored[eps(c, ctr)["bridge"].network_id]["gateway"] == "172.17.0.1"
     assert c.inspect("box")["NetworkSettings"]["Networks"]["bridge"]["Gateway"] == "172.17.0.1"
 
     c.disconnect("box", "bridge")
-    assert c.host.default_routes[ctr.sandbox_key] == ("10.8.0.1", "fd00:8::1")
-    c.disconnect("box", "dual")  # only the internal network is left: no default route to move to
-    assert c.host.default_routes[ctr.sandbox_key] == ("10.8.0.1", "fd00:8::1")
+    assert c.host.default_routes[ctr.sandbox_key] == ("10.9.0.1", "")
+    c.disconnect("box", "web")  # only the internal network is left: no default route to move to
+    assert c.host.default_routes[ctr.sandbox_key] == ("10.9.0.1", "")
     assert eps(c, ctr)["quiet"].gateway == "" and internal.internal
 
 

@@ -59,6 +59,22 @@ class StartFailed(QiaoError):
         self.exit_code = exit_code
 
 
+def gateway_network(nets: list[Network]) -> Network | None:
+    """Of a container's networks, the one whose gateway is its default route:
+    the first in the order of Docker's sandbox (libnetwork ``Endpoint.Less``):
+    not internal, then dual stack before IPv6 only before IPv4 only, then by
+    name.  (Docker's ``--gw-priority`` comes first there; qiao has none.)"""
+
+    def rank(net: Network) -> tuple[int, str]:
+        return (-((1 if net.gateway else 0) + (2 if net.enable_ipv6 and net.gateway6 else 0)), net.name)
+
+    return min((n for n in nets if n.gateway and not n.internal), key=rank, default=None)
+
+
+def _carrying_route(ep: Endpoint, net: Network) -> Endpoint:
+    return dataclasses.replace(ep, gateway=net.gateway or "", gateway6=(net.gateway6 or "") if ep.address6 else "")
+
+
 class Containers:
     def __init__(self, root: Root, store: Store, networks: Networks, lock: threading.RLock, fault: Fault | None = None):
         self.root, self.store, self.networks, self.lock, self.fault = root, store, networks, lock, fault
@@ -332,13 +348,14 @@ class Containers:
                 steps.run("create-sandbox", lambda: self.host.create_netns(sandbox), lambda: self.host.destroy_netns(sandbox))
                 if ctr.network_mode == "none":
                     steps.run("configure-sandbox", lambda: self.host.configure_sandbox(sandbox, None))
-                for index, att in enumerate(ctr.attachments):
-                    net = self.networks.get(att["network"])
-                    endpoints.append(
-                        self.networks.join(
-                            steps, net, ctr.id, sandbox, f"eth{index}", index == 0, att["ip"], att["ip6"], att["mac"], att["aliases"]
-                        )
+                nets = [self.networks.get(att["network"]) for att in ctr.attachments]
+                gateway_net = gateway_network(nets)
+                for index, (att, net) in enumerate(zip(ctr.attachments, nets, strict=True)):
+                    route = net is gateway_net
+                    ep = self.networks.join(
+                        steps, net, ctr.id, sandbox, f"eth{index}", route, att["ip"], att["ip6"], att["mac"], att["aliases"]
                     )
+                    endpoints.append(ep)
                 if endpoints:
                     mappings = self._publish(steps, ctr, endpoints[0])
                 link_env = self._link_env(ctr)
@@ -634,14 +651,26 @@ class Containers:
                 return
             used = {int(ep.ifname[3:]) for _n, ep in self.endpoints(ctr)}
             ifname = f"eth{min(set(range(len(used) + 1)) - used)}"
+            current = next((e for _n, e in self.endpoints(ctr) if e.gateway), None)
+            takes_route = gateway_network([*(self.networks.by_id[e.network_id] for _n, e in self.endpoints(ctr)), net]) is net
+            sandbox = ctr.sandbox_key
             with Steps(self.fault) as steps:
-                ep = self.networks.join(
-                    steps, net, ctr.id, ctr.sandbox_key, ifname, False, att["ip"], att["ip6"], att["mac"], att["aliases"]
-                )
+                ep = self.networks.join(steps, net, ctr.id, sandbox, ifname, False, att["ip"], att["ip6"], att["mac"], att["aliases"])
+                demoted = None
+                if takes_route:  # as Docker: the network first in its order carries the default route
+                    ep = _carrying_route(ep, net)
+                    steps.run(
+                        "move-default-route",
+                        lambda: self.host.set_default_route(sandbox, ep.gateway, ep.gateway6),
+                        lambda: self.host.set_default_route(sandbox, current.gateway, current.gateway6) if current else None,
+                    )
+                    demoted = dataclasses.replace(current, gateway="", gateway6="") if current else None
 
                 def commit() -> None:
                     with self.store.transaction() as tx:
                         tx.put("endpoints", to_dict(ep))
+                        if demoted:
+                            tx.put("endpoints", to_dict(demoted))
                         tx.put(
                             "containers",
                             to_dict(dataclasses.replace(ctr, attachments=[*ctr.attachments, att], endpoint_ids=[*ctr.endpoint_ids, ep.id])),
@@ -651,6 +680,8 @@ class Containers:
             ctr.attachments.append(att)
             ctr.endpoint_ids.append(ep.id)
             self.networks.adopt(ep)
+            if demoted:
+                self.networks.adopt(demoted)
             self._write_etc(ctr, [e for _n, e in self.endpoints(ctr)])
             self.on_change({net.id})
 
@@ -690,18 +721,11 @@ class Containers:
 
     def _gateway_heir(self, ctr: Container, leaving: Endpoint) -> Endpoint | None:
         """When the endpoint with the default route leaves, the route moves to
-        another network's gateway, as Docker's sandbox does: of the networks
-        that can carry one (not internal), the first by name.  The endpoint
-        returned is a copy that carries it."""
-        candidates = []
-        for name, e in self.endpoints(ctr):
-            net = self.networks.by_id.get(e.network_id)
-            if e.id != leaving.id and net is not None and net.gateway and not net.internal:
-                candidates.append((name, e, net))
-        if not candidates:
-            return None
-        _name, e, net = min(candidates, key=lambda c: c[0])
-        return dataclasses.replace(e, gateway=net.gateway or "", gateway6=(net.gateway6 or "") if e.address6 else "")
+        the gateway of the network first in Docker's order among the others;
+        the endpoint returned is a copy that carries it."""
+        rest = {e.network_id: e for _n, e in self.endpoints(ctr) if e.id != leaving.id}
+        net = gateway_network([self.networks.by_id[nid] for nid in rest])
+        return _carrying_route(rest[net.id], net) if net else None
 
     def logs(self, ref: str) -> bytes:
         with self.lock:
