@@ -157,8 +157,8 @@ def test_inspect_shows_dockers_container_fields(host: Host) -> None:
     ep = ns["Networks"]["bridge"]
     assert ep["NetworkID"] == bridge["Id"] and HEX64.fullmatch(ep["EndpointID"])
     assert ep["EndpointID"] == bridge["Containers"][cid]["EndpointID"]
-    assert {k: ep[k] for k in ("Gateway", "IPAddress", "IPPrefixLen", "MacAddress")} == {
-        k: ns[k] for k in ("Gateway", "IPAddress", "IPPrefixLen", "MacAddress")
+    assert {k: ep[k] for k in ("EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress")} == {
+        k: ns[k] for k in ("EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress")
     }
 
     # The same object by full id, unique prefix and name; several at once.

@@ -87,6 +87,7 @@ def test_host_mode_shares_the_hosts_interfaces_hostname_and_etc_files(host: Host
         info = host.inspect("hn")
         assert info["HostConfig"]["NetworkMode"] == "host" and info["Config"]["Hostname"] == socket.gethostname()
         assert info["NetworkSettings"]["SandboxKey"] == "" and list(info["NetworkSettings"]["Networks"]) == ["host"]
+        assert (info["NetworkSettings"]["IPAddress"], info["NetworkSettings"]["EndpointID"]) == ("", "")
         assert ns_ids(info["State"]["Pid"])["net"] == f"net:[{os.stat(host.path).st_ino}]"
         assert host.exec("hn", "hostname").stdout.strip() == socket.gethostname()
     finally:

@@ -87,11 +87,11 @@ def test_create_with_every_option_and_inspect_in_dockers_form(host: Host) -> Non
 
     # A container on it: an address of the ip-range, the gateway, the MTU on eth0.
     cid = host.run_d("--name", "u1", "--network", "mynet", "--", "sleep", "300")
-    ns = host.inspect("u1")["NetworkSettings"]
-    assert ipaddress.IPv4Address(ns["IPAddress"]) in ipaddress.IPv4Network("10.77.5.0/24")
-    assert (ns["Gateway"], ns["IPPrefixLen"]) == ("10.77.0.254", 16)
+    ep = host.inspect("u1")["NetworkSettings"]["Networks"]["mynet"]
+    assert ipaddress.IPv4Address(ep["IPAddress"]) in ipaddress.IPv4Network("10.77.5.0/24")
+    assert (ep["Gateway"], ep["IPPrefixLen"]) == ("10.77.0.254", 16)
     eth0 = json.loads(host.exec("u1", "ip", "-j", "addr", "show", "eth0").stdout)[0]
-    assert eth0["mtu"] == 1400 and inet(eth0) == [f"{ns['IPAddress']}/16"]
+    assert eth0["mtu"] == 1400 and inet(eth0) == [f"{ep['IPAddress']}/16"]
     routes = json.loads(host.exec("u1", "ip", "-j", "route").stdout)
     assert {"dst": "default", "gateway": "10.77.0.254"}.items() <= routes[0].items()
     veth = json.loads(host.sh("ip", "-j", "link", "show", "master", bridge).stdout)
@@ -152,7 +152,9 @@ def test_run_on_a_user_network_and_rm_refused_while_it_has_endpoints(host: Host)
     info = host.inspect("n1")
     assert info["HostConfig"]["NetworkMode"] == "netA"
     ns = info["NetworkSettings"]
-    assert (ns["IPAddress"], ns["IPPrefixLen"], ns["Gateway"]) == ("10.78.0.2", 24, "10.78.0.1")
+    net_a = ns["Networks"]["netA"]
+    assert (net_a["IPAddress"], net_a["IPPrefixLen"], net_a["Gateway"]) == ("10.78.0.2", 24, "10.78.0.1")
+    assert (ns["IPAddress"], ns["IPPrefixLen"], ns["Gateway"], ns["EndpointID"]) == ("", 0, "", "")  # Docker: default bridge only
     assert list(ns["Networks"]) == ["netA"] and ns["Networks"]["netA"]["NetworkID"] == nid
     assert host.inspect("n2")["NetworkSettings"]["Networks"]["netA"]["IPAddress"] == "10.78.0.3"
     eth0 = json.loads(host.exec("n1", "ip", "-j", "addr", "show", "eth0").stdout)[0]

@@ -218,7 +218,7 @@ class Containers:
             wait_for(f"{name} serving", lambda: "ready" in self.host.qiao("logs", name).stdout)
         except AssertionError as exc:
             raise AssertionError(f"{exc}; its output: {self.host.qiao('logs', name, check=False).stdout[-2000:]}") from None
-        return self.ip(short)
+        return self.ip(short, network)
 
     def sleeper(self, short: str, *run_args: str) -> str:
         name = self.name(short)
@@ -226,8 +226,8 @@ class Containers:
         self.host.run_d("--name", name, *run_args, "--", "sleep", "300")
         return name
 
-    def ip(self, short: str) -> str:
-        return self.host.inspect(self.name(short))["NetworkSettings"]["IPAddress"]
+    def ip(self, short: str, network: str = "bridge") -> str:
+        return self.host.inspect(self.name(short))["NetworkSettings"]["Networks"][network]["IPAddress"]
 
     def remove_all(self) -> None:
         if self.names:

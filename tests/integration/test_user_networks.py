@@ -581,11 +581,12 @@ def test_ipv6_dual_stack_address_route_dns_and_inspect(h: Host) -> None:
     cid = h.run_d("--name", "v6a", "--network", "six", "--", "sleep", "300")
     h.run_d("--name", "v6b", "--network", "six", "--", "sleep", "300")
     settings = h.inspect("v6a")["NetworkSettings"]
-    addr6 = settings["GlobalIPv6Address"]
-    assert ipaddress.ip_address(addr6) in ipaddress.ip_network("fd00:62:5::/64")
-    assert (settings["GlobalIPv6PrefixLen"], settings["IPv6Gateway"]) == (64, "fd00:62:5::1")
     six = settings["Networks"]["six"]
-    assert (six["GlobalIPv6Address"], six["IPv6Gateway"]) == (addr6, "fd00:62:5::1")
+    addr6 = six["GlobalIPv6Address"]
+    assert ipaddress.ip_address(addr6) in ipaddress.ip_network("fd00:62:5::/64")
+    assert (six["GlobalIPv6PrefixLen"], six["IPv6Gateway"]) == (64, "fd00:62:5::1")
+    # Docker copies only the default bridge's values to the deprecated top-level fields
+    assert (settings["GlobalIPv6Address"], settings["GlobalIPv6PrefixLen"], settings["IPv6Gateway"]) == ("", 0, "")
     net = json.loads(h.qiao("network", "inspect", "six").stdout)[0]
     assert net["Id"] == net_id and net["EnableIPv6"] is True
     assert net["IPAM"]["Config"] == [
@@ -593,7 +594,7 @@ def test_ipv6_dual_stack_address_route_dns_and_inspect(h: Host) -> None:
         {"Subnet": "fd00:62:5::/64", "Gateway": "fd00:62:5::1"},
     ]
     assert net["Containers"][cid]["IPv6Address"] == f"{addr6}/64"
-    assert net["Containers"][cid]["IPv4Address"] == f"{settings['IPAddress']}/24"
+    assert net["Containers"][cid]["IPv4Address"] == f"{six['IPAddress']}/24"
 
     eth0 = ip_json(h, "v6a", "-6", "addr", "show", "eth0")[0]
     assert (addr6, 64) in {(a["local"], a["prefixlen"]) for a in eth0["addr_info"] if a["scope"] == "global"}
@@ -602,7 +603,7 @@ def test_ipv6_dual_stack_address_route_dns_and_inspect(h: Host) -> None:
     # DNS: AAAA and A, over the v4 and the v6 gateway address.
     for server in ("10.62.5.1", "fd00:62:5::1"):
         assert in_netns(b_ns, dns_query, server, "v6a", "AAAA") == ("NOERROR", [addr6])
-        assert in_netns(b_ns, dns_query, server, "v6a", "A") == ("NOERROR", [settings["IPAddress"]])
+        assert in_netns(b_ns, dns_query, server, "v6a", "A") == ("NOERROR", [six["IPAddress"]])
     assert h.exec("v6b", "getent", "ahostsv6", "v6a").stdout.split()[0] == addr6
     assert in_netns(b_ns, icmp_once, addr6, 0, 2.0) == "pong"
 

@@ -298,8 +298,8 @@ def test_start_on_user_network_with_static_settings(c, dual):
     assert settings["Aliases"] == ["store"]
     assert settings["DNSNames"] == ["db", ctr.id[:12], "store"]
     assert (settings["GlobalIPv6Address"], settings["GlobalIPv6PrefixLen"], settings["IPv6Gateway"]) == ("fd00:8::50", 64, "fd00:8::1")
-    ns = doc["NetworkSettings"]
-    assert (ns["GlobalIPv6Address"], ns["GlobalIPv6PrefixLen"], ns["IPv6Gateway"]) == ("fd00:8::50", 64, "fd00:8::1")
+    ns = doc["NetworkSettings"]  # the deprecated top-level copy is the default bridge's only, as in Docker
+    assert (ns["GlobalIPv6Address"], ns["GlobalIPv6PrefixLen"], ns["IPv6Gateway"], ns["IPAddress"]) == ("", 0, "", "")
     assert doc["HostConfig"]["Links"] is None
 
 
@@ -312,9 +312,12 @@ def test_start_dynamic_ipv6(c, dual):
 def test_start_on_default_bridge_keeps_legacy_resolv_conf(c):
     ctr = started(c, "box")
     assert read(c, ctr, "resolv.conf") == "nameserver 192.0.2.53\nsearch lan\n"
-    settings = c.inspect("box")["NetworkSettings"]["Networks"]["bridge"]
+    ns = c.inspect("box")["NetworkSettings"]
+    settings = ns["Networks"]["bridge"]
     assert (settings["DNSNames"], settings["Aliases"], settings["IPAMConfig"]) == (None, None, None)
     assert (settings["GlobalIPv6Address"], settings["IPv6Gateway"]) == ("", "")
+    keys = ("EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress")
+    assert {k: ns[k] for k in keys} == {k: settings[k] for k in keys} and ns["IPAddress"].startswith("172.17.")
 
 
 def test_start_several_networks_the_default_route_follows_dockers_order(c, web, dual):
@@ -326,7 +329,8 @@ def test_start_several_networks_the_default_route_follows_dockers_order(c, web, 
     assert c.host.sandboxes[ctr.sandbox_key]["eth0"].gateway == ""
     assert read(c, ctr, "resolv.conf").startswith("nameserver 10.9.0.1\nnameserver 10.8.0.1\n")
     assert c.changes == [{web.id, dual.id}]
-    assert c.inspect("box")["NetworkSettings"]["Networks"]["dual"]["Gateway"] == "10.8.0.1"
+    networks = c.inspect("box")["NetworkSettings"]["Networks"]
+    assert (networks["web"]["Gateway"], networks["dual"]["Gateway"]) == ("", "10.8.0.1")
 
     other = started(c, "box2", "web", "bridge")  # both IPv4 only: by name
     assert (eps(c, other)["bridge"].gateway, eps(c, other)["web"].gateway) == ("172.17.0.1", "")
@@ -467,6 +471,21 @@ def test_connect_that_fails_after_moving_the_route_moves_it_back(c, web, dual, m
         c.connect("box", "dual", {})
     assert c.host.default_routes[ctr.sandbox_key] == ("10.9.0.1", "")
     assert list(eps(c, ctr)) == ["web"] and eps(c, ctr)["web"].gateway == "10.9.0.1"
+
+
+def test_inspect_top_level_address_follows_the_default_bridge(c, web):
+    ctr = started(c, "box", "web")
+    ns = c.inspect("box")["NetworkSettings"]
+    assert (ns["IPAddress"], ns["EndpointID"], ns["Networks"]["web"]["IPAddress"]) == ("", "", "10.9.0.2")
+
+    c.connect("box", "bridge", {})  # second: the bridge's address; "bridge" < "web", so the default route too
+    ns = c.inspect("box")["NetworkSettings"]
+    bridge_ep = eps(c, ctr)["bridge"]
+    assert (ns["IPAddress"], ns["IPPrefixLen"], ns["MacAddress"]) == (bridge_ep.address, 16, bridge_ep.mac)
+    assert (ns["EndpointID"], ns["Gateway"]) == (bridge_ep.id, "172.17.0.1")
+
+    c.disconnect("box", "bridge")
+    assert c.inspect("box")["NetworkSettings"]["IPAddress"] == ""
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import time
@@ -41,6 +42,11 @@ DOCKER_NETWORK_SETTINGS_KEYS = [
     "SecondaryIPAddresses", "SecondaryIPv6Addresses", "EndpointID", "Gateway", "GlobalIPv6Address", "GlobalIPv6PrefixLen",
     "IPAddress", "IPPrefixLen", "IPv6Gateway", "MacAddress", "Networks",
 ]  # fmt: skip
+# moby types.DefaultNetworkSettings: the deprecated top-level copy of Networks["bridge"].
+DEFAULT_NETWORK_KEYS = [
+    "EndpointID", "Gateway", "GlobalIPv6Address", "GlobalIPv6PrefixLen", "IPAddress", "IPPrefixLen", "IPv6Gateway", "MacAddress",
+]  # fmt: skip
+EMPTY_DEFAULT_NETWORK = {k: 0 if k.endswith("PrefixLen") else "" for k in DEFAULT_NETWORK_KEYS}
 DOCKER_ENDPOINT_SETTINGS_KEYS = [
     "IPAMConfig", "Links", "Aliases", "MacAddress", "DriverOpts", "GwPriority", "NetworkID", "EndpointID", "Gateway",
     "IPAddress", "IPPrefixLen", "IPv6Gateway", "GlobalIPv6Address", "GlobalIPv6PrefixLen", "DNSNames",
@@ -207,7 +213,9 @@ def test_container_key_order_and_values():
     }
     ns = doc["NetworkSettings"]
     assert ns["SandboxID"] == CID and ns["SandboxKey"] == "/run/qiao/netns/" + CID
-    assert (ns["Gateway"], ns["IPAddress"], ns["IPPrefixLen"], ns["MacAddress"]) == ("172.18.0.1", "172.18.0.2", 16, "02:42:ac:12:00:02")
+    assert (ns["HairpinMode"], ns["LinkLocalIPv6Address"], ns["LinkLocalIPv6PrefixLen"]) == (False, "", 0)
+    assert (ns["SecondaryIPAddresses"], ns["SecondaryIPv6Addresses"]) == (None, None)
+    assert {k: ns[k] for k in DEFAULT_NETWORK_KEYS} == EMPTY_DEFAULT_NETWORK  # web is not the default bridge
     assert ns["Ports"] == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}
     web = ns["Networks"]["web"]
     assert (web["NetworkID"], web["EndpointID"], web["IPAddress"], web["IPPrefixLen"], web["Gateway"]) == (
@@ -378,15 +386,53 @@ def test_endpoint_settings_on_the_default_bridge_have_no_dns_names():
     assert (settings["GlobalIPv6Address"], settings["GlobalIPv6PrefixLen"], settings["IPv6Gateway"]) == ("", 0, "")
 
 
-def test_container_ipv6_primary_and_second_network():
+def test_container_ipv6_default_bridge_and_second_network():
     second = dual_endpoint(id="f" * 64, network_id="m" * 64, ifname="eth1", address="10.8.0.2", gateway="", gateway6="", address6="")
-    doc = schema.container(container(), [("web", dual_endpoint()), ("other", second)], {})
+    doc = schema.container(container(network_mode="bridge"), [("bridge", dual_endpoint()), ("other", second)], {})
     ns = doc["NetworkSettings"]
     assert in_docker_order(ns, DOCKER_NETWORK_SETTINGS_KEYS)
     assert (ns["GlobalIPv6Address"], ns["GlobalIPv6PrefixLen"], ns["IPv6Gateway"]) == ("fd00:1::5", 64, "fd00:1::1")
-    assert (ns["IPAddress"], ns["Gateway"]) == ("172.18.0.5", "172.18.0.1")  # the first network's
-    assert list(ns["Networks"]) == ["web", "other"]
+    assert (ns["IPAddress"], ns["Gateway"]) == ("172.18.0.5", "172.18.0.1")  # the default bridge's
+    assert list(ns["Networks"]) == ["bridge", "other"]
     assert ns["Networks"]["other"]["Gateway"] == "" and ns["Networks"]["other"]["IPAMConfig"] is None
+
+
+def bridge_endpoint(**kw) -> Endpoint:
+    ep = endpoint("172.17.0.2", eid="d" * 64)
+    return dataclasses.replace(ep, **{"network_id": "b" * 64, "gateway": "172.17.0.1", "mac": "02:42:ac:11:00:02", **kw})
+
+
+def default_network(ns: dict) -> dict:
+    return {k: ns[k] for k in DEFAULT_NETWORK_KEYS}
+
+
+def test_deprecated_top_level_fields_come_from_the_default_bridge_only():
+    """Docker fills EndpointID ... MacAddress from ``Networks["bridge"]``; empty for any other network (moby getDefaultNetworkSettings)."""
+    on_bridge = dict(EndpointID="d" * 64, Gateway="172.17.0.1", GlobalIPv6Address="", GlobalIPv6PrefixLen=0)
+    on_bridge |= dict(IPAddress="172.17.0.2", IPPrefixLen=16, IPv6Gateway="", MacAddress="02:42:ac:11:00:02")
+    user = dataclasses.replace(endpoint(), ifname="eth1")  # network web, 172.18.0.2
+
+    ns = schema.container(container(network_mode="bridge"), [("bridge", bridge_endpoint())], {})["NetworkSettings"]
+    assert default_network(ns) == on_bridge
+    assert {k: ns["Networks"]["bridge"][k] for k in DEFAULT_NETWORK_KEYS} == on_bridge  # the same information
+
+    ns = schema.container(container(), [("web", user)], {})["NetworkSettings"]
+    assert default_network(ns) == EMPTY_DEFAULT_NETWORK and ns["Networks"]["web"]["IPAddress"] == "172.18.0.2"
+
+    # bridge + a user network, whichever comes first: the bridge's values (its own Gateway, even when empty)
+    bridge_no_route = bridge_endpoint(gateway="", ifname="eth1")
+    cases = [([("bridge", bridge_endpoint()), ("web", user)], "172.17.0.1"), ([("web", user), ("bridge", bridge_no_route)], "")]
+    for endpoints, gateway in cases:
+        ns = schema.container(container(), endpoints, {})["NetworkSettings"]
+        assert default_network(ns) == on_bridge | {"Gateway": gateway}
+        assert in_docker_order(ns, DOCKER_NETWORK_SETTINGS_KEYS)
+
+
+@pytest.mark.parametrize("mode", ["none", "host", "container:" + "d" * 64])
+def test_deprecated_top_level_fields_are_empty_without_an_endpoint(mode):
+    ns = schema.container(container(network_mode=mode, status="running", sandbox_key="/k"), [], {})["NetworkSettings"]
+    assert default_network(ns) == EMPTY_DEFAULT_NETWORK
+    assert list(ns) == DOCKER_NETWORK_SETTINGS_KEYS  # every key of API 1.47, in its order
 
 
 def test_container_links():

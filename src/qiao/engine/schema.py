@@ -88,7 +88,9 @@ def container(
     ctr: Container, endpoints: list[tuple[str, Endpoint]], files: dict[str, str], links: list[str] | None = None
 ) -> dict[str, Any]:
     """``GET /containers/{id}/json``; ``endpoints`` are (network name, endpoint)."""
-    primary = endpoints[0][1] if endpoints else None
+    # Docker fills the deprecated top-level fields from the default "bridge" network only
+    # (moby daemon/inspect.go getDefaultNetworkSettings); empty for every other network and mode.
+    default = next((ep for name, ep in endpoints if name == "bridge"), None)
     networks: dict[str, Any] = {name: _endpoint_settings(ep, ctr, name != "bridge") for name, ep in endpoints}
     if not endpoints and not ctr.joined_to:
         networks[ctr.network_mode] = {"NetworkID": "", "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "MacAddress": ""}
@@ -136,13 +138,19 @@ def container(
             "SandboxID": ctr.id if ctr.sandbox_key else "",
             "SandboxKey": ctr.sandbox_key,
             "Ports": ports(ctr),
-            "Gateway": primary.gateway if primary else "",
-            "GlobalIPv6Address": primary.address6 if primary else "",
-            "GlobalIPv6PrefixLen": primary.prefixlen6 if primary else 0,
-            "IPAddress": primary.address if primary else "",
-            "IPPrefixLen": primary.prefixlen if primary else 0,
-            "IPv6Gateway": primary.gateway6 if primary else "",
-            "MacAddress": primary.mac if primary else "",
+            "HairpinMode": False,  # never set by Docker (deprecated), nor the next four
+            "LinkLocalIPv6Address": "",
+            "LinkLocalIPv6PrefixLen": 0,
+            "SecondaryIPAddresses": None,
+            "SecondaryIPv6Addresses": None,
+            "EndpointID": default.id if default else "",
+            "Gateway": default.gateway if default else "",
+            "GlobalIPv6Address": default.address6 if default else "",
+            "GlobalIPv6PrefixLen": default.prefixlen6 if default else 0,
+            "IPAddress": default.address if default else "",
+            "IPPrefixLen": default.prefixlen if default else 0,
+            "IPv6Gateway": default.gateway6 if default else "",
+            "MacAddress": default.mac if default else "",
             "Networks": networks,
         },
     }
