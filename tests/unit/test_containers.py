@@ -17,6 +17,7 @@ from qiao.engine import etcfiles
 from qiao.engine.containers import Containers
 from qiao.engine.errors import Conflict, InvalidParameter, NotFound
 from qiao.engine.networks import Networks
+from qiao.engine.steps import InjectedFault, fault_at
 from qiao.engine.store import Store
 from qiao.kernel.firewall import StubFirewall
 from qiao.kernel.host import Iface, StubHost
@@ -466,8 +467,8 @@ def test_connect_keeps_the_route_when_the_new_network_comes_later(c, web):
 
 def test_connect_that_fails_after_moving_the_route_moves_it_back(c, web, dual, monkeypatch):
     ctr = started(c, "box", "web")
-    monkeypatch.setattr(c, "fault", lambda step: step == "store" and (_ for _ in ()).throw(RuntimeError("injected")))
-    with pytest.raises(RuntimeError, match="injected"):
+    monkeypatch.setattr(c, "fault", fault_at("store"))
+    with pytest.raises(InjectedFault):
         c.connect("box", "dual", {})
     assert c.host.default_routes[ctr.sandbox_key] == ("10.9.0.1", "")
     assert list(eps(c, ctr)) == ["web"] and eps(c, ctr)["web"].gateway == "10.9.0.1"
@@ -540,6 +541,16 @@ def test_disconnecting_the_gateway_network_moves_the_default_route(c, web, dual)
     c.disconnect("box", "web")  # only the internal network is left: no default route to move to
     assert c.host.default_routes[ctr.sandbox_key] == ("10.9.0.1", "")
     assert eps(c, ctr)["quiet"].gateway == "" and internal.internal
+
+
+def test_disconnect_that_fails_in_the_store_moves_the_route_back(c, web, dual, monkeypatch):
+    ctr = started(c, "box", "web", "dual")
+    monkeypatch.setattr(c, "fault", fault_at("store"))
+    with pytest.raises(InjectedFault):
+        c.disconnect("box", "dual")
+    assert c.host.default_routes[ctr.sandbox_key] == ("10.8.0.1", "fd00:8::1")
+    assert list(eps(c, ctr)) == ["web", "dual"] and eps(c, ctr)["dual"].gateway == "10.8.0.1"
+    assert eps(c, ctr)["web"].gateway == ""
 
 
 def test_disconnect_stopped_container(c, web, dual):

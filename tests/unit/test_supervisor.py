@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from qiao.runtime.supervisor import StartError, Supervisor, alive
+from qiao.proc import alive
+from qiao.runtime.supervisor import StartError, Supervisor
 
 
 class Exits:

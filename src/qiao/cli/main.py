@@ -17,6 +17,7 @@ import time
 from qiao.cli import output
 from qiao.cli.client import Client, DaemonError, Unreachable, quote
 from qiao.paths import Root
+from qiao.proc import exited
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up time)
 if TYPE_CHECKING:
@@ -429,22 +430,13 @@ def cmd_daemon(c: Client, a: argparse.Namespace) -> int:
         return 0
     pid = c.request("POST", "/qiao/shutdown")["Pid"]
     deadline = time.monotonic() + 10
-    while not _exited(pid):
+    while not exited(pid):
         if time.monotonic() > deadline:
             print(f"qiao: qiaod (pid {pid}) did not stop within 10 s", file=sys.stderr)
             return 1
         time.sleep(0.02)
     print(f"qiaod: stopped (pid {pid}); containers keep running")
     return 0
-
-
-def _exited(pid: int) -> bool:
-    """Gone, or a zombie its parent has not reaped yet (it has stopped all the same)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,8 @@ from qiao.engine.store import Store
 from qiao.kernel import linux, netns
 from qiao.kernel.firewall import PortMapping
 from qiao.paths import Root
-from qiao.runtime.supervisor import StartError, Supervisor, alive
+from qiao.proc import alive
+from qiao.runtime.supervisor import StartError, Supervisor
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -62,13 +63,11 @@ class StartFailed(QiaoError):
 def gateway_network(nets: list[Network]) -> Network | None:
     """Of a container's networks, the one whose gateway is its default route:
     the first in the order of Docker's sandbox (libnetwork ``Endpoint.Less``):
-    not internal, then dual stack before IPv6 only before IPv4 only, then by
-    name.  (Docker's ``--gw-priority`` comes first there; qiao has none.)"""
-
-    def rank(net: Network) -> tuple[int, str]:
-        return (-((1 if net.gateway else 0) + (2 if net.enable_ipv6 and net.gateway6 else 0)), net.name)
-
-    return min((n for n in nets if n.gateway and not n.internal), key=rank, default=None)
+    not internal, then dual stack before IPv4 only, then by name.  (Docker's
+    ``--gw-priority`` comes first there and IPv6-only networks between the
+    two; qiao has neither.)"""
+    candidates = (n for n in nets if n.gateway and not n.internal)
+    return min(candidates, key=lambda n: (not (n.enable_ipv6 and n.gateway6), n.name), default=None)
 
 
 def _carrying_route(ep: Endpoint, net: Network) -> Endpoint:
@@ -699,17 +698,25 @@ class Containers:
                     raise Conflict(f"cannot disconnect {ctr.name} from {net.name}: its published ports forward to that network")
             ep = next((e for _n, e in self.endpoints(ctr) if e.network_id == net.id), None)
             heir = self._gateway_heir(ctr, ep) if ep and ep.gateway else None
-            if heir:  # first in the kernel: a failure here changes nothing
-                self.host.set_default_route(ctr.sandbox_key, heir.gateway, heir.gateway6)
-            with self.store.transaction() as tx:
-                if ep:
-                    tx.delete("endpoints", ep.id)
-                if heir:
-                    tx.put("endpoints", to_dict(heir))
-                tx.put(
-                    "containers",
-                    to_dict(dataclasses.replace(ctr, attachments=rest, endpoint_ids=[e for e in ctr.endpoint_ids if not ep or e != ep.id])),
-                )
+            with Steps(self.fault) as steps:
+                if heir and ep:  # first in the kernel, moved back if the store fails
+                    sandbox, old = ctr.sandbox_key, ep
+                    steps.run(
+                        "move-default-route",
+                        lambda: self.host.set_default_route(sandbox, heir.gateway, heir.gateway6),
+                        lambda: self.host.set_default_route(sandbox, old.gateway, old.gateway6),
+                    )
+
+                def commit() -> None:
+                    with self.store.transaction() as tx:
+                        if ep:
+                            tx.delete("endpoints", ep.id)
+                        if heir:
+                            tx.put("endpoints", to_dict(heir))
+                        endpoint_ids = [e for e in ctr.endpoint_ids if not ep or e != ep.id]
+                        tx.put("containers", to_dict(dataclasses.replace(ctr, attachments=rest, endpoint_ids=endpoint_ids)))
+
+                steps.run("store", commit)
             ctr.attachments = rest
             if heir:
                 self.networks.adopt(heir)

@@ -24,6 +24,7 @@ import socket
 import sys
 
 from qiao.kernel import linux
+from qiao.proc import start_time
 
 
 def _enter(spec: dict) -> None:
@@ -58,12 +59,6 @@ def _enter(spec: dict) -> None:
                 pass
 
 
-def _start_time() -> int:
-    """Field 22 of /proc/self/stat: with the pid, names this process for good."""
-    with open("/proc/self/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[19])
-
-
 def _write_exit(path: str, code: int) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -92,7 +87,7 @@ def main() -> int:
     if spec is None:
         return 0
     with open(spec["pid_file"], "w") as f:  # first: a daemon that dies before storing us can still find us
-        f.write(f"{os.getpid()} {_start_time()}")
+        f.write(f"{os.getpid()} {start_time(os.getpid())}")
     try:
         _enter(spec)
     except OSError as exc:

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from qiao.proc import start_time
+
 log = logging.getLogger("qiao.supervisor")
 
 
@@ -38,20 +40,6 @@ class Started:
     pid: int
     shim_pid: int
     shim_start: int
-
-
-def process_start_time(pid: int) -> int:
-    """Field 22 of /proc/PID/stat; 0 when the process is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-    except OSError:
-        return 0
-    return int(data.rsplit(")", 1)[1].split()[19])
-
-
-def alive(pid: int, start_time: int) -> bool:
-    return pid > 0 and process_start_time(pid) == start_time
 
 
 @dataclass
@@ -91,7 +79,7 @@ class Supervisor:
         if not answer.startswith("ok "):
             code = shim.proc.wait()
             raise StartError(answer.removeprefix("error ") or "container process failed to start", 127 if code == 127 else 126)
-        started = Started(int(answer.split()[1]), shim.proc.pid, process_start_time(shim.proc.pid))
+        started = Started(int(answer.split()[1]), shim.proc.pid, start_time(shim.proc.pid))
         self.watch(cid, shim.proc.pid, child=True)
         return started
 
