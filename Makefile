@@ -1,5 +1,5 @@
 # qiao: `make demo` and `make test` work on a fresh machine (as root).
-.PHONY: setup test unit lint demo bench bench-peers clean
+.PHONY: setup test unit lint demo bench bench-peers bench-ports clean
 
 setup:
 	@scripts/setup.sh

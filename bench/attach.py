@@ -651,7 +651,7 @@ def available(kind: str) -> str | None:
 
 def measure(args: argparse.Namespace, run: Run, results: dict[str, Any]) -> None:
     rng = random.Random(args.seed)
-    methods = [m for m in args.methods if m in METHODS]
+    methods = args.methods
     for kind in methods:
         why = available(kind)
         if why:
@@ -819,7 +819,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench.attach", description="attach+detach of one container: qiao vs the kernel floor, CNI, netavark")
     p.add_argument("--reps", type=int, default=None, help="measured repetitions per method and size (default 40; --quick 10)")
     p.add_argument("--warmup", type=int, default=3, help="unmeasured repetitions first (default 3)")
-    p.add_argument("--sizes", default=None, help="containers already attached, comma-separated (default 0,1,100,500; --quick 0,1,100)")
+    p.add_argument("--sizes", type=common.int_list, default=None, help="containers already attached (default 0,1,100,500; --quick 0,1,100)")
     p.add_argument("--e2e-max", type=int, default=500, help="largest N for the end-to-end method (real sleep containers)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--seed", type=int, default=None, help="seed of the per-repetition random order of the methods (default: random)")
@@ -829,8 +829,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dir", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     a.reps = a.reps or (10 if a.quick else 40)
-    a.sizes = sorted({int(s) for s in (a.sizes or ("0,1,100" if a.quick else "0,1,100,500")).split(",") if s.strip()})
+    a.sizes = a.sizes or ([0, 1, 100] if a.quick else [0, 1, 100, 500])
     a.methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    unknown = sorted(set(a.methods) - set(METHODS))
+    if unknown:
+        p.error(f"--methods: unknown {','.join(unknown)} (choose from {','.join(METHODS)})")
     if a.seed is None:
         a.seed = secrets.randbelow(2**31)
     if "floor" not in a.methods:

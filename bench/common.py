@@ -1,9 +1,9 @@
 """What the benchmarks share: running a command, waiting for and stopping a
 process they started, and removing what a qiaod of their own left behind.
 
-Standard library only (qiao's own netns helper is imported lazily, for the
-end of a run): the benchmarks' workers import this, and nothing here is on
-a measured path.  A process is only ever ended by the
+Standard library and qiao's stdlib-only ``qiao.proc`` (its netns helper is
+imported lazily, for the end of a run): the benchmarks' workers import
+this, and nothing here is on a measured path.  A process is only ever ended by the
 PID of a ``Popen`` the benchmark made itself, or -- for containers -- by the
 PIDs in the benchmark's own store, checked first against the shim's start
 time and the command's parent.
@@ -11,6 +11,7 @@ time and the command's parent.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -20,6 +21,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
+
+from qiao.proc import alive, parent
 
 T = TypeVar("T")
 
@@ -35,6 +38,14 @@ def netns_run_dir_restored() -> Iterator[None]:
         yield
     finally:
         netns.release_run_dir(was_mounted)
+
+
+def int_list(text: str) -> list[int]:
+    """An argparse type: comma-separated whole numbers, sorted, without repeats."""
+    try:
+        return sorted({int(item) for item in text.split(",") if item.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, not {text!r}") from None
 
 
 def run(args: Sequence[str], *, check: bool = True, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -94,27 +105,6 @@ def interruptible(name: str, bench: Callable[[], T]) -> T | None:
 # -- /proc ---------------------------------------------------------------------
 
 
-def _stat(pid: int) -> list[str]:
-    """The fields of /proc/PID/stat after the command name (field 3 on); [] when gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return []
-
-
-def start_time(pid: int) -> int:
-    """A process's start time in clock ticks after boot (what qiao stores as ``shim_start``); 0 when gone."""
-    fields = _stat(pid)
-    return int(fields[19]) if fields else 0
-
-
-def parent(pid: int) -> int:
-    """A process's parent PID; 0 when gone."""
-    fields = _stat(pid)
-    return int(fields[1]) if fields else 0
-
-
 def mounts_under(directory: str) -> list[str]:
     """The mount points below ``directory`` (not itself), in /proc/self/mountinfo order."""
     prefix = directory.rstrip("/") + "/"
@@ -143,7 +133,7 @@ def kill_containers(root: str) -> None:
         rows = [json.loads(r[0]) for r in conn.execute("SELECT body FROM containers")]
         for ctr in rows:
             shim, pid = ctr.get("shim_pid") or 0, ctr.get("pid") or 0
-            if shim <= 0 or start_time(shim) != ctr.get("shim_start"):
+            if not alive(shim, ctr.get("shim_start") or 0):
                 continue  # gone, or the PID now belongs to someone else
             if pid > 0 and parent(pid) == shim:
                 with contextlib.suppress(ProcessLookupError):

@@ -744,7 +744,7 @@ def report(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.dns", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run (fewer queries, 2 s windows)")
-    parser.add_argument("--sizes", default="1,200", help="containers on the network, in increasing order (default 1,200)")
+    parser.add_argument("--sizes", type=common.int_list, default=[1, 200], help="containers on the network (default 1,200)")
     parser.add_argument("--count", type=int, help="sequential queries per latency run (default 5000; quick 1000)")
     parser.add_argument("--warmup", type=int, default=300, help="unmeasured queries first (default 300)")
     parser.add_argument("--duration", type=float, help="seconds per throughput run (default 8; quick 2)")
@@ -764,8 +764,14 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench/dns: must run as root (namespaces, qiaod)", file=sys.stderr)
         return 1
-    args.sizes = sorted({int(s) for s in args.sizes.split(",")})
-    if args.sizes[0] < 1 or args.sizes[-1] > 250:
+    if args.cpus:
+        try:
+            wanted = [int(c) for c in args.cpus.split(",")]
+        except ValueError:
+            wanted = []
+        if len(wanted) != 2 or not set(wanted) <= os.sched_getaffinity(0):
+            parser.error(f"--cpus: DAEMON,CLIENT, two CPUs this process may use {sorted(os.sched_getaffinity(0))}")
+    if not args.sizes or args.sizes[0] < 1 or args.sizes[-1] > 250:
         parser.error("--sizes: 1 to 250 containers (one /24)")
     args.count = args.count or (1000 if args.quick else 5000)
     args.duration = args.duration or (2.0 if args.quick else 8.0)

@@ -874,7 +874,7 @@ def report(res: dict[str, Any]) -> str:
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
+    sizes = args.sizes
     if not sizes or sizes[0] < 1 or sizes[-1] > 20000:
         raise SystemExit("bench.ports: --sizes must be between 1 and 20000")
     notes: list[str] = []
@@ -985,7 +985,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.ports", description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", default="1,1000,10000", help="mappings active, comma-separated (default 1,1000,10000)")
+    p.add_argument("--sizes", type=common.int_list, default=[1, 1000, 10000], help="mappings active (default 1,1000,10000)")
     p.add_argument("--reps", type=int, default=30, help="adds per size and peer (default 30)")
     p.add_argument("--warmup", type=int, default=3, help="unrecorded adds first, per size (CNI: 1, and none above 1000)")
     p.add_argument("--lat-reps", type=int, default=200, help="connect+request samples per size and peer (default 200)")

@@ -5,8 +5,10 @@ cd "$(dirname "$0")/.."
 
 # Debian packages: iproute2 (ip, for tests and humans), nftables + libnftables1
 # (the firewall), conntrack (flushing stale flows), util-linux (nsenter for exec),
-# iperf3 (benchmarks).
-packages=(iproute2 nftables libnftables1 conntrack util-linux iperf3 procps etcd-server)
+# iperf3 (benchmarks), etcd-server + etcd-client (the overlay's store and etcdctl;
+# qiao runs its own etcd, in the lab's namespace: a system etcd that the package
+# may enable on 127.0.0.1:2379 is not used).
+packages=(iproute2 nftables libnftables1 conntrack util-linux iperf3 procps etcd-server etcd-client)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

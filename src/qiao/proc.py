@@ -19,6 +19,12 @@ def start_time(pid: int) -> int:
     return int(fields[19]) if fields else 0
 
 
+def parent(pid: int) -> int:
+    """The parent PID; 0 when gone."""
+    fields = _stat(pid)
+    return int(fields[1]) if fields else 0
+
+
 def alive(pid: int, start: int) -> bool:
     """Whether the process that had this start time still runs under ``pid``."""
     return pid > 0 and start_time(pid) == start
