@@ -550,6 +550,10 @@ def test_host_subnet_len_option_and_removal_cluster_wide(lab: Lab, ov: dict[str,
         "host2", "network", "create", "-d", "overlay", "--subnet", "10.245.0.0/16", "-o", "host_subnet_len=16", "bad", check=False
     )
     assert bad.returncode != 0 and "host_subnet_len" in bad.stderr, bad.stderr
+    word = lab.qiao(
+        "host2", "network", "create", "-d", "overlay", "--subnet", "10.245.0.0/16", "-o", "host_subnet_len=abc", "bad", check=False
+    )
+    assert word.returncode != 0 and word.stderr.count("\n") == 1 and "invalid host_subnet_len 'abc'" in word.stderr, word.stderr
     lab.qiao("host2", "network", "create", "-d", "overlay", "--subnet", "10.245.0.0/16", "-o", "host_subnet_len=26", "ov26")
     cfg = lab.config("ov26")
     assert cfg["SubnetLen"] == 26 and cfg["Backend"]["VNI"] != lab.config(OV)["Backend"]["VNI"], cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -90,3 +91,19 @@ def test_down_finds_unrecorded_processes_and_stops_them_all_at_once(tmp_path: Pa
             p.wait()
             assert p.stdout is not None
             p.stdout.close()
+
+
+def test_up_refused_leaves_an_existing_lab_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused `up` (a lab exists, a bad --hosts) must not run the clean-up of a failed one."""
+    root = tmp_path / "lab"
+    root.mkdir()
+    state = {"id": "deadbeef", "underlay": "qlab-deadbeef-ul", "namespaces": [], "hosts": [], "pids": {}}
+    (root / "lab.json").write_text(json.dumps(state))
+    monkeypatch.setattr(qlab.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(qlab.Lab, "down", lambda self: pytest.fail("down() ran"))
+    with pytest.raises(SystemExit, match="a lab already exists"):
+        qlab.main(["--root", str(root), "up", "--hosts", "2"])
+    assert json.loads((root / "lab.json").read_text()) == state
+    (root / "lab.json").unlink()
+    with pytest.raises(SystemExit, match="--hosts must be between"):
+        qlab.main(["--root", str(root), "up", "--hosts", "0"])

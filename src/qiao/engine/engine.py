@@ -70,28 +70,32 @@ class Engine:
         """Give the resolver the current names of these networks (called under the lock)."""
         if self.resolver is None:
             return
+        overlay = self.networks.overlay
+        overlay_changed = False
         for nid in network_ids:
             net = self.networks.by_id.get(nid)
             if net is None or not net.user_defined:
                 self.resolver.drop_zone(nid)
                 continue
             records = []
-            for ep in self.networks.endpoints_of(nid):
+            local = self.networks.endpoints_of(nid)
+            for ep in local:
                 ctr = self.containers.by_id.get(ep.container_id)
                 if ctr is not None and ctr.running:
                     records.append(([ctr.name, ctr.id[:12], *ep.aliases], [a for a in (ep.address, ep.address6) if a]))
-            overlay = self.networks.overlay
             if net.driver == "overlay" and overlay is not None:
-                local = {ep.id for ep in self.networks.endpoints_of(nid)}
+                local_ids = {ep.id for ep in local}
                 for eid, rec in overlay.names.get(net.name, {}).items():
-                    if eid not in local:  # names of containers on other hosts
+                    if eid not in local_ids:  # names of containers on other hosts
                         records.append(([rec["Name"], rec["Container"][:12], *rec.get("Aliases", [])], [rec["IPv4"]]))
-                overlay.request_sync()  # publish our names cluster-wide, soon and outside this lock
+                overlay_changed = True
             gateways = [g for g in (net.gateway, net.gateway6) if g]
             subnets = [s for s in (net.subnet, net.subnet6) if s]
             if net.cluster_subnet:
                 subnets.append(net.cluster_subnet)  # containers on every host may ask this host's resolver
             self.resolver.set_zone(nid, build_zone(gateways, subnets, net.internal, records))
+        if overlay is not None and overlay_changed:
+            overlay.request_sync()  # publish our names cluster-wide, soon and outside this lock
 
     def network_json(self, ref: str) -> dict:
         with self.lock:

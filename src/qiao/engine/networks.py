@@ -281,9 +281,10 @@ class Networks:
             if self.endpoints_of(net.id):
                 raise Conflict(f"error while removing network: network {net.name} id {net.id} has active endpoints")
             if net.driver != "overlay":
-                self._delete(net)
+                self.drop(net)
                 return
-        assert self.overlay is not None
+        if self.overlay is None:
+            raise InvalidParameter(f"network {net.name} is an overlay: removing it needs the cluster store (qiaod --cluster-store)")
         self.overlay.remove_network(net)  # cluster-wide; every host drops it when it sees the change
 
     # -- overlay networks (driven by overlay.manager) --------------------
@@ -296,7 +297,7 @@ class Networks:
 
         net = self.by_id.get(cfg["Id"])
         if net is not None and net.subnet != subnet and not self.endpoints_of(net.id):
-            self.drop_overlay(net)  # our lease changed and nothing uses the old one: renumber
+            self.drop(net)  # our lease changed and nothing uses the old one: renumber
             net = None
         vni = cfg["Backend"]["VNI"]
         lease = ipaddress.IPv4Network(subnet)
@@ -338,11 +339,8 @@ class Networks:
             self.on_change({net.id})
         return net
 
-    def drop_overlay(self, net: Network) -> None:
-        self._delete(net)
-        self.host.delete_link(net.vxlan)
-
-    def _delete(self, net: Network) -> None:
+    def drop(self, net: Network) -> None:
+        """This host's side of a network: firewall, record, bridge (and an overlay's VXLAN device)."""
         rules = self._rules(net)
         with Steps(self.fault) as steps:
             steps.run("del-firewall", lambda: self.firewall.del_network(rules), lambda: self.firewall.add_network(rules))
@@ -354,6 +352,8 @@ class Networks:
             steps.run("store", commit)
         assert net.bridge
         self.host.delete_link(net.bridge)  # after the store: a leftover bridge is harmless, a dangling record is not
+        if net.vxlan:
+            self.host.delete_link(net.vxlan)
         del self.by_id[net.id]
         self.pools.pop(net.id, None)
         self.pools6.pop(net.id, None)
@@ -364,8 +364,9 @@ class Networks:
         removed = []
         with self.lock:
             for net in list(self.by_id.values()):
-                if not net.builtin and not self.endpoints_of(net.id):
-                    self._delete(net)
+                # Overlays are cluster-wide: `network rm` removes them on every host.
+                if not net.builtin and net.driver != "overlay" and not self.endpoints_of(net.id):
+                    self.drop(net)
                     removed.append(net.name)
         return removed
 

@@ -31,7 +31,6 @@ import stat
 import subprocess
 import sys
 import time
-import urllib.request
 from typing import Any
 
 from qiao.kernel import linux
@@ -99,13 +98,23 @@ class Lab:
 
     # -- up --------------------------------------------------------------
 
+    def refusal(self, hosts: int) -> str | None:
+        """Why ``up`` must not start (checked before anything is made, so that
+        the clean-up of a failed ``up`` never touches an existing lab)."""
+        if os.geteuid() != 0:
+            return "qiao lab: must run as root (it makes namespaces, links and processes)"
+        if self.state:
+            return f"qiao lab: a lab already exists under {self.root} (qiao lab down first)"
+        if not 1 <= hosts <= MAX_HOSTS:
+            return f"qiao lab: --hosts must be between 1 and {MAX_HOSTS}"
+        return None
+
     def up(self, hosts: int) -> None:
         from pyroute2 import IPRoute
 
-        if self.state:
-            raise SystemExit(f"qiao lab: a lab already exists under {self.root} (qiao lab down first)")
-        if not 1 <= hosts <= MAX_HOSTS:
-            raise SystemExit(f"qiao lab: --hosts must be between 1 and {MAX_HOSTS}")
+        why = self.refusal(hosts)
+        if why:
+            raise SystemExit(why)
         self.state = {
             "id": "",
             "underlay": "",
@@ -191,6 +200,8 @@ class Lab:
             )  # fmt: skip
         self.state["pids"]["etcd"] = proc.pid
         self._save()
+        import urllib.request  # here: ~19 ms that every `qiao lab exec` would pay at import
+
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -482,12 +493,17 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     lab = Lab(a.root)
     if a.action == "up":
+        why = lab.refusal(a.hosts)
+        if why:
+            raise SystemExit(why)
         try:
             lab.up(a.hosts)
-        except BaseException:
+        except BaseException as exc:
             _say("qiao lab: up failed; removing what was made")
             lab.down()
-            raise
+            if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                raise
+            raise SystemExit(f"qiao lab up: {exc}") from None
     elif a.action == "exec":
         cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
         if not cmd:

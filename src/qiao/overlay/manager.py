@@ -112,7 +112,11 @@ class OverlayManager:
             net_range = ipaddress.IPv4Network(subnet)
         except ValueError:
             raise InvalidParameter(f"invalid subnet {subnet!r}") from None
-        length = int(options.get("host_subnet_len", 24 if net_range.prefixlen <= 22 else net_range.prefixlen + 2))
+        given = options.get("host_subnet_len")
+        try:
+            length = int(given) if given is not None else (24 if net_range.prefixlen <= 22 else net_range.prefixlen + 2)
+        except ValueError:
+            raise InvalidParameter(f"invalid host_subnet_len {given!r}: a prefix length such as 24") from None
         if not net_range.prefixlen < length <= 30:
             raise InvalidParameter(f"invalid host_subnet_len {length}: must be longer than /{net_range.prefixlen} and at most /30")
         net_id = ids.new_id()
@@ -252,7 +256,7 @@ class OverlayManager:
             with self.engine.lock:
                 for net in self._overlay_networks():
                     if net.id not in seen and not self.engine.networks.endpoints_of(net.id):
-                        self.engine.networks.drop_overlay(net)
+                        self.engine.networks.drop(net)
                         self.names.pop(net.name, None)
                 self.publish_names()
                 self._syncing = threading.get_ident()

@@ -41,7 +41,6 @@ class ClusterStore:
         import etcd3gw  # daemon only
 
         host, port = parse_url(url)
-        self.url = url
         self.client = etcd3gw.client(host=host, port=port, timeout=timeout)
 
     def dump(self) -> dict[str, dict[str, Any]]:
