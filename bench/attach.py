@@ -269,12 +269,12 @@ class QiaoInDaemon(Method):
         from qiao.engine.steps import Steps
 
         eng = self.engine
-        host, nets, store = eng.networks.host, eng.networks, eng.store
+        host, nets, store = eng.host, eng.networks, eng.store
         cid = ids.new_id()
         sandbox = os.path.join(self.root.netns_dir, cid[:12])
         with eng.lock, Steps() as steps:
             steps.run("create-sandbox", lambda: host.create_netns(sandbox), lambda: host.destroy_netns(sandbox))
-            ep = nets.join(steps, self.net, cid, sandbox, "eth0")
+            ep = nets.join(steps, self.net, sandbox, "eth0", cid)
 
             def commit() -> None:
                 with store.transaction() as tx:
@@ -285,15 +285,19 @@ class QiaoInDaemon(Method):
         return ep, sandbox
 
     def detach(self, handle: Any) -> None:
+        from qiao.engine.steps import Teardown
+
         ep, sandbox = handle
         eng = self.engine
         with eng.lock:
-            eng.networks.leave(ep)
-            eng.networks.host.destroy_netns(sandbox)
+            teardown = Teardown("detach")
+            eng.networks.leave(ep, teardown)
+            teardown.run("destroy-sandbox", lambda: eng.host.destroy_netns(sandbox))
             with eng.store.transaction() as tx:
                 tx.delete("endpoints", ep.id)
+            teardown.report()
         # qiaod deletes the veth off the request's path; the floor's detach includes that work, so wait for it.
-        eng.networks.host.settle(30)
+        eng.host.settle(30)
 
     def close(self) -> None:
         self.engine.store.close()

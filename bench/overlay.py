@@ -808,7 +808,7 @@ def main(argv: list[str] | None = None) -> int:
     skip = {s.strip() for s in a.skip.split(",") if s.strip()}
     max_hosts = max(3, a.max_hosts)
 
-    from qiao.overlay.manager import LEASE_TTL
+    from qiao.drivers.overlay.manager import LEASE_TTL
 
     expected_renewals = 60 / (LEASE_TTL / 3)
 

@@ -29,8 +29,8 @@ from typing import Any
 from demo_common import QIAO, Console, Failed, link_named, netlink, processes_naming, wait_for
 from dnslib import DNSRecord
 
+from qiao.drivers.overlay.store import ClusterStore
 from qiao.kernel import netns as qnetns
-from qiao.overlay.store import ClusterStore
 
 HOSTS = 3
 OV, OV_RANGE = "ov", "10.244.0.0/16"

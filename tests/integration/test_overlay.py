@@ -663,6 +663,62 @@ def test_published_port_on_an_overlay_container(lab: Lab, ov: dict[str, Ctr]) ->
     assert resolve(ov["host3"], "pub", None) == ("SERVFAIL", []), "a removed container's name is withdrawn cluster-wide"
 
 
+def overlay_status(lab: Lab, host: str) -> dict[str, Any]:
+    return lab.api(host, "GET", "/info")["QiaoDrivers"]["overlay"]
+
+
+def test_a_container_start_costs_other_hosts_no_etcd_read(lab: Lab, ov: dict[str, Ctr]) -> None:
+    """Watch events are applied one key at a time: the other hosts read nothing, whatever the cluster holds."""
+    others = ["host2", "host3", "host4"]
+    before = {h: overlay_status(lab, h) for h in others}
+    names = [f"cost{i}" for i in range(5)]
+    try:
+        for name in names:
+            lab.qiao("host1", "run", "-d", "--name", name, "--network", OV, "--", "sleep", "600")
+        last = Ctr(lab, "host1", names[-1])
+        for h in others:  # each host saw the names (so it got the events) ...
+            wait_for(f"{h} to resolve {names[-1]}", lambda h=h: resolve(ov[h], names[-1], [last.ip]) is not None, timeout=10)
+        after = {h: overlay_status(lab, h) for h in others}
+    finally:
+        lab.qiao("host1", "rm", "-f", *names, check=False)
+    for h in others:  # ... and read nothing for them
+        reads = after[h]["Reads"] - before[h]["Reads"]
+        events = after[h]["Events"] - before[h]["Events"]
+        FIGURES[f"5 container starts on host1: etcd reads / watch events on {h}"] = f"{reads} / {events}"
+        assert reads == 0 and events >= len(names), (h, before[h], after[h])
+
+
+def test_a_frozen_etcd_stalls_no_local_api_call(lab: Lab, ov: dict[str, Ctr]) -> None:
+    """No etcd call runs under the engine lock: with etcd stopped, local work answers as with etcd up."""
+    etcd = lab.pid("etcd")
+
+    def timed() -> dict[str, float]:
+        out = {}
+        for what, args in (
+            ("ps", ("ps", "-a")),
+            ("network ls", ("network", "ls")),
+            ("run --rm on the bridge", ("run", "--rm", "--", "true")),
+            ("run -d + rm -f on the overlay", ("run", "-d", "--name", "frz", "--network", OV, "--", "sleep", "60")),
+        ):
+            started = time.monotonic()
+            lab.qiao("host2", *args)
+            if what.startswith("run -d"):
+                lab.qiao("host2", "rm", "-f", "frz")
+            out[what] = time.monotonic() - started
+        return out
+
+    up = timed()
+    os.kill(etcd, signal.SIGSTOP)
+    try:
+        frozen = timed()
+    finally:
+        os.kill(etcd, signal.SIGCONT)
+    for what in up:
+        FIGURES[f"etcd up / frozen: {what}"] = f"{up[what] * 1000:.0f} ms / {frozen[what] * 1000:.0f} ms"
+    # A bound for stalls, not a speed claim: an etcd call under the lock would wait its 3 s timeout.
+    assert all(frozen[w] < up[w] + 2.0 for w in up), (up, frozen)
+
+
 def test_etcd_outage_keeps_traffic_flowing_and_catches_up_after(lab: Lab, ov: dict[str, Ctr]) -> None:
     """etcd frozen (SIGSTOP) for longer than the lease TTL, then thawed: when it comes
     back it expires every daemon's lease at once; each one re-takes its subnet, and

@@ -12,7 +12,10 @@ import pytest
 
 from qiao.cli.client import Client, DaemonError, quote
 from qiao.daemon.api import Api, Server
+from qiao.engine.containers import ContainerView
 from qiao.engine.errors import NotFound
+from qiao.engine.models import Container
+from qiao.engine.specs import EndpointSpec
 from qiao.paths import Root
 
 
@@ -26,24 +29,25 @@ class FakeContainers:
             raise NotFound(f"No such container: {ref}")
         return ref
 
-    def inspect(self, ref: str) -> dict[str, Any]:
+    def inspect(self, ref: str) -> ContainerView:
         self.calls.append(("inspect", ref))
-        return {"Name": "/" + self._find(ref)}
+        ctr = Container(
+            id="c" * 64, name=self._find(ref), created="2024-05-01T10:00:00Z", cmd=["true"], env=[], hostname="c", network_mode="none"
+        )
+        return ContainerView(ctr, [], {}, [])
 
     def remove(self, ref: str, force: bool) -> None:
         self.calls.append(("remove", ref, force))
         self._find(ref)
 
-    def connect(self, ctr: str, net: str, config: dict[str, Any]) -> None:
+    def connect(self, ctr: str, net: str, config: EndpointSpec) -> None:
+        assert config == EndpointSpec()
         self.calls.append(("connect", ctr, net))
 
 
 class FakeEngine:
     def __init__(self, names: set[str]):
         self.containers = FakeContainers(names)
-
-    def network_json(self, ref: str) -> dict[str, Any]:
-        raise NotFound(f"network {ref} not found")
 
 
 NAMES = ["web", "a/b", "a?b=c", "50%", "x#y", "a b", "wéb/ü", "a%2Fb", "/", ".."]
@@ -67,8 +71,8 @@ def served(tmp_path) -> Iterator[tuple[Client, FakeEngine]]:
 @pytest.mark.parametrize("name", NAMES)
 def test_encoded_ref_round_trips(served, name):
     client, engine = served
-    assert client.request("GET", f"/containers/{quote(name)}/json") == {"Name": "/" + name}
-    assert client.request("GET", f"/v1.47/containers/{quote(name)}/json") == {"Name": "/" + name}
+    assert client.request("GET", f"/containers/{quote(name)}/json")["Name"] == "/" + name
+    assert client.request("GET", f"/v1.47/containers/{quote(name)}/json")["Name"] == "/" + name
     client.request("DELETE", f"/containers/{quote(name)}", {"force": 1})
     client.request("POST", f"/networks/{quote(name)}/connect", body={"Container": name})
     assert engine.containers.calls == [("inspect", name), ("inspect", name), ("remove", name, True), ("connect", name, name)]

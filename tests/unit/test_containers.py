@@ -7,16 +7,25 @@ a container's exit is simulated with the supervisor's callback.
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 from ipaddress import IPv4Address
+from typing import Any
 
 import pytest
 
+from qiao.daemon import docker_json, wire
+from qiao.drivers import Drivers
+from qiao.drivers.bridge import bridge_of
 from qiao.engine import containers as containers_module
 from qiao.engine import etcfiles
 from qiao.engine.containers import Containers
+from qiao.engine.engine import builtin_drivers
 from qiao.engine.errors import Conflict, InvalidParameter, NotFound
+from qiao.engine.events import Event, Events
 from qiao.engine.networks import Networks
+from qiao.engine.specs import EndpointSpec, NetworkSpec
 from qiao.engine.steps import InjectedFault, fault_at
 from qiao.engine.store import Store
 from qiao.kernel.firewall import StubFirewall
@@ -43,34 +52,39 @@ class FakeSupervisor:
 
 
 @pytest.fixture
-def c(tmp_path, monkeypatch) -> Containers:
+def c(tmp_path, monkeypatch) -> Any:
     monkeypatch.setattr(etcfiles, "host_nameservers", lambda *a: [])
     monkeypatch.setattr(containers_module, "Supervisor", FakeSupervisor)
     root = Root.resolve(str(tmp_path / "root"))
     root.ensure()
     store = Store(root.store)
     lock = threading.RLock()
-    nets = Networks(store, StubHost(), StubFirewall(), lock)
+    host, firewall, events = StubHost(), StubFirewall(), Events()
+    nets = Networks(store, Drivers(builtin_drivers(host, firewall)), firewall, lock, events)
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 127.0.0.53\nnameserver 192.0.2.53\nsearch lan\n")
-    nets.resolv_conf = str(resolv)
     nets.load()
     nets.ensure_builtin()
-    ctrs = Containers(root, store, nets, lock)
-    ctrs.changes = []
-    ctrs.on_change = ctrs.changes.append
+    ctrs = Containers(root, store, nets, host, lock, resolv_conf=str(resolv))
+    ctrs.changes = []  # type: ignore[attr-defined]  # what the containers told the engine's listeners (DNS)
+
+    def listener(e: Event) -> None:
+        if e.kind == "endpoint":
+            ctrs.changes.append((e.action, e.network.id))  # type: ignore[attr-defined]
+
+    events.subscribe(listener)
     yield ctrs
     store.close()
 
 
 @pytest.fixture
 def web(c):
-    return c.networks.create("web", subnet="10.9.0.0/24")
+    return c.networks.create(NetworkSpec("web", subnet="10.9.0.0/24"))
 
 
 @pytest.fixture
 def dual(c):
-    return c.networks.create("dual", subnet="10.8.0.0/24", enable_ipv6=True, subnet6="fd00:8::/64")
+    return c.networks.create(NetworkSpec("dual", subnet="10.8.0.0/24", enable_ipv6=True, subnet6="fd00:8::/64"))
 
 
 def body(*networks: str, links: list[str] | None = None, ports: dict | None = None, **first) -> dict:
@@ -86,12 +100,28 @@ def body(*networks: str, links: list[str] | None = None, ports: dict | None = No
     }
 
 
+def create(c: Containers, name: str | None, doc: dict):
+    """``POST /containers/create``: the body as the API decodes it, then the engine."""
+    return c.create(wire.container_spec(name, json.dumps(doc).encode()))
+
+
+def settings(cfg: dict) -> EndpointSpec:
+    """Docker's EndpointSettings (``network connect``'s EndpointConfig), as the API decodes it."""
+    _container, spec = wire.network_connect(json.dumps({"Container": "x", "EndpointConfig": cfg}).encode())
+    return spec
+
+
+def inspect(c: Containers, ref: str) -> dict:
+    """``GET /containers/{ref}/json``."""
+    return docker_json.container(c.inspect(ref))
+
+
 def started(c: Containers, name: str, *networks: str, **kw):
-    ctr = c.create(name, body(*networks, **kw))
+    ctr = create(c, name, body(*networks, **kw))
     return c.start(ctr.id)
 
 
-def eps(c: Containers, ctr) -> dict[str, object]:
+def eps(c: Containers, ctr) -> dict[str, Any]:
     return {name: ep for name, ep in c.endpoints(ctr)}
 
 
@@ -108,7 +138,7 @@ def host_lines(text: str) -> list[str]:
 
 
 def test_attachment_defaults(c, web):
-    assert c._attachment(web, {}) == {"network": web.id, "aliases": [], "ip": "", "ip6": "", "mac": ""}
+    assert c._attachment(web, settings({})) == {"network": web.id, "aliases": [], "ip": "", "ip6": "", "mac": ""}
 
 
 def test_attachment_static_settings(c, dual):
@@ -117,7 +147,7 @@ def test_attachment_static_settings(c, dual):
         "IPAMConfig": {"IPv4Address": "10.8.0.50", "IPv6Address": "fd00:8::50"},
         "MacAddress": "02:42:AB:CD:EF:01",
     }
-    att = c._attachment(dual, cfg)
+    att = c._attachment(dual, settings(cfg))
     assert att == {
         "network": dual.id,
         "aliases": ["db", "db.local", "a-1"],
@@ -133,28 +163,28 @@ def test_attachment_static_settings(c, dual):
 )
 def test_attachment_default_bridge_refuses_aliases_and_static_ips(c, cfg):
     with pytest.raises(InvalidParameter, match="supported only on user-defined networks"):
-        c._attachment(c.networks.get("bridge"), cfg)
+        c._attachment(c.networks.get("bridge"), settings(cfg))
 
 
 def test_attachment_default_bridge_takes_a_mac(c):
-    assert c._attachment(c.networks.get("bridge"), {"MacAddress": "02:00:00:00:00:01"})["mac"] == "02:00:00:00:00:01"
+    assert c._attachment(c.networks.get("bridge"), settings({"MacAddress": "02:00:00:00:00:01"}))["mac"] == "02:00:00:00:00:01"
 
 
 @pytest.mark.parametrize("name", ["host", "none"])
 def test_attachment_refuses_non_bridge_networks(c, name):
     with pytest.raises(InvalidParameter, match=f"cannot be connected to network {name}"):
-        c._attachment(c.networks.get(name), {})
+        c._attachment(c.networks.get(name), settings({}))
 
 
 @pytest.mark.parametrize("alias", ["-db", "db-", "a_b", "a..b", ".a", "a b", "x" * 64, "ü", "", "a\n"])
 def test_attachment_invalid_alias(c, web, alias):
     with pytest.raises(InvalidParameter, match="invalid alias"):
-        c._attachment(web, {"Aliases": [alias]})
+        c._attachment(web, settings({"Aliases": [alias]}))
 
 
 def test_attachment_long_but_valid_alias(c, web):
     alias = ".".join(["x" * 63] * 3)
-    assert c._attachment(web, {"Aliases": [alias]})["aliases"] == [alias]
+    assert c._attachment(web, settings({"Aliases": [alias]}))["aliases"] == [alias]
 
 
 @pytest.mark.parametrize(
@@ -173,7 +203,7 @@ def test_attachment_long_but_valid_alias(c, web):
 def test_attachment_invalid_static_ip(c, request, net, ipam, fragment):
     """``net`` names the fixture of the network attached to: web (IPv4 only) or dual (IPv4 and IPv6)."""
     with pytest.raises(InvalidParameter) as info:
-        c._attachment(request.getfixturevalue(net), {"IPAMConfig": ipam})
+        c._attachment(request.getfixturevalue(net), settings({"IPAMConfig": ipam}))
     assert fragment in str(info.value)
 
 
@@ -182,12 +212,12 @@ def test_attachment_invalid_static_ip(c, request, net, ipam, fragment):
 )
 def test_attachment_invalid_mac(c, web, mac):
     with pytest.raises(InvalidParameter, match="invalid MAC address"):
-        c._attachment(web, {"MacAddress": mac})
+        c._attachment(web, settings({"MacAddress": mac}))
 
 
 def test_attachment_empty_values_are_no_settings(c):
     cfg = {"Aliases": None, "IPAMConfig": {"IPv4Address": "", "IPv6Address": None}, "MacAddress": ""}
-    assert c._attachment(c.networks.get("bridge"), cfg)["ip"] == ""
+    assert c._attachment(c.networks.get("bridge"), settings(cfg))["ip"] == ""
 
 
 # -- create --------------------------------------------------------------------
@@ -195,7 +225,7 @@ def test_attachment_empty_values_are_no_settings(c):
 
 def test_create_default_network_is_bridge(c):
     bridge = c.networks.get("bridge")
-    ctr = c.create("box", {"Cmd": ["true"]})
+    ctr = create(c, "box", {"Cmd": ["true"]})
     assert ctr.network_mode == "bridge"
     assert ctr.attachments == [{"network": bridge.id, "aliases": [], "ip": "", "ip6": "", "mac": ""}]
 
@@ -203,7 +233,7 @@ def test_create_default_network_is_bridge(c):
 def test_create_several_networks_in_order_without_duplicates(c, web, dual):
     b = body("web", "dual", IPAMConfig={"IPv4Address": "10.9.0.7"}, Aliases=["api"])
     b["NetworkingConfig"]["EndpointsConfig"][web.id[:6]] = {}  # the same network again, by id prefix
-    ctr = c.create("box", b)
+    ctr = create(c, "box", b)
     assert ctr.network_mode == "web"
     assert [a["network"] for a in ctr.attachments] == [web.id, dual.id]
     assert (ctr.attachments[0]["ip"], ctr.attachments[0]["aliases"]) == ("10.9.0.7", ["api"])
@@ -213,7 +243,7 @@ def test_create_several_networks_in_order_without_duplicates(c, web, dual):
 def test_create_settings_keyed_by_id_prefix_are_applied(c, web):
     """``--network <id prefix> --ip X``: the settings are keyed by the prefix, as given."""
     ref = web.id[:8]
-    ctr = c.create("box", body(ref, IPAMConfig={"IPv4Address": "10.9.0.9"}))
+    ctr = create(c, "box", body(ref, IPAMConfig={"IPv4Address": "10.9.0.9"}))
     assert ctr.network_mode == "web"
     assert [(a["network"], a["ip"]) for a in ctr.attachments] == [(web.id, "10.9.0.9")]
 
@@ -221,12 +251,12 @@ def test_create_settings_keyed_by_id_prefix_are_applied(c, web):
 def test_create_settings_keyed_by_full_id(c, web):
     b = {"Cmd": ["true"], "HostConfig": {"NetworkMode": "web"}}
     b["NetworkingConfig"] = {"EndpointsConfig": {web.id: {"Aliases": ["x"]}}}
-    assert c.create("box", b).attachments[0]["aliases"] == ["x"]
+    assert create(c, "box", b).attachments[0]["aliases"] == ["x"]
 
 
 def test_create_unknown_extra_network(c, web):
     with pytest.raises(NotFound, match="network nope not found"):
-        c.create("box", body("web", "nope"))
+        create(c, "box", body("web", "nope"))
     assert c.by_id == {} and c.store.load("containers") == []
 
 
@@ -241,34 +271,34 @@ def test_create_unknown_extra_network(c, web):
 )
 def test_create_invalid_settings_store_nothing(c, web, networks, cfg, error, fragment):
     with pytest.raises(error, match=fragment):
-        c.create("box", body(*networks, **cfg))
+        create(c, "box", body(*networks, **cfg))
     assert c.by_id == {} and c.store.load("containers") == []
 
 
 @pytest.mark.parametrize("mode", ["host", "none"])
 def test_create_host_and_none_have_no_attachments(c, mode):
-    assert c.create("box", {"Cmd": ["true"], "HostConfig": {"NetworkMode": mode}}).attachments == []
+    assert create(c, "box", {"Cmd": ["true"], "HostConfig": {"NetworkMode": mode}}).attachments == []
 
 
 def test_create_links_only_on_the_default_bridge(c, web):
     with pytest.raises(InvalidParameter, match="--link is supported only on the default bridge"):
-        c.create("box", body("web", links=["x"]))
+        create(c, "box", body("web", links=["x"]))
     with pytest.raises(InvalidParameter, match="--link needs the default bridge"):
-        c.create("box", {"Cmd": ["true"], "HostConfig": {"NetworkMode": "host", "Links": ["x"]}})
+        create(c, "box", {"Cmd": ["true"], "HostConfig": {"NetworkMode": "host", "Links": ["x"]}})
 
 
 def test_create_link_to_unknown_or_stopped_container(c):
     with pytest.raises(NotFound, match="No such container: ghost"):
-        c.create("box", body(links=["ghost"]))
-    c.create("idle", body())
+        create(c, "box", body(links=["ghost"]))
+    create(c, "idle", body())
     with pytest.raises(Conflict, match="Cannot link to a non running container: /idle"):
-        c.create("box", body(links=["idle"]))
+        create(c, "box", body(links=["idle"]))
 
 
 def test_create_publish_on_internal_network_refused(c):
-    c.networks.create("secret", subnet="10.7.0.0/24", internal=True)
+    c.networks.create(NetworkSpec("secret", subnet="10.7.0.0/24", internal=True))
     with pytest.raises(InvalidParameter, match="port publishing is not possible on internal network secret"):
-        c.create("box", body("secret", ports={"80/tcp": [{"HostPort": "8080"}]}))
+        create(c, "box", body("secret", ports={"80/tcp": [{"HostPort": "8080"}]}))
 
 
 # -- start: endpoints, /etc files, DNS notifications -------------------------
@@ -287,13 +317,13 @@ def test_start_on_user_network_with_static_settings(c, dual):
     assert (ep.address, ep.address6, ep.mac, ep.aliases, ep.ifname) == ("10.8.0.50", "fd00:8::50", "02:42:00:00:00:50", ["store"], "eth0")
     assert (ep.gateway, ep.gateway6, ep.prefixlen6) == ("10.8.0.1", "fd00:8::1", 64)
     assert c.host.sandboxes[ctr.sandbox_key]["eth0"] == Iface("eth0", "10.8.0.50", 24, "10.8.0.1", "fd00:8::50", 64, "fd00:8::1")
-    assert c.changes == [{dual.id}]
+    assert c.changes == [("join", dual.id)]
     assert host_lines(read(c, ctr, "hosts")) == [f"10.8.0.50\t{ctr.hostname}", f"fd00:8::50\t{ctr.hostname}"]
     # qiao's resolver on the gateway replaces the host's nameservers; search stays
     assert read(c, ctr, "resolv.conf") == "nameserver 10.8.0.1\nsearch lan\n"
     assert read(c, ctr, "hostname") == ctr.hostname + "\n"
 
-    doc = c.inspect("db")
+    doc = inspect(c, "db")
     settings = doc["NetworkSettings"]["Networks"]["dual"]
     assert settings["IPAMConfig"] == {"IPv4Address": "10.8.0.50", "IPv6Address": "fd00:8::50"}
     assert settings["Aliases"] == ["store"]
@@ -313,7 +343,7 @@ def test_start_dynamic_ipv6(c, dual):
 def test_start_on_default_bridge_keeps_legacy_resolv_conf(c):
     ctr = started(c, "box")
     assert read(c, ctr, "resolv.conf") == "nameserver 192.0.2.53\nsearch lan\n"
-    ns = c.inspect("box")["NetworkSettings"]
+    ns = inspect(c, "box")["NetworkSettings"]
     settings = ns["Networks"]["bridge"]
     assert (settings["DNSNames"], settings["Aliases"], settings["IPAMConfig"]) == (None, None, None)
     assert (settings["GlobalIPv6Address"], settings["IPv6Gateway"]) == ("", "")
@@ -329,8 +359,8 @@ def test_start_several_networks_the_default_route_follows_dockers_order(c, web, 
     assert c.host.sandboxes[ctr.sandbox_key]["eth1"] == Iface("eth1", "10.8.0.2", 24, "10.8.0.1", "fd00:8::2", 64, "fd00:8::1")
     assert c.host.sandboxes[ctr.sandbox_key]["eth0"].gateway == ""
     assert read(c, ctr, "resolv.conf").startswith("nameserver 10.9.0.1\nnameserver 10.8.0.1\n")
-    assert c.changes == [{web.id, dual.id}]
-    networks = c.inspect("box")["NetworkSettings"]["Networks"]
+    assert c.changes == [("join", web.id), ("join", dual.id)]
+    networks = inspect(c, "box")["NetworkSettings"]["Networks"]
     assert (networks["web"]["Gateway"], networks["dual"]["Gateway"]) == ("", "10.8.0.1")
 
     other = started(c, "box2", "web", "bridge")  # both IPv4 only: by name
@@ -338,25 +368,25 @@ def test_start_several_networks_the_default_route_follows_dockers_order(c, web, 
 
 
 def test_start_internal_network_has_no_default_route(c):
-    secret = c.networks.create("secret", subnet="10.7.0.0/24", internal=True)
+    secret = c.networks.create(NetworkSpec("secret", subnet="10.7.0.0/24", internal=True))
     ctr = started(c, "box", "secret")
     assert eps(c, ctr)["secret"].gateway == ""
     assert c.host.sandboxes[ctr.sandbox_key]["eth0"].gateway == ""
     assert read(c, ctr, "resolv.conf").startswith("nameserver 10.7.0.1\n")  # DNS still answers local names
-    assert c.firewall.networks[secret.bridge].internal
+    assert c.firewall.networks[bridge_of(secret)].internal
 
 
 def test_start_icc_false_isolates_the_port(c):
-    net = c.networks.create("quiet", subnet="10.6.0.0/24", options={"com.docker.network.bridge.enable_icc": "false"})
+    net = c.networks.create(NetworkSpec("quiet", subnet="10.6.0.0/24", options={"com.docker.network.bridge.enable_icc": "false"}))
     ctr = started(c, "box", "quiet")
     assert c.host.links[eps(c, ctr)["quiet"].host_ifname]["isolated"] is True
-    assert c.firewall.networks[net.bridge].icc is False
+    assert c.firewall.networks[bridge_of(net)].icc is False
 
 
 def test_start_duplicate_static_ip_fails_and_rolls_back(c, web):
     first = started(c, "a", "web", IPAMConfig={"IPv4Address": "10.9.0.9"})
     links = dict(c.host.links)
-    other = c.create("b", body("web", IPAMConfig={"IPv4Address": "10.9.0.9"}))
+    other = create(c, "b", body("web", IPAMConfig={"IPv4Address": "10.9.0.9"}))
     with pytest.raises(Conflict, match="10.9.0.9 is already in use"):
         c.start(other.id)
     assert c.host.links == links and other.sandbox_key == "" and not other.running
@@ -365,7 +395,7 @@ def test_start_duplicate_static_ip_fails_and_rolls_back(c, web):
 
 
 def test_start_static_ip_equal_to_gateway_fails(c, web):
-    ctr = c.create("a", body("web", IPAMConfig={"IPv4Address": "10.9.0.1"}))
+    ctr = create(c, "a", body("web", IPAMConfig={"IPv4Address": "10.9.0.1"}))
     with pytest.raises(Conflict, match="reserved"):
         c.start(ctr.id)
 
@@ -375,7 +405,7 @@ def test_exit_releases_addresses_and_notifies(c, dual):
     c.changes.clear()
     c._on_exit(ctr.id)
     assert ctr.status == "exited" and ctr.endpoint_ids == [] and c.networks.endpoints_of(dual.id) == []
-    assert c.changes == [{dual.id}]
+    assert c.changes == [("leave", dual.id)]
     again = started(c, "b", "dual", IPAMConfig={"IPv4Address": "10.8.0.9", "IPv6Address": "fd00:8::9"})
     assert eps(c, again)["dual"].address == "10.8.0.9"
 
@@ -384,7 +414,7 @@ def test_exit_releases_addresses_and_notifies(c, dual):
 
 
 def test_link_hosts_entry_env_and_inspect(c):
-    target = c.create("db", {**body(), "Env": ["PASSWORD=x", "PATH=/bin"], "ExposedPorts": {"5432/tcp": {}, "53/udp": {}}})
+    target = create(c, "db", {**body(), "Env": ["PASSWORD=x", "PATH=/bin"], "ExposedPorts": {"5432/tcp": {}, "53/udp": {}}})
     c.start(target.id)
     address = eps(c, target)["bridge"].address
     box = started(c, "box", links=["db:data"])
@@ -394,7 +424,7 @@ def test_link_hosts_entry_env_and_inspect(c):
     assert env["DATA_PORT"] == f"tcp://{address}:5432"
     assert env["DATA_PORT_53_UDP_ADDR"] == address and env["DATA_PORT_53_UDP_PROTO"] == "udp"
     assert env["DATA_ENV_PASSWORD"] == "x" and "DATA_ENV_PATH" not in env
-    assert c.inspect("box")["HostConfig"]["Links"] == ["/db:/box/data"]
+    assert inspect(c, "box")["HostConfig"]["Links"] == ["/db:/box/data"]
     assert box.links == [[target.id, "data"]]
 
 
@@ -407,7 +437,7 @@ def test_link_without_alias_uses_the_name(c):
 def test_link_invalid_alias(c):
     started(c, "db")
     with pytest.raises(InvalidParameter, match="invalid link alias"):
-        c.create("box", body(links=["db:bad_alias"]))
+        create(c, "box", body(links=["db:bad_alias"]))
 
 
 def test_remove_linked_target_refused(c):
@@ -421,8 +451,8 @@ def test_remove_linked_target_refused(c):
 
 
 def test_connect_stopped_container_joins_at_start(c, web, dual):
-    ctr = c.create("box", body("web"))
-    c.connect("box", "dual", {"Aliases": ["api"], "IPAMConfig": {"IPv6Address": "fd00:8::77"}})
+    ctr = create(c, "box", body("web"))
+    c.connect("box", "dual", settings({"Aliases": ["api"], "IPAMConfig": {"IPv6Address": "fd00:8::77"}}))
     assert [a["network"] for a in ctr.attachments] == [web.id, dual.id]
     assert c.store.load("containers")[0]["attachments"][1]["ip6"] == "fd00:8::77"
     c.start(ctr.id)
@@ -432,14 +462,14 @@ def test_connect_stopped_container_joins_at_start(c, web, dual):
 def test_connect_running_container_gets_the_next_interface(c, web, dual):
     ctr = started(c, "box", "web")
     c.changes.clear()
-    c.connect("box", "dual", {"Aliases": ["api"]})
+    c.connect("box", "dual", settings({"Aliases": ["api"]}))
     ep = eps(c, ctr)["dual"]
     # dual stack comes first in Docker's order: the default route moves to it
     assert (ep.ifname, ep.gateway, ep.gateway6, ep.aliases) == ("eth1", "10.8.0.1", "fd00:8::1", ["api"])
     assert c.host.default_routes[ctr.sandbox_key] == ("10.8.0.1", "fd00:8::1")
     assert eps(c, ctr)["web"].gateway == ""
     assert c.networks.endpoints_of(dual.id) == [ep]
-    assert c.changes == [{dual.id}]
+    assert c.changes == [("join", dual.id), ("join", web.id)]  # web's endpoint changed in place (no default route now)
     assert {r["id"] for r in c.store.load("endpoints")} == set(ctr.endpoint_ids)
     assert {r["network_id"]: r["gateway"] for r in c.store.load("endpoints")} == {web.id: "", dual.id: "10.8.0.1"}
     assert host_lines(read(c, ctr, "hosts")) == [f"10.9.0.2\t{ctr.hostname}", f"10.8.0.2\t{ctr.hostname}", f"fd00:8::2\t{ctr.hostname}"]
@@ -451,16 +481,16 @@ def test_connect_running_container_gets_the_next_interface(c, web, dual):
     assert c.host.default_routes[ctr.sandbox_key] == ("10.9.0.1", "")  # back to the one left
     assert eps(c, ctr)["web"].gateway == "10.9.0.1"
     assert c.host.links.get(ep.host_ifname) is None
-    assert c.changes == [{dual.id}]
+    assert c.changes == [("join", web.id), ("leave", dual.id)]  # web's endpoint took the default route back
     assert host_lines(read(c, ctr, "hosts")) == [f"10.9.0.2\t{ctr.hostname}"]
-    c.connect("box", "dual", {})  # eth1 is free again
+    c.connect("box", "dual", settings({}))  # eth1 is free again
     assert eps(c, ctr)["dual"].ifname == "eth1"
 
 
 def test_connect_keeps_the_route_when_the_new_network_comes_later(c, web):
     ctr = started(c, "box", "bridge")
     before = dict(c.host.default_routes)
-    c.connect("box", "web", {})  # "bridge" < "web"
+    c.connect("box", "web", settings({}))  # "bridge" < "web"
     assert (eps(c, ctr)["bridge"].gateway, eps(c, ctr)["web"].gateway) == ("172.17.0.1", "")
     assert c.host.default_routes == before
 
@@ -469,24 +499,24 @@ def test_connect_that_fails_after_moving_the_route_moves_it_back(c, web, dual, m
     ctr = started(c, "box", "web")
     monkeypatch.setattr(c, "fault", fault_at("store"))
     with pytest.raises(InjectedFault):
-        c.connect("box", "dual", {})
+        c.connect("box", "dual", settings({}))
     assert c.host.default_routes[ctr.sandbox_key] == ("10.9.0.1", "")
     assert list(eps(c, ctr)) == ["web"] and eps(c, ctr)["web"].gateway == "10.9.0.1"
 
 
 def test_inspect_top_level_address_follows_the_default_bridge(c, web):
     ctr = started(c, "box", "web")
-    ns = c.inspect("box")["NetworkSettings"]
+    ns = inspect(c, "box")["NetworkSettings"]
     assert (ns["IPAddress"], ns["EndpointID"], ns["Networks"]["web"]["IPAddress"]) == ("", "", "10.9.0.2")
 
-    c.connect("box", "bridge", {})  # second: the bridge's address; "bridge" < "web", so the default route too
-    ns = c.inspect("box")["NetworkSettings"]
+    c.connect("box", "bridge", settings({}))  # second: the bridge's address; "bridge" < "web", so the default route too
+    ns = inspect(c, "box")["NetworkSettings"]
     bridge_ep = eps(c, ctr)["bridge"]
     assert (ns["IPAddress"], ns["IPPrefixLen"], ns["MacAddress"]) == (bridge_ep.address, 16, bridge_ep.mac)
     assert (ns["EndpointID"], ns["Gateway"]) == (bridge_ep.id, "172.17.0.1")
 
     c.disconnect("box", "bridge")
-    assert c.inspect("box")["NetworkSettings"]["IPAddress"] == ""
+    assert inspect(c, "box")["NetworkSettings"]["IPAddress"] == ""
 
 
 @pytest.mark.parametrize(
@@ -501,10 +531,10 @@ def test_inspect_top_level_address_follows_the_default_bridge(c, web):
     ],
 )
 def test_connect_errors_change_nothing(c, web, dual, setup, net, cfg, error, fragment):
-    ctr = c.create("box", {"Cmd": ["true"], "HostConfig": {"NetworkMode": setup}})
+    ctr = create(c, "box", {"Cmd": ["true"], "HostConfig": {"NetworkMode": setup}})
     before = [dict(a) for a in ctr.attachments]
     with pytest.raises(error, match=fragment):
-        c.connect("box", net, cfg)
+        c.connect("box", net, settings(cfg))
     assert ctr.attachments == before
 
 
@@ -513,7 +543,7 @@ def test_connect_duplicate_static_ip_on_running_container_rolls_back(c, web, dua
     ctr = started(c, "box", "web")
     links = dict(c.host.links)
     with pytest.raises(Conflict, match="already in use"):
-        c.connect("box", "dual", {"IPAMConfig": {"IPv4Address": "10.8.0.9"}})
+        c.connect("box", "dual", settings({"IPAMConfig": {"IPv4Address": "10.8.0.9"}}))
     assert c.host.links == links and list(eps(c, ctr)) == ["web"] and len(ctr.attachments) == 1
 
 
@@ -525,8 +555,8 @@ def test_disconnect_errors(c, web, dual):
 
 def test_disconnecting_the_gateway_network_moves_the_default_route(c, web, dual):
     ctr = started(c, "box", "web", "dual", "bridge")
-    internal = c.networks.create("quiet", subnet="10.7.0.0/24", internal=True)
-    c.connect("box", "quiet", {})
+    internal = c.networks.create(NetworkSpec("quiet", subnet="10.7.0.0/24", internal=True))
+    c.connect("box", "quiet", settings({}))
     assert eps(c, ctr)["dual"].gateway == "10.8.0.1"
 
     c.disconnect("box", "dual")  # heirs in Docker's order: bridge < web by name (quiet is internal)
@@ -534,7 +564,7 @@ def test_disconnecting_the_gateway_network_moves_the_default_route(c, web, dual)
     assert (eps(c, ctr)["bridge"].gateway, eps(c, ctr)["web"].gateway) == ("172.17.0.1", "")
     stored = {r["network_id"]: r for r in c.store.load("endpoints")}
     assert stored[eps(c, ctr)["bridge"].network_id]["gateway"] == "172.17.0.1"
-    assert c.inspect("box")["NetworkSettings"]["Networks"]["bridge"]["Gateway"] == "172.17.0.1"
+    assert inspect(c, "box")["NetworkSettings"]["Networks"]["bridge"]["Gateway"] == "172.17.0.1"
 
     c.disconnect("box", "bridge")
     assert c.host.default_routes[ctr.sandbox_key] == ("10.9.0.1", "")
@@ -554,7 +584,60 @@ def test_disconnect_that_fails_in_the_store_moves_the_route_back(c, web, dual, m
 
 
 def test_disconnect_stopped_container(c, web, dual):
-    ctr = c.create("box", body("web", "dual"))
+    ctr = create(c, "box", body("web", "dual"))
     c.disconnect("box", "web")
     assert [a["network"] for a in ctr.attachments] == [dual.id]
     assert c.store.load("containers")[0]["attachments"] == ctr.attachments
+
+
+# -- teardown is complete: a failing step never leaves the rest behind --------------------
+
+
+def kill_reports_exit(c: Containers, ctr, monkeypatch) -> None:
+    """SIGKILL reaches the command at once and the supervisor reports the exit (what the real one does)."""
+    monkeypatch.setattr(c, "_kill_now", lambda pid: c._on_exit(ctr.id))
+
+
+def test_force_remove_of_a_running_container_is_complete_when_the_firewall_fails(c, web, monkeypatch, caplog):
+    ctr = started(c, "box", "web", ports={"80/tcp": [{"HostIp": "127.0.0.1"}]})
+    ep, sandbox, port = eps(c, ctr)["web"], ctr.sandbox_key, ctr.ports[0]["host_port"]
+    assert ep.host_ifname in c.host.links and sandbox in c.host.namespaces and c.firewall.mappings
+    assert c.reservations.owner_of("tcp", "127.0.0.1", port) == ctr.id
+
+    def broken(*args):
+        raise RuntimeError("nft: no such table")
+
+    monkeypatch.setattr(c.firewall, "del_ports", broken)
+    monkeypatch.setattr(c.firewall, "del_network", broken)
+    kill_reports_exit(c, ctr, monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="qiao.steps"):
+        c.remove("box", force=True)
+
+    assert c.by_id == {} and c.store.load("containers") == [] and c.store.load("endpoints") == []
+    assert ep.host_ifname not in c.host.links  # the veth
+    assert sandbox not in c.host.namespaces and sandbox not in c.host.sandboxes  # the sandbox
+    assert c.networks.endpoints_of(web.id) == [] and ep.id not in c.networks.endpoints
+    assert c.networks.pools[web.id].allocate() == IPv4Address(ep.address)  # the address is given out again
+    assert c.reservations.owner_of("tcp", "127.0.0.1", port) is None  # the host port too
+    assert "unpublish-ports: nft: no such table" in caplog.text
+
+    with caplog.at_level(logging.WARNING, logger="qiao.steps"):
+        c.networks.remove("web")  # its firewall rules cannot be deleted either: the network still goes
+    assert "del-firewall: nft: no such table" in caplog.text
+    assert web.id not in c.networks.by_id and bridge_of(web) not in c.host.links
+    assert "web" not in {r["name"] for r in c.store.load("networks")}
+
+
+@pytest.mark.parametrize("step", ["unpublish-ports", "delete-veth", "destroy-sandbox"])
+def test_force_remove_goes_on_past_any_failing_step(c, web, monkeypatch, step):
+    ctr = started(c, "box", "web", ports={"80/tcp": [{"HostIp": "127.0.0.1"}]})
+    ep, sandbox = eps(c, ctr)["web"], ctr.sandbox_key
+    kill_reports_exit(c, ctr, monkeypatch)
+    monkeypatch.setattr(c, "fault", fault_at(step))
+    c.remove("box", force=True)
+    assert c.by_id == {} and c.store.load("containers") == [] and c.store.load("endpoints") == []
+    assert (ep.host_ifname in c.host.links) is (step == "delete-veth")  # only what failed is left, for the resync
+    assert (sandbox in c.host.namespaces) is (step == "destroy-sandbox")
+    assert (len(c.firewall.mappings) == 1) is (step == "unpublish-ports")
+    assert c.networks.endpoints_of(web.id) == []
+    assert c.networks.pools[web.id].allocate() == IPv4Address(ep.address)

@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from qiao import __version__
+from qiao.daemon import docker_json, wire
 from qiao.engine.containers import StartFailed
 from qiao.engine.engine import Engine
 from qiao.engine.errors import InvalidParameter, QiaoError
@@ -72,6 +73,7 @@ class Api:
             "DataRoot": self.engine.root.data,
             "RunRoot": self.engine.root.run,
             "ServerVersion": __version__,
+            "QiaoDrivers": {d.name: d.status() for d in self.engine.drivers},
         }
 
     @route("POST", "/qiao/shutdown")
@@ -83,16 +85,16 @@ class Api:
 
     @route("POST", "/containers/create")
     def container_create(self, req: Request) -> tuple[int, Any]:
-        ctr = self.engine.containers.create(req.query.get("name"), req.json())
+        ctr = self.engine.containers.create(wire.container_spec(req.query.get("name"), req.body))
         return 201, {"Id": ctr.id, "Warnings": []}
 
     @route("GET", "/containers/json")
     def container_list(self, req: Request) -> tuple[int, Any]:
-        return 200, self.engine.containers.summaries(req.flag("all"))
+        return 200, [docker_json.container_summary(v) for v in self.engine.containers.views(req.flag("all"))]
 
     @route("GET", "/containers/(?P<ref>[^/]+)/json")
     def container_inspect(self, req: Request, ref: str) -> tuple[int, Any]:
-        return 200, self.engine.containers.inspect(ref)
+        return 200, docker_json.container(self.engine.containers.inspect(ref))
 
     @route("POST", "/containers/(?P<ref>[^/]+)/start")
     def container_start(self, req: Request, ref: str) -> tuple[int, Any]:
@@ -108,14 +110,14 @@ class Api:
 
     @route("POST", "/containers/(?P<ref>[^/]+)/stop")
     def container_stop(self, req: Request, ref: str) -> tuple[int, Any]:
-        self.engine.containers.stop(ref, float(req.query.get("t", "10")))
+        self.engine.containers.stop(ref, req.number("t", 10))
         return 204, None
 
     @route("POST", "/containers/(?P<ref>[^/]+)/kill")
     def container_kill(self, req: Request, ref: str) -> tuple[int, Any]:
         name = req.query.get("signal", "SIGKILL").upper()
         try:
-            sig = int(name) if name.isdigit() else signal.Signals[name if name.startswith("SIG") else "SIG" + name]
+            sig = int(name) if name.isascii() and name.isdigit() else signal.Signals[name if name.startswith("SIG") else "SIG" + name]
         except KeyError:
             raise InvalidParameter(f"invalid signal: {name}") from None
         if not 0 < sig <= signal.SIGRTMAX:  # as Docker: no 0 (a no-op) and nothing the kernel would refuse
@@ -138,33 +140,20 @@ class Api:
 
     # -- networks --------------------------------------------------------
 
+    def _network_json(self, ref: str) -> dict[str, Any]:
+        with self.engine.lock:
+            net = self.engine.networks.get(ref)
+            return docker_json.network(net, self.engine.networks.endpoints_of(net.id), self.engine.containers.by_id)
+
     @route("GET", "/networks")
     def network_list(self, req: Request) -> tuple[int, Any]:
-        return 200, self.engine.networks_json()
+        with self.engine.lock:
+            nets = sorted(self.engine.networks.by_id.values(), key=lambda n: n.created)
+            return 200, [self._network_json(n.id) for n in nets]
 
     @route("POST", "/networks/create")
     def network_create(self, req: Request) -> tuple[int, Any]:
-        body = req.json()
-        configs = (body.get("IPAM") or {}).get("Config") or []
-        v4 = [c for c in configs if ":" not in (c.get("Subnet") or "")]
-        v6 = [c for c in configs if ":" in (c.get("Subnet") or "")]
-        if len(v4) > 1 or len(v6) > 1:
-            raise InvalidParameter("at most one IPv4 and one IPv6 subnet per network are supported")
-        ipam, ipam6 = (v4 or [{}])[0], (v6 or [{}])[0]
-        net = self.engine.networks.create(
-            body.get("Name", ""),
-            driver=body.get("Driver") or "bridge",
-            subnet=ipam.get("Subnet"),
-            gateway=ipam.get("Gateway"),
-            ip_range=ipam.get("IPRange"),
-            enable_ipv6=bool(body.get("EnableIPv6")),
-            subnet6=ipam6.get("Subnet"),
-            gateway6=ipam6.get("Gateway"),
-            options=body.get("Options") or {},
-            labels=body.get("Labels") or {},
-            internal=bool(body.get("Internal")),
-            attachable=bool(body.get("Attachable")),
-        )
+        net = self.engine.networks.create(wire.network_spec(req.body))
         return 201, {"Id": net.id, "Warning": ""}
 
     @route("POST", "/networks/prune")
@@ -173,7 +162,7 @@ class Api:
 
     @route("GET", "/networks/(?P<ref>[^/]+)")
     def network_inspect(self, req: Request, ref: str) -> tuple[int, Any]:
-        return 200, self.engine.network_json(ref)
+        return 200, self._network_json(ref)
 
     @route("DELETE", "/networks/(?P<ref>[^/]+)")
     def network_remove(self, req: Request, ref: str) -> tuple[int, Any]:
@@ -182,14 +171,14 @@ class Api:
 
     @route("POST", "/networks/(?P<ref>[^/]+)/connect")
     def network_connect(self, req: Request, ref: str) -> tuple[int, Any]:
-        body = req.json()
-        self.engine.containers.connect(str(body.get("Container", "")), ref, body.get("EndpointConfig") or {})
+        container, settings = wire.network_connect(req.body)
+        self.engine.containers.connect(container, ref, settings)
         return 200, None
 
     @route("POST", "/networks/(?P<ref>[^/]+)/disconnect")
     def network_disconnect(self, req: Request, ref: str) -> tuple[int, Any]:
-        body = req.json()
-        self.engine.containers.disconnect(str(body.get("Container", "")), ref, bool(body.get("Force")))
+        container, force = wire.network_disconnect(req.body)
+        self.engine.containers.disconnect(container, ref, force)
         return 200, None
 
 
@@ -208,6 +197,15 @@ class Request:
         if not isinstance(data, dict):
             raise InvalidParameter("request body must be a JSON object")
         return data
+
+    def number(self, name: str, default: int) -> int:
+        """A non-negative whole number in the query (ASCII digits only: ``int()`` would take any script's)."""
+        text = self.query.get(name)
+        if text is None or text == "":
+            return default
+        if not (text.isascii() and text.isdigit()) or len(text) > 9:
+            raise InvalidParameter(f"invalid value for {name}: {text!r} is not a whole number of seconds")
+        return int(text)
 
     def flag(self, name: str) -> bool:
         return self.query.get(name, "").lower() in ("1", "true", "yes")

@@ -71,24 +71,35 @@ def main(argv: list[str] | None = None) -> int:
 
     from qiao.daemon.api import Api, Server
     from qiao.dns.resolver import Resolver
-    from qiao.engine.engine import Engine
+    from qiao.drivers.overlay import OverlayDriver
+    from qiao.drivers.overlay.manager import OverlayManager
+    from qiao.engine.engine import Engine, builtin_drivers
+    from qiao.engine.etcfiles import default_resolv_conf
     from qiao.engine.steps import fault_at
     from qiao.kernel.firewall import NftFirewall
     from qiao.kernel.host import LinuxHost
 
+    manager: OverlayManager | None = None
     try:
-        from qiao.engine.etcfiles import default_resolv_conf
-
         resolv_conf = args.resolv_conf or default_resolv_conf()
-        fault = fault_at(os.environ.get("QIAO_FAULT_STEP"))
-        engine = Engine(root, LinuxHost(), NftFirewall(), fault, Resolver(resolv_conf), resolv_conf)
+        host, firewall = LinuxHost(), NftFirewall()
+        drivers = builtin_drivers(host, firewall, resolv_conf)
         if args.cluster_store:
-            from qiao.overlay.manager import OverlayManager
+            from qiao.drivers.overlay.store import ClusterStore
+            from qiao.kernel.vxlan import LinuxVxlan
 
-            engine.networks.overlay = OverlayManager(engine, args.cluster_store, args.cluster_advertise)
+            vxlan = LinuxVxlan()
+            manager = OverlayManager(ClusterStore(args.cluster_store), vxlan, args.cluster_advertise)
+            drivers.append(OverlayDriver(host, firewall, vxlan, manager))
+        else:
+            drivers.append(OverlayDriver(host, firewall))  # refuses to create, with the reason
+        engine = Engine(root, host, firewall, fault_at(os.environ.get("QIAO_FAULT_STEP")), Resolver(resolv_conf), resolv_conf, drivers)
+        if manager is not None:
+            manager.local = engine.networks
+            engine.events.subscribe(manager.on_event)
         engine.start()
-        if engine.networks.overlay:
-            engine.networks.overlay.start()
+        if manager is not None:
+            manager.start()
     except Exception as exc:
         logging.exception("start-up failed")
         print(f"qiaod: start-up failed: {exc}", file=sys.stderr)
@@ -104,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.serve_forever()
     finally:
-        if engine.networks.overlay:
-            engine.networks.overlay.leave()
-        engine.networks.host.settle(10)
+        if manager is not None:
+            manager.leave()
+        host.settle(10)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(root.socket)
         server.server_close()

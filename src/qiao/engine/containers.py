@@ -12,27 +12,29 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import ipaddress
+import functools
 import os
 import shutil
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from qiao.engine import etcfiles, ids, ports, schema
+from qiao.drivers.bridge import now
+from qiao.engine import etcfiles, ids, ports
 from qiao.engine.errors import Conflict, InvalidParameter, NotFound, QiaoError
-from qiao.engine.ipam import parse_address as ipam_parse_address
 from qiao.engine.models import Container, Endpoint, Network, from_dict, to_dict
 from qiao.engine.names import random_name
-from qiao.engine.networks import Networks, now
+from qiao.engine.networks import Networks
 from qiao.engine.ports import PortReservations
-from qiao.engine.steps import Fault, Steps
+from qiao.engine.specs import ContainerSpec, EndpointSpec
+from qiao.engine.steps import Fault, Steps, Teardown
 from qiao.engine.store import Store
 from qiao.kernel import linux, netns
 from qiao.kernel.firewall import PortMapping
+from qiao.kernel.host import Host
 from qiao.paths import Root
 from qiao.proc import alive
 from qiao.runtime.supervisor import StartError, Supervisor
@@ -40,14 +42,20 @@ from qiao.runtime.supervisor import StartError, Supervisor
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def _by_port(spec: dict[str, Any]) -> list[tuple[int, str, Any]]:
-    """Normalise ``{"80": …, "53/udp": …}`` keys to (port, proto, value)."""
-    return [(*ports.parse_key(key), value) for key, value in spec.items()]
-
-
 def _etc_mounts(files: dict[str, str]) -> list[list[str]]:
     """qiao's /etc/hosts, /etc/resolv.conf and /etc/hostname over the host's."""
     return [[files[name], "/etc/" + name] for name in ("hosts", "resolv.conf", "hostname")]
+
+
+@dataclass
+class ContainerView:
+    """A container with what its JSON shows: endpoints by network name, files, links."""
+
+    container: Container
+    endpoints: list[tuple[str, Endpoint]]
+    files: dict[str, str]
+    links: list[str]
+    link_notes: dict[str, str] = field(default_factory=dict)  # endpoint id -> what happened to its link behind qiao's back
 
 
 class StartFailed(QiaoError):
@@ -70,22 +78,34 @@ def gateway_network(nets: list[Network]) -> Network | None:
     return min(candidates, key=lambda n: (not (n.enable_ipv6 and n.gateway6), n.name), default=None)
 
 
+def _endpoint_spec(att: dict[str, Any]) -> EndpointSpec:
+    """A container's stored settings for one network, as the registry takes them."""
+    return EndpointSpec(tuple(att["aliases"]), att["ip"], att["ip6"], att["mac"])
+
+
 def _carrying_route(ep: Endpoint, net: Network) -> Endpoint:
     return dataclasses.replace(ep, gateway=net.gateway or "", gateway6=(net.gateway6 or "") if ep.address6 else "")
 
 
 class Containers:
-    def __init__(self, root: Root, store: Store, networks: Networks, lock: threading.RLock, fault: Fault | None = None):
-        self.root, self.store, self.networks, self.lock, self.fault = root, store, networks, lock, fault
-        self.host = networks.host
+    def __init__(
+        self,
+        root: Root,
+        store: Store,
+        networks: Networks,
+        host: Host,
+        lock: threading.RLock,
+        fault: Fault | None = None,
+        resolv_conf: str = "",
+    ):
+        self.root, self.store, self.networks, self.host, self.lock, self.fault = root, store, networks, host, lock, fault
         self.firewall = networks.firewall
+        self.resolv_conf = resolv_conf or etcfiles.default_resolv_conf()  # the host's resolvers (qiaod --resolv-conf)
         self.reservations = PortReservations()
         self.by_id: dict[str, Container] = {}
         self.changed = threading.Condition(lock)
         self.removed_exit_codes: collections.OrderedDict[str, int] = collections.OrderedDict()
         self.supervisor = Supervisor(self._on_exit, tag=root.base or root.data)
-        # Told which networks' endpoints changed (the engine refreshes DNS).
-        self.on_change: Callable[[set[str]], None] = lambda network_ids: None
 
     # -- start-up --------------------------------------------------------
 
@@ -110,11 +130,13 @@ class Containers:
                 else:
                     self._finish(ctr)
             live_endpoints = {e for c in self.by_id.values() if c.running for e in c.endpoint_ids}
+            teardown = Teardown("removing endpoints of containers gone", self.fault)
             for ep in list(self.networks.endpoints.values()):
                 if ep.id not in live_endpoints:
-                    self.networks.leave(ep)
+                    self.networks.leave(ep, teardown)
                     with self.store.transaction() as tx:
                         tx.delete("endpoints", ep.id)
+            teardown.report()
             for name, owner in self.host.owned_links().items():
                 # veths are tagged with their endpoint, bridges with "net:<network id>"
                 known = owner[4:] in self.networks.by_id if owner.startswith("net:") else owner in self.networks.endpoints
@@ -163,97 +185,80 @@ class Containers:
             "exit": os.path.join(d, "exitcode"),
         }
 
-    def inspect(self, ref: str) -> dict[str, Any]:
-        with self.lock:
-            ctr = self.get(ref)
-            links = [f"/{self.by_id[t].name}:/{ctr.name}/{alias}" for t, alias in ctr.links if t in self.by_id]
-            return schema.container(ctr, self.endpoints(ctr), self.files(ctr), links)
+    def view(self, ctr: Container) -> ContainerView:
+        """What the API shows of a container (under the lock: a consistent snapshot)."""
+        links = [f"/{self.by_id[t].name}:/{ctr.name}/{alias}" for t, alias in ctr.links if t in self.by_id]
+        endpoints = self.endpoints(ctr)
+        notes = {ep.id: self.networks.link_notes[ep.id] for _n, ep in endpoints if ep.id in self.networks.link_notes}
+        return ContainerView(dataclasses.replace(ctr), endpoints, self.files(ctr), links, notes)
 
-    def summaries(self, all_: bool) -> list[dict[str, Any]]:
+    def inspect(self, ref: str) -> ContainerView:
+        with self.lock:
+            return self.view(self.get(ref))
+
+    def views(self, all_: bool) -> list[ContainerView]:
         with self.lock:
             ctrs = sorted(self.by_id.values(), key=lambda c: c.created, reverse=True)
-            return [schema.container_summary(c, self.endpoints(c)) for c in ctrs if all_ or c.running]
+            return [self.view(c) for c in ctrs if all_ or c.running]
 
     # -- create ----------------------------------------------------------
 
-    def create(self, name: str | None, body: dict[str, Any]) -> Container:
-        cmd = body.get("Cmd") or []
-        if isinstance(cmd, str):
-            cmd = [cmd]
-        if not cmd:
+    def create(self, spec: ContainerSpec) -> Container:
+        if not spec.cmd:
             raise InvalidParameter("no command specified")
-        env = list(body.get("Env") or [])
-        for item in env:
+        for item in spec.env:
             if "=" not in item or item.startswith("="):
                 raise InvalidParameter(f"invalid environment variable {item!r}: expected KEY=VALUE")
-        host_config = body.get("HostConfig") or {}
-        mode = host_config.get("NetworkMode") or "default"
-        if mode == "default":
-            mode = "bridge"
-        hostname = body.get("Hostname") or ""
-        port_bindings = {f"{p}/{proto}": v for p, proto, v in _by_port(host_config.get("PortBindings") or {})}
-        exposed: dict[str, Any] = {f"{p}/{proto}": {} for p, proto, _ in _by_port(body.get("ExposedPorts") or {})}
-        exposed.update(dict.fromkeys(port_bindings, {}))  # Docker exposes what it publishes
-        publish_all = bool(host_config.get("PublishAllPorts"))
-        ports.requests(port_bindings, exposed, publish_all)  # validate now: a bad -p changes nothing
+        if spec.hostname and not ids.DNS_NAME_RE.match(spec.hostname):
+            raise InvalidParameter(f"invalid hostname {spec.hostname!r}: not a DNS name")
+        bindings = {key: [dataclasses.asdict(b) for b in entries] for key, entries in spec.port_bindings.items()}
+        exposed = list(dict.fromkeys([*spec.exposed_ports, *bindings]))  # Docker exposes what it publishes
+        ports.requests(bindings, exposed, spec.publish_all)  # validate now: a bad -p changes nothing
+        mode, hostname = spec.network_mode or "bridge", spec.hostname
         with self.lock:
-            if name is not None:
-                name = name.lstrip("/")
-                if not ids.NAME_RE.match(name):
-                    raise InvalidParameter(f"invalid container name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
-                for other in self.by_id.values():
-                    if other.name == name:
-                        raise Conflict(
-                            f'Conflict. The container name "/{name}" is already in use by container "{other.id}". '
-                            "You have to remove (or rename) that container to be able to reuse that name."
-                        )
-            else:
-                name = random_name({c.name for c in self.by_id.values()})
+            name = self._new_name(spec.name)
             cid = ids.new_id()
             if mode.startswith("container:"):
                 if hostname:
                     raise InvalidParameter("conflicting options: hostname and the network mode")
-                if port_bindings or publish_all:
+                if bindings or spec.publish_all:
                     raise InvalidParameter("conflicting options: port publishing and the container type network mode")
                 target = self.get(mode.split(":", 1)[1])
-                if target.id == cid:
-                    raise InvalidParameter("cannot join own network")
                 mode = "container:" + target.id
                 hostname = target.hostname
             elif mode == "host":
                 hostname = hostname or socket.gethostname()
-            attachments, links = [], []
+            attachments: list[dict[str, Any]] = []
+            links: list[list[str]] = []
             if mode not in ("host", "none") and not mode.startswith("container:"):
-                configs = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
                 first = self.networks.get(mode)
                 mode = first.name
                 # Keys may be names, ids or id prefixes (as --network takes them): resolve each one.
                 wanted = {first.id: first}
-                settings: dict[str, dict[str, Any]] = {}
-                for ref, cfg in configs.items():
+                settings: dict[str, EndpointSpec] = {}
+                for ref, cfg in spec.networks.items():
                     net = self.networks.get(ref)
                     wanted.setdefault(net.id, net)
-                    settings.setdefault(net.id, cfg or {})
+                    settings.setdefault(net.id, cfg)
                 for net in wanted.values():
-                    attachments.append(self._attachment(net, settings.get(net.id, {})))
-                if (port_bindings or publish_all) and first.internal:
+                    attachments.append(self._attachment(net, settings.get(net.id, EndpointSpec())))
+                if (bindings or spec.publish_all) and first.internal:
                     raise InvalidParameter(f"port publishing is not possible on internal network {first.name}")
-                links = self._validate_links(host_config.get("Links") or [], first.name)
-            elif host_config.get("Links"):
+                links = self._validate_links(list(spec.links), first.name)
+            elif spec.links:
                 raise InvalidParameter("--link needs the default bridge network")
-            hostname = hostname or cid[:12]
             ctr = Container(
                 id=cid,
                 name=name,
                 created=now(),
-                cmd=list(cmd),
-                env=env,
-                hostname=hostname,
+                cmd=list(spec.cmd),
+                env=list(spec.env),
+                hostname=hostname or cid[:12],
                 network_mode=mode,
-                auto_remove=bool(host_config.get("AutoRemove")),
-                port_bindings=port_bindings,
+                auto_remove=spec.auto_remove,
+                port_bindings=bindings,
                 exposed_ports=exposed,
-                publish_all=publish_all,
+                publish_all=spec.publish_all,
                 attachments=attachments,
                 links=links,
             )
@@ -262,28 +267,24 @@ class Containers:
             self.by_id[cid] = ctr
             return ctr
 
-    def _attachment(self, net: Network, cfg: dict[str, Any]) -> dict[str, Any]:
-        """Validate one network's endpoint settings (Docker's EndpointsConfig)."""
-        if net.driver not in ("bridge", "overlay"):
-            raise InvalidParameter(f"container cannot be connected to network {net.name} (driver {net.driver}) and to other networks")
-        aliases = list(cfg.get("Aliases") or [])
-        ipam = cfg.get("IPAMConfig") or {}
-        ip, ip6, mac = ipam.get("IPv4Address") or "", ipam.get("IPv6Address") or "", cfg.get("MacAddress") or ""
-        if (aliases or ip or ip6) and not net.user_defined:
-            raise InvalidParameter("network-scoped aliases and user-specified IP addresses are supported only on user-defined networks")
-        for alias in aliases:
-            if not ids.DNS_NAME_RE.match(alias):
-                raise InvalidParameter(
-                    f"invalid alias {alias!r}: not a DNS name (letters, digits and '-', labels of 1-63, separated by '.')"
+    def _new_name(self, name: str | None) -> str:
+        if name is None:
+            return random_name({c.name for c in self.by_id.values()})
+        name = name.lstrip("/")
+        if not ids.NAME_RE.match(name):
+            raise InvalidParameter(f"invalid container name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+        for other in self.by_id.values():
+            if other.name == name:
+                raise Conflict(
+                    f'Conflict. The container name "/{name}" is already in use by container "{other.id}". '
+                    "You have to remove (or rename) that container to be able to reuse that name."
                 )
-        for text, subnet, what in ((ip, net.subnet, "IPv4 address"), (ip6, net.subnet6, "IPv6 address")):
-            if text:
-                address = ipam_parse_address(text, what)
-                if not subnet or address not in ipaddress.ip_network(subnet):
-                    raise InvalidParameter(f"invalid {what} {text}: not in the subnet of network {net.name} ({subnet or 'none'})")
-        if mac and not ids.MAC_RE.match(mac):
-            raise InvalidParameter(f"invalid MAC address {mac!r}")
-        return {"network": net.id, "aliases": aliases, "ip": ip, "ip6": ip6, "mac": mac.lower()}
+        return name
+
+    def _attachment(self, net: Network, spec: EndpointSpec) -> dict[str, Any]:
+        """One network's endpoint settings, validated, as the container keeps them."""
+        self.networks.check_endpoint(net, spec)
+        return {"network": net.id, "aliases": list(spec.aliases), "ip": spec.ip, "ip6": spec.ip6, "mac": spec.mac.lower()}
 
     def _validate_links(self, specs: list[str], network: str) -> list[list[str]]:
         if specs and network != "bridge":
@@ -350,9 +351,8 @@ class Containers:
                 nets = [self.networks.get(att["network"]) for att in ctr.attachments]
                 gateway_net = gateway_network(nets)
                 for index, (att, net) in enumerate(zip(ctr.attachments, nets, strict=True)):
-                    route = net is gateway_net
                     ep = self.networks.join(
-                        steps, net, ctr.id, sandbox, f"eth{index}", route, att["ip"], att["ip6"], att["mac"], att["aliases"]
+                        steps, net, sandbox, f"eth{index}", ctr.id, _endpoint_spec(att), net is gateway_net, self._dns_names(ctr, att)
                     )
                     endpoints.append(ep)
                 if endpoints:
@@ -383,8 +383,12 @@ class Containers:
                 raise
         for ep in endpoints:
             self.networks.adopt(ep)
-        self.on_change({ep.network_id for ep in endpoints})
         return ctr
+
+    @staticmethod
+    def _dns_names(ctr: Container, att: dict[str, Any]) -> list[str]:
+        """What a network's resolver answers for this container: name, short id, aliases (as Docker's DNSNames)."""
+        return [ctr.name, ctr.id[:12], *att["aliases"]]
 
     def _write_etc(self, ctr: Container, endpoints: list[Endpoint]) -> None:
         entries = [(a, ctr.hostname) for ep in endpoints for a in (ep.address, ep.address6) if a]
@@ -399,7 +403,7 @@ class Containers:
             self.root.container_dir(ctr.id),
             {
                 "hosts": etcfiles.hosts(entries),
-                "resolv.conf": etcfiles.resolv_conf(self.networks.resolv_conf, nameservers=resolvers[:3]),
+                "resolv.conf": etcfiles.resolv_conf(self.resolv_conf, nameservers=resolvers[:3]),
                 "hostname": ctr.hostname + "\n",
             },
         )
@@ -519,14 +523,14 @@ class Containers:
             self._finish(ctr)
 
     def _finish(self, ctr: Container) -> None:
-        """Record the exit, release the network, maybe auto-remove."""
+        """Release the network (best effort, complete), then record the exit, or auto-remove."""
+        self._release(ctr)
         try:
             with open(self.files(ctr)["exit"]) as f:
                 ctr.exit_code = int(f.read().strip())
         except (OSError, ValueError):
             ctr.exit_code, ctr.error = 255, "container shim exited without recording an exit code"
         ctr.status, ctr.pid, ctr.finished_at = "exited", 0, now()
-        self._release(ctr)
         if ctr.auto_remove:
             self._forget(ctr)
         else:
@@ -535,25 +539,30 @@ class Containers:
         self.changed.notify_all()
 
     def _release(self, ctr: Container) -> None:
+        """Every step runs, whatever failed before it (a firewall table deleted by
+        hand, a veth gone): ports, endpoints, sandbox; then the rows, in one
+        transaction.  What failed is logged once; the firewall's resync and the
+        next start repair the kernel side."""
+        teardown = Teardown(f"releasing container {ctr.name}", self.fault)
         if ctr.ports:
             mappings = [PortMapping(**m) for m in ctr.ports]
-            self.firewall.del_ports(mappings)
+            teardown.run("unpublish-ports", lambda: self.firewall.del_ports(mappings))
             self.reservations.release(ctr.id)
             for m in mappings:
                 if m.proto == "udp":
-                    self.host.flush_conntrack(m.proto, m.host_port)
-            ctr.ports = []
-        changed = {ep.network_id for _n, ep in self.endpoints(ctr)}
+                    teardown.run("flush-conntrack", functools.partial(self.host.flush_conntrack, m.proto, m.host_port))
         for _name, ep in self.endpoints(ctr):
-            self.networks.leave(ep)
+            self.networks.leave(ep, teardown)
         if ctr.sandbox_key and not ctr.joined_to:
-            self.host.destroy_netns(ctr.sandbox_key)
-        if ctr.endpoint_ids:
-            with self.store.transaction() as tx:
-                for eid in ctr.endpoint_ids:
-                    tx.delete("endpoints", eid)
-        ctr.sandbox_key, ctr.endpoint_ids = "", []
-        self.on_change(changed)
+            sandbox = ctr.sandbox_key
+            teardown.run("destroy-sandbox", lambda: self.host.destroy_netns(sandbox))
+        endpoint_ids = ctr.endpoint_ids
+        ctr.sandbox_key, ctr.endpoint_ids, ctr.ports = "", [], []
+        with self.store.transaction() as tx:
+            for eid in endpoint_ids:
+                tx.delete("endpoints", eid)
+            tx.put("containers", to_dict(ctr))
+        teardown.report()
 
     def _forget(self, ctr: Container) -> None:
         with self.store.transaction() as tx:
@@ -634,7 +643,7 @@ class Containers:
 
     # -- connect / disconnect ---------------------------------------------
 
-    def connect(self, ref: str, net_ref: str, cfg: dict[str, Any]) -> None:
+    def connect(self, ref: str, net_ref: str, cfg: EndpointSpec) -> None:
         """Docker's ``network connect``: a running container gets a new ethN at once."""
         with self.lock:
             ctr, net = self.get(ref), self.networks.get(net_ref)
@@ -654,7 +663,7 @@ class Containers:
             takes_route = gateway_network([*(self.networks.by_id[e.network_id] for _n, e in self.endpoints(ctr)), net]) is net
             sandbox = ctr.sandbox_key
             with Steps(self.fault) as steps:
-                ep = self.networks.join(steps, net, ctr.id, sandbox, ifname, False, att["ip"], att["ip6"], att["mac"], att["aliases"])
+                ep = self.networks.join(steps, net, sandbox, ifname, ctr.id, _endpoint_spec(att), False, self._dns_names(ctr, att))
                 demoted = None
                 if takes_route:  # as Docker: the network first in its order carries the default route
                     ep = _carrying_route(ep, net)
@@ -682,7 +691,6 @@ class Containers:
             if demoted:
                 self.networks.adopt(demoted)
             self._write_etc(ctr, [e for _n, e in self.endpoints(ctr)])
-            self.on_change({net.id})
 
     def disconnect(self, ref: str, net_ref: str, force: bool = False) -> None:
         with self.lock:
@@ -722,9 +730,10 @@ class Containers:
                 self.networks.adopt(heir)
             if ep:
                 ctr.endpoint_ids.remove(ep.id)
-                self.networks.leave(ep)
+                teardown = Teardown(f"disconnecting {ctr.name} from {net.name}", self.fault)
+                self.networks.leave(ep, teardown)
+                teardown.report()
                 self._write_etc(ctr, [e for _n, e in self.endpoints(ctr)])
-                self.on_change({net.id})
 
     def _gateway_heir(self, ctr: Container, leaving: Endpoint) -> Endpoint | None:
         """When the endpoint with the default route leaves, the route moves to

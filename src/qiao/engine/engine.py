@@ -1,8 +1,10 @@
-"""The engine: one lock, one store, the networks and the containers.
+"""The engine: one lock, one store, the drivers, the networks and the containers.
 
 Start-up order follows moby's controller: load state, re-assert networks
 in the kernel (idempotent), rebuild the firewall table from intent, then
-reconcile containers against what is really running.
+reconcile containers against what is really running.  Whoever needs to
+know of a change (the DNS zones, an overlay's name publisher) listens to
+:attr:`events`; the engine calls none of them by name.
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ import threading
 import time
 
 from qiao.dns.resolver import Resolver, build_zone
+from qiao.drivers import Drivers
+from qiao.drivers.bridge import BridgeDriver
+from qiao.drivers.host import HostDriver
+from qiao.drivers.null import NullDriver
 from qiao.engine.containers import Containers
+from qiao.engine.events import Event, Events
+from qiao.engine.models import Network
 from qiao.engine.networks import Networks
 from qiao.engine.steps import Fault
 from qiao.engine.store import Store
@@ -21,6 +29,11 @@ from qiao.kernel.host import Host
 from qiao.paths import Root
 
 log = logging.getLogger("qiao.engine")
+
+
+def builtin_drivers(host: Host, firewall: Firewall, resolv_conf: str = "") -> list:
+    """The drivers every qiaod has; the overlay is added when a cluster store is given."""
+    return [BridgeDriver(host, firewall, resolv_conf), HostDriver(), NullDriver()]
 
 
 class Engine:
@@ -32,17 +45,19 @@ class Engine:
         fault: Fault | None = None,
         resolver: Resolver | None = None,
         resolv_conf: str | None = None,
+        drivers: list | None = None,
     ):
         root.ensure()
         self.root = root
+        self.host = host
         self.lock = threading.RLock()
         self.store = Store(root.store)
-        self.networks = Networks(self.store, host, firewall, self.lock, fault)
-        self.containers = Containers(root, self.store, self.networks, self.lock, fault)
+        self.events = Events()
+        self.drivers = Drivers(drivers if drivers is not None else builtin_drivers(host, firewall, resolv_conf or ""))
+        self.networks = Networks(self.store, self.drivers, firewall, self.lock, self.events, fault)
+        self.containers = Containers(root, self.store, self.networks, host, self.lock, fault, resolv_conf or "")
         self.resolver = resolver
-        if resolv_conf:
-            self.networks.resolv_conf = resolv_conf
-        self.networks.on_change = self.containers.on_change = self.refresh_dns
+        self.events.subscribe(self._dns_follows)
 
     def start(self) -> None:
         with self.lock:
@@ -51,57 +66,48 @@ class Engine:
             self.networks.restore_kernel(self.containers.published())
             self.networks.ensure_builtin()
             self.containers.reconcile()
-            self.refresh_dns(set(self.networks.by_id))
+            for net in list(self.networks.by_id.values()):
+                self.refresh_dns(net)
         threading.Thread(target=self._resync, name="resync", daemon=True).start()
 
     def _resync(self, every: float = 5.0) -> None:
         """Re-assert what others may change behind our back (flannel resyncs its
-        rules every 5 s too): today, the accept pair in foreign FORWARD-DROP chains."""
+        rules every 5 s too): the accept pair in foreign FORWARD-DROP chains, and
+        endpoints' links deleted by hand."""
         while True:
             time.sleep(every)
             try:
                 with self.lock:
-                    bridges = [n.bridge for n in self.networks.by_id.values() if n.bridge]
+                    bridges = [r.bridge for r in self.networks.firewall_rules()]
                     self.networks.firewall.ensure_foreign_hooks(bridges)
             except Exception:
                 log.exception("firewall resync failed")
+            try:
+                for ep in self.networks.repair_links(set(self.host.owned_links())):
+                    log.warning("endpoint %s: its link %s had been deleted by hand; plugged again", ep.id[:12], ep.host_ifname)
+            except Exception:
+                log.exception("link resync failed")
 
-    def refresh_dns(self, network_ids: set[str]) -> None:
-        """Give the resolver the current names of these networks (called under the lock)."""
+    # -- DNS: a zone per user network, from its endpoints' names ----------
+
+    def _dns_follows(self, event: Event) -> None:
+        if event.kind == "network" and event.action == "delete":
+            if self.resolver is not None:
+                self.resolver.drop_zone(event.network.id)
+            return
+        self.refresh_dns(event.network)
+
+    def refresh_dns(self, net: Network) -> None:
+        """Give the resolver the current names of one network (under the lock)."""
         if self.resolver is None:
             return
-        overlay = self.networks.overlay
-        overlay_changed = False
-        for nid in network_ids:
-            net = self.networks.by_id.get(nid)
-            if net is None or not net.user_defined:
-                self.resolver.drop_zone(nid)
-                continue
-            records = []
-            local = self.networks.endpoints_of(nid)
-            for ep in local:
-                ctr = self.containers.by_id.get(ep.container_id)
-                if ctr is not None and ctr.running:
-                    records.append(([ctr.name, ctr.id[:12], *ep.aliases], [a for a in (ep.address, ep.address6) if a]))
-            if net.driver == "overlay" and overlay is not None:
-                local_ids = {ep.id for ep in local}
-                for eid, rec in overlay.names.get(net.name, {}).items():
-                    if eid not in local_ids:  # names of containers on other hosts
-                        records.append(([rec["Name"], rec["Container"][:12], *rec.get("Aliases", [])], [rec["IPv4"]]))
-                overlay_changed = True
-            gateways = [g for g in (net.gateway, net.gateway6) if g]
-            subnets = [s for s in (net.subnet, net.subnet6) if s]
-            if net.cluster_subnet:
-                subnets.append(net.cluster_subnet)  # containers on every host may ask this host's resolver
-            self.resolver.set_zone(nid, build_zone(gateways, subnets, net.internal, records))
-        if overlay is not None and overlay_changed:
-            overlay.request_sync()  # publish our names cluster-wide, soon and outside this lock
-
-    def network_json(self, ref: str) -> dict:
-        with self.lock:
-            return self.networks.describe(self.networks.get(ref), self.containers.by_id)
-
-    def networks_json(self) -> list[dict]:
-        with self.lock:
-            nets = sorted(self.networks.by_id.values(), key=lambda n: n.created)
-            return [self.networks.describe(n, self.containers.by_id) for n in nets]
+        if not net.user_defined or net.id not in self.networks.by_id:
+            self.resolver.drop_zone(net.id)
+            return
+        records = [(ep.dns_names, [a for a in (ep.address, ep.address6) if a]) for ep in self.networks.endpoints_of(net.id)]
+        records += self.networks.driver(net).dns_records(net)
+        gateways = [g for g in (net.gateway, net.gateway6) if g]
+        subnets = [s for s in (net.subnet, net.subnet6) if s]
+        if net.cluster_subnet:
+            subnets.append(net.cluster_subnet)  # containers on every host may ask this host's resolver
+        self.resolver.set_zone(net.id, build_zone(gateways, subnets, net.internal, records))

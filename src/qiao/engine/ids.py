@@ -6,6 +6,8 @@ import ipaddress
 import re
 import secrets
 
+from qiao.engine.errors import InvalidParameter
+
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")  # \Z: "$" would accept a trailing newline
 # A DNS name (aliases, link aliases): labels of letters, digits and '-', 1-63 long.
 DNS_NAME_RE = re.compile(r"^(?=.{1,253}\Z)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z")
@@ -33,3 +35,14 @@ def mac_from_ipv4(address: str) -> str:
 
 def valid_ifname(name: str) -> bool:
     return bool(IFNAME_RE.match(name)) and name not in (".", "..")
+
+
+def check_mac(mac: str) -> None:
+    """A MAC an interface can have: six bytes, unicast, not all zero."""
+    if not MAC_RE.match(mac):
+        raise InvalidParameter(f"invalid MAC address {mac!r}")
+    first = int(mac[:2], 16)
+    if first & 1:
+        raise InvalidParameter(f"invalid MAC address {mac}: a multicast address (the first byte is odd)")
+    if int(mac.replace(":", ""), 16) == 0:
+        raise InvalidParameter(f"invalid MAC address {mac}: all zero")

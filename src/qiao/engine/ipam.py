@@ -38,6 +38,27 @@ def parse_subnet(text: str) -> IPNetwork:
     return net
 
 
+# Ranges no network may use (Docker refuses them too): loopback, "this network",
+# link-local, multicast and the reserved class E (IPv4); loopback, link-local,
+# multicast and the unspecified address (IPv6).
+_FORBIDDEN = [
+    ipaddress.ip_network(n)
+    for n in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4", "::/128", "::1/128", "fe80::/10", "ff00::/8")
+]
+
+
+def refuse_reserved(net: IPNetwork, host_addresses: Iterable[IPAddress]) -> None:
+    """A subnet must not be special-purpose, nor contain an address the host
+    already has (its uplink's, its router's network): the gateway or a
+    container would take it."""
+    for bad in _FORBIDDEN:
+        if bad.version == net.version and net.overlaps(bad):  # type: ignore[arg-type]
+            raise InvalidParameter(f"invalid subnet {net}: it overlaps the reserved range {bad}")
+    for address in host_addresses:
+        if address in net:
+            raise InvalidParameter(f"invalid subnet {net}: it contains {address}, an address of this host")
+
+
 def parse_address(text: str, what: str = "address") -> IPAddress:
     try:
         return ipaddress.ip_address(text)

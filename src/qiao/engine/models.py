@@ -13,12 +13,11 @@ BUILTIN_NETWORKS = ("bridge", "host", "none")
 class Network:
     id: str
     name: str
-    driver: str  # bridge | host | null
+    driver: str  # a name in the driver registry (qiao.drivers)
     created: str
     subnet: str | None = None
     gateway: str | None = None
     ip_range: str | None = None
-    bridge: str | None = None
     mtu: int = 1500
     options: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
@@ -27,19 +26,15 @@ class Network:
     enable_ipv6: bool = False
     subnet6: str | None = None
     gateway6: str | None = None
-    # Overlay networks: ``subnet`` is this host's lease of ``cluster_subnet``.
+    scope: str = "local"  # "global": one network across the hosts of a cluster store
+    # Global networks: ``subnet`` is this host's share of ``cluster_subnet``, the range of all hosts.
     cluster_subnet: str | None = None
-    vni: int = 0
-    vxlan: str = ""  # the VXLAN device
+    driver_state: dict[str, Any] = field(default_factory=dict)  # owned by the driver (an overlay's VNI, ...)
 
     @property
     def user_defined(self) -> bool:
-        """User networks get DNS; the default bridge keeps Docker's legacy behaviour."""
-        return self.driver in ("bridge", "overlay") and self.name != "bridge"
-
-    @property
-    def icc(self) -> bool:
-        return self.options.get("com.docker.network.bridge.enable_icc", "true") == "true"
+        """User networks get DNS; the predefined ones keep Docker's legacy behaviour."""
+        return not self.builtin
 
     @property
     def builtin(self) -> bool:
@@ -53,9 +48,13 @@ class Network:
 
 @dataclass
 class Endpoint:
+    """An interface of one network in one sandbox.  It knows nothing of
+    containers: ``owner`` is whoever asked (a qiao container's id today; a
+    CNI runtime's container id and interface, a dockerd endpoint id later)."""
+
     id: str
     network_id: str
-    container_id: str
+    owner: str
     ifname: str  # inside the sandbox: eth0, eth1, ...
     host_ifname: str  # veth + 7 hex
     address: str
@@ -66,6 +65,8 @@ class Endpoint:
     address6: str = ""
     prefixlen6: int = 0
     gateway6: str = ""
+    sandbox: str = ""  # the network namespace's path
+    dns_names: list[str] = field(default_factory=list)  # what the network's resolver answers with our addresses
 
 
 @dataclass
@@ -88,8 +89,8 @@ class Container:
     finished_at: str = "0001-01-01T00:00:00Z"
     sandbox_key: str = ""
     endpoint_ids: list[str] = field(default_factory=list)
-    port_bindings: dict[str, Any] = field(default_factory=dict)  # HostConfig.PortBindings, as asked
-    exposed_ports: dict[str, Any] = field(default_factory=dict)  # Config.ExposedPorts
+    port_bindings: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # "80/tcp" -> [{host_ip, host_port}], as asked
+    exposed_ports: list[str] = field(default_factory=list)  # "80/tcp", ...
     publish_all: bool = False  # -P
     ports: list[dict[str, Any]] = field(default_factory=list)  # PortMapping fields, while running
     # Networks to join at start, in order (the first one carries the default route):

@@ -1,62 +1,50 @@
-"""Networks and their endpoints (the bridge driver's logic).
+"""The network registry: networks, their address pools, and endpoints.
 
-A network here is a Linux bridge with a subnet; an endpoint is a veth pair
-whose host end hangs on that bridge and whose other end is ``ethN`` inside a
-sandbox.  The kernel and firewall work goes through the ports of
-:mod:`qiao.kernel`; this module decides what to ask for and undoes it all
-when a step fails.
+What a network *is* in the kernel is its driver's business
+(:mod:`qiao.drivers`); this module keeps the records, hands out addresses
+(IPAM), and runs the drivers' steps all-or-nothing.  An endpoint joins any
+sandbox (a network namespace path) for any owner: qiao's containers are one
+caller, a CNI runtime or dockerd will be others.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime
+import dataclasses
 import ipaddress
+import os
 import threading
-from collections.abc import Callable
-from ipaddress import IPv4Network
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
 
-from qiao.engine import etcfiles, ids
+from qiao.drivers import Drivers, NetworkDriver
+from qiao.drivers.bridge import DEFAULT_OPTIONS, now
+from qiao.engine import ids
 from qiao.engine.errors import Conflict, InvalidParameter, NotFound
-from qiao.engine.ipam import AddressPool, IPAddress, IPNetwork, choose_subnet, parse_address, parse_subnet
+from qiao.engine.events import Event, Events
+from qiao.engine.ipam import AddressPool, IPAddress, parse_address
 from qiao.engine.models import Endpoint, Network, from_dict, to_dict
-from qiao.engine.steps import Fault, Steps
+from qiao.engine.specs import EndpointSpec, NetworkSpec
+from qiao.engine.steps import Fault, Steps, Teardown
 from qiao.engine.store import Store
-from qiao.kernel.firewall import BridgeRules, Firewall, PortMapping
-from qiao.kernel.host import Host, Iface, Peer
+from qiao.kernel.firewall import Firewall, PortMapping
 
-if TYPE_CHECKING:
-    from qiao.overlay.manager import OverlayManager
-
-DEFAULT_BRIDGE = "qiao0"
-OPT_BRIDGE_NAME = "com.docker.network.bridge.name"
-OPT_MTU = "com.docker.network.driver.mtu"
-KNOWN_OPTIONS = (
-    OPT_BRIDGE_NAME,
-    OPT_MTU,
-    "com.docker.network.bridge.default_bridge",
-    "com.docker.network.bridge.enable_icc",
-    "com.docker.network.bridge.enable_ip_masquerade",
-    "com.docker.network.bridge.host_binding_ipv4",
-)
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+NO_SETTINGS = EndpointSpec()
+PREDEFINED = (("host", "host"), ("none", "null"))  # (name, driver), besides "bridge"
 
 
 class Networks:
-    def __init__(self, store: Store, host: Host, firewall: Firewall, lock: threading.RLock, fault: Fault | None = None):
-        self.store, self.host, self.firewall, self.lock, self.fault = store, host, firewall, lock, fault
+    def __init__(
+        self, store: Store, drivers: Drivers, firewall: Firewall, lock: threading.RLock, events: Events, fault: Fault | None = None
+    ):
+        self.store, self.drivers, self.firewall, self.lock, self.events, self.fault = store, drivers, firewall, lock, events, fault
         self.by_id: dict[str, Network] = {}
         self.endpoints: dict[str, Endpoint] = {}
         self.pools: dict[str, AddressPool] = {}
         self.pools6: dict[str, AddressPool] = {}
         self.by_network: dict[str, dict[str, Endpoint]] = {}  # network id -> endpoint id -> endpoint
-        self.on_change: Callable[[set[str]], None] = lambda network_ids: None  # the engine refreshes DNS
-        self.resolv_conf = etcfiles.default_resolv_conf()
-        self.overlay: OverlayManager | None = None  # set when qiaod has a cluster store  # the host's resolvers (qiaod --resolv-conf)
+        self.link_notes: dict[str, str] = {}  # endpoint id -> what happened to its link behind our back
+
+    def driver(self, net: Network) -> NetworkDriver:
+        return self.drivers.get(net.driver)
 
     # -- start-up --------------------------------------------------------
 
@@ -67,7 +55,7 @@ class Networks:
             self._add_pools(net)
         for row in self.store.load("endpoints"):
             ep = from_dict(Endpoint, row)
-            self.adopt(ep)
+            self._index(ep)
             self.pools[ep.network_id].reserve(ipaddress.ip_address(ep.address))
             if ep.address6:
                 self.pools6[ep.network_id].reserve(ipaddress.ip_address(ep.address6))
@@ -76,18 +64,8 @@ class Networks:
         """Create ``bridge`` (on qiao0), ``host`` and ``none`` on first use."""
         have = {n.name for n in self.by_id.values()}
         if "bridge" not in have:
-            self.create(
-                "bridge",
-                options={
-                    OPT_BRIDGE_NAME: DEFAULT_BRIDGE,
-                    "com.docker.network.bridge.default_bridge": "true",
-                    "com.docker.network.bridge.enable_icc": "true",
-                    "com.docker.network.bridge.enable_ip_masquerade": "true",
-                    "com.docker.network.bridge.host_binding_ipv4": "0.0.0.0",
-                    OPT_MTU: "1500",
-                },
-            )
-        for name, driver in (("host", "host"), ("none", "null")):
+            self.create(NetworkSpec("bridge", options=dict(DEFAULT_OPTIONS)))
+        for name, driver in PREDEFINED:
             if name not in have:
                 net = Network(ids.new_id(), name, driver, now())
                 with self.store.transaction() as tx:
@@ -95,13 +73,13 @@ class Networks:
                 self.by_id[net.id] = net
 
     def restore_kernel(self, mappings: list[PortMapping]) -> None:
-        """Re-assert every bridge and the whole firewall table from intent."""
-        bridges = [n for n in self.by_id.values() if n.driver in ("bridge", "overlay")]
-        for net in bridges:
-            self._ensure_bridge(net)
-        if bridges:
-            self.host.enable_forwarding(ipv6=any(n.enable_ipv6 for n in bridges))
-        self.firewall.reset([self._rules(n) for n in bridges], mappings)
+        """Re-assert every network's kernel side and the whole firewall table from intent."""
+        for driver in self.drivers:
+            driver.restore(self.of_driver(driver.name))
+        self.firewall.reset(self.firewall_rules(), mappings)
+
+    def firewall_rules(self) -> list:
+        return [r for n in self.by_id.values() if (r := self.driver(n).firewall_rules(n)) is not None]
 
     # -- lookup ----------------------------------------------------------
 
@@ -120,308 +98,168 @@ class Networks:
         raise NotFound(f"network {ref} not found")
 
     def endpoints_of(self, network_id: str) -> list[Endpoint]:
-        return list(self.by_network.get(network_id, {}).values())
+        with self.lock:
+            return list(self.by_network.get(network_id, {}).values())
+
+    def of_driver(self, driver: str) -> list[Network]:
+        with self.lock:
+            return [n for n in self.by_id.values() if n.driver == driver]
+
+    def gives_interfaces(self, net: Network) -> bool:
+        return self.driver(net).endpoints
 
     # -- create / remove -------------------------------------------------
 
-    def create(
-        self,
-        name: str,
-        driver: str = "bridge",
-        subnet: str | None = None,
-        gateway: str | None = None,
-        ip_range: str | None = None,
-        options: dict[str, str] | None = None,
-        labels: dict[str, str] | None = None,
-        internal: bool = False,
-        attachable: bool = False,
-        enable_ipv6: bool = False,
-        subnet6: str | None = None,
-        gateway6: str | None = None,
-    ) -> Network:
-        if driver == "overlay":
-            if self.overlay is None:
-                raise InvalidParameter("overlay networks need a cluster store: start qiaod with --cluster-store etcd://HOST:2379")
-            with self.lock:
-                if any(n.name == name for n in self.by_id.values()):
-                    raise Conflict(f"network with name {name} already exists")
-                if not name or not ids.NAME_RE.match(name):
-                    raise InvalidParameter(f"invalid network name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
-            return self.overlay.create_network(name, subnet, options or {}, labels or {})
+    def create(self, spec: NetworkSpec) -> Network:
+        """Validate everything (the driver's ``validate`` is pure), then apply, all or nothing."""
+        driver = self.drivers.get(spec.driver)
         with self.lock:
-            net = self._validate(name, driver, subnet, gateway, ip_range, options or {}, labels or {}, internal, attachable)
-            if enable_ipv6 or subnet6:
-                self._validate_v6(net, enable_ipv6, subnet6, gateway6)
-            rules = self._rules(net)
-            assert net.bridge
-            bridge = net.bridge
-            with Steps(self.fault) as steps:
-                created = steps.run(
-                    "create-bridge",
-                    lambda: self._ensure_bridge(net),
-                    lambda: self.host.delete_link(bridge) if created else None,
-                )
-                steps.run("enable-forwarding", lambda: self.host.enable_forwarding(ipv6=net.enable_ipv6))
-                steps.run("add-firewall", lambda: self.firewall.add_network(rules), lambda: self.firewall.del_network(rules))
+            self._check_name(spec.name)
+            net = driver.validate(spec, list(self.by_id.values()))
+            if net.scope == "local":
+                return self._create_local(driver, net)
+        return driver.publish(net)  # cluster-wide first (no engine lock: etcd may be slow); it calls ensure()
 
-                def commit() -> None:
-                    with self.store.transaction() as tx:
-                        tx.put("networks", to_dict(net))
-
-                steps.run("store", commit)
-            self.by_id[net.id] = net
-            self._add_pools(net)
-            self.on_change({net.id})
-            return net
-
-    def _validate_v6(self, net: Network, enable_ipv6: bool, subnet6: str | None, gateway6: str | None) -> None:
-        if not enable_ipv6:
-            raise InvalidParameter("an IPv6 --subnet needs --ipv6")
-        if not subnet6:
-            raise InvalidParameter("--ipv6 needs an IPv6 --subnet (for example --subnet fd00:1::/64)")
-        net6 = parse_subnet(subnet6)
-        for other in self.by_id.values():
-            if other.subnet6 and net6.overlaps(ipaddress.ip_network(other.subnet6)):
-                raise Conflict(
-                    f"invalid pool request: Pool overlaps with other one on this address space ({other.subnet6}, network {other.name})"
-                )
-        gw6 = parse_address(gateway6, "gateway") if gateway6 else net6.network_address + 1
-        if gw6 not in net6 or gw6 == net6.network_address:
-            raise InvalidParameter(f"no matching subnet for gateway {gateway6}: it must be a host address of {net6}")
-        net.enable_ipv6, net.subnet6, net.gateway6 = True, str(net6), str(gw6)
-
-    def _validate(
-        self,
-        name: str,
-        driver: str,
-        subnet: str | None,
-        gateway: str | None,
-        ip_range: str | None,
-        options: dict[str, str],
-        labels: dict[str, str],
-        internal: bool,
-        attachable: bool,
-    ) -> Network:
+    def _check_name(self, name: str) -> None:
         if not name:
             raise InvalidParameter("a network name is required")
         if not ids.NAME_RE.match(name):
             raise InvalidParameter(f"invalid network name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
         if any(n.name == name for n in self.by_id.values()):
             raise Conflict(f"network with name {name} already exists")
-        if driver != "bridge":
-            raise InvalidParameter(f'plugin "{driver}" not found')
-        for key in options:
-            if key.startswith("com.docker.network.") and key not in KNOWN_OPTIONS:
-                raise InvalidParameter(f"unsupported option {key}")
-        net_id = ids.new_id()
-        bridge = options.get(OPT_BRIDGE_NAME) or "br-" + net_id[:12]
-        if not ids.valid_ifname(bridge):
-            raise InvalidParameter(f"invalid bridge name {bridge!r}: an interface name is 1-15 characters of A-Z a-z 0-9 _ . -")
-        if any(n.bridge == bridge for n in self.by_id.values()):
-            raise Conflict(f"bridge name {bridge} is already used by another network")
-        if self.host.link_kind(bridge) not in (None, "bridge"):  # e.g. lo or a NIC: never give it our address
-            raise Conflict(f"existing interface {bridge} is not a bridge")
-        try:
-            mtu = int(options.get(OPT_MTU, "1500"))
-        except ValueError:
-            raise InvalidParameter(f"invalid MTU {options[OPT_MTU]!r}") from None
-        if not 68 <= mtu <= 65535:
-            raise InvalidParameter(f"invalid MTU {mtu}: must be between 68 and 65535")
 
-        taken = [ipaddress.IPv4Network(n.subnet) for n in self.by_id.values() if n.subnet]
-        if subnet:
-            net4 = parse_subnet(subnet)
-            if not isinstance(net4, IPv4Network):
-                raise InvalidParameter(f"invalid subnet {subnet}: the first subnet must be IPv4 (add an IPv6 one with --ipv6)")
-            for other in self.by_id.values():
-                if other.subnet and net4.overlaps(ipaddress.ip_network(other.subnet)):
-                    raise Conflict(
-                        f"invalid pool request: Pool overlaps with other one on this address space ({other.subnet}, network {other.name})"
-                    )
-        else:
-            if gateway or ip_range:
-                raise InvalidParameter("--gateway and --ip-range need a --subnet")
-            reserved = taken + self.host.reserved_networks()
-            for ns in etcfiles.host_nameservers(self.resolv_conf):
-                with contextlib.suppress(ValueError):
-                    reserved.append(ipaddress.IPv4Network(ns))
-            net4 = choose_subnet(reserved)
-        range4: IPNetwork | None = None
-        if ip_range:
-            range4 = parse_subnet(ip_range)
-            if not isinstance(range4, IPv4Network) or not range4.subnet_of(net4):
-                raise InvalidParameter(f"ip-range {ip_range} is not inside subnet {net4}")
-        if gateway:
-            gw = parse_address(gateway, "gateway")
-            if gw not in net4 or gw in (net4.network_address, net4.broadcast_address):
-                raise InvalidParameter(f"no matching subnet for gateway {gateway}: it must be a host address of {net4}")
-        else:
-            gw = net4.network_address + 1
-        return Network(
-            id=net_id,
-            name=name,
-            driver="bridge",
-            created=now(),
-            subnet=str(net4),
-            gateway=str(gw),
-            ip_range=str(range4) if range4 else None,
-            bridge=bridge,
-            mtu=mtu,
-            options=dict(options),
-            labels=dict(labels),
-            internal=internal,
-            attachable=attachable,
-        )
+    def _create_local(self, driver: NetworkDriver, net: Network) -> Network:
+        with Steps(self.fault) as steps:
+            driver.create(steps, net)
+
+            def commit() -> None:
+                with self.store.transaction() as tx:
+                    tx.put("networks", to_dict(net))
+
+            steps.run("store", commit)
+        self.by_id[net.id] = net
+        self._add_pools(net)
+        self.events.publish(Event("network", "create", net))
+        return net
+
+    def ensure(self, net: Network) -> Network:
+        """This host's side of a global network (a driver's control loop calls
+        it on every change it sees): created when missing, renumbered when this
+        host's share changed and nothing uses the old one.  Idempotent."""
+        with self.lock:
+            have = self.by_id.get(net.id)
+            if have is not None and have.subnet != net.subnet and not self.by_network.get(have.id):
+                self.drop(have)
+                have = None
+            if have is not None:
+                return have
+            return self._create_local(self.driver(net), net if net.created else _created_now(net))
 
     def remove(self, ref: str) -> None:
         with self.lock:
             net = self.get(ref)
             if net.builtin:
                 raise Conflict(f"{net.name} is a pre-defined network and cannot be removed")
-            if self.endpoints_of(net.id):
+            if self.by_network.get(net.id):
                 raise Conflict(f"error while removing network: network {net.name} id {net.id} has active endpoints")
-            if net.driver != "overlay":
+            if net.scope == "local":
                 self.drop(net)
                 return
-        if self.overlay is None:
-            raise InvalidParameter(f"network {net.name} is an overlay: removing it needs the cluster store (qiaod --cluster-store)")
-        self.overlay.remove_network(net)  # cluster-wide; every host drops it when it sees the change
-
-    # -- overlay networks (driven by overlay.manager) --------------------
-
-    def ensure_overlay(self, name: str, cfg: dict[str, Any], subnet: str, public_ip: str, underlay: str, mtu: int) -> Network:
-        """This host's side of an overlay network: a bridge holding our
-        containers with the lease's first address, and the VXLAN device.
-        Idempotent: called on every sync."""
-        from qiao.overlay.manager import VXLAN_PORT, vtep_mac
-
-        net = self.by_id.get(cfg["Id"])
-        if net is not None and net.subnet != subnet and not self.endpoints_of(net.id):
-            self.drop(net)  # our lease changed and nothing uses the old one: renumber
-            net = None
-        vni = cfg["Backend"]["VNI"]
-        lease = ipaddress.IPv4Network(subnet)
-        if net is None:
-            net = Network(
-                id=cfg["Id"],
-                name=name,
-                driver="overlay",
-                created=now(),
-                subnet=subnet,
-                gateway=str(lease.network_address + 1),
-                bridge="br-" + cfg["Id"][:12],
-                mtu=mtu,
-                options=dict(cfg.get("Options") or {}),
-                labels=dict(cfg.get("Labels") or {}),
-                attachable=True,
-                cluster_subnet=cfg["Network"],
-                vni=vni,
-                vxlan=f"qv{vni}",
-            )
-        self._ensure_bridge(net)
-        self.host.ensure_vxlan(
-            net.vxlan,
-            vni,
-            public_ip,
-            cfg["Backend"].get("Port", VXLAN_PORT),
-            mtu,
-            vtep_mac(public_ip, vni),
-            underlay,
-            str(lease.network_address),
-        )
-        if net.id not in self.by_id:
-            self.host.enable_forwarding()
-            self.firewall.add_network(self._rules(net))
-            with self.store.transaction() as tx:
-                tx.put("networks", to_dict(net))
-            self.by_id[net.id] = net
-            self._add_pools(net)
-            self.on_change({net.id})
-        return net
+        self.driver(net).unpublish(net)  # cluster-wide; every host drops its side when it sees that
 
     def drop(self, net: Network) -> None:
-        """This host's side of a network: firewall, record, bridge (and an overlay's VXLAN device)."""
-        rules = self._rules(net)
-        with Steps(self.fault) as steps:
-            steps.run("del-firewall", lambda: self.firewall.del_network(rules), lambda: self.firewall.add_network(rules))
-
-            def commit() -> None:
-                with self.store.transaction() as tx:
-                    tx.delete("networks", net.id)
-
-            steps.run("store", commit)
-        assert net.bridge
-        self.host.delete_link(net.bridge)  # after the store: a leftover bridge is harmless, a dangling record is not
-        if net.vxlan:
-            self.host.delete_link(net.vxlan)
-        del self.by_id[net.id]
-        self.pools.pop(net.id, None)
-        self.pools6.pop(net.id, None)
-        self.by_network.pop(net.id, None)
-        self.on_change({net.id})
+        """This host's side of a network, best effort and complete: the kernel
+        side is asked to go (what fails is logged), the record always goes."""
+        with self.lock:
+            teardown = Teardown(f"removing network {net.name}", self.fault)
+            self.driver(net).delete(net, teardown)
+            with self.store.transaction() as tx:
+                tx.delete("networks", net.id)
+            self.by_id.pop(net.id, None)
+            self.pools.pop(net.id, None)
+            self.pools6.pop(net.id, None)
+            self.by_network.pop(net.id, None)
+            teardown.report()
+            self.events.publish(Event("network", "delete", net))
 
     def prune(self) -> list[str]:
         removed = []
         with self.lock:
             for net in list(self.by_id.values()):
-                # Overlays are cluster-wide: `network rm` removes them on every host.
-                if not net.builtin and net.driver != "overlay" and not self.endpoints_of(net.id):
+                # Global networks are the cluster's: `network rm` removes them on every host.
+                if not net.builtin and net.scope == "local" and not self.by_network.get(net.id):
                     self.drop(net)
                     removed.append(net.name)
         return removed
 
+    def names_changed(self, network_id: str) -> None:
+        """A driver saw other hosts' names change (the DNS zone follows)."""
+        with self.lock:
+            net = self.by_id.get(network_id)
+            if net is not None:
+                self.events.publish(Event("names", "update", net))
+
     # -- endpoints -------------------------------------------------------
+
+    def check_endpoint(self, net: Network, spec: EndpointSpec) -> None:
+        """Validate one network's endpoint settings before anything is made (Docker's EndpointsConfig)."""
+        if not self.driver(net).endpoints:
+            raise InvalidParameter(f"container cannot be connected to network {net.name} (driver {net.driver}) and to other networks")
+        if (spec.aliases or spec.ip or spec.ip6) and not net.user_defined:
+            raise InvalidParameter("network-scoped aliases and user-specified IP addresses are supported only on user-defined networks")
+        for alias in spec.aliases:
+            if not ids.DNS_NAME_RE.match(alias):
+                raise InvalidParameter(
+                    f"invalid alias {alias!r}: not a DNS name (letters, digits and '-', labels of 1-63, separated by '.')"
+                )
+        for text, subnet, what in ((spec.ip, net.subnet, "IPv4 address"), (spec.ip6, net.subnet6, "IPv6 address")):
+            if text:
+                address = parse_address(text, what)
+                if not subnet or address not in ipaddress.ip_network(subnet):
+                    raise InvalidParameter(f"invalid {what} {text}: not in the subnet of network {net.name} ({subnet or 'none'})")
+        if spec.mac:
+            ids.check_mac(spec.mac)
 
     def join(
         self,
         steps: Steps,
         net: Network,
-        container_id: str,
         sandbox: str,
         ifname: str,
+        owner: str,
+        spec: EndpointSpec = NO_SETTINGS,
         default_route: bool = True,
-        ip: str = "",
-        ip6: str = "",
-        mac: str = "",
-        aliases: list[str] | None = None,
+        dns_names: Sequence[str] = (),
     ) -> Endpoint:
-        """Plug a new endpoint of ``net`` into the sandbox at ``sandbox``; every
-        step registers its undo on ``steps``.  The caller stores the endpoint."""
-        address = self._take(steps, "allocate-address", self.pools[net.id], ip, "IPv4 address")
-        address6 = None
-        if net.enable_ipv6:
-            address6 = self._take(steps, "allocate-address6", self.pools6[net.id], ip6, "IPv6 address")
-        elif ip6:
+        """A new endpoint of ``net`` in the sandbox at ``sandbox`` (any network
+        namespace path); every step registers its undo on ``steps``.  The
+        caller stores the endpoint and then calls :meth:`adopt`."""
+        if not self.driver(net).endpoints:
+            raise InvalidParameter(f"network {net.name} (driver {net.driver}) gives no interface to join")
+        if spec.ip6 and not net.enable_ipv6:
             raise InvalidParameter(f"network {net.name} has no IPv6 subnet: --ip6 cannot be used")
-        assert net.bridge and net.gateway
+        address = self._take(steps, "allocate-address", self.pools[net.id], spec.ip, "IPv4 address")
+        address6 = self._take(steps, "allocate-address6", self.pools6[net.id], spec.ip6, "IPv6 address") if net.enable_ipv6 else None
+        assert net.gateway
+        route = default_route and not net.internal
         ep = Endpoint(
             id=ids.new_id(),
             network_id=net.id,
-            container_id=container_id,
+            owner=owner,
             ifname=ifname,
             host_ifname=ids.veth_name(),
             address=str(address),
             prefixlen=net.prefixlen,
-            gateway=net.gateway if default_route and not net.internal else "",
-            mac=mac or ids.mac_from_ipv4(str(address)),
-            aliases=list(aliases or []),
+            gateway=net.gateway if route else "",
+            mac=spec.mac.lower() or ids.mac_from_ipv4(str(address)),
+            aliases=list(spec.aliases),
             address6=str(address6) if address6 else "",
             prefixlen6=int(net.subnet6.split("/")[1]) if net.subnet6 else 0,
-            gateway6=net.gateway6 if address6 and default_route and not net.internal and net.gateway6 else "",
+            gateway6=net.gateway6 if address6 and route and net.gateway6 else "",
+            sandbox=sandbox,
+            dns_names=list(dns_names),
         )
-        # icc=false: when bridged traffic passes netfilter (br_netfilter), the
-        # network's forward chain drops container-to-container packets but
-        # lets port-forwarded ones through; otherwise bridge port isolation
-        # does it (packets to published ports are then routed via the host).
-        isolated = not net.icc and not self.host.bridge_netfilter()
-        peer = Peer(ifname, ep.mac, net.mtu)
-        steps.run(
-            "create-veth",
-            lambda: self.host.plug_veth(ep.host_ifname, net.bridge or "", sandbox, peer, ep.id, isolated=isolated),
-            lambda: self.host.delete_link(ep.host_ifname),
-        )
-        iface = Iface(ifname, ep.address, ep.prefixlen, ep.gateway, ep.address6, ep.prefixlen6, ep.gateway6)
-        steps.run("configure-sandbox", lambda: self.host.configure_sandbox(sandbox, iface))
+        self.driver(net).join(steps, net, ep, sandbox)
         return ep
 
     @staticmethod
@@ -435,18 +273,56 @@ class Networks:
         return taken
 
     def adopt(self, ep: Endpoint) -> None:
+        """Index a stored endpoint (new, or changed in place) and tell the listeners."""
+        self._index(ep)
+        net = self.by_id.get(ep.network_id)
+        if net is not None:
+            self.events.publish(Event("endpoint", "join", net, ep))
+
+    def _index(self, ep: Endpoint) -> None:
         self.endpoints[ep.id] = ep
         self.by_network.setdefault(ep.network_id, {})[ep.id] = ep
 
-    def leave(self, ep: Endpoint) -> None:
-        """Best effort: remove the veth (off the caller's path) and return the addresses."""
-        self.host.retire_link(ep.host_ifname)
+    def leave(self, ep: Endpoint, teardown: Teardown) -> None:
+        """Best effort: the driver's kernel side (errors go to ``teardown``);
+        memory and addresses always.  The caller deletes the stored row."""
+        net = self.by_id.get(ep.network_id)
+        if net is not None:
+            self.driver(net).leave(net, ep, teardown)
         self.endpoints.pop(ep.id, None)
+        self.link_notes.pop(ep.id, None)
         self.by_network.get(ep.network_id, {}).pop(ep.id, None)
         if ep.network_id in self.pools:
             self.pools[ep.network_id].release(ipaddress.ip_address(ep.address))
         if ep.address6 and ep.network_id in self.pools6:
             self.pools6[ep.network_id].release(ipaddress.ip_address(ep.address6))
+        if net is not None:
+            self.events.publish(Event("endpoint", "leave", net, ep))
+
+    def repair_links(self, present: set[str]) -> list[Endpoint]:
+        """Endpoints whose host-side link was deleted behind our back (``present``:
+        the links qiao's tag finds now) are plugged again with the same names and
+        addresses, when their sandbox still exists; the others are noted as
+        unplugged.  Docker shows nothing in that case; ``inspect`` and ``ps``
+        show these notes.  Returns the endpoints plugged again."""
+        repaired = []
+        with self.lock:
+            for ep in list(self.endpoints.values()):
+                net = self.by_id.get(ep.network_id)
+                if net is None or not ep.host_ifname or ep.host_ifname in present:
+                    continue
+                if not ep.sandbox or not os.path.exists(ep.sandbox):
+                    self.link_notes[ep.id] = f"unplugged: {ep.host_ifname} was deleted and the sandbox is gone"
+                    continue
+                try:
+                    with Steps(self.fault) as steps:
+                        self.driver(net).join(steps, net, ep, ep.sandbox)
+                except Exception as exc:
+                    self.link_notes[ep.id] = f"unplugged: {ep.host_ifname} was deleted; plugging it again failed: {exc}"
+                    continue
+                self.link_notes[ep.id] = f"replugged at {now()}: {ep.host_ifname} had been deleted"
+                repaired.append(ep)
+        return repaired
 
     # -- helpers ---------------------------------------------------------
 
@@ -460,27 +336,6 @@ class Networks:
         if net.subnet6 and net.gateway6:
             self.pools6[net.id] = AddressPool(ipaddress.ip_network(net.subnet6), ipaddress.ip_address(net.gateway6))
 
-    def _ensure_bridge(self, net: Network) -> bool:
-        assert net.bridge and net.gateway
-        v6 = (net.gateway6, int(net.subnet6.split("/")[1])) if net.subnet6 and net.gateway6 else None
-        return self.host.ensure_bridge(net.bridge, net.gateway, net.prefixlen, net.mtu, v6, owner=f"net:{net.id}")
 
-    @staticmethod
-    def _rules(net: Network) -> BridgeRules:
-        assert net.bridge and net.subnet
-        masq = net.options.get("com.docker.network.bridge.enable_ip_masquerade", "true") == "true" and not net.internal
-        return BridgeRules(
-            net.bridge,
-            net.subnet,
-            masquerade=masq,
-            internal=net.internal,
-            subnet6=net.subnet6 or "",
-            icc=net.icc,
-            peer_dev=net.vxlan,
-            cluster=net.cluster_subnet or "",
-        )
-
-    def describe(self, net: Network, containers: dict[str, Any]) -> dict[str, Any]:
-        from qiao.engine import schema
-
-        return schema.network(net, self.endpoints_of(net.id), containers)
+def _created_now(net: Network) -> Network:
+    return dataclasses.replace(net, created=now())

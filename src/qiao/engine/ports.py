@@ -15,6 +15,7 @@ import ipaddress
 import os
 import re
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +27,8 @@ PROTOS = {
     "udp": (socket.SOCK_DGRAM, socket.IPPROTO_UDP),
     "sctp": (socket.SOCK_STREAM, 132),
 }
-_KEY = re.compile(r"^(\d+)(?:/(tcp|udp|sctp))?$")
-_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+_KEY = re.compile(r"^([0-9]{1,5})(?:/(tcp|udp|sctp))?\Z")  # [0-9], not \d: no other script's digits
+_RANGE = re.compile(r"^([0-9]{1,5})(?:-([0-9]{1,5}))?\Z")
 
 
 @dataclass(frozen=True)
@@ -56,23 +57,23 @@ def parse_key(key: str) -> tuple[int, str]:
     return _port(m.group(1), "container port"), m.group(2) or "tcp"
 
 
-def requests(port_bindings: dict[str, Any] | None, exposed: dict[str, Any] | None, publish_all: bool) -> list[PortRequest]:
-    """Validate Docker's ``HostConfig.PortBindings`` (+ ``-P`` over ``ExposedPorts``)."""
+def requests(port_bindings: dict[str, list[dict[str, str]]] | None, exposed: Iterable[str] | None, publish_all: bool) -> list[PortRequest]:
+    """Validate the bindings asked for ("80/tcp" -> [{host_ip, host_port}]), plus ``-P`` over the exposed ports."""
     out: list[PortRequest] = []
     bindings = dict(port_bindings or {})
     if publish_all:
-        for key in exposed or {}:
-            bindings.setdefault(key, [{"HostIp": "", "HostPort": ""}])
+        for key in exposed or ():
+            bindings.setdefault(key, [{"host_ip": "", "host_port": ""}])
     for key, entries in bindings.items():
         cport, proto = parse_key(key)
         for entry in entries or [{}]:
-            host_ip = (entry or {}).get("HostIp") or "0.0.0.0"
+            host_ip = entry.get("host_ip") or "0.0.0.0"
             try:
                 if not isinstance(ipaddress.ip_address(host_ip), ipaddress.IPv4Address):
                     raise InvalidParameter(f"invalid host address {host_ip}: only IPv4 host addresses are supported")
             except ValueError:
                 raise InvalidParameter(f"invalid host address {host_ip!r}") from None
-            text = str((entry or {}).get("HostPort") or "")
+            text = entry.get("host_port") or ""
             lo = hi = 0
             if text:
                 m = _RANGE.match(text)

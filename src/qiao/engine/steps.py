@@ -62,3 +62,28 @@ class Steps:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is not None:
             self.rollback()
+
+
+class Teardown:
+    """Best-effort, complete release: every step runs even when an earlier one
+    failed; failures are collected and reported once, by :meth:`report`
+    (netavark's teardown, moby's ``sbLeave`` that logs and goes on).  Steps
+    that change only memory cannot fail and need no wrapping."""
+
+    def __init__(self, what: str, fault: Fault | None = None):
+        self.what = what
+        self._fault = fault
+        self.errors: list[str] = []
+
+    def run(self, name: str, do: Callable[[], Any]) -> None:
+        try:
+            if self._fault:
+                self._fault(name)
+            do()
+        except Exception as exc:  # collected: the next steps must still run
+            self.errors.append(f"{name}: {exc}")
+
+    def report(self) -> None:
+        """Log the failures once; the kernel side is repaired by the next resync or start."""
+        if self.errors:
+            log.warning("%s: %d step(s) failed and were skipped: %s", self.what, len(self.errors), "; ".join(self.errors))

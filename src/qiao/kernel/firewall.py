@@ -63,8 +63,8 @@ class BridgeRules:
     masquerade: bool = True
     internal: bool = False  # no traffic in or out of the network, only within
     icc: bool = True  # containers of the network may talk to each other
-    peer_dev: str = ""  # overlay: the VXLAN device that carries traffic from other hosts
-    cluster: str = ""  # overlay: the whole range (not masqueraded when it is the destination)
+    member_dev: str = ""  # a device whose traffic belongs to the network (an overlay's VXLAN device)
+    cluster: str = ""  # a global network's whole range (not masqueraded when it is the destination)
     subnet6: str = ""
 
 
@@ -130,8 +130,8 @@ table {TABLE} {{
 def _network(net: BridgeRules) -> str:
     br = net.bridge
     extra = []
-    if net.peer_dev:
-        extra.append(f'insert rule {TABLE} fwd-in-{br} iifname "{net.peer_dev}" accept comment "overlay"')
+    if net.member_dev:
+        extra.append(f'insert rule {TABLE} fwd-in-{br} iifname "{net.member_dev}" accept comment "member device"')
     if net.masquerade and net.cluster:
         extra.append(f'add rule {TABLE} nat-out-{br} oifname != "{br}" ip saddr {net.subnet} ip daddr != {net.cluster} masquerade')
     elif net.masquerade:

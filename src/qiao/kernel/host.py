@@ -16,7 +16,7 @@ import secrets
 import socket
 import threading
 from dataclasses import dataclass
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
 from typing import Any, Protocol
 
 from qiao.kernel import netns
@@ -24,6 +24,7 @@ from qiao.kernel import netns
 log = logging.getLogger("qiao.host")
 
 ALIAS_PREFIX = "qiao:"
+IPAddress = IPv4Address | IPv6Address
 IFA_F_NODAD = 0x02  # IPv6 addresses usable at once: qiao's IPAM already guarantees uniqueness
 
 
@@ -66,116 +67,16 @@ class Host(Protocol):
     def configure_sandbox(self, netns_path: str, iface: Iface | None) -> None: ...
     def set_default_route(self, netns_path: str, gateway: str, gateway6: str = "") -> None: ...
     def reserved_networks(self) -> list[IPv4Network]: ...
+    def addresses(self) -> list[IPAddress]: ...
     def enable_forwarding(self, ipv6: bool = False) -> None: ...
     def flush_conntrack(self, proto: str, port: int) -> None: ...
-    def underlay(self, advertise: str | None) -> tuple[str, str, int]: ...
-    def ensure_vxlan(self, name: str, vni: int, local_ip: str, port: int, mtu: int, mac: str, underlay: str, address: str) -> None: ...
-    def set_peer(self, dev: str, subnet: str, vtep_ip: str, mac: str, public_ip: str) -> None: ...
-    def del_peer(self, dev: str, subnet: str, vtep_ip: str, mac: str) -> None: ...
-    def peers(self, dev: str) -> dict[str, tuple[str, str]]: ...
 
 
 def _missing(exc: Exception) -> bool:
     return getattr(exc, "code", None) in (errno.ENODEV, errno.ENOENT, errno.ESRCH)
 
 
-class _VxlanMixin:
-    """The overlay data plane, as flannel's vxlan backend programs it: one
-    VXLAN device per network (learning off), and per remote host a route
-    ``subnet via vtep-ip dev vxlan onlink``, a permanent neighbour entry
-    ``vtep-ip -> vtep-mac`` and an FDB entry ``vtep-mac -> public ip``:
-    no flooding, no multicast, no miss callbacks."""
-
-    _ipr: Any
-
-    def underlay(self, advertise: str | None) -> tuple[str, str, int]:
-        """(interface, IPv4 address, MTU) to use for VXLAN: the interface or
-        address given, else the one of the default route."""
-        links = {link["index"]: link for link in self._ipr.get_links()}
-        addrs = [(a["index"], a.get("address")) for a in self._ipr.get_addr(family=socket.AF_INET)]
-        if advertise:
-            for index, address in addrs:
-                name = links[index].get("ifname")
-                if advertise in (name, address):
-                    return name, address, links[index].get("mtu")
-            raise ValueError(f"--cluster-advertise {advertise}: no such interface or address here")
-        for route in self._ipr.get_routes(family=socket.AF_INET, table=254):
-            if route["dst_len"] == 0 and route.get("oif"):
-                index = route.get("oif")
-                address = next((a for i, a in addrs if i == index), None)
-                if address:
-                    return links[index].get("ifname"), address, links[index].get("mtu")
-        for index, address in addrs:
-            if links[index].get("ifname") != "lo":
-                return links[index].get("ifname"), address, links[index].get("mtu")
-        raise ValueError("no underlay interface with an IPv4 address: give --cluster-advertise")
-
-    def ensure_vxlan(self, name: str, vni: int, local_ip: str, port: int, mtu: int, mac: str, underlay: str, address: str) -> None:
-        found = self._ipr.link_lookup(ifname=name)
-        if found:
-            link = self._ipr.get_links(found[0])[0]
-            info = link.get(("IFLA_LINKINFO", "IFLA_INFO_DATA")) or {}
-            same = link.get("address") == mac and getattr(info, "get", lambda k: None)("IFLA_VXLAN_ID") in (vni, None)
-            if not same:  # incompatible leftover (flannel's vxlanLinksIncompat): recreate
-                self._ipr.link("del", index=found[0])
-                found = []
-        if not found:
-            parent = self._ipr.link_lookup(ifname=underlay)[0]
-            self._ipr.link(
-                "add",
-                ifname=name,
-                kind="vxlan",
-                vxlan_id=vni,
-                vxlan_local=local_ip,
-                vxlan_port=port,
-                vxlan_learning=0,
-                vxlan_link=parent,
-                mtu=mtu,
-                address=mac,
-            )
-        index = self._ipr.link_lookup(ifname=name)[0]
-        have = {(a.get("address"), a["prefixlen"]) for a in self._ipr.get_addr(index=index, family=socket.AF_INET)}
-        if (address, 32) not in have:
-            self._ipr.addr("add", index=index, address=address, prefixlen=32)
-        self._ipr.link("set", index=index, state="up")
-
-    def set_peer(self, dev: str, subnet: str, vtep_ip: str, mac: str, public_ip: str) -> None:
-        index = self._ipr.link_lookup(ifname=dev)[0]
-        self._ipr.neigh("replace", ifindex=index, dst=vtep_ip, lladdr=mac, state=0x80)  # NUD_PERMANENT
-        try:  # "append" as flannel ("replace" is not supported for VXLAN FDB entries); the MAC encodes the address
-            self._ipr.fdb("append", ifindex=index, lladdr=mac, dst=public_ip, state=0x80)
-        except Exception as exc:
-            if getattr(exc, "code", None) != errno.EEXIST:
-                raise
-        self._ipr.route("replace", dst=subnet, gateway=vtep_ip, oif=index, flags=4)  # RTNH_F_ONLINK
-
-    def del_peer(self, dev: str, subnet: str, vtep_ip: str, mac: str) -> None:
-        found = self._ipr.link_lookup(ifname=dev)
-        if not found:
-            return
-        for call in (
-            lambda: self._ipr.route("del", dst=subnet, oif=found[0]),
-            lambda: self._ipr.neigh("del", ifindex=found[0], dst=vtep_ip, lladdr=mac),
-            lambda: self._ipr.fdb("del", ifindex=found[0], lladdr=mac),
-        ):
-            with contextlib.suppress(Exception):  # try all three, as flannel does
-                call()
-
-    def peers(self, dev: str) -> dict[str, tuple[str, str]]:
-        """Remote subnets routed through ``dev``: subnet -> (vtep ip, vtep mac)."""
-        found = self._ipr.link_lookup(ifname=dev)
-        if not found:
-            return {}
-        macs = {n.get("dst"): n.get("lladdr") for n in self._ipr.get_neighbours(ifindex=found[0], family=socket.AF_INET)}
-        out = {}
-        for route in self._ipr.get_routes(family=socket.AF_INET, oif=found[0], table=254):
-            gw = route.get("gateway")
-            if gw and route["dst_len"]:
-                out[f"{route.get('dst')}/{route['dst_len']}"] = (gw, macs.get(gw, ""))
-        return out
-
-
-class LinuxHost(_VxlanMixin):
+class LinuxHost:
     def __init__(self) -> None:
         from pyroute2 import IPRoute  # heavy: only the daemon pays for it
 
@@ -371,6 +272,11 @@ class LinuxHost(_VxlanMixin):
             nets.append(IPv4Network(f"{addr.get('address')}/32"))
         return nets
 
+    def addresses(self) -> list[IPAddress]:
+        """The host's own addresses, except on links qiao made (its bridges' gateways)."""
+        ours = {link["index"] for link in self._ipr.get_links() if (link.get("ifalias") or "").startswith(ALIAS_PREFIX)}
+        return [ip_address(a.get("address")) for a in self._ipr.get_addr() if a["index"] not in ours and a.get("address")]
+
     def enable_forwarding(self, ipv6: bool = False) -> None:
         self._write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
         if ipv6:  # only with an IPv6 network, as Docker: it stops the host's own RA-based autoconfiguration
@@ -410,6 +316,7 @@ class StubHost:
         self.sandboxes: dict[str, dict[str, Any]] = {}
         self.default_routes: dict[str, tuple[str, str]] = {}  # sandbox -> (gateway, gateway6) after a move
         self.reserved = reserved or []
+        self.host_addresses: list[IPAddress] = []
         self.forwarding = False
         self.forwarding6 = False
         self.flushed: list[tuple[str, int]] = []
@@ -468,24 +375,12 @@ class StubHost:
     def reserved_networks(self) -> list[IPv4Network]:
         return list(self.reserved)
 
+    def addresses(self) -> list[IPAddress]:
+        return list(self.host_addresses)
+
     def enable_forwarding(self, ipv6: bool = False) -> None:
         self.forwarding = True
         self.forwarding6 = self.forwarding6 or ipv6
 
     def flush_conntrack(self, proto: str, port: int) -> None:
         self.flushed.append((proto, port))
-
-    def underlay(self, advertise: str | None) -> tuple[str, str, int]:
-        return ("eth0", advertise or "192.0.2.10", 1500)
-
-    def ensure_vxlan(self, name: str, vni: int, local_ip: str, port: int, mtu: int, mac: str, underlay: str, address: str) -> None:
-        self.links[name] = {"kind": "vxlan", "vni": vni, "local": local_ip, "mac": mac, "address": address, "peers": {}}
-
-    def set_peer(self, dev: str, subnet: str, vtep_ip: str, mac: str, public_ip: str) -> None:
-        self.links[dev]["peers"][subnet] = (vtep_ip, mac, public_ip)
-
-    def del_peer(self, dev: str, subnet: str, vtep_ip: str, mac: str) -> None:
-        self.links.get(dev, {}).get("peers", {}).pop(subnet, None)
-
-    def peers(self, dev: str) -> dict[str, tuple[str, str]]:
-        return {s: (p[0], p[1]) for s, p in self.links.get(dev, {}).get("peers", {}).items()}

@@ -280,7 +280,7 @@ class Lab:
 
     def status(self) -> None:
         from qiao.cli.client import Client, DaemonError, Unreachable
-        from qiao.overlay.store import ClusterStore
+        from qiao.drivers.overlay.store import ClusterStore
         from qiao.paths import Root
 
         if not self.state:

@@ -1,4 +1,5 @@
-"""Docker Engine API JSON for networks and containers, in Docker's key order."""
+"""Docker Engine API JSON for networks and containers, in Docker's key
+order: the engine's models turned into the wire format, at the edge."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import datetime
 import time
 from typing import Any
 
+from qiao.engine.containers import ContainerView
 from qiao.engine.models import Container, Endpoint, Network
 from qiao.units import human_duration
 
@@ -22,8 +24,8 @@ def network(net: Network, endpoints: list[Endpoint], containers: dict[str, Conta
         config.append({"Subnet": net.subnet6, "Gateway": net.gateway6 or ""})
     attached = {}
     for ep in endpoints:
-        ctr = containers.get(ep.container_id)
-        attached[ep.container_id] = {
+        ctr = containers.get(ep.owner)
+        attached[ep.owner] = {
             "Name": ctr.name if ctr else "",
             "EndpointID": ep.id,
             "MacAddress": ep.mac,
@@ -34,7 +36,7 @@ def network(net: Network, endpoints: list[Endpoint], containers: dict[str, Conta
         "Name": net.name,
         "Id": net.id,
         "Created": net.created,
-        "Scope": "global" if net.driver == "overlay" else "local",  # Docker <= 19.03's cluster-store networks
+        "Scope": net.scope,  # "global": Docker <= 19.03's cluster-store networks
         "Driver": net.driver,
         "EnableIPv6": net.enable_ipv6,
         "IPAM": {"Driver": "default", "Options": None if net.name == "bridge" else {}, "Config": config},
@@ -65,8 +67,13 @@ def _endpoint_settings(ep: Endpoint, ctr: Container | None = None, user_defined:
         "IPv6Gateway": ep.gateway6,
         "GlobalIPv6Address": ep.address6,
         "GlobalIPv6PrefixLen": ep.prefixlen6,
-        "DNSNames": [ctr.name, ctr.id[:12], *ep.aliases] if ctr and user_defined else None,
+        "DNSNames": list(ep.dns_names) if user_defined else None,
     }
+
+
+def port_bindings(ctr: Container) -> dict[str, Any]:
+    """``HostConfig.PortBindings``, as asked."""
+    return {key: [{"HostIp": b["host_ip"], "HostPort": b["host_port"]} for b in entries] for key, entries in ctr.port_bindings.items()}
 
 
 def _port_key(m: dict[str, Any]) -> str:
@@ -84,14 +91,16 @@ def ports(ctr: Container) -> dict[str, Any]:
     return out
 
 
-def container(
-    ctr: Container, endpoints: list[tuple[str, Endpoint]], files: dict[str, str], links: list[str] | None = None
-) -> dict[str, Any]:
-    """``GET /containers/{id}/json``; ``endpoints`` are (network name, endpoint)."""
+def container(view: ContainerView) -> dict[str, Any]:
+    """``GET /containers/{id}/json``."""
+    ctr, endpoints, files, links = view.container, view.endpoints, view.files, view.links
     # Docker fills the deprecated top-level fields from the default "bridge" network only
     # (moby daemon/inspect.go getDefaultNetworkSettings); empty for every other network and mode.
     default = next((ep for name, ep in endpoints if name == "bridge"), None)
     networks: dict[str, Any] = {name: _endpoint_settings(ep, ctr, name != "bridge") for name, ep in endpoints}
+    for name, ep in endpoints:
+        if ep.id in view.link_notes:  # qiao's own key: what happened to the link behind its back
+            networks[name]["QiaoLink"] = view.link_notes[ep.id]
     if not endpoints and not ctr.joined_to:
         networks[ctr.network_mode] = {"NetworkID": "", "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "MacAddress": ""}
     return {
@@ -120,7 +129,7 @@ def container(
         "Name": "/" + ctr.name,
         "HostConfig": {
             "NetworkMode": ctr.network_mode,
-            "PortBindings": dict(ctr.port_bindings),
+            "PortBindings": port_bindings(ctr),
             "AutoRemove": ctr.auto_remove,
             "Links": links or None,
             "PublishAllPorts": ctr.publish_all,
@@ -128,7 +137,7 @@ def container(
         "Config": {
             "Hostname": ctr.hostname,
             "Domainname": "",
-            "ExposedPorts": dict(ctr.exposed_ports) or None,
+            "ExposedPorts": {key: {} for key in ctr.exposed_ports} or None,
             "Env": list(ctr.env),
             "Cmd": list(ctr.cmd),
             "Image": "",
@@ -163,16 +172,18 @@ def _since(stamp: str) -> float:
         return 0.0
 
 
-def status_text(ctr: Container) -> str:
+def status_text(ctr: Container, link_notes: dict[str, str] | None = None) -> str:
     if ctr.running:
-        return "Up " + human_duration(_since(ctr.started_at))
+        notes = sorted({note.split(" ", 1)[0].rstrip(":") for note in (link_notes or {}).values()})
+        return "Up " + human_duration(_since(ctr.started_at)) + (f" (link {', '.join(notes)})" if notes else "")
     if ctr.status == "exited":
         return f"Exited ({ctr.exit_code}) {human_duration(_since(ctr.finished_at))} ago"
     return "Created"
 
 
-def container_summary(ctr: Container, endpoints: list[tuple[str, Endpoint]]) -> dict[str, Any]:
+def container_summary(view: ContainerView) -> dict[str, Any]:
     """An element of ``GET /containers/json``."""
+    ctr, endpoints = view.container, view.endpoints
     return {
         "Id": ctr.id,
         "Names": ["/" + ctr.name],
@@ -181,7 +192,7 @@ def container_summary(ctr: Container, endpoints: list[tuple[str, Endpoint]]) -> 
         "Created": int(time.time() - _since(ctr.created)),
         "Ports": _summary_ports(ctr),
         "State": ctr.status,
-        "Status": status_text(ctr),
+        "Status": status_text(ctr, view.link_notes),
         "HostConfig": {"NetworkMode": ctr.network_mode},
         "NetworkSettings": {"Networks": {name: _endpoint_settings(ep, ctr, name != "bridge") for name, ep in endpoints}},
     }

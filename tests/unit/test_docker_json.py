@@ -9,8 +9,10 @@ import time
 
 import pytest
 
-from qiao.engine import schema
+from qiao.daemon import docker_json
+from qiao.engine.containers import ContainerView
 from qiao.engine.models import Container, Endpoint, Network
+from qiao.units import human_duration
 
 NET_ID = "n" * 64
 CID = "c" * 64
@@ -76,18 +78,18 @@ def bridge_net(name: str = "web", **kw) -> Network:
         created="2024-05-01T10:00:00.000000Z",
         subnet="172.18.0.0/16",
         gateway="172.18.0.1",
-        bridge="br-nnnnnnnnnnnn",
+        driver_state={"bridge": "br-nnnnnnnnnnnn"},
         options={"com.docker.network.bridge.name": "br-nnnnnnnnnnnn"},
         labels={"env": "test"},
         **kw,
     )
 
 
-def endpoint(address: str = "172.18.0.2", container_id: str = CID, eid: str = "e" * 64) -> Endpoint:
+def endpoint(address: str = "172.18.0.2", owner: str = CID, eid: str = "e" * 64) -> Endpoint:
     return Endpoint(
         id=eid,
         network_id=NET_ID,
-        container_id=container_id,
+        owner=owner,
         ifname="eth0",
         host_ifname="veth1234567",
         address=address,
@@ -95,6 +97,16 @@ def endpoint(address: str = "172.18.0.2", container_id: str = CID, eid: str = "e
         gateway="172.18.0.1",
         mac="02:42:ac:12:00:02",
     )
+
+
+def inspect(ctr: Container, endpoints: list[tuple[str, Endpoint]], files: dict[str, str], links: list[str] | None = None) -> dict:
+    """``GET /containers/{id}/json`` of a container with these endpoints (by network name), files and links."""
+    return docker_json.container(ContainerView(ctr, endpoints, files, links or []))
+
+
+def summary(ctr: Container, endpoints: list[tuple[str, Endpoint]]) -> dict:
+    """An element of ``GET /containers/json``."""
+    return docker_json.container_summary(ContainerView(ctr, endpoints, {}, []))
 
 
 def container(**kw) -> Container:
@@ -114,7 +126,7 @@ def container(**kw) -> Container:
 
 
 def test_network_key_order_and_values():
-    doc = schema.network(bridge_net(), [endpoint()], {CID: container()})
+    doc = docker_json.network(bridge_net(), [endpoint()], {CID: container()})
     assert list(doc) == [
         "Name", "Id", "Created", "Scope", "Driver", "EnableIPv6", "IPAM", "Internal", "Attachable", "Ingress",
         "ConfigFrom", "ConfigOnly", "Containers", "Options", "Labels",
@@ -143,31 +155,38 @@ def test_network_key_order_and_values():
 
 
 def test_network_ip_range_between_subnet_and_gateway():
-    doc = schema.network(bridge_net(ip_range="172.18.5.0/24"), [], {})
+    doc = docker_json.network(bridge_net(ip_range="172.18.5.0/24"), [], {})
     assert doc["IPAM"]["Config"] == [{"Subnet": "172.18.0.0/16", "IPRange": "172.18.5.0/24", "Gateway": "172.18.0.1"}]
     assert list(doc["IPAM"]["Config"][0]) == ["Subnet", "IPRange", "Gateway"]
     assert doc["Containers"] == {}
 
 
+def test_global_network_shows_its_scope_and_the_cluster_range():
+    net = bridge_net("o", scope="global", cluster_subnet="172.18.0.0/14")  # this host's share is 172.18.0.0/16
+    doc = docker_json.network(dataclasses.replace(net, driver="overlay"), [], {})
+    assert (doc["Scope"], doc["Driver"]) == ("global", "overlay")
+    assert doc["IPAM"]["Config"] == [{"Subnet": "172.18.0.0/14", "Gateway": "172.18.0.1"}]
+
+
 def test_default_bridge_ipam_options_null():
-    assert schema.network(bridge_net("bridge"), [], {})["IPAM"]["Options"] is None
+    assert docker_json.network(bridge_net("bridge"), [], {})["IPAM"]["Options"] is None
 
 
 def test_host_and_none_networks_have_no_ipam_config():
     for name, driver in (("host", "host"), ("none", "null")):
-        doc = schema.network(Network("h" * 64, name, driver, "2024-05-01T10:00:00Z"), [], {})
+        doc = docker_json.network(Network("h" * 64, name, driver, "2024-05-01T10:00:00Z"), [], {})
         assert doc["IPAM"]["Config"] == [] and doc["Driver"] == driver
 
 
 def test_network_flags_and_unknown_container():
-    doc = schema.network(bridge_net(internal=True, attachable=True), [endpoint(container_id="x" * 64)], {})
+    doc = docker_json.network(bridge_net(internal=True, attachable=True), [endpoint(owner="x" * 64)], {})
     assert doc["Internal"] is True and doc["Attachable"] is True
     assert doc["Containers"]["x" * 64]["Name"] == ""
 
 
 def test_network_several_endpoints():
     eps = [endpoint("172.18.0.2", "a" * 64, "1" * 64), endpoint("172.18.0.3", "b" * 64, "2" * 64)]
-    doc = schema.network(bridge_net(), eps, {})
+    doc = docker_json.network(bridge_net(), eps, {})
     assert [c["IPv4Address"] for c in doc["Containers"].values()] == ["172.18.0.2/16", "172.18.0.3/16"]
 
 
@@ -180,12 +199,12 @@ def test_container_key_order_and_values():
         pid=4242,
         started_at=stamp(5),
         sandbox_key="/run/qiao/netns/" + CID,
-        exposed_ports={"80/tcp": {}},
-        port_bindings={"80/tcp": [{"HostIp": "", "HostPort": "8080"}]},
+        exposed_ports=["80/tcp"],
+        port_bindings={"80/tcp": [{"host_ip": "", "host_port": "8080"}]},
         ports=[{"proto": "tcp", "host_ip": "0.0.0.0", "host_port": 8080, "container_ip": "172.18.0.2", "container_port": 80}],
     )
     files = {"resolv.conf": "/d/resolv.conf", "hostname": "/d/hostname", "hosts": "/d/hosts", "log": "/d/log"}
-    doc = schema.container(ctr, [("web", endpoint())], files)
+    doc = inspect(ctr, [("web", endpoint())], files)
     assert in_docker_order(doc, DOCKER_CONTAINER_KEYS)
     assert in_docker_order(doc["State"], DOCKER_STATE_KEYS)
     assert in_docker_order(doc["Config"], DOCKER_CONFIG_KEYS)
@@ -229,8 +248,8 @@ def test_container_key_order_and_values():
 
 
 def test_container_not_running_hides_pid_and_ports():
-    ctr = container(status="exited", pid=4242, exit_code=3, exposed_ports={"80/tcp": {}}, finished_at=stamp(3))
-    doc = schema.container(ctr, [], {})
+    ctr = container(status="exited", pid=4242, exit_code=3, exposed_ports=["80/tcp"], finished_at=stamp(3))
+    doc = inspect(ctr, [], {})
     assert doc["State"]["Running"] is False and doc["State"]["Pid"] == 0 and doc["State"]["ExitCode"] == 3
     assert doc["NetworkSettings"]["Ports"] == {}
     assert doc["NetworkSettings"]["SandboxID"] == "" and doc["NetworkSettings"]["IPAddress"] == ""
@@ -238,31 +257,31 @@ def test_container_not_running_hides_pid_and_ports():
 
 
 def test_container_none_mode_lists_none_network():
-    doc = schema.container(container(network_mode="none"), [], {})
+    doc = inspect(container(network_mode="none"), [], {})
     assert list(doc["NetworkSettings"]["Networks"]) == ["none"]
     assert doc["NetworkSettings"]["Networks"]["none"]["IPAddress"] == ""
 
 
 def test_container_joined_mode_lists_no_network():
-    doc = schema.container(container(network_mode="container:" + "d" * 64), [], {})
+    doc = inspect(container(network_mode="container:" + "d" * 64), [], {})
     assert doc["NetworkSettings"]["Networks"] == {}
 
 
 def test_container_exposed_port_without_binding_is_null():
-    ctr = container(status="running", exposed_ports={"53/udp": {}, "80/tcp": {}})
-    assert schema.ports(ctr) == {"53/udp": None, "80/tcp": None}
-    assert schema.container(ctr, [], {})["Config"]["ExposedPorts"] == {"53/udp": {}, "80/tcp": {}}
-    assert schema.container(container(), [], {})["Config"]["ExposedPorts"] is None
+    ctr = container(status="running", exposed_ports=["53/udp", "80/tcp"])
+    assert docker_json.ports(ctr) == {"53/udp": None, "80/tcp": None}
+    assert inspect(ctr, [], {})["Config"]["ExposedPorts"] == {"53/udp": {}, "80/tcp": {}}
+    assert inspect(container(), [], {})["Config"]["ExposedPorts"] is None
 
 
 def test_container_summary():
     ctr = container(
         status="running",
         started_at=stamp(120),
-        exposed_ports={"7000/udp": {}},
+        exposed_ports=["7000/udp"],
         ports=[{"proto": "tcp", "host_ip": "0.0.0.0", "host_port": 8080, "container_ip": "172.18.0.2", "container_port": 80}],
     )
-    doc = schema.container_summary(ctr, [("web", endpoint())])
+    doc = summary(ctr, [("web", endpoint())])
     assert in_docker_order(doc, DOCKER_SUMMARY_KEYS)
     assert doc["Names"] == ["/box"] and doc["Command"] == "sleep 60" and doc["State"] == "running"
     assert abs(doc["Created"] - (time.time() - 10)) <= 2
@@ -306,19 +325,19 @@ MIN, HOUR, DAY = 60, 3600, 86400
     ],
 )
 def test_human_duration_matches_go_units(seconds, text):
-    assert schema.human_duration(seconds) == text
+    assert human_duration(seconds) == text
 
 
 def test_status_text():
-    assert schema.status_text(container()) == "Created"
-    assert schema.status_text(container(status="running", started_at=stamp(3.5))) == "Up 3 seconds"
-    assert schema.status_text(container(status="running", started_at=stamp(0))) == "Up Less than a second"
-    assert schema.status_text(container(status="exited", exit_code=137, finished_at=stamp(7200))) == "Exited (137) 2 hours ago"
-    assert schema.status_text(container(status="exited", exit_code=0, finished_at=stamp(30.5))) == "Exited (0) 30 seconds ago"
+    assert docker_json.status_text(container()) == "Created"
+    assert docker_json.status_text(container(status="running", started_at=stamp(3.5))) == "Up 3 seconds"
+    assert docker_json.status_text(container(status="running", started_at=stamp(0))) == "Up Less than a second"
+    assert docker_json.status_text(container(status="exited", exit_code=137, finished_at=stamp(7200))) == "Exited (137) 2 hours ago"
+    assert docker_json.status_text(container(status="exited", exit_code=0, finished_at=stamp(30.5))) == "Exited (0) 30 seconds ago"
 
 
 def test_status_text_bad_stamp_is_zero():
-    assert schema.status_text(container(status="running", started_at="garbage")) == "Up Less than a second"
+    assert docker_json.status_text(container(status="running", started_at="garbage")) == "Up Less than a second"
 
 
 # -- user networks: IPv6, static settings, aliases, links ----------------------
@@ -330,7 +349,7 @@ def dual_endpoint(**kw) -> Endpoint:
             **dict(
                 id="e" * 64,
                 network_id=NET_ID,
-                container_id=CID,
+                owner=CID,
                 ifname="eth0",
                 host_ifname="veth1234567",
                 address="172.18.0.5",
@@ -341,6 +360,7 @@ def dual_endpoint(**kw) -> Endpoint:
                 address6="fd00:1::5",
                 prefixlen6=64,
                 gateway6="fd00:1::1",
+                dns_names=["box", CID[:12], "db", "store"],  # the container's name, short id and aliases
             ),
             **kw,
         }
@@ -349,7 +369,7 @@ def dual_endpoint(**kw) -> Endpoint:
 
 def test_network_ipv6_config_and_addresses():
     net = bridge_net(enable_ipv6=True, subnet6="fd00:1::/64", gateway6="fd00:1::1", ip_range="172.18.5.0/24")
-    doc = schema.network(net, [dual_endpoint()], {CID: container()})
+    doc = docker_json.network(net, [dual_endpoint()], {CID: container()})
     assert doc["EnableIPv6"] is True
     assert doc["IPAM"]["Config"] == [
         {"Subnet": "172.18.0.0/16", "IPRange": "172.18.5.0/24", "Gateway": "172.18.0.1"},
@@ -362,7 +382,7 @@ def test_network_ipv6_config_and_addresses():
 
 def test_endpoint_settings_on_a_user_network():
     ctr = container(attachments=[{"network": NET_ID, "aliases": ["db", "store"], "ip": "172.18.0.5", "ip6": "fd00:1::5", "mac": ""}])
-    web = schema.container(ctr, [("web", dual_endpoint())], {})["NetworkSettings"]["Networks"]["web"]
+    web = inspect(ctr, [("web", dual_endpoint())], {})["NetworkSettings"]["Networks"]["web"]
     assert in_docker_order(web, DOCKER_ENDPOINT_SETTINGS_KEYS)
     assert web["IPAMConfig"] == {"IPv4Address": "172.18.0.5", "IPv6Address": "fd00:1::5"}
     assert web["Aliases"] == ["db", "store"]
@@ -373,7 +393,7 @@ def test_endpoint_settings_on_a_user_network():
 
 def test_endpoint_settings_only_given_static_addresses():
     ctr = container(attachments=[{"network": NET_ID, "aliases": [], "ip": "", "ip6": "fd00:1::5", "mac": ""}])
-    web = schema.container(ctr, [("web", dual_endpoint(aliases=[]))], {})["NetworkSettings"]["Networks"]["web"]
+    web = inspect(ctr, [("web", dual_endpoint(aliases=[], dns_names=["box", CID[:12]]))], {})["NetworkSettings"]["Networks"]["web"]
     assert web["IPAMConfig"] == {"IPv6Address": "fd00:1::5"}
     assert web["Aliases"] is None
     assert web["DNSNames"] == ["box", CID[:12]]
@@ -381,14 +401,14 @@ def test_endpoint_settings_only_given_static_addresses():
 
 def test_endpoint_settings_on_the_default_bridge_have_no_dns_names():
     ctr = container(network_mode="bridge", attachments=[{"network": NET_ID, "aliases": [], "ip": "", "ip6": "", "mac": ""}])
-    settings = schema.container(ctr, [("bridge", endpoint())], {})["NetworkSettings"]["Networks"]["bridge"]
+    settings = inspect(ctr, [("bridge", endpoint())], {})["NetworkSettings"]["Networks"]["bridge"]
     assert (settings["IPAMConfig"], settings["Aliases"], settings["DNSNames"]) == (None, None, None)
     assert (settings["GlobalIPv6Address"], settings["GlobalIPv6PrefixLen"], settings["IPv6Gateway"]) == ("", 0, "")
 
 
 def test_container_ipv6_default_bridge_and_second_network():
     second = dual_endpoint(id="f" * 64, network_id="m" * 64, ifname="eth1", address="10.8.0.2", gateway="", gateway6="", address6="")
-    doc = schema.container(container(network_mode="bridge"), [("bridge", dual_endpoint()), ("other", second)], {})
+    doc = inspect(container(network_mode="bridge"), [("bridge", dual_endpoint()), ("other", second)], {})
     ns = doc["NetworkSettings"]
     assert in_docker_order(ns, DOCKER_NETWORK_SETTINGS_KEYS)
     assert (ns["GlobalIPv6Address"], ns["GlobalIPv6PrefixLen"], ns["IPv6Gateway"]) == ("fd00:1::5", 64, "fd00:1::1")
@@ -412,42 +432,42 @@ def test_deprecated_top_level_fields_come_from_the_default_bridge_only():
     on_bridge |= dict(IPAddress="172.17.0.2", IPPrefixLen=16, IPv6Gateway="", MacAddress="02:42:ac:11:00:02")
     user = dataclasses.replace(endpoint(), ifname="eth1")  # network web, 172.18.0.2
 
-    ns = schema.container(container(network_mode="bridge"), [("bridge", bridge_endpoint())], {})["NetworkSettings"]
+    ns = inspect(container(network_mode="bridge"), [("bridge", bridge_endpoint())], {})["NetworkSettings"]
     assert default_network(ns) == on_bridge
     assert {k: ns["Networks"]["bridge"][k] for k in DEFAULT_NETWORK_KEYS} == on_bridge  # the same information
 
-    ns = schema.container(container(), [("web", user)], {})["NetworkSettings"]
+    ns = inspect(container(), [("web", user)], {})["NetworkSettings"]
     assert default_network(ns) == EMPTY_DEFAULT_NETWORK and ns["Networks"]["web"]["IPAddress"] == "172.18.0.2"
 
     # bridge + a user network, whichever comes first: the bridge's values (its own Gateway, even when empty)
     bridge_no_route = bridge_endpoint(gateway="", ifname="eth1")
     cases = [([("bridge", bridge_endpoint()), ("web", user)], "172.17.0.1"), ([("web", user), ("bridge", bridge_no_route)], "")]
     for endpoints, gateway in cases:
-        ns = schema.container(container(), endpoints, {})["NetworkSettings"]
+        ns = inspect(container(), endpoints, {})["NetworkSettings"]
         assert default_network(ns) == on_bridge | {"Gateway": gateway}
         assert in_docker_order(ns, DOCKER_NETWORK_SETTINGS_KEYS)
 
 
 @pytest.mark.parametrize("mode", ["none", "host", "container:" + "d" * 64])
 def test_deprecated_top_level_fields_are_empty_without_an_endpoint(mode):
-    ns = schema.container(container(network_mode=mode, status="running", sandbox_key="/k"), [], {})["NetworkSettings"]
+    ns = inspect(container(network_mode=mode, status="running", sandbox_key="/k"), [], {})["NetworkSettings"]
     assert default_network(ns) == EMPTY_DEFAULT_NETWORK
     assert list(ns) == DOCKER_NETWORK_SETTINGS_KEYS  # every key of API 1.47, in its order
 
 
 def test_container_links():
-    doc = schema.container(container(network_mode="bridge"), [("bridge", endpoint())], {}, ["/db:/box/data"])
+    doc = inspect(container(network_mode="bridge"), [("bridge", endpoint())], {}, ["/db:/box/data"])
     assert doc["HostConfig"]["Links"] == ["/db:/box/data"]
     assert in_docker_order(doc["HostConfig"], DOCKER_HOSTCONFIG_KEYS)
-    assert schema.container(container(), [], {}, [])["HostConfig"]["Links"] is None
+    assert inspect(container(), [], {}, [])["HostConfig"]["Links"] is None
 
 
 def test_container_without_network_has_no_ipv6():
-    ns = schema.container(container(network_mode="none"), [], {})["NetworkSettings"]
+    ns = inspect(container(network_mode="none"), [], {})["NetworkSettings"]
     assert (ns["GlobalIPv6Address"], ns["GlobalIPv6PrefixLen"], ns["IPv6Gateway"]) == ("", 0, "")
 
 
 def test_summary_networks_carry_endpoint_settings():
     ctr = container(status="running", started_at=stamp(1))
-    doc = schema.container_summary(ctr, [("web", dual_endpoint())])
+    doc = summary(ctr, [("web", dual_endpoint())])
     assert doc["NetworkSettings"]["Networks"]["web"]["DNSNames"] == ["box", CID[:12], "db", "store"]

@@ -1,0 +1,58 @@
+"""What a caller asks the engine for, typed: the front doors (the Docker
+API, later the CNI plugin and the dockerd plugin) translate their wire
+format into these at the edge, and the engine never sees JSON.
+
+Shapes are checked by the front door; meaning (is this subnet free, does
+this driver take that option) is checked by the engine and its drivers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    name: str
+    driver: str = "bridge"
+    subnet: str = ""  # IPv4; empty: the driver chooses
+    gateway: str = ""
+    ip_range: str = ""
+    enable_ipv6: bool = False
+    subnet6: str = ""
+    gateway6: str = ""
+    internal: bool = False
+    attachable: bool = False
+    options: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """One network's settings of an endpoint (Docker's EndpointSettings)."""
+
+    aliases: tuple[str, ...] = ()
+    ip: str = ""
+    ip6: str = ""
+    mac: str = ""
+
+
+@dataclass(frozen=True)
+class PortBinding:
+    host_ip: str = ""
+    host_port: str = ""  # "", "8080" or "8080-8090"
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    cmd: tuple[str, ...]
+    name: str | None = None
+    env: tuple[str, ...] = ()
+    hostname: str = ""
+    network_mode: str = "bridge"  # bridge | host | none | container:REF | a network
+    networks: dict[str, EndpointSpec] = field(default_factory=dict)  # network ref -> settings
+    auto_remove: bool = False
+    port_bindings: dict[str, tuple[PortBinding, ...]] = field(default_factory=dict)  # "80/tcp" -> bindings
+    exposed_ports: tuple[str, ...] = ()  # "80/tcp", ...
+    publish_all: bool = False
+    links: tuple[str, ...] = ()  # NAME[:ALIAS]
