@@ -14,6 +14,11 @@ underlay bridge, each with its own qiaod, etcd on the underlay):
     once (a UDP echo server) and a prober in a container's namespace on every
     other host sends a datagram every 5 ms until answered.  Measured for
     every N from 3 to ``--max-hosts`` (10), the hosts joining one by one.
+(d) the cost of a container start elsewhere: at the largest lab, 10
+    containers are started on host1 one after another; every other host's
+    qiaod reports (``GET /info`` -> ``QiaoDrivers.overlay``) the etcd reads
+    (full range reads) and watch events it made meanwhile.  Goal: O(1) per
+    start (events), no reads: not O(containers).
 (c) steady state: with the lab idle, etcd's revision (one per key write),
     its lease renewals (``etcd_debugging_lease_renewed_total``) and range
     requests over a window (60 s, ``--quick`` 20 s), at 3 hosts and at the
@@ -318,6 +323,14 @@ class Bench:
 
     def inspect(self, host: str, name: str) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.qiao(host, "inspect", name).stdout)[0]
+        return data
+
+    def info(self, host: str) -> dict[str, Any]:
+        """The host's ``GET /info`` (its socket is a path: reachable from any namespace)."""
+        from qiao.cli.client import Client
+        from qiao.paths import Root
+
+        data: dict[str, Any] = Client(Root.resolve(self.host(host)["root"]), autostart=False).request("GET", "/info")
         return data
 
     def etcdctl_cmd(self, *args: str) -> list[str]:
@@ -689,6 +702,38 @@ def steady(b: Bench, watch: EtcdWatch, window: float) -> dict[str, Any]:
     }
 
 
+# -- (d) the cost of a start elsewhere --------------------------------------------
+
+
+def start_cost(b: Bench, starts: int = 10) -> dict[str, Any]:
+    others = [h["name"] for h in b.state["hosts"] if h["name"] != "host1"]
+
+    def counters() -> dict[str, dict[str, int]]:
+        out = {}
+        for h in others:
+            out[h] = b.info(h)["QiaoDrivers"]["overlay"]
+        return out
+
+    before = counters()
+    names = [f"cost{i}" for i in range(starts)]
+    for name in names:
+        b.qiao("host1", "run", "-d", "--network", NET, "--name", name, "--", "sleep", "3600")
+    time.sleep(2.0)  # let every watch deliver
+    after = counters()
+    for name in names:
+        b.qiao("host1", "rm", "-f", name)
+    reads = {h: after[h]["Reads"] - before[h]["Reads"] for h in others}
+    events = {h: after[h]["Events"] - before[h]["Events"] for h in others}
+    return {
+        "hosts": len(others) + 1,
+        "starts": starts,
+        "reads_per_start_per_host": max(reads.values()) / starts,
+        "events_per_start_per_host": sum(events.values()) / len(events) / starts,
+        "reads": reads,
+        "events": events,
+    }
+
+
 # -- report -----------------------------------------------------------------------
 
 
@@ -793,7 +838,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=int, help="s per iperf3 run (default 10, --quick 3)")
     p.add_argument("--max-hosts", type=int, default=10, help="hosts join one by one from 3 up to this (default 10)")
     p.add_argument("--steady", type=float, help="s per steady-state window (default 60, --quick 20)")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: throughput,convergence,steady")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: throughput,convergence,steady,cost")
     p.add_argument("--output", default=str(RESULTS))
     a = p.parse_args(argv)
     if os.geteuid() != 0:
@@ -853,6 +898,11 @@ def main(argv: list[str] | None = None) -> int:
                 res["steady"].append(steady(b, watch, window))
         if "convergence" in skip:
             res["convergence"] = []
+        if "cost" not in skip:
+            res["start_cost"] = start_cost(b)
+            c = res["start_cost"]
+            say(f"  (d) {c['starts']} starts on host1, {c['hosts']} hosts: {c['reads_per_start_per_host']:.2f} etcd reads "
+                f"and {c['events_per_start_per_host']:.2f} watch events per start on each other host")
     except (KeyboardInterrupt, Interrupted) as exc:
         failed = f"interrupted ({exc or 'Ctrl-C'})"
     except Exception as exc:

@@ -55,5 +55,8 @@ class Root:
         return os.path.join(self.data, "containers", cid)
 
     def ensure(self) -> None:
+        """The directories, root's alone (0700): the store and the logs hold
+        containers' environments, the socket is the daemon's front door."""
         for d in (self.data, self.run, self.netns_dir, os.path.join(self.data, "containers")):
-            os.makedirs(d, mode=0o711, exist_ok=True)
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            os.chmod(d, 0o700)

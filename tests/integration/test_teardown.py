@@ -65,12 +65,16 @@ def test_a_veth_deleted_by_hand_is_plugged_again_and_shown(host: Host) -> None:
     sandbox = info["NetworkSettings"]["SandboxKey"]
     veth = next(v for v in veths(host) if f"qiao:{ep['EndpointID']}" in host.sh("ip", "-d", "link", "show", v).stdout)
     host.sh("ip", "link", "del", veth)
-    back = wait_for("the veth to be plugged again", lambda: veth in veths(host), timeout=12, interval=0.1)
-    assert back
+    wait_for("the veth to be plugged again", lambda: "QiaoLink" in host.inspect(cid)["NetworkSettings"]["Networks"]["bridge"], timeout=12)
+    assert veth in veths(host)
     inside = json.loads(host.sh("nsenter", f"--net={sandbox}", "ip", "-j", "addr", "show", "eth0").stdout)[0]
     assert inside["address"] == ep["MacAddress"]
     assert any(a["local"] == ep["IPAddress"] for a in inside["addr_info"])
-    host.sh("nsenter", f"--net={sandbox}", "ping", "-c", "1", "-W", "2", ep["Gateway"])
+    routes = json.loads(host.sh("nsenter", f"--net={sandbox}", "ip", "-j", "route", "show", "default").stdout)
+    assert [r["gateway"] for r in routes] == [ep["Gateway"]]
+    probe = f"import socket; socket.create_connection(('{ep['Gateway']}', 9), 2)"
+    answer = host.sh("nsenter", f"--net={sandbox}", "python3", "-c", probe, check=False)
+    assert "ConnectionRefused" in answer.stderr, answer.stderr  # refused: the gateway answered
     again = host.inspect(cid)["NetworkSettings"]["Networks"]["bridge"]
     assert again["QiaoLink"].startswith("replugged"), again
     assert "(link replugged)" in host.ps_json()[0]["Status"]

@@ -68,8 +68,11 @@ class Client:
         import subprocess  # only here: it costs every other command start-up time
 
         args = [sys.executable, "-m", "qiao.daemon.main"] + (["--root", self.root.base] if self.root.base else [])
-        with open(self.root.daemon_log, "ab") as log:
+        log = os.open(self.root.daemon_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)  # root's alone
+        try:
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        finally:
+            os.close(log)
         # Concurrent CLIs may each start one; the pid-file lock lets one win and we all wait for it.
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

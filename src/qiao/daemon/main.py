@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         print("qiaod: must run as root (it creates namespaces, links and firewall rules)", file=sys.stderr)
         return 1
     root.ensure()
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(root.daemon_log, 0o600)  # an older qiao wrote it world-readable
     _raise_nofile()
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,

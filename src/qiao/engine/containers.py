@@ -321,7 +321,7 @@ class Containers:
 
     def _start(self, ctr: Container, stdio: tuple[int, int, int] | None) -> Container:
         files = self.files(ctr)
-        os.makedirs(self.root.container_dir(ctr.id), exist_ok=True)
+        os.makedirs(self.root.container_dir(ctr.id), mode=0o700, exist_ok=True)
         spec: dict[str, Any] = {
             "cmd": ctr.cmd,
             "env": self._env(ctr, stdio is not None),
@@ -479,7 +479,7 @@ class Containers:
                 return self.supervisor.spawn(ctr.id, spec, stdio)
             except StartError as exc:
                 raise StartFailed(str(exc), exc.exit_code) from None
-        log_fd = os.open(files["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        log_fd = os.open(files["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         null_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
             return self.supervisor.spawn(ctr.id, spec, (null_fd, log_fd, log_fd))

@@ -83,7 +83,7 @@ class Engine:
             except Exception:
                 log.exception("firewall resync failed")
             try:
-                for ep in self.networks.repair_links(set(self.host.owned_links())):
+                for ep in self.networks.repair_links(self.host.owned_links):
                     log.warning("endpoint %s: its link %s had been deleted by hand; plugged again", ep.id[:12], ep.host_ifname)
             except Exception:
                 log.exception("link resync failed")

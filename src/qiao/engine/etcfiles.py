@@ -85,7 +85,7 @@ def resolv_conf(source: str = "/etc/resolv.conf", nameservers: list[str] | None 
 def write(directory: str, files: dict[str, str]) -> None:
     """Write in place: the files are bind-mounted into running containers,
     and a bind mount follows the inode, not the name."""
-    os.makedirs(directory, exist_ok=True)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
     for name, text in files.items():
         with open(os.path.join(directory, name), "w") as f:
             f.write(text)

@@ -13,7 +13,7 @@ import dataclasses
 import ipaddress
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from qiao.drivers import Drivers, NetworkDriver
 from qiao.drivers.bridge import DEFAULT_OPTIONS, now
@@ -299,14 +299,15 @@ class Networks:
         if net is not None:
             self.events.publish(Event("endpoint", "leave", net, ep))
 
-    def repair_links(self, present: set[str]) -> list[Endpoint]:
-        """Endpoints whose host-side link was deleted behind our back (``present``:
-        the links qiao's tag finds now) are plugged again with the same names and
-        addresses, when their sandbox still exists; the others are noted as
-        unplugged.  Docker shows nothing in that case; ``inspect`` and ``ps``
-        show these notes.  Returns the endpoints plugged again."""
+    def repair_links(self, links_now: Callable[[], Iterable[str]]) -> list[Endpoint]:
+        """Endpoints whose host-side link was deleted behind our back (``links_now``:
+        the links qiao's tag finds, asked under the lock) are plugged again with
+        the same names and addresses, when their sandbox still exists; the others
+        are noted as unplugged.  Docker shows nothing in that case; ``inspect``
+        and ``ps`` show these notes.  Returns the endpoints plugged again."""
         repaired = []
         with self.lock:
+            present = set(links_now())
             for ep in list(self.endpoints.values()):
                 net = self.by_id.get(ep.network_id)
                 if net is None or not ep.host_ifname or ep.host_ifname in present:

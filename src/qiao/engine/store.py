@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from typing import Any
@@ -45,6 +46,8 @@ class Writer:
 
 class Store:
     def __init__(self, path: str):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))  # root's alone: it holds environments
+        os.chmod(path, 0o600)  # SQLite gives its -wal and -shm files the same mode
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
