@@ -15,7 +15,7 @@ from qiao.engine.models import to_dict
 from qiao.engine.networks import DEFAULT_BRIDGE, OPT_BRIDGE_NAME, OPT_MTU, Networks
 from qiao.engine.steps import InjectedFault, Steps, fault_at
 from qiao.engine.store import KINDS, Store
-from qiao.kernel.firewall import BridgeRules, StubFirewall
+from qiao.kernel.firewall import BridgeRules, EndpointGuard, StubFirewall
 from qiao.kernel.host import Iface, StubHost
 
 SANDBOX = "/run/qiao-test/netns/c1"
@@ -371,6 +371,18 @@ def test_join_plugs_veth_into_bridge_and_sandbox(nets):
     assert second.address == "172.17.0.3"
 
 
+def test_join_guards_the_port_with_the_endpoints_addresses_and_leave_unguards(nets, dual):
+    v4 = join_and_adopt(nets, nets.get("bridge"))
+    v6 = join_and_adopt(nets, dual, ifname="eth1")
+    assert nets.firewall.guards == {
+        v4.host_ifname: EndpointGuard(v4.host_ifname, ("172.17.0.2",)),
+        v6.host_ifname: EndpointGuard(v6.host_ifname, ("10.8.0.2", "fd00:8::2")),
+    }
+    nets.leave(v4)
+    nets.leave(v6)
+    assert nets.firewall.guards == {}
+
+
 def test_leave_returns_address_and_removes_veth(nets):
     net = nets.get("bridge")
     ep = join_and_adopt(nets, net)
@@ -381,14 +393,15 @@ def test_leave_returns_address_and_removes_veth(nets):
     nets.leave(ep)  # best effort: twice is harmless
 
 
-@pytest.mark.parametrize("step", ["allocate-address", "create-veth", "configure-sandbox"])
+@pytest.mark.parametrize("step", ["allocate-address", "create-veth", "add-guards", "configure-sandbox"])
 def test_join_is_all_or_nothing(nets, step):
     net = nets.get("bridge")
-    join_and_adopt(nets, net, "a" * 64)  # holds .2
+    first = join_and_adopt(nets, net, "a" * 64)  # holds .2
     links_before = copy.deepcopy(nets.host.links)
     with pytest.raises(InjectedFault, match=step), Steps(fault_at(step)) as steps:
         nets.join(steps, net, "b" * 64, SANDBOX, "eth0")
     assert nets.host.links == links_before
+    assert list(nets.firewall.guards) == [first.host_ifname]
     assert len(veths(nets.host)) == 1
     assert nets.pools[net.id].allocate() == IPv4Address("172.17.0.3")
 
@@ -451,10 +464,20 @@ def test_reload_then_restore_kernel(tmp_path):
     assert host.links[web.bridge]["address"] == "10.5.0.1/24"
     assert host.forwarding
     assert again.firewall.resets == 1
+    assert again.firewall.guards == {}
     assert again.firewall.networks == {
         "qiao0": BridgeRules("qiao0", "172.17.0.0/16", True),
         web.bridge: BridgeRules(web.bridge, "10.5.0.0/24", masquerade=False, internal=True),
     }
+
+
+def test_restore_kernel_guards_every_stored_endpoint(tmp_path):
+    nets = make(tmp_path)
+    ep = join_and_adopt(nets, nets.get("bridge"))
+    store_endpoint(nets, ep)
+    again = make(tmp_path, StubHost(), builtin=False)
+    again.restore_kernel([])
+    assert again.firewall.guards == {ep.host_ifname: EndpointGuard(ep.host_ifname, (ep.address,))}
 
 
 def test_describe_uses_schema(nets):
@@ -556,11 +579,11 @@ def test_join_ip6_on_ipv4_only_network(nets):
     assert veths(nets.host) == {}
 
 
-@pytest.mark.parametrize("step", ["allocate-address6", "create-veth", "configure-sandbox"])
+@pytest.mark.parametrize("step", ["allocate-address6", "create-veth", "add-guards", "configure-sandbox"])
 def test_join_dual_stack_is_all_or_nothing(nets, dual, step):
     with pytest.raises(InjectedFault), Steps(fault_at(step)) as steps:
         nets.join(steps, dual, "c" * 64, SANDBOX, "eth0", ip="10.8.0.9", ip6="fd00:8::9")
-    assert veths(nets.host) == {}
+    assert veths(nets.host) == {} and nets.firewall.guards == {}
     nets.pools[dual.id].reserve(IPv4Address("10.8.0.9"))  # both given back
     nets.pools6[dual.id].reserve(ipaddress.ip_address("fd00:8::9"))
 

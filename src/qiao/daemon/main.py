@@ -81,12 +81,14 @@ def main(argv: list[str] | None = None) -> int:
 
         resolv_conf = args.resolv_conf or default_resolv_conf()
         fault = fault_at(os.environ.get("QIAO_FAULT_STEP"))
-        engine = Engine(root, LinuxHost(), NftFirewall(), fault, Resolver(resolv_conf), resolv_conf)
+        firewall = NftFirewall()
+        engine = Engine(root, LinuxHost(), firewall, fault, Resolver(resolv_conf), resolv_conf)
         if args.cluster_store:
             from qiao.overlay.manager import OverlayManager
 
             engine.networks.overlay = OverlayManager(engine, args.cluster_store, args.cluster_advertise)
-        engine.start()
+        engine.start()  # the firewall's tables are built from intent here ...
+        firewall.start_healing()  # ... and rebuilt from then on whenever another program changes them
         if engine.networks.overlay:
             engine.networks.overlay.start()
     except Exception as exc:
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if engine.networks.overlay:
             engine.networks.overlay.leave()
+        firewall.close()
         engine.networks.host.settle(10)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(root.socket)

@@ -23,7 +23,7 @@ from qiao.engine.ipam import AddressPool, IPAddress, IPNetwork, choose_subnet, p
 from qiao.engine.models import Endpoint, Network, from_dict, to_dict
 from qiao.engine.steps import Fault, Steps
 from qiao.engine.store import Store
-from qiao.kernel.firewall import BridgeRules, Firewall, PortMapping
+from qiao.kernel.firewall import BridgeRules, EndpointGuard, Firewall, PortMapping
 from qiao.kernel.host import Host, Iface, Peer
 
 if TYPE_CHECKING:
@@ -40,6 +40,10 @@ KNOWN_OPTIONS = (
     "com.docker.network.bridge.enable_ip_masquerade",
     "com.docker.network.bridge.host_binding_ipv4",
 )
+
+
+def _guard(ep: Endpoint) -> EndpointGuard:
+    return EndpointGuard(ep.host_ifname, tuple(a for a in (ep.address, ep.address6) if a))
 
 
 def now() -> str:
@@ -101,7 +105,7 @@ class Networks:
             self._ensure_bridge(net)
         if bridges:
             self.host.enable_forwarding(ipv6=any(n.enable_ipv6 for n in bridges))
-        self.firewall.reset([self._rules(n) for n in bridges], mappings)
+        self.firewall.reset([self._rules(n) for n in bridges], mappings, [_guard(ep) for ep in self.endpoints.values()])
 
     # -- lookup ----------------------------------------------------------
 
@@ -420,6 +424,8 @@ class Networks:
             lambda: self.host.plug_veth(ep.host_ifname, net.bridge or "", sandbox, peer, ep.id, isolated=isolated),
             lambda: self.host.delete_link(ep.host_ifname),
         )
+        guard = [_guard(ep)]  # anti-spoofing: the port sends from the endpoint's own addresses only
+        steps.run("add-guards", lambda: self.firewall.add_guards(guard), lambda: self.firewall.del_guards(guard))
         iface = Iface(ifname, ep.address, ep.prefixlen, ep.gateway, ep.address6, ep.prefixlen6, ep.gateway6)
         steps.run("configure-sandbox", lambda: self.host.configure_sandbox(sandbox, iface))
         return ep
@@ -441,6 +447,7 @@ class Networks:
     def leave(self, ep: Endpoint) -> None:
         """Best effort: remove the veth (off the caller's path) and return the addresses."""
         self.host.retire_link(ep.host_ifname)
+        self.firewall.del_guards([_guard(ep)])  # never raises
         self.endpoints.pop(ep.id, None)
         self.by_network.get(ep.network_id, {}).pop(ep.id, None)
         if ep.network_id in self.pools:
