@@ -330,7 +330,6 @@ class NftFirewall:
         self._stopping = threading.Event()
         self._healer: threading.Thread | None = None
         self._watch: Any = None  # nftwatch.Watch
-        self.heals: list[tuple[str, float]] = []  # (why, ms) of the last rebuilds by the healer
 
     # -- talking to the kernel ---------------------------------------------
 
@@ -562,7 +561,7 @@ class NftFirewall:
                     why, touched = self._account(events, touched, check=first)
                     first = False
                     if why or self._dirty:
-                        self._heal(why or "an earlier rebuild failed")
+                        self._heal(why or "a rebuild deferred or failed earlier")
             except Exception:
                 log.exception("firewall healer")
                 self._stopping.wait(1.0)
@@ -605,9 +604,7 @@ class NftFirewall:
             return
         self._heals.append(start)
         if self._rebuild(why):
-            ms = (time.monotonic() - start) * 1000
-            self.heals = [*self.heals[-9:], (why, ms)]
-            log.warning("firewall tables rebuilt from intent (%s) in %.1f ms", why, ms)
+            log.warning("firewall tables rebuilt from intent (%s) in %.1f ms", why, (time.monotonic() - start) * 1000)
 
 
 class StubFirewall:
