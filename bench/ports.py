@@ -309,16 +309,29 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def probe_nft(reps: int, ip: str, port: int) -> dict[str, Any]:
-    """In the host namespace: NftFirewall.add_ports / del_ports of one mapping, against qiao's live table."""
+    """NftFirewall.add_ports / del_ports of one mapping, against a copy of the host's live map.
+
+    The copy lives in a network namespace of this process's own: qiaod heals
+    its table whenever another program changes it, so changing the live
+    table from here would measure a fight with its healer."""
+    import nftables
+
+    from qiao.kernel import linux
     from qiao.kernel.firewall import TABLE, NftFirewall, PortMapping
 
-    fw = NftFirewall()
-    rc, out, _err = fw._nft.cmd(f"list map {TABLE} published_any")
-    elements = 0
+    nft = nftables.Nftables()
+    nft.set_json_output(True)
+    rc, out, _err = nft.cmd(f"list map {TABLE} published_any")
+    live = []
     if rc == 0 and out:
         for obj in json.loads(out).get("nftables", []):
-            if "map" in obj:
-                elements = len(obj["map"].get("elem", []))
+            for key, value in obj.get("map", {}).get("elem", []):
+                (proto, hport), (cip, cport) = key["concat"], value["concat"]
+                live.append(PortMapping(proto, "0.0.0.0", int(hport), cip, int(cport)))
+    elements = len(live)
+    linux.unshare(linux.CLONE_NEWNET)  # single-threaded here: the whole process moves
+    fw = NftFirewall()
+    fw.reset([], live)
     add, dele = [], []
     m = PortMapping("tcp", "0.0.0.0", port, ip, 80)
     for i in range(reps + 3):

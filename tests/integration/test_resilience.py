@@ -148,6 +148,7 @@ CONTAINER_STEPS = [  # (step, network mode, publish a port)
     ("configure-sandbox", "none", False),
     ("allocate-address", "bridge", False),
     ("create-veth", "bridge", False),
+    ("add-guards", "bridge", False),
     ("configure-sandbox", "bridge", False),
     ("reserve-ports", "bridge", True),
     ("publish-ports", "bridge", True),
@@ -202,6 +203,7 @@ def test_fault_at_each_start_step_leaves_nothing_behind(make_host, step: str, mo
         # The failing daemon still runs: the host port is not held, the firewall has no mapping.
         assert port_is_free(h, HOST_PORT), "the published host port is still held"
         assert str(HOST_PORT) not in h.sh("nft", "list", "table", "inet", "qiao").stdout
+        assert "veth" not in h.sh("nft", "list", "table", "bridge", "qiao").stdout, "an anti-spoofing guard was left"
 
         # Without the fault: the address the failed start held is free again.
         h.stop_daemon(signal.SIGKILL)

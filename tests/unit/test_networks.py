@@ -27,7 +27,7 @@ from qiao.engine.networks import Networks
 from qiao.engine.specs import EndpointSpec, NetworkSpec
 from qiao.engine.steps import InjectedFault, Steps, Teardown, fault_at
 from qiao.engine.store import KINDS, Store
-from qiao.kernel.firewall import BridgeRules, StubFirewall
+from qiao.kernel.firewall import BridgeRules, EndpointGuard, StubFirewall
 from qiao.kernel.host import Iface, StubHost
 from qiao.kernel.vxlan import StubVxlan
 
@@ -500,6 +500,16 @@ def test_join_keeps_dns_names(nets):
     with Steps() as steps:
         ep = nets.join(steps, create(nets, "web"), SANDBOX, "eth0", "c" * 64, dns_names=["box", "c" * 12])
     assert ep.dns_names == ["box", "c" * 12]
+def test_join_guards_the_port_with_the_endpoints_addresses_and_leave_unguards(nets, dual):
+    v4 = join_and_adopt(nets, nets.get("bridge"))
+    v6 = join_and_adopt(nets, dual, ifname="eth1")
+    assert nets.firewall.guards == {
+        v4.host_ifname: EndpointGuard(v4.host_ifname, ("172.17.0.2",)),
+        v6.host_ifname: EndpointGuard(v6.host_ifname, ("10.8.0.2", "fd00:8::2")),
+    }
+    leave(nets, v4)
+    leave(nets, v6)
+    assert nets.firewall.guards == {}
 
 
 def test_leave_returns_address_and_removes_veth(nets):
@@ -525,14 +535,15 @@ def test_leave_is_complete_when_the_veth_cannot_be_deleted(nets, monkeypatch):
     assert first_free(nets, net.id) == IPv4Address("172.17.0.2")
 
 
-@pytest.mark.parametrize("step", ["allocate-address", "create-veth", "configure-sandbox"])
+@pytest.mark.parametrize("step", ["allocate-address", "create-veth", "add-guards", "configure-sandbox"])
 def test_join_is_all_or_nothing(nets, step):
     net = nets.get("bridge")
-    join_and_adopt(nets, net, "a" * 64)  # holds .2
+    first = join_and_adopt(nets, net, "a" * 64)  # holds .2
     links_before = copy.deepcopy(kernel(nets).links)
     with pytest.raises(InjectedFault, match=step), Steps(fault_at(step)) as steps:
         nets.join(steps, net, SANDBOX, "eth0", "b" * 64)
     assert kernel(nets).links == links_before
+    assert list(nets.firewall.guards) == [first.host_ifname]
     assert len(veths(kernel(nets))) == 1
     assert nets.pools[net.id].allocate() == IPv4Address("172.17.0.3")
 
@@ -595,10 +606,20 @@ def test_reload_then_restore_kernel(tmp_path):
     assert host.links[bridge_of(web)]["address"] == "10.5.0.1/24"
     assert host.forwarding
     assert again.firewall.resets == 1
+    assert again.firewall.guards == {}
     assert again.firewall.networks == {
         "qiao0": BridgeRules("qiao0", "172.17.0.0/16", True),
         bridge_of(web): BridgeRules(bridge_of(web), "10.5.0.0/24", masquerade=False, internal=True),
     }
+
+
+def test_restore_kernel_guards_every_stored_endpoint(tmp_path):
+    nets = make(tmp_path)
+    ep = join_and_adopt(nets, nets.get("bridge"))
+    store_endpoint(nets, ep)
+    again = make(tmp_path, StubHost(), builtin=False)
+    again.restore_kernel([])
+    assert again.firewall.guards == {ep.host_ifname: EndpointGuard(ep.host_ifname, (ep.address,))}
 
 
 def test_describe_uses_docker_json(nets):
@@ -729,11 +750,11 @@ def test_ip6_on_ipv4_only_network_refused(nets):
     assert veths(kernel(nets)) == {}
 
 
-@pytest.mark.parametrize("step", ["allocate-address6", "create-veth", "configure-sandbox"])
+@pytest.mark.parametrize("step", ["allocate-address6", "create-veth", "add-guards", "configure-sandbox"])
 def test_join_dual_stack_is_all_or_nothing(nets, dual, step):
     with pytest.raises(InjectedFault), Steps(fault_at(step)) as steps:
         nets.join(steps, dual, SANDBOX, "eth0", "c" * 64, EndpointSpec(ip="10.8.0.9", ip6="fd00:8::9"))
-    assert veths(kernel(nets)) == {}
+    assert veths(kernel(nets)) == {} and nets.firewall.guards == {}
     nets.pools[dual.id].reserve(IPv4Address("10.8.0.9"))  # both given back
     nets.pools6[dual.id].reserve(ipaddress.ip_address("fd00:8::9"))
 

@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         if manager is not None:
             manager.local = engine.networks
             engine.events.subscribe(manager.on_event)
-        engine.start()
+        engine.start()  # the firewall's tables are built from intent here ...
+        firewall.start_healing()  # ... and rebuilt from then on whenever another program changes them
         if manager is not None:
             manager.start()
     except Exception as exc:
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if manager is not None:
             manager.leave()
+        firewall.close()
         host.settle(10)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(root.socket)

@@ -25,7 +25,7 @@ from qiao.engine.models import Endpoint, Network, from_dict, to_dict
 from qiao.engine.specs import EndpointSpec, NetworkSpec
 from qiao.engine.steps import Fault, Steps, Teardown
 from qiao.engine.store import Store
-from qiao.kernel.firewall import Firewall, PortMapping
+from qiao.kernel.firewall import EndpointGuard, Firewall, PortMapping
 
 NO_SETTINGS = EndpointSpec()
 PREDEFINED = (("host", "host"), ("none", "null"))  # (name, driver), besides "bridge"
@@ -76,7 +76,7 @@ class Networks:
         """Re-assert every network's kernel side and the whole firewall table from intent."""
         for driver in self.drivers:
             driver.restore(self.of_driver(driver.name))
-        self.firewall.reset(self.firewall_rules(), mappings)
+        self.firewall.reset(self.firewall_rules(), mappings, [_guard(ep) for ep in self.endpoints.values() if ep.host_ifname])
 
     def firewall_rules(self) -> list:
         return [r for n in self.by_id.values() if (r := self.driver(n).firewall_rules(n)) is not None]
@@ -259,6 +259,8 @@ class Networks:
             sandbox=sandbox,
             dns_names=list(dns_names),
         )
+        guard = [_guard(ep)]  # anti-spoofing: the port sends from the endpoint's own addresses only, from its first packet on
+        steps.run("add-guards", lambda: self.firewall.add_guards(guard), lambda: self.firewall.del_guards(guard))
         self.driver(net).join(steps, net, ep, sandbox)
         return ep
 
@@ -289,6 +291,7 @@ class Networks:
         net = self.by_id.get(ep.network_id)
         if net is not None:
             self.driver(net).leave(net, ep, teardown)
+        teardown.run("del-guards", lambda: self.firewall.del_guards([_guard(ep)]))
         self.endpoints.pop(ep.id, None)
         self.link_notes.pop(ep.id, None)
         self.by_network.get(ep.network_id, {}).pop(ep.id, None)
@@ -336,6 +339,10 @@ class Networks:
             )
         if net.subnet6 and net.gateway6:
             self.pools6[net.id] = AddressPool(ipaddress.ip_network(net.subnet6), ipaddress.ip_address(net.gateway6))
+
+
+def _guard(ep: Endpoint) -> EndpointGuard:
+    return EndpointGuard(ep.host_ifname, tuple(a for a in (ep.address, ep.address6) if a))
 
 
 def _created_now(net: Network) -> Network:
