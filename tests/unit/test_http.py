@@ -81,6 +81,10 @@ class FakeApi:
                 os.close(fd)
         return 204, None
 
+    @route("GET", "/bigreply")
+    def bigreply(self, req: Request) -> tuple[int, Any]:
+        return 200, Raw(b"x" * (4 << 20))
+
     @route("GET", "/boom")
     def boom(self, req: Request) -> tuple[int, Any]:
         raise RuntimeError("a bug")
@@ -134,7 +138,7 @@ def served(tmp_path, caplog) -> Iterator[Served]:
     root = Root.resolve(str(tmp_path))
     os.makedirs(root.run)
     api = FakeApi()
-    server = Server(root.socket, api, workers=4, max_threads=8, long_request=60, read_timeout=READ_TIMEOUT)  # type: ignore[arg-type]
+    server = Server(root.socket, api, workers=4, max_threads=8, long_request=60, read_timeout=READ_TIMEOUT, write_timeout=0.5)  # type: ignore[arg-type]
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
@@ -397,6 +401,33 @@ def test_long_handler_is_not_cut_by_the_read_timeout(served):
     assert (status, json.loads(body)) == (200, {"slept": True})
 
 
+def test_client_that_stops_reading_is_dropped_after_the_write_timeout(served, caplog):
+    with served.connect() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /bigreply HTTP/1.0\r\n\r\n")
+        deadline = time.monotonic() + 5
+        while not [r for r in caplog.records if "went away" in r.getMessage()] and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert [r.levelno for r in caplog.records if "went away" in r.getMessage()] == [logging.DEBUG]
+    assert served.server.pool.stats()["busy"] == 0
+    assert ping(served) == (200, b"OK")
+
+
+def test_slow_but_steady_reader_gets_the_whole_answer(served):
+    """The write timeout is for a pause, not for the whole answer (4 MiB read over ~1 s)."""
+    with served.connect() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(b"GET /bigreply HTTP/1.0\r\n\r\n")
+        raw = b""
+        start = time.monotonic()
+        while chunk := sock.recv(64 << 10):
+            raw += chunk
+            time.sleep(0.015)
+        assert time.monotonic() - start > 0.5  # longer than the server's write timeout
+    status, _h, body = parse_answer(raw)
+    assert (status, len(body)) == (200, 4 << 20)
+
+
 # -- descriptors (X-Qiao-Stdio) ------------------------------------------------
 
 
@@ -481,6 +512,34 @@ def test_idle_connections_hold_no_threads(tmp_path):
         assert time.monotonic() - start < 1
         assert threading.active_count() - threads_before <= 1  # the one worker that answered
         assert server.stats()["connections"] in (500, 501)  # the ping's, closed just now, may not be counted off yet
+    finally:
+        for sock in idle:
+            sock.close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_idle_clients_at_the_connection_cap_cannot_lock_others_out(tmp_path):
+    """At the cap the oldest unfinished connection is dropped with a 503, so a new client is served."""
+    root = Root.resolve(str(tmp_path))
+    os.makedirs(root.run)
+    server = Server(root.socket, FakeApi(), read_timeout=30, max_connections=50)  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    idle = []
+    try:
+        for _ in range(60):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(5)
+            sock.connect(root.socket)
+            sock.send(b"GET /_pi")
+            idle.append(sock)
+            time.sleep(0.002)  # each a little older than the next
+        start = time.monotonic()
+        assert Client(root, autostart=False).request("GET", "/_ping") == b"OK"
+        assert time.monotonic() - start < 1
+        assert server.stats()["connections"] <= 50
+        assert read_answer(idle[0])[0] == 503  # the oldest went first
     finally:
         for sock in idle:
             sock.close()

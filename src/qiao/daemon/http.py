@@ -66,12 +66,12 @@ MAX_REQUEST_LINE = 8192  # 414 beyond
 MAX_HEADER_BYTES = 64 << 10  # 431 beyond (the request line not counted)
 MAX_HEADERS = 100  # 431 beyond
 READ_TIMEOUT = 10.0  # seconds from accept to a complete request (head and body); 408 after
-WRITE_TIMEOUT = 10.0  # seconds a reply may wait for a client that does not read it
+WRITE_TIMEOUT = 10.0  # seconds a reply may wait for a client that reads none of it
 LINGER = 2.0  # after an early answer: read and drop what the client still sends, this long at most
 WORKERS = 64  # handler threads for ordinary requests
 LONG_REQUEST = 1.0  # a handler running longer than this no longer counts against WORKERS
 MAX_THREADS = 1024  # handler threads in all, long requests included; further requests queue
-MAX_CONNECTIONS = 4096  # open connections; further ones wait in the listen backlog
+MAX_CONNECTIONS = 4096  # open connections (at most a quarter of RLIMIT_NOFILE); beyond, the oldest unfinished one is dropped
 BACKLOG = max(socket.SOMAXCONN, 4096)  # the kernel caps it at net.core.somaxconn
 MAX_FDS = 16  # SCM_RIGHTS descriptors accepted per request (a start needs 3); the rest are closed
 
@@ -437,6 +437,7 @@ class Conn:
     args: dict[str, str] = field(default_factory=dict)
     query: dict[str, str] = field(default_factory=dict)
     path: str = ""
+    received: int = 0  # bytes read in all
     scanned: int = 0  # how far the search for the head's end has got (a byte-a-second client costs no rescans)
     lingering: bool = False
 
@@ -473,7 +474,7 @@ class Server:
         self.routes = routes_of(api)
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
-        self.max_connections = max_connections
+        self.max_connections = min(max_connections, max(64, _open_files_limit() // 4))
         self.pool = WorkerPool(workers, max_threads, long_request)
         self.server_address = path
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -507,7 +508,11 @@ class Server:
         self._set_accepting(True)
         try:
             while not self._stop:
-                self._loop_once(poll_interval)
+                try:
+                    self._loop_once(poll_interval)
+                except Exception:  # a bug here must not stop the daemon from serving
+                    log.exception("HTTP event loop failed")
+                    time.sleep(0.01)
         finally:
             self._selector.unregister(self._wake_r)
             self._set_accepting(False)
@@ -557,7 +562,6 @@ class Server:
             if conn.lingering:
                 self._close(conn)
             else:
-                log.debug("request not complete after %g s: 408", self.read_timeout)
                 self._refuse(conn, HttpError(408, f"request not complete within {self.read_timeout:g} s"))
         if not self._accepting and now >= self._accept_paused_until and self._open < self.max_connections:
             self._set_accepting(True)
@@ -576,8 +580,8 @@ class Server:
 
     def _accept(self) -> None:
         for _ in range(64):
-            if self._open >= self.max_connections:
-                self._set_accepting(False)  # the rest wait in the backlog until one closes
+            if self._open >= self.max_connections and not self._evict():
+                self._set_accepting(False)  # every one is in a handler: the rest wait in the backlog
                 return
             try:
                 sock, _addr = self.socket.accept()
@@ -589,13 +593,28 @@ class Server:
                     self._set_accepting(False)
                     self._accept_paused_until = time.monotonic() + 0.1
                     return
-                raise
+                log.warning("cannot accept a connection: %s", exc)
+                return
             sock.setblocking(False)
             conn = Conn(sock, time.monotonic() + self.read_timeout)
             with self._lock:
                 self._open += 1
             self._reading[sock.fileno()] = conn
             self._selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _evict(self) -> bool:
+        """At the connection cap: drop the oldest connection still sending its
+        request (a 503), so that idle clients cannot lock out the others."""
+        if not self._reading:
+            return False
+        lingering = min(self._reading.values(), key=lambda c: (not c.lingering, c.deadline))
+        if lingering.lingering:
+            self._close(lingering)  # its answer is sent already
+            return True
+        oldest = min(self._reading.values(), key=lambda c: c.deadline)
+        log.debug("%d connections open: dropping the oldest unfinished one", self._open)
+        self._refuse(oldest, HttpError(503, "too many connections; try again"), linger=False)
+        return True
 
     def _readable(self, conn: Conn) -> None:
         try:
@@ -615,14 +634,18 @@ class Server:
             self._eof(conn)
             return
         conn.buf += data
+        conn.received += len(data)
         try:
             self._advance(conn)
         except HttpError as exc:
             self._refuse(conn, exc)
+        except Exception:  # a bug in qiao, not the client's doing: a traceback and a 500
+            log.exception("reading a request failed")
+            self._refuse(conn, HttpError(500, "internal error while reading the request"))
 
     def _eof(self, conn: Conn) -> None:
-        if not conn.buf.strip(b"\r\n") and conn.head is None:
-            self._close(conn)  # connected and left without a request: nothing to answer
+        if not conn.received:
+            self._close(conn)  # connected and left without sending a byte: nothing to answer
             return
         where = "body" if conn.head else "head"
         self._refuse(conn, HttpError(400, f"request {where} truncated: the client closed its side early"), linger=False)
@@ -765,7 +788,7 @@ class Server:
             req.close_fds()
         log.debug("%s %s -> %d", head.method, head.target[:200], status)
         try:
-            conn.sock.sendall(response(status, payload, head_only=head.method == "HEAD"))
+            send_all(conn.sock, response(status, payload, head_only=head.method == "HEAD"))
         except OSError as exc:  # BrokenPipeError, ConnectionResetError, TimeoutError: the client's doing
             log.debug("client went away before its answer to %s %s: %s", head.method, conn.path, exc)
         finally:
@@ -791,6 +814,24 @@ class Server:
             self._open -= 1
         if not self._accepting:
             self._wake()  # accepting may resume
+
+
+def send_all(sock: socket.socket, data: bytes) -> None:
+    """``sendall`` whose timeout (the socket's) is for each pause, not the
+    whole answer: a client reading a large log slowly is not cut off; one that
+    stops reading is, after WRITE_TIMEOUT."""
+    view = memoryview(data)
+    while view:
+        view = view[sock.send(view[: 1 << 20]) :]
+
+
+def _open_files_limit() -> int:
+    """The soft RLIMIT_NOFILE: client connections may take a quarter of it (the
+    daemon also holds a socket per published port, netlink sockets, files)."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
 def response(status: int, payload: Any, headers: dict[str, str] | None = None, head_only: bool = False) -> bytes:
