@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from qiao.cli.client import Client, DaemonError, quote
-from qiao.daemon.api import Api, Server
+from qiao.daemon.api import Api
+from qiao.daemon.http import Server
 from qiao.engine.containers import ContainerView
 from qiao.engine.errors import NotFound
 from qiao.engine.models import Container

@@ -191,10 +191,17 @@ class FakeDaemon:
         self.requests: list[dict] = []
         self.replies: dict[tuple[str, str], tuple[int, str, bytes]] = {}
         self.hang_up: set[tuple[str, str]] = set()
+        self.raw: dict[tuple[str, str], bytes] = {}  # sent as is, then the connection is closed
+        self.reset: set[str] = set()  # paths answered by closing before reading anything
         fake = self
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
+                if fake.reset:
+                    peek = self.request.recv(4096, socket.MSG_PEEK)
+                    if any(f" {p} ".encode() in peek for p in fake.reset):
+                        time.sleep(0.05)  # the whole request is in: closing with it unread resets the client
+                        return
                 head = b""
                 while b"\r\n\r\n" not in head:
                     chunk = self.request.recv(4096)
@@ -207,12 +214,16 @@ class FakeDaemon:
                 headers = dict(line.split(": ", 1) for line in lines[1:])
                 while len(body) < int(headers.get("Content-Length", 0)):
                     body += self.request.recv(4096)
+                body = body[: int(headers.get("Content-Length", 0))]  # not the byte carrying X-Qiao-Stdio's fds
                 path, _, query = target.partition("?")
                 fake.requests.append(
                     {"method": method, "path": path, "query": query, "headers": headers, "body": json.loads(body) if body else None}
                 )
                 if (method, path) in fake.hang_up:
                     return  # close without answering
+                if (method, path) in fake.raw:
+                    self.request.sendall(fake.raw[(method, path)])
+                    return
                 status, ctype, data = fake.replies.get((method, path), (404, "application/json", b'{"message": "page not found"}'))
                 self.request.sendall(f"HTTP/1.0 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
 
@@ -315,6 +326,106 @@ def test_client_not_root_cannot_start_daemon(root, monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(Unreachable, match="only root can start it"):
         Client(root).request("GET", "/info")
+
+
+# -- a daemon that dies mid-answer, or answers nonsense ---------------------
+
+JSON_200 = b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
+
+
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        (b"", "qiao: qiaod closed the connection without answering GET /containers/json"),
+        (b"HTTP/1.0 2", "qiao: qiaod closed the connection before its answer to GET /containers/json was complete"),
+        (JSON_200, "before its answer to GET /containers/json was complete"),
+        (JSON_200 + b'Content-Length: 100\r\n\r\n[{"Id"', "was complete (6 of 100 bytes)"),
+        (JSON_200 + b'\r\n[{"Id": ', "qiao: qiaod's answer to GET /containers/json is not valid JSON"),
+        (JSON_200 + b"Content-Length: 5\r\n\r\n[{,}]", "is not valid JSON"),
+        (JSON_200 + b"Content-Length: 1\r\n\r\n\xff", "is not valid JSON"),
+        (JSON_200 + b"Content-Length: 20000\r\n\r\n" + b"[" * 10000 + b"]" * 10000, "is not valid JSON"),
+        (JSON_200 + b"Content-Length: x\r\n\r\n[]", "has an invalid Content-Length"),
+        (b"SSH-2.0-OpenSSH_9.2\r\n", "qiao: qiaod's answer to GET /containers/json is not HTTP"),
+        (b"HTTP/1.0 abc\r\n\r\n", "has an invalid status line"),
+        (b"HTTP/1.0\r\n\r\n", "has an invalid status line"),
+        (JSON_200 + b'Content-Length: 8\r\n\r\n{"a": 1}', "qiao: internal error: "),  # JSON, but not what ps expects
+        (JSON_200 + b"Content-Length: 8\r\n\r\n[1, 2.5]", "qiao: internal error: "),
+    ],
+)
+def test_main_bad_answer_is_one_line(tmp_path, root, daemon, capsys, raw, fragment):
+    daemon.raw[("GET", "/containers/json")] = raw
+    assert main(["--root", str(tmp_path), "ps"]) == 1
+    assert fragment in one_error_line(capsys)
+
+
+def test_main_connection_reset_is_one_line(tmp_path, root, daemon, capsys):
+    daemon.reset.add("/containers/json")
+    assert main(["--root", str(tmp_path), "ps"]) == 1
+    assert one_error_line(capsys) == "qiao: qiaod closed the connection without answering GET /containers/json"
+
+
+def test_main_daemon_dies_during_run_wait(tmp_path, root, daemon, capsys):
+    daemon.reply("POST", "/containers/create", 201, {"Id": "a" * 64})
+    daemon.reply("POST", "/containers/" + "a" * 64 + "/start", 204, b"")
+    daemon.hang_up.add(("POST", "/containers/" + "a" * 64 + "/wait"))
+    assert main(["--root", str(tmp_path), "run", "--", "true"]) == 1
+    assert "closed the connection without answering POST /containers/" in one_error_line(capsys)
+
+
+def test_main_unexpected_error_is_one_line(tmp_path, root, daemon, capsys, monkeypatch):
+    import qiao.cli.main as cli
+
+    def broken(c, a):
+        raise KeyError("Id")
+
+    monkeypatch.setattr(cli, "cmd_ps", broken)
+    monkeypatch.delenv("QIAO_DEBUG", raising=False)
+    assert main(["--root", str(tmp_path), "ps"]) == 1
+    assert one_error_line(capsys) == "qiao: internal error: KeyError: 'Id' (QIAO_DEBUG=1 shows where)"
+    monkeypatch.setenv("QIAO_DEBUG", "1")
+    with pytest.raises(KeyError):
+        main(["--root", str(tmp_path), "ps"])
+
+
+@pytest.mark.parametrize("argv", [["ps"], ["ps", "--format", "json"], ["inspect", "box"], ["network", "ls"], ["logs", "box"]])
+def test_closed_stdout_is_quiet(tmp_path, root, daemon, argv):
+    """``qiao ps | head -1``: no traceback, nothing on stderr, a non-zero exit (as a tool killed by SIGPIPE)."""
+    rows = [ps_row(Id=f"{i:064x}", Names=[f"/box{i}"]) for i in range(2000)]
+    daemon.reply("GET", "/containers/json", 200, rows)
+    daemon.reply("GET", "/containers/box/json", 200, {"Id": "a" * 64, "Config": {"Env": ["A=" + "x" * 200_000]}})
+    daemon.reply("GET", "/networks", 200, [network_doc(Name=f"net{i}", Id=f"{i:064x}") for i in range(2000)])
+    daemon.reply("GET", "/containers/box/logs", 200, b"line\n" * 100_000, "text/plain; charset=utf-8")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    qiao = subprocess.Popen(
+        [sys.executable, "-m", "qiao.cli.main", "--root", str(tmp_path), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    head = subprocess.run(["head", "-c", "10"], stdin=qiao.stdout, capture_output=True, timeout=30)
+    assert qiao.stdout is not None
+    qiao.stdout.close()
+    _out, err = qiao.communicate(timeout=30)
+    assert len(head.stdout) == 10
+    assert err == b""
+    assert qiao.returncode == 141
+
+
+def test_closed_stdout_on_small_output(tmp_path, root, daemon):
+    """Output smaller than the pipe: the write succeeds, the flush at the end fails; still quiet."""
+    daemon.reply("GET", "/containers/json", 200, [ps_row()])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "qiao.cli.main", "--root", str(tmp_path), "ps"],
+            stdout=w,
+            capture_output=False,
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=30,
+        )
+    finally:
+        os.close(w)
+    assert (proc.returncode, proc.stderr) == (141, b"")
 
 
 # -- commands against the fake daemon ----------------------------------------

@@ -14,7 +14,7 @@ from qiao.engine.ports import PortRequest
 
 @pytest.mark.parametrize(
     "key, parsed",
-    [("80", (80, "tcp")), ("80/tcp", (80, "tcp")), ("53/udp", (53, "udp")), ("9/SCTP", (9, "sctp")), (" 443/tcp ", (443, "tcp"))],
+    [("80", (80, "tcp")), ("80/tcp", (80, "tcp")), ("53/udp", (53, "udp")), ("9/SCTP", (9, "sctp"))],
 )
 def test_parse_key(key, parsed):
     assert ports.parse_key(key) == parsed
@@ -33,6 +33,8 @@ def test_parse_key(key, parsed):
         ("\u0668\u0660/tcp", "expected PORT"),  # Arabic-Indic digits: ASCII only
         ("\uff18\uff10", "expected PORT"),  # fullwidth digits
         ("000080/tcp", "expected PORT"),  # at most five digits
+        (" 443/tcp ", "expected PORT"),  # no spaces
+        ("80/tcp\n", "expected PORT"),  # nor a newline
     ],
 )
 def test_parse_key_errors(key, fragment):

@@ -42,7 +42,11 @@ class DaemonError(Exception):
 
 
 class Unreachable(Exception):
-    pass
+    """No answer from qiaod: nothing listens, or the connection ended before a complete answer."""
+
+
+class BadAnswer(Exception):
+    """qiaod answered something that is not a valid answer (not HTTP, not JSON)."""
 
 
 class Client:
@@ -117,36 +121,80 @@ class Client:
         body: Any = None,
         fds: list[int] | None = None,
     ) -> Any:
-        if query:
-            path += "?" + "&".join(f"{k}={quote(str(v))}" for k, v in query.items() if v is not None)
+        params = "&".join(f"{k}={quote(str(v))}" for k, v in (query or {}).items() if v is not None)
+        if params:
+            path += "?" + params
         data = b"" if body is None else json.dumps(body).encode()
         head = f"{method} {path} HTTP/1.0\r\nHost: qiaod\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
         if fds:
             head += "X-Qiao-Stdio: 1\r\n"
         sock = self._connect()
+        chunks = []
         try:
-            sock.sendall(head.encode() + b"\r\n" + data)
-            if fds:
-                sock.sendmsg([b"F"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))])
-            chunks = []
+            try:
+                # MSG_NOSIGNAL: a daemon gone away is an error here, not a SIGPIPE (which means a closed stdout)
+                sock.sendall(head.encode() + b"\r\n" + data, _socket.MSG_NOSIGNAL)
+                if fds:
+                    ancillary = (_socket.SOL_SOCKET, _socket.SCM_RIGHTS, b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))
+                    sock.sendmsg([b"F"], [ancillary], _socket.MSG_NOSIGNAL)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # qiaod answered early (a refusal) and closed: its answer is still there to read
             while True:
-                chunk = sock.recv(65536)
+                try:
+                    chunk = sock.recv(65536)
+                except ConnectionResetError:  # after a refusal; whatever it sent before is complete or not, below
+                    break
                 if not chunk:
                     break
                 chunks.append(chunk)
+        except OSError as exc:
+            raise Unreachable(f"lost the connection to qiaod during {method} {path}: {exc.strerror or exc}") from None
         finally:
             sock.close()
-        raw = b"".join(chunks)
-        if not raw.startswith(b"HTTP/"):
-            raise Unreachable(f"qiaod closed the connection without answering {method} {path}")
-        header, _, payload = raw.partition(b"\r\n\r\n")
-        status = int(header.split(b" ", 2)[1])
-        is_json = b"application/json" in header.lower()
-        decoded: Any = json.loads(payload) if (is_json and payload) else (payload if not is_json else None)
-        if status >= 400:
-            if isinstance(decoded, dict):
-                message = decoded.get("message", "")
-            else:  # a plain-text (or empty) error body: its text, not the repr of bytes
-                message = decoded.decode(errors="replace").strip() if isinstance(decoded, bytes) else ""
-            raise DaemonError(status, message, decoded if isinstance(decoded, dict) else {})
-        return decoded
+        return _answer(method, path, b"".join(chunks))
+
+
+def _answer(method: str, path: str, raw: bytes) -> Any:
+    """The decoded body of qiaod's answer; raises DaemonError for an error
+    status, Unreachable when the connection ended before a complete answer
+    and BadAnswer when the answer makes no sense."""
+    what = f"{method} {path}"
+    header, sep, payload = raw.partition(b"\r\n\r\n")
+    if not raw:
+        raise Unreachable(f"qiaod closed the connection without answering {what}")
+    if not raw.startswith(b"HTTP/"[: len(raw)]):
+        raise BadAnswer(f"qiaod's answer to {what} is not HTTP")
+    if not sep:
+        raise Unreachable(f"qiaod closed the connection before its answer to {what} was complete")
+    lines = header.split(b"\r\n")
+    status_line = lines[0].split(b" ", 2)
+    if len(status_line) < 2 or not status_line[1].isdigit() or len(status_line[1]) != 3:
+        raise BadAnswer(f"qiaod's answer to {what} has an invalid status line")
+    status = int(status_line[1])
+    headers = {}
+    for line in lines[1:]:
+        key, _, value = line.partition(b":")
+        headers[key.strip().lower()] = value.strip()
+    length = headers.get(b"content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise BadAnswer(f"qiaod's answer to {what} has an invalid Content-Length")
+        if len(payload) < int(length):
+            raise Unreachable(
+                f"qiaod closed the connection before its answer to {what} was complete ({len(payload)} of {int(length)} bytes)"
+            )
+        payload = payload[: int(length)]
+    is_json = b"application/json" in headers.get(b"content-type", b"").lower()
+    decoded: Any = payload if not is_json else None
+    if is_json and payload:
+        try:
+            decoded = json.loads(payload)
+        except (ValueError, RecursionError):
+            raise BadAnswer(f"qiaod's answer to {what} is not valid JSON") from None
+    if status >= 400:
+        if isinstance(decoded, dict):
+            message = str(decoded.get("message", ""))
+        else:  # a plain-text (or empty) error body: its text, not the repr of bytes
+            message = decoded.decode(errors="replace").strip() if isinstance(decoded, bytes) else ""
+        raise DaemonError(status, message, decoded if isinstance(decoded, dict) else {})
+    return decoded

@@ -15,7 +15,7 @@ import sys
 import time
 
 from qiao.cli import output
-from qiao.cli.client import Client, DaemonError, Unreachable, quote
+from qiao.cli.client import BadAnswer, Client, DaemonError, Unreachable, quote
 from qiao.paths import Root
 from qiao.proc import exited
 
@@ -268,7 +268,7 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
         return 0
 
     def forward(signum: int, _frame: Any) -> None:
-        with contextlib.suppress(DaemonError, Unreachable):
+        with contextlib.suppress(DaemonError, Unreachable, BadAnswer):
             c.request("POST", f"/containers/{quote(cid)}/kill", {"signal": signal.Signals(signum).name})
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -440,6 +440,47 @@ def cmd_daemon(c: Client, a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The entry point. Whatever goes wrong ends in one line on stderr and a
+    non-zero exit, never a traceback (``QIAO_DEBUG=1`` shows one for a bug);
+    a closed stdout (``qiao ps | head -1``) ends quietly, as other tools."""
+    # A closed stdout is noted from SIGPIPE too: a large write that the reader
+    # leaves half done returns a short count, and Python's buffered writer then
+    # drops the rest without an error. (The client's sockets use MSG_NOSIGNAL.)
+    _closed_pipe.seen = False
+    previous = signal.signal(signal.SIGPIPE, _closed_pipe)
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # here, not at exit: a reader that went away is seen now
+        if _closed_pipe.seen:
+            raise BrokenPipeError
+        return status
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):  # the interpreter's last flush must not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE  # the status of a tool killed by SIGPIPE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if os.environ.get("QIAO_DEBUG"):
+            raise
+        with contextlib.suppress(OSError):
+            print(f"qiao: internal error: {type(exc).__name__}: {exc} (QIAO_DEBUG=1 shows where)", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGPIPE, previous)
+
+
+class _ClosedPipe:
+    seen = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.seen = True
+
+
+_closed_pipe = _ClosedPipe()
+
+
+def _main(argv: list[str] | None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["lab"]:  # its own parser; imports pyroute2 only for lab commands
         from qiao.lab.lab import main as lab_main
@@ -485,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     except DaemonError as exc:
         print(f"qiao: Error response from daemon: {exc}", file=sys.stderr)
         return 125 if failing_run else 1
-    except Unreachable as exc:
+    except (Unreachable, BadAnswer) as exc:
         print(f"qiao: {exc}", file=sys.stderr)
         return 1
     except FileNotFoundError as exc:

@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qiaod: another qiaod already serves {root.run}", file=sys.stderr)
         return 1
 
-    from qiao.daemon.api import Api, Server
+    from qiao.daemon.api import Api
+    from qiao.daemon.http import Server
     from qiao.dns.resolver import Resolver
     from qiao.drivers.overlay import OverlayDriver
     from qiao.drivers.overlay.manager import OverlayManager

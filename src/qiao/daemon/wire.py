@@ -248,6 +248,8 @@ def _decode(body: bytes, kind: type[Any]) -> Any:
         data = msgspec.json.decode(body or b"{}")
     except msgspec.DecodeError:
         raise InvalidParameter("request body is not valid JSON") from None
+    except RecursionError:
+        raise InvalidParameter("request body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidParameter("request body must be a JSON object")
     try:

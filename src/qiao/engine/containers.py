@@ -207,12 +207,14 @@ class Containers:
         if not spec.cmd:
             raise InvalidParameter("no command specified")
         for item in spec.env:
-            if "=" not in item or item.startswith("="):
+            if "=" not in item or item.startswith("=") or "\0" in item:
                 raise InvalidParameter(f"invalid environment variable {item!r}: expected KEY=VALUE")
+        if any("\0" in arg for arg in spec.cmd):
+            raise InvalidParameter("invalid command: an argument holds a NUL byte")
         if spec.hostname and not ids.DNS_NAME_RE.match(spec.hostname):
             raise InvalidParameter(f"invalid hostname {spec.hostname!r}: not a DNS name")
-        bindings = {key: [dataclasses.asdict(b) for b in entries] for key, entries in spec.port_bindings.items()}
-        exposed = list(dict.fromkeys([*spec.exposed_ports, *bindings]))  # Docker exposes what it publishes
+        bindings = {ports.key(key): [dataclasses.asdict(b) for b in entries] for key, entries in spec.port_bindings.items()}
+        exposed = list(dict.fromkeys([ports.key(k) for k in spec.exposed_ports] + list(bindings)))  # Docker exposes what it publishes
         ports.requests(bindings, exposed, spec.publish_all)  # validate now: a bad -p changes nothing
         mode, hostname = spec.network_mode or "bridge", spec.hostname
         with self.lock:

@@ -8,7 +8,7 @@ import secrets
 
 from qiao.engine.errors import InvalidParameter
 
-NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")  # \Z: "$" would accept a trailing newline
+NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,252}\Z")  # \Z: "$" would accept a trailing newline
 # A DNS name (aliases, link aliases): labels of letters, digits and '-', 1-63 long.
 DNS_NAME_RE = re.compile(r"^(?=.{1,253}\Z)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z")
 MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}\Z")

@@ -96,10 +96,10 @@ class AddressPool:
         self._end = self._lo + self.range.num_addresses
         self._used: set[int] = set()
         self._hint = self._lo
-        for fixed in self._fixed():
+        for fixed in self.fixed():
             self._used.add(int(fixed) - self._base)
 
-    def _fixed(self) -> tuple[IPAddress, ...]:
+    def fixed(self) -> tuple[IPAddress, ...]:
         if isinstance(self.subnet, IPv4Network):
             return (self.subnet.network_address, self.subnet.broadcast_address, self.gateway)
         return (self.subnet.network_address, self.gateway)
@@ -117,7 +117,7 @@ class AddressPool:
     def reserve(self, address: IPAddress) -> None:
         if address not in self.subnet:
             raise InvalidParameter(f"address {address} is not in subnet {self.subnet}")
-        if address in self._fixed():
+        if address in self.fixed():
             raise Conflict(f"address {address} is reserved on subnet {self.subnet}")
         # Static addresses may lie outside --ip-range but inside the subnet.
         index = int(address) - self._base
@@ -126,7 +126,7 @@ class AddressPool:
         self._used.add(index)
 
     def release(self, address: IPAddress) -> None:
-        if address in self.subnet and address not in self._fixed():
+        if address in self.subnet and address not in self.fixed():
             index = int(address) - self._base
             self._used.discard(index)
             self._hint = min(self._hint, index)

@@ -217,6 +217,9 @@ class Networks:
                 address = parse_address(text, what)
                 if not subnet or address not in ipaddress.ip_network(subnet):
                     raise InvalidParameter(f"invalid {what} {text}: not in the subnet of network {net.name} ({subnet or 'none'})")
+                pool = (self.pools if address.version == 4 else self.pools6).get(net.id)
+                if pool is not None and address in pool.fixed():
+                    raise InvalidParameter(f"invalid {what} {text}: the network's own address (subnet, broadcast or gateway)")
         if spec.mac:
             ids.check_mac(spec.mac)
 

@@ -51,10 +51,16 @@ def _port(text: str, what: str) -> int:
 
 def parse_key(key: str) -> tuple[int, str]:
     """``"80/tcp"`` -> (80, "tcp"); the protocol defaults to tcp."""
-    m = _KEY.match(key.strip().lower())
+    m = _KEY.match(key.lower())
     if not m:
         raise InvalidParameter(f"invalid container port {key!r}: expected PORT[/tcp|udp|sctp]")
     return _port(m.group(1), "container port"), m.group(2) or "tcp"
+
+
+def key(text: str) -> str:
+    """A port key checked and in Docker's form: ``"80"`` -> ``"80/tcp"``."""
+    port, proto = parse_key(text)
+    return f"{port}/{proto}"
 
 
 def requests(port_bindings: dict[str, list[dict[str, str]]] | None, exposed: Iterable[str] | None, publish_all: bool) -> list[PortRequest]:
