@@ -121,13 +121,19 @@ class Client:
         if fds:
             head += "X-Qiao-Stdio: 1\r\n"
         sock = self._connect()
+        chunks = []
         try:
-            sock.sendall(head.encode() + b"\r\n" + data)
-            if fds:
-                sock.sendmsg([b"F"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))])
-            chunks = []
+            try:
+                sock.sendall(head.encode() + b"\r\n" + data)
+                if fds:
+                    sock.sendmsg([b"F"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))])
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # qiaod stopped reading (it answered early, or it died): read what it said, if anything
             while True:
-                chunk = sock.recv(65536)
+                try:
+                    chunk = sock.recv(65536)
+                except ConnectionResetError:
+                    break
                 if not chunk:
                     break
                 chunks.append(chunk)
