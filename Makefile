@@ -1,5 +1,5 @@
 # qiao: `make demo` and `make test` work on a fresh machine (as root).
-.PHONY: setup test unit lint demo bench bench-peers bench-ports clean
+.PHONY: setup test unit lint demo bench bench-peers bench-ports bench-soak clean
 
 setup:
 	@scripts/setup.sh
@@ -25,6 +25,9 @@ bench-peers: setup
 
 bench-ports: setup
 	.venv/bin/python -m bench.ports
+
+bench-soak: setup
+	.venv/bin/python -m bench.soak $(if $(CYCLES),--cycles $(CYCLES))
 
 clean:
 	rm -rf .venv build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

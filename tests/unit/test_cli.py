@@ -935,3 +935,69 @@ def test_parser_builds_only_the_named_command() -> None:
     assert commands(["nosuch"]) == set(COMMANDS)
     assert commands([]) == set(COMMANDS)
     assert build_parser(["--root", "/r", "rm", "-f", "x"]).parse_args(["--root", "/r", "rm", "-f", "x"]).force is True
+
+
+# -- a run that could not start leaves nothing behind ---------------------------------
+
+
+def test_main_run_whose_start_is_refused_removes_the_container(tmp_path, root, daemon, capsys):
+    daemon.reply("POST", "/containers/create", 201, {"Id": "c" * 64})
+    daemon.reply("POST", "/containers/" + "c" * 64 + "/start", 409, {"message": "Bind for 0.0.0.0:8080 failed"})
+    daemon.reply("DELETE", "/containers/" + "c" * 64, 404, {"message": "No such container"})  # --rm: the engine removed it first
+    assert main(["--root", str(tmp_path), "run", "--rm", "-d", "-p", "8080:80", "true"]) == 125
+    assert one_error_line(capsys) == "qiao: Bind for 0.0.0.0:8080 failed"
+    assert [(r["method"], r["path"], r["query"]) for r in daemon.requests][-1] == ("DELETE", "/containers/" + "c" * 64, "force=1")
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_main_run_whose_start_gets_no_answer_removes_the_container(tmp_path, root, daemon, capsys, detach):
+    """qiaod went away in mid-start (or the connection broke): the engine could not clean up, the CLI does."""
+    daemon.reply("POST", "/containers/create", 201, {"Id": "d" * 64})
+    daemon.hang_up.add(("POST", "/containers/" + "d" * 64 + "/start"))
+    daemon.reply("DELETE", "/containers/" + "d" * 64, 204, b"")
+    assert main(["--root", str(tmp_path), "run", "--rm", *(["-d"] if detach else []), "--", "true"]) == 1
+    assert "closed the connection" in one_error_line(capsys)
+    assert [(r["method"], r["path"], r["query"]) for r in daemon.requests][-1] == ("DELETE", "/containers/" + "d" * 64, "force=1")
+
+
+def test_main_run_interrupted_in_mid_start_removes_the_container(tmp_path, root, daemon, monkeypatch):
+    daemon.reply("POST", "/containers/create", 201, {"Id": "e" * 64})
+    daemon.reply("DELETE", "/containers/" + "e" * 64, 204, b"")
+    request = Client.request
+
+    def interrupted(self, method, path, *args, **kwargs):
+        if path.endswith("/start"):
+            raise KeyboardInterrupt  # Ctrl-C (or SIGTERM / SIGHUP, which run turns into the same) while starting
+        return request(self, method, path, *args, **kwargs)
+
+    monkeypatch.setattr(Client, "request", interrupted)
+    assert main(["--root", str(tmp_path), "run", "--rm", "--", "true"]) == 130
+    assert [(r["method"], r["path"]) for r in daemon.requests] == [
+        ("POST", "/containers/create"),
+        ("DELETE", "/containers/" + "e" * 64),
+    ]
+
+
+def test_main_run_takes_sigterm_as_ctrl_c_until_started(tmp_path, root, daemon):
+    """Between create and start a SIGTERM must reach the clean-up, not end the CLI on the spot."""
+    import signal
+
+    daemon.reply("POST", "/containers/create", 201, {"Id": "f" * 64})
+    daemon.reply("POST", "/containers/" + "f" * 64 + "/start", 204, b"")
+    seen = []
+    request = Client.request
+
+    def spy(self, method, path, *args, **kwargs):
+        if path.endswith("/start"):
+            seen.append(signal.getsignal(signal.SIGTERM))
+        return request(self, method, path, *args, **kwargs)
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        Client.request = spy  # type: ignore[method-assign]
+        assert main(["--root", str(tmp_path), "run", "-d", "--", "true"]) == 0
+    finally:
+        Client.request = request  # type: ignore[method-assign]
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    assert seen == [signal.default_int_handler]

@@ -394,10 +394,11 @@ def test_start_duplicate_static_ip_fails_and_rolls_back(c, web):
     assert c.networks.pools[web.id].allocate() == IPv4Address("10.9.0.2")
 
 
-def test_start_static_ip_equal_to_gateway_fails(c, web):
-    ctr = create(c, "a", body("web", IPAMConfig={"IPv4Address": "10.9.0.1"}))
-    with pytest.raises(Conflict, match="reserved"):
-        c.start(ctr.id)
+@pytest.mark.parametrize("address", ["10.9.0.0", "10.9.0.1", "10.9.0.255"])
+def test_static_ip_equal_to_the_networks_own_addresses_is_refused_at_create(c, web, address):
+    with pytest.raises(InvalidParameter, match="the network's own address"):
+        create(c, "a", body("web", IPAMConfig={"IPv4Address": address}))
+    assert c.by_id == {}
 
 
 def test_exit_releases_addresses_and_notifies(c, dual):

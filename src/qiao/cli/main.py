@@ -222,6 +222,13 @@ def build_parser(argv: list[str] | None = None) -> Parser:
 # -- commands ---------------------------------------------------------------
 
 
+def _discard(c: Client, cid: str) -> None:
+    """Remove (``rm -f``) the container a failed ``run`` created; best effort: the
+    engine may have removed it already (``--rm``), or no daemon may answer."""
+    with contextlib.suppress(DaemonError, Unreachable, OSError, KeyboardInterrupt):
+        c.request("DELETE", f"/containers/{quote(cid)}", {"force": 1})
+
+
 def cmd_run(c: Client, a: argparse.Namespace) -> int:
     cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
     if not cmd:
@@ -254,15 +261,23 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
         },
         "NetworkingConfig": {"EndpointsConfig": {net: (first if i == 0 else {}) for i, net in enumerate(networks)}},
     }
+    # Until the start has answered, SIGTERM and SIGHUP end the run as Ctrl-C does:
+    # through the clean-up below, not with a "Created" container left behind.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.default_int_handler)
     cid = c.request("POST", "/containers/create", {"name": a.name}, body)["Id"]
     try:
         c.request("POST", f"/containers/{quote(cid)}/start", fds=None if a.detach else [0, 1, 2])
     except DaemonError as exc:
         # Unlike Docker, a run that could not start leaves no "Created" container behind.
-        with contextlib.suppress(DaemonError):
-            c.request("DELETE", f"/containers/{quote(cid)}", {"force": 1})
+        _discard(c, cid)
         print(f"qiao: {exc}", file=sys.stderr)
         return int(exc.body.get("ExitCode", 125))
+    except BaseException:
+        # No answer (qiaod died, or the connection broke) or interrupted: the start may or
+        # may not have happened, and nobody will remove what this run created but us.
+        _discard(c, cid)
+        raise
     if a.detach:
         print(cid)
         return 0

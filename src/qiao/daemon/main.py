@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             from qiao.drivers.overlay.store import ClusterStore
             from qiao.kernel.vxlan import LinuxVxlan
 
-            vxlan = LinuxVxlan()
+            vxlan = LinuxVxlan(host.netlink)
             manager = OverlayManager(ClusterStore(args.cluster_store), vxlan, args.cluster_advertise)
             drivers.append(OverlayDriver(host, firewall, vxlan, manager))
         else:

@@ -320,6 +320,11 @@ class Containers:
                     with self.store.transaction() as tx:
                         tx.put("containers", to_dict(ctr))
                 raise
+            except Exception as exc:  # as moby's containerStart: whatever failed (a port, a step), an auto-remove container goes
+                if ctr.auto_remove and not ctr.running:
+                    ctr.exit_code, ctr.error = ctr.exit_code or 255, str(exc)  # what a later wait on its id answers
+                    self._forget(ctr)
+                raise
 
     def _start(self, ctr: Container, stdio: tuple[int, int, int] | None) -> Container:
         files = self.files(ctr)

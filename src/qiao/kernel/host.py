@@ -1,20 +1,26 @@
 """The host-side kernel port: links, addresses, routes, namespaces, sysctls.
 
 :class:`LinuxHost` does the work over netlink (pyroute2) with one long-lived
-socket for the host namespace and a short-lived one opened *inside* a
-sandbox when its interfaces are configured.  :class:`StubHost` keeps the
-same facts in memory for tests without root.
+socket for the host namespace, owned by one thread (:class:`_Netlink`), and
+a short-lived one opened *inside* a sandbox when its interfaces are
+configured.  :class:`StubHost` keeps the same facts in memory for tests
+without root.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
+import queue
 import secrets
 import socket
 import threading
+import types
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
 from typing import Any, Protocol
@@ -76,12 +82,87 @@ def _missing(exc: Exception) -> bool:
     return getattr(exc, "code", None) in (errno.ENODEV, errno.ENOENT, errno.ESRCH)
 
 
+def drop_orphans(ipr: Any) -> None:
+    """Drop the netlink messages a long-lived pyroute2 ``IPRoute`` read for no request.
+
+    pyroute2 0.9 ends a ``get`` (``link_lookup(ifname=...)``, ``get_links(index)``)
+    at its one reply and frees the sequence number; the kernel's ACK that follows
+    (the request carries ``NLM_F_ACK``) is then filed under sequence 0, the queue of
+    multicast events, which nothing reads: 36 bytes of heap per lookup, for the
+    daemon's life.  With ``groups=0`` that queue holds nothing else.
+    """
+    with contextlib.suppress(AttributeError, KeyError):  # another pyroute2 layout: nothing to drop
+        orphans = ipr.asyncore.local.msg_queue.queues[0]
+        while not orphans.empty():
+            orphans.get_nowait()
+            orphans.task_done()
+
+
+class _Netlink:
+    """The host namespace's rtnetlink socket: one pyroute2 ``IPRoute``, used
+    by one thread only, which runs every call for the other threads.
+
+    pyroute2 0.9 keeps an ``IPRoute``'s socket per *thread*: a thread calling
+    an ``IPRoute`` made by another opens a socket of its own (and a new asyncio
+    loop for every call), and that socket stays open until ``IPRoute.close()``,
+    long after the thread is gone.  qiaod serves each request on a new thread,
+    so one ``IPRoute`` shared by them left a netlink socket behind per request
+    that touched the host: one per container start.  Here the daemon has one
+    socket whatever its threads do; a call costs one thread hand-off (~30 us).
+    Calls are serialised, as the engine lock serialises changes anyway.
+    """
+
+    def __init__(self, factory: Callable[[], Any], name: str = "netlink") -> None:
+        self._calls: queue.SimpleQueue[tuple[Callable[[Any], Any], Future[Any]]] = queue.SimpleQueue()
+        opened: Future[Any] = Future()
+        self._thread = threading.Thread(target=self._serve, args=(factory, opened), name=name, daemon=True)
+        self._thread.start()
+        self._ipr = opened.result()  # a failure to open raises here, in the constructor's caller
+
+    def _serve(self, factory: Callable[[], Any], opened: Future[Any]) -> None:
+        try:
+            ipr = factory()  # on this thread, in the namespace the daemon started in: the socket's owner
+        except BaseException as exc:
+            opened.set_exception(exc)
+            return
+        opened.set_result(ipr)
+        while True:
+            call, result = self._calls.get()
+            try:
+                value = call(ipr)
+                # A lazily read dump would be read on the caller's thread: read it here.
+                result.set_result(tuple(value) if isinstance(value, types.GeneratorType) else value)
+            except BaseException as exc:
+                result.set_exception(exc)
+            drop_orphans(ipr)
+
+    def run(self, call: Callable[[Any], Any]) -> Any:
+        """``call(ipr)`` on the owner thread; its result, or its exception raised here."""
+        if threading.current_thread() is self._thread:
+            return call(self._ipr)
+        result: Future[Any] = Future()
+        self._calls.put((call, result))
+        return result.result()
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        """``netlink.link(...)`` is ``ipr.link(...)``, run on the owner thread."""
+
+        def method(*args: Any, **kwargs: Any) -> Any:
+            return self.run(lambda ipr: getattr(ipr, name)(*args, **kwargs))
+
+        return method
+
+
 class LinuxHost:
     def __init__(self) -> None:
         from pyroute2 import IPRoute  # heavy: only the daemon pays for it
 
-        self._IPRoute = IPRoute
-        self._ipr = IPRoute()
+        # groups=0: no multicast. pyroute2 subscribes an IPRoute to link, address and route
+        # events by default and queues every one it reads (sequence 0) for a reader that never
+        # comes: on a long-lived socket, a few hundred bytes of heap per veth added or deleted.
+        self._IPRoute = functools.partial(IPRoute, groups=0)
+        # For any thread (the VXLAN port shares it); the sandbox and retirer sockets below are per call / per thread.
+        self.netlink = self._ipr = _Netlink(self._IPRoute)
         self._bridges: dict[str, int] = {}  # bridge name -> ifindex
         self._retiring: list[int] = []  # ifindexes for the retirer thread to delete, oldest first
         self._retire_cond = threading.Condition()
@@ -169,6 +250,7 @@ class LinuxHost:
             except Exception as exc:
                 if not _missing(exc):
                     log.warning("deleting link %d failed: %s", index, exc)
+            drop_orphans(ipr)
             with self._retire_cond:
                 self._retiring.pop(0)
                 self._retire_cond.notify_all()

@@ -28,10 +28,9 @@ class LinuxVxlan:
     ``vtep-ip -> vtep-mac`` and an FDB entry ``vtep-mac -> public ip``:
     no flooding, no multicast, no miss callbacks."""
 
-    def __init__(self) -> None:
-        from pyroute2 import IPRoute  # daemon only
-
-        self._ipr = IPRoute()
+    def __init__(self, netlink: Any) -> None:
+        """``netlink``: the host's rtnetlink socket (``LinuxHost.netlink``): one socket, one owner thread."""
+        self._ipr = netlink
 
     def underlay(self, advertise: str | None) -> tuple[str, str, int]:
         """(interface, IPv4 address, MTU) to use for VXLAN: the interface or
