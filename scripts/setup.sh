@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: iproute2 (ip, for tests and humans), nftables + libnftables1
-# (the firewall), conntrack (flushing stale flows), util-linux (nsenter for exec),
+# (the firewall), conntrack (flushing stale flows), util-linux (nsenter for the lab),
 # iperf3 (benchmarks), etcd-server + etcd-client (the overlay's store and etcdctl;
 # qiao runs its own etcd, in the lab's namespace: a system etcd that the package
 # may enable on 127.0.0.1:2379 is not used).

@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -332,10 +333,12 @@ def test_twenty_concurrent_runs_get_distinct_addresses_and_veths(make_host) -> N
 
 
 @pytest.mark.parametrize("how", ["graceful", "sigkill"])
-def test_containers_outlive_the_daemon_and_are_adopted(make_host, how: str) -> None:
+def test_containers_outlive_the_daemon_and_are_adopted(make_host, request, how: str) -> None:
     h = make_host("rs")
     web = h.run_d("--name", "web", "--", "python3", "-c", SERVE)
-    trigger = os.path.join(h.root, "exit-now")
+    trigger = os.path.join(h.root + "-trigger", "exit-now")  # not under the root: containers do not see it
+    os.makedirs(os.path.dirname(trigger))
+    request.addfinalizer(lambda: shutil.rmtree(os.path.dirname(trigger), ignore_errors=True))
     h.run_d("--name", "quick", "--", "sh", "-c", f"while [ ! -e {trigger} ]; do sleep 0.02; done; exit 5")
     web_info, quick_info = h.inspect("web"), h.inspect("quick")
     address = web_info["NetworkSettings"]["IPAddress"]

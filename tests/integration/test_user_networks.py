@@ -370,7 +370,7 @@ def test_isolation_matrix(make_host) -> None:
         serve(h, "a2", "--network", "a")
         serve(h, "b1", "--network", "b")
         serve(h, "ab", "--network", "a", "--network", "b")
-        serve(h, "i1", "--network", "int")
+        serve(h, "i1", "--network", "int", "--cap-add", "NET_ADMIN")  # may change its own routes (below)
         serve(h, "i2", "--network", "int")
         serve(h, "n1", "--network", "noicc")
         serve(h, "n2", "--network", "noicc", "-p", "8000:7000", "-p", "8001:7001/udp")

@@ -507,6 +507,27 @@ def test_main_run_default_network_is_bridge(tmp_path, root, daemon, capsys):
     }
 
 
+def test_main_run_security_flags_go_to_dockers_keys(tmp_path, root, daemon, capsys):
+    daemon.reply("POST", "/containers/create", 201, {"Id": "a" * 64})
+    daemon.reply("POST", "/containers/" + "a" * 64 + "/start", 204, b"")
+    argv = ["run", "-d", "-u", "nobody:nogroup", "-w", "/tmp", "--cap-add", "NET_ADMIN", "--cap-add", "sys_time", "--cap-drop", "ALL"]
+    assert main(["--root", str(tmp_path), *argv, "--privileged", "true"]) == 0
+    create = daemon.requests[0]["body"]
+    assert (create["User"], create["WorkingDir"]) == ("nobody:nogroup", "/tmp")
+    host_config = create["HostConfig"]
+    assert (host_config["CapAdd"], host_config["CapDrop"], host_config["Privileged"]) == (["NET_ADMIN", "sys_time"], ["ALL"], True)
+    assert main(["--root", str(tmp_path), "run", "-d", "true"]) == 0
+    plain = daemon.requests[-2]["body"]
+    assert (plain["User"], plain["WorkingDir"], plain["HostConfig"]["CapAdd"], plain["HostConfig"]["Privileged"]) == ("", "", [], False)
+
+
+def test_main_exec_unknown_user_is_one_clear_error(tmp_path, root, daemon, capsys):
+    info = {"Id": "a" * 64, "State": {"Running": True, "Pid": os.getpid()}, "Config": {"Env": [], "Hostname": "h", "User": ""}}
+    daemon.reply("GET", "/containers/box/json", 200, info)
+    assert main(["--root", str(tmp_path), "exec", "-u", "no-such-user-here", "box", "true"]) == 126
+    assert one_error_line(capsys) == "qiao: unable to find user no-such-user-here: no matching entries in passwd file"
+
+
 def test_main_network_connect_and_disconnect_bodies(tmp_path, root, daemon, capsys):
     daemon.reply("POST", "/networks/web/connect", 200, b"")
     daemon.reply("POST", "/networks/web/disconnect", 200, b"")
@@ -919,6 +940,17 @@ def test_cli_import_is_light():
     heavy = {"pyroute2", "nftables", "http.client", "http", "email", "urllib", "subprocess", "dataclasses", "sqlite3"}
     assert loaded & heavy == set()
     assert not any(m.startswith(("pyroute2.", "qiao.engine", "qiao.kernel", "qiao.daemon")) for m in loaded)
+
+
+def test_shim_import_is_light():
+    """The shim starts ahead of need, but a cold one (the spare died) is on the start path."""
+    code = "import sys, qiao.runtime.shim; print('\\n'.join(sorted(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
+    loaded = set(proc.stdout.split())
+    assert "qiao.runtime.security" in loaded
+    heavy = {"pyroute2", "nftables", "http", "email", "urllib", "subprocess", "dataclasses", "sqlite3", "typing", "ctypes.util"}
+    assert loaded & heavy == set()
+    assert not any(m.startswith(("pyroute2.", "qiao.engine", "qiao.daemon", "qiao.cli")) for m in loaded)
 
 
 def test_parser_builds_only_the_named_command() -> None:

@@ -642,3 +642,56 @@ def test_force_remove_goes_on_past_any_failing_step(c, web, monkeypatch, step):
     assert (len(c.firewall.mappings) == 1) is (step == "unpublish-ports")
     assert c.networks.endpoints_of(web.id) == []
     assert c.networks.pools[web.id].allocate() == IPv4Address(ep.address)
+
+
+# -- user, working directory, capabilities, hidden root (qiao.runtime.security) -----------
+
+
+def test_create_checks_and_keeps_the_process_settings(c):
+    b = {**body(), "User": "nobody", "WorkingDir": "/tmp"}
+    b["HostConfig"].update(CapAdd=["net_admin"], CapDrop=["mknod"])
+    ctr = create(c, "sec", b)
+    assert (ctr.user, ctr.workdir, ctr.cap_add, ctr.cap_drop, ctr.privileged) == ("nobody", "/tmp", ["CAP_NET_ADMIN"], ["CAP_MKNOD"], False)
+    doc = docker_json.container(c.inspect("sec"))
+    assert (doc["Config"]["User"], doc["Config"]["WorkingDir"]) == ("nobody", "/tmp")
+    assert (doc["HostConfig"]["CapAdd"], doc["HostConfig"]["CapDrop"], doc["HostConfig"]["Privileged"]) == (
+        ["CAP_NET_ADMIN"],
+        ["CAP_MKNOD"],
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "host_config", "fragment"),
+    [
+        ({}, {"CapAdd": ["NET_ADMINS"]}, 'unknown capability: "CAP_NET_ADMINS"'),
+        ({"User": "no-such-user-here"}, {}, "unable to find user no-such-user-here"),
+        ({"WorkingDir": "tmp"}, {}, "needs to be an absolute path"),
+    ],
+)
+def test_create_refuses_bad_process_settings_and_stores_nothing(c, extra, host_config, fragment):
+    b = {**body(), **extra}
+    b["HostConfig"].update(host_config)
+    with pytest.raises(InvalidParameter, match=fragment):
+        create(c, "bad", b)
+    assert c.by_id == {} and c.store.load("containers") == []
+
+
+@pytest.mark.parametrize("mode", ["bridge", "host", "none"])
+def test_start_spec_carries_the_process_settings_and_hides_the_root(c, mode):
+    b = {**body(), "User": "nobody"}
+    b["HostConfig"].update(NetworkMode=mode, CapAdd=["NET_ADMIN"])
+    ctr = c.start(create(c, "s-" + mode, b).id)
+    spec = c.supervisor.specs[ctr.id]
+    assert (spec["uid"], spec["gid"], spec["cwd"], spec["no_new_privs"]) == (65534, 65534, "/", True)
+    assert spec["caps"][-1] == "CAP_NET_ADMIN" and "CAP_SYS_ADMIN" not in spec["caps"]
+    assert spec["hide"][0] == c.root.base  # the whole root: store, logs, socket, namespace files
+    assert spec["env"]["HOME"] == "/nonexistent"  # nobody's, as Docker sets it
+    if mode == "host":
+        assert spec.get("mounts") is None and "netns" not in spec  # still a mount namespace: the shim makes one to hide the root
+
+
+def test_start_keeps_a_home_the_container_sets(c):
+    b = {**body(), "User": "nobody", "Env": ["HOME=/srv"]}
+    ctr = c.start(create(c, "home", b).id)
+    assert c.supervisor.specs[ctr.id]["env"]["HOME"] == "/srv"

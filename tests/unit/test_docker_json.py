@@ -227,9 +227,13 @@ def test_container_key_order_and_values():
         "NetworkMode": "web",
         "PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]},
         "AutoRemove": False,
+        "CapAdd": None,
+        "CapDrop": None,
         "Links": None,
+        "Privileged": False,
         "PublishAllPorts": False,
     }
+    assert (doc["Config"]["User"], doc["Config"]["WorkingDir"]) == ("", "")
     ns = doc["NetworkSettings"]
     assert ns["SandboxID"] == CID and ns["SandboxKey"] == "/run/qiao/netns/" + CID
     assert (ns["HairpinMode"], ns["LinkLocalIPv6Address"], ns["LinkLocalIPv6PrefixLen"]) == (False, "", 0)

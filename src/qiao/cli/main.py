@@ -79,6 +79,11 @@ def _add_run(sub: Any) -> None:
     run.add_argument("--expose", action="append", default=[], help="PORT[-END][/PROTO]")
     run.add_argument("-i", "--interactive", action="store_true", help="accepted for Docker compatibility: stdin is always passed")
     run.add_argument("-t", "--tty", action="store_true", help="accepted for Docker compatibility: the terminal is always passed")
+    run.add_argument("-u", "--user", default="", help="USER[:GROUP] or UID[:GID] (from the host's /etc/passwd and /etc/group)")
+    run.add_argument("-w", "--workdir", default="", help="working directory (absolute; it must exist)")
+    run.add_argument("--cap-add", action="append", default=[], help="add a capability (NET_ADMIN, CAP_SYS_TIME, ALL, ...)")
+    run.add_argument("--cap-drop", action="append", default=[], help="drop a capability (ALL too)")
+    run.add_argument("--privileged", action="store_true", help="every capability, no no_new_privs (qiao's root stays hidden)")
     run.add_argument("cmd", nargs=argparse.REMAINDER)
 
 
@@ -99,6 +104,8 @@ def _add_exec(sub: Any) -> None:
     ex.add_argument("-e", "--env", action="append", default=[])
     ex.add_argument("-i", "--interactive", action="store_true")
     ex.add_argument("-t", "--tty", action="store_true")
+    ex.add_argument("-u", "--user", default=None, help="USER[:GROUP] or UID[:GID] (default: the container's)")
+    ex.add_argument("-w", "--workdir", default=None, help="working directory (default: the container's)")
     ex.add_argument("container")
     ex.add_argument("cmd", nargs=argparse.REMAINDER)
 
@@ -252,12 +259,17 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
         "Env": a.env,
         "Cmd": cmd,
         "ExposedPorts": exposed,
+        "User": a.user,
+        "WorkingDir": a.workdir,
         "HostConfig": {
             "NetworkMode": networks[0],
             "AutoRemove": a.rm,
             "PortBindings": bindings,
             "PublishAllPorts": a.publish_all,
             "Links": a.link,
+            "CapAdd": a.cap_add,
+            "CapDrop": a.cap_drop,
+            "Privileged": a.privileged,
         },
         "NetworkingConfig": {"EndpointsConfig": {net: (first if i == 0 else {}) for i, net in enumerate(networks)}},
     }
@@ -343,11 +355,9 @@ def cmd_exec(c: Client, a: argparse.Namespace) -> int:
     env = _process_env(pid) or dict(item.split("=", 1) for item in info["Config"]["Env"] if "=" in item)
     env.setdefault("PATH", os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"))
     env["HOSTNAME"] = info["Config"]["Hostname"]
-    env.update(_kv(a.env, "environment variable"))
-    if info["HostConfig"]["NetworkMode"] == "host":
-        os.execvpe(cmd[0], cmd, env)
-    # nsenter (util-linux) enters every namespace the container has.
-    os.execvpe("nsenter", ["nsenter", "--target", pid, "--net", "--uts", "--mount", "--", *cmd], env)
+    from qiao.cli.enter import enter_container  # ctypes: only exec needs it
+
+    return enter_container(pid, info, a.user, a.workdir, cmd, env, _kv(a.env, "environment variable"))
 
 
 def cmd_port(c: Client, a: argparse.Namespace) -> int:

@@ -119,6 +119,9 @@ class HostConfig(Struct):
     PublishAllPorts: bool = False
     AutoRemove: bool = False
     Links: list[str] | None = None
+    CapAdd: list[str] | None = None
+    CapDrop: list[str] | None = None
+    Privileged: bool = False
     # Sent by clients, not implemented by qiao: refused unless zero (see _UNSUPPORTED).
     Binds: list[str] | None = None
     Mounts: list[Any] | None = None
@@ -142,9 +145,6 @@ class HostConfig(Struct):
     Init: bool | None = None
     Runtime: str = ""
     RestartPolicy: RestartPolicy | None = None
-    CapAdd: list[str] | None = None
-    CapDrop: list[str] | None = None
-    Privileged: bool = False
 
 
 class NetworkingConfig(Struct):
@@ -159,11 +159,11 @@ class ContainerCreate(Struct):
     ExposedPorts: dict[str, dict[str, Any] | None] | None = None
     HostConfig: HostConfig | None = None
     NetworkingConfig: NetworkingConfig | None = None
+    User: str = ""
+    WorkingDir: str = ""
     # Not implemented by qiao: refused unless zero.
     Image: str = ""
     Entrypoint: list[str] | str | None = None
-    User: str = ""
-    WorkingDir: str = ""
     Volumes: dict[str, Any] | None = None
     Healthcheck: dict[str, Any] | None = None
 
@@ -191,15 +191,10 @@ _UNSUPPORTED_HOST = {
     "SecurityOpt": "--security-opt",
     "Init": "--init",
     "Runtime": "--runtime",
-    "CapAdd": "--cap-add",
-    "CapDrop": "--cap-drop",
-    "Privileged": "--privileged",
 }
 _UNSUPPORTED_CONFIG = {
     "Image": "an image (qiao runs commands from the host's filesystem)",
     "Entrypoint": "--entrypoint",
-    "User": "--user",
-    "WorkingDir": "--workdir",
     "Volumes": "volumes",
     "Healthcheck": "--health-cmd",
     "Domainname": "--domainname",
@@ -298,6 +293,11 @@ def container_spec(name: str | None, body: bytes) -> ContainerSpec:
         exposed_ports=tuple(req.ExposedPorts or ()),
         publish_all=host.PublishAllPorts,
         links=tuple(host.Links or ()),
+        user=req.User,
+        workdir=req.WorkingDir,
+        cap_add=tuple(host.CapAdd or ()),
+        cap_drop=tuple(host.CapDrop or ()),
+        privileged=host.Privileged,
     )
 
 

@@ -37,7 +37,8 @@ from qiao.kernel.firewall import PortMapping
 from qiao.kernel.host import Host
 from qiao.paths import Root
 from qiao.proc import alive
-from qiao.runtime.supervisor import StartError, Supervisor
+from qiao.runtime import security
+from qiao.runtime.supervisor import StartError, Supervisor, end_leftovers
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -123,7 +124,8 @@ class Containers:
                     continue
                 if alive(ctr.shim_pid, ctr.shim_start):
                     if ctr.sandbox_key and not ctr.joined_to and not linux.is_netns_mount(ctr.sandbox_key):
-                        netns.adopt(ctr.sandbox_key, ctr.pid)  # we run in another mount namespace now
+                        with contextlib.suppress(OSError):  # the command is gone: its shim is about to exit
+                            netns.adopt(ctr.sandbox_key, ctr.pid)  # we run in another mount namespace now
                     for m in ctr.ports:
                         self.reservations.adopt(ctr.id, PortMapping(**m))
                     self.supervisor.watch(ctr.id, ctr.shim_pid)
@@ -216,6 +218,10 @@ class Containers:
         bindings = {ports.key(key): [dataclasses.asdict(b) for b in entries] for key, entries in spec.port_bindings.items()}
         exposed = list(dict.fromkeys([ports.key(k) for k in spec.exposed_ports] + list(bindings)))  # Docker exposes what it publishes
         ports.requests(bindings, exposed, spec.publish_all)  # validate now: a bad -p changes nothing
+        try:  # user, working directory, capabilities: checked now too
+            process = security.check_process(spec.user, spec.workdir, list(spec.cap_add), list(spec.cap_drop), spec.privileged)
+        except security.SecurityError as exc:
+            raise InvalidParameter(str(exc)) from None
         mode, hostname = spec.network_mode or "bridge", spec.hostname
         with self.lock:
             name = self._new_name(spec.name)
@@ -263,6 +269,7 @@ class Containers:
                 publish_all=spec.publish_all,
                 attachments=attachments,
                 links=links,
+                **process,
             )
             with self.store.transaction() as tx:
                 tx.put("containers", to_dict(ctr))
@@ -335,6 +342,14 @@ class Containers:
             "exit_file": files["exit"],
             "pid_file": os.path.join(self.root.container_dir(ctr.id), "shim.pid"),
         }
+        try:  # who the process is and what it may do; what it must not see (qiao's root)
+            process = security.process_spec(ctr.user, ctr.workdir, ctr.cap_add, ctr.cap_drop, ctr.privileged)
+        except security.SecurityError as exc:
+            raise StartFailed(str(exc), 126) from None
+        home = process.pop("home")
+        if not any(item.startswith("HOME=") for item in ctr.env):
+            spec["env"]["HOME"] = home
+        spec.update(process, hide=security.hidden_paths(self.root))
         endpoints: list[Endpoint] = []
         mappings: list[PortMapping] = []
         sandbox = ""
@@ -504,23 +519,11 @@ class Containers:
     # -- exit ------------------------------------------------------------
 
     def _kill_orphan_shim(self, ctr: Container) -> None:
-        """A daemon killed between starting a container's shim and storing it
-        leaves a shim (and its command) that no record owns: end them.  The
-        shim wrote its pid and start time first thing on being given the
-        container, which names that process for good."""
-        pid_file = os.path.join(self.root.container_dir(ctr.id), "shim.pid")
-        try:
-            with open(pid_file) as f:
-                pid, start = (int(field) for field in f.read().split())
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                owned = b"qiao.runtime.shim" in f.read() and alive(pid, start)
-        except (OSError, ValueError):
-            return
-        if owned:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)  # the shim leads its session: the command dies with it
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(pid_file)
+        """End whatever of this container a crash left running: a daemon killed
+        between starting a shim and storing it, a shim killed under its command.
+        The shim's ``shim.pid`` names it, its command and their mount namespace;
+        a clean exit removes the file (see ``supervisor.end_leftovers``)."""
+        end_leftovers(os.path.join(self.root.container_dir(ctr.id), "shim.pid"))
 
     def _on_exit(self, cid: str) -> None:
         with self.lock:
@@ -530,7 +533,9 @@ class Containers:
             self._finish(ctr)
 
     def _finish(self, ctr: Container) -> None:
-        """Release the network (best effort, complete), then record the exit, or auto-remove."""
+        """End what a killed shim left, release the network (best effort, complete),
+        then record the exit, or auto-remove."""
+        self._kill_orphan_shim(ctr)
         self._release(ctr)
         try:
             with open(self.files(ctr)["exit"]) as f:
@@ -645,6 +650,7 @@ class Containers:
                 self._kill_now(ctr.pid)
                 self._wait_exit(ctr, 30)
             if ctr.id in self.by_id:
+                self._kill_orphan_shim(ctr)  # a start a crash cut short, a shim that outlived the wait
                 self._release(ctr)
                 self._forget(ctr)
 

@@ -97,6 +97,13 @@ class Container:
     # {"network": id, "aliases": [...], "ip": "", "ip6": "", "mac": ""}; changed by connect/disconnect.
     attachments: list[dict[str, Any]] = field(default_factory=list)
     links: list[list[str]] = field(default_factory=list)  # [[container id, alias]] (--link)
+    # What the process may do (qiao.runtime.security): Config.User and WorkingDir, HostConfig.CapAdd,
+    # CapDrop (normalised: CAP_X or ALL) and Privileged.
+    user: str = ""
+    workdir: str = ""
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    privileged: bool = False
 
     @property
     def running(self) -> bool:

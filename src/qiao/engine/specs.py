@@ -56,3 +56,9 @@ class ContainerSpec:
     exposed_ports: tuple[str, ...] = ()  # "80/tcp", ...
     publish_all: bool = False
     links: tuple[str, ...] = ()  # NAME[:ALIAS]
+    # The process: who it runs as, where, with which capabilities (Docker's defaults unless changed).
+    user: str = ""
+    workdir: str = ""
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    privileged: bool = False

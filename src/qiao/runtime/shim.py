@@ -6,28 +6,48 @@ its stdin, stdout and stderr attached (SCM_RIGHTS); an end of file instead
 means the daemon went away without needing it.  TAG only names the qiao root
 on the command line.  Then it enters the sandbox (network namespace), makes the container's own UTS
 and mount namespaces (hostname; /etc/hosts, /etc/resolv.conf and
-/etc/hostname bind-mounted over the host's, which stay untouched), forks
-the command and stays as its parent to record the exit code in a file.
+/etc/hostname bind-mounted over the host's, which stay untouched; qiao's
+root covered by an empty read-only tmpfs), forks the command and stays as
+its parent to record the exit code in a file.  The child takes the
+container's user, capabilities and working directory
+(:mod:`qiao.runtime.security`) just before exec.
 Because the shim, not the daemon, waits for the command, containers and
 their exit codes outlive a daemon restart.
 
-It answers ``ok <pid>`` or ``error <message>`` on the control socket.
+No process outlives its container: the shim is a child subreaper (orphaned
+descendants of the command become its children, not PID 1's), and when the
+command exits it kills every descendant left, as the end of a PID
+namespace's init does in Docker.  ``shim.pid`` names the shim (pid, start
+time) from the moment it gets its spec, then also the command (pid, start
+time) and the container's mount namespace ("SHIM_PID SHIM_START CMD_PID
+CMD_START MNT_INODE BOOT_ID", zeros until known), so a daemon can end them
+all after any crash; the shim removes it when it has nothing left running.
+
+It answers ``ok <pid>`` or ``error <message>`` on the control socket; when
+that answer cannot be delivered (the daemon died during the start), nobody
+will own the container, so it kills the command and leaves.
 Standard library only, so it starts in a few milliseconds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import sys
+import time
 
+from qiao import proc
 from qiao.kernel import linux
-from qiao.proc import start_time
+from qiao.runtime import security
+
+HIDE_FLAGS = linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
 
 
-def _enter(spec: dict) -> None:
+def _enter(spec: dict) -> bool:
+    """Join or make the container's namespaces; True when it has a mount namespace of its own."""
     if spec.get("netns"):
         fd = os.open(spec["netns"], os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -43,27 +63,51 @@ def _enter(spec: dict) -> None:
     elif spec.get("hostname"):
         linux.unshare(linux.CLONE_NEWUTS)
         linux.sethostname(spec["hostname"])
-    mounts = spec.get("mounts")
-    if mounts is not None:
-        linux.unshare(linux.CLONE_NEWNS)
-        # Slave: the host's later mounts still show inside, ours never leak out.
-        linux.mount(None, "/", None, linux.MS_REC | linux.MS_SLAVE)
-        for source, target in mounts:
-            linux.mount(source, target, None, linux.MS_BIND)
-        if spec.get("netns"):
-            # sysfs shows the namespace that mounted it (as `ip netns exec` does).
+    mounts, hide = spec.get("mounts"), spec.get("hide") or []
+    if mounts is None and not hide:
+        return False
+    linux.unshare(linux.CLONE_NEWNS)
+    # Slave: the host's later mounts still show inside, ours never leak out.
+    linux.mount(None, "/", None, linux.MS_REC | linux.MS_SLAVE)
+    for source, target in mounts or []:  # first: the sources are under the root hidden next
+        linux.mount(source, target, None, linux.MS_BIND)
+    if spec.get("netns"):
+        # sysfs shows the namespace that mounted it (as `ip netns exec` does).
+        try:
+            linux.umount("/sys")
+            linux.mount("sysfs", "/sys", "sysfs", 0)
+        except OSError:
+            pass
+    for path in hide:
+        with contextlib.suppress(FileNotFoundError):  # nothing there to hide
+            linux.mount("tmpfs", path, "tmpfs", HIDE_FLAGS, "mode=0555,size=4k")
+    return True
+
+
+class _Dir:
+    """The container's directory, held open: it is hidden once we are inside the mount namespace."""
+
+    def __init__(self, spec: dict):
+        self.fd = os.open(os.path.dirname(spec["pid_file"]), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.pid_name = os.path.basename(spec["pid_file"])
+        self.exit_name = os.path.basename(spec["exit_file"])
+
+    def write(self, name: str, text: str) -> None:
+        """Atomically (write, then rename); a removed directory is not an error."""
+        with contextlib.suppress(OSError):
+            fd = os.open(name + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644, dir_fd=self.fd)
             try:
-                linux.umount("/sys")
-                linux.mount("sysfs", "/sys", "sysfs", 0)
-            except OSError:
-                pass
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+            os.replace(name + ".tmp", name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
 
-
-def _write_exit(path: str, code: int) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(str(code))
-    os.replace(tmp, path)
+    def done(self, code: int | None) -> None:
+        """Record the exit code (if any), then forget the pid file: nothing of ours runs any more."""
+        if code is not None:
+            self.write(self.exit_name, str(code))
+        with contextlib.suppress(OSError):
+            os.unlink(self.pid_name, dir_fd=self.fd)
 
 
 def _receive(control: socket.socket) -> dict | None:
@@ -78,6 +122,82 @@ def _receive(control: socket.socket) -> dict | None:
     return json.loads(message)
 
 
+def _answer(control: socket.socket, text: str) -> bool:
+    """Send the answer; False when the daemon is gone."""
+    try:
+        control.send(text.encode())
+        return True
+    except OSError:
+        return False
+
+
+def _child(spec: dict, ready_w: int) -> None:
+    """In the forked child: become the container's process and exec the command."""
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+    cmd = spec["cmd"]
+    code = 126
+    try:
+        if "caps" in spec:  # qiaod always sends it (a spec without it, as in the unit tests, keeps the shim's own)
+            security.enter(
+                spec.get("cwd") or "/",
+                security.mask(spec["caps"]),
+                int(spec.get("uid", 0)),
+                int(spec.get("gid", 0)),
+                [int(g) for g in spec.get("groups", [])],
+                bool(spec.get("no_new_privs")),
+            )
+        code = 127
+        os.execvpe(cmd[0], cmd, spec["env"])
+    except security.SecurityError as exc:
+        message = str(exc)
+    except FileNotFoundError:
+        message = f'exec: "{cmd[0]}": executable file not found in $PATH'
+    except OSError as exc:  # found but cannot be run (Docker's 126), or the set-up failed
+        message = f'exec: "{cmd[0]}": {exc.strerror}' if code == 127 else f"cannot set up the process: {exc}"
+        code = 126
+    os.write(ready_w, message.encode())
+    os._exit(code)
+
+
+def _wait(pid: int) -> int:
+    """Wait for the command, reaping the orphans re-parented to us meanwhile; its wait status."""
+    while True:
+        try:
+            child, status = os.waitpid(-1, 0)
+        except ChildProcessError:  # cannot happen while the command runs; be safe
+            return 0
+        except InterruptedError:
+            continue
+        if child == pid:
+            return status
+
+
+def _end_descendants(deadline: float = 10) -> None:
+    """Kill every process below us (the command's leftovers, re-parented to us
+    as their subreaper) and reap them all."""
+    me, stop = os.getpid(), time.monotonic() + deadline
+    while time.monotonic() < stop:
+        living = [p for p in proc.descendants(me) if not proc.exited(p)]
+        if not living:
+            break
+        for pid in living:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _reap()
+        time.sleep(0.002)
+    _reap()
+
+
+def _reap() -> None:
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
+
+
 def main() -> int:
     control = socket.socket(fileno=int(sys.argv[1]))
     control.set_inheritable(False)
@@ -86,41 +206,44 @@ def main() -> int:
     spec = _receive(control)
     if spec is None:
         return 0
-    with open(spec["pid_file"], "w") as f:  # first: a daemon that dies before storing us can still find us
-        f.write(f"{os.getpid()} {start_time(os.getpid())}")
+    me, boot = f"{os.getpid()} {proc.start_time(os.getpid())}", proc.boot_id()
+    files = _Dir(spec)
+    files.write(files.pid_name, f"{me} 0 0 0 {boot}")  # first: a daemon that dies before storing us can still find us
+    linux.set_child_subreaper()
     try:
-        _enter(spec)
+        own_mounts = _enter(spec)
     except OSError as exc:
-        control.send(f"error cannot enter the container's namespaces: {exc}".encode())
+        _answer(control, f"error cannot enter the container's namespaces: {exc}")
+        files.done(None)
         return 1
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         os.close(ready_r)
         control.close()
-        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
-            signal.signal(sig, signal.SIG_DFL)
-        cmd = spec["cmd"]
-        try:
-            os.execvpe(cmd[0], cmd, spec["env"])
-        except FileNotFoundError:
-            os.write(ready_w, f'exec: "{cmd[0]}": executable file not found in $PATH'.encode())
-        except OSError as exc:
-            os.write(ready_w, f'exec: "{cmd[0]}": {exc.strerror}'.encode())
-        os._exit(127)
+        _child(spec, ready_w)
     os.close(ready_w)
+    mnt = os.stat("/proc/self/ns/mnt").st_ino if own_mounts else 0
+    files.write(files.pid_name, f"{me} {pid} {proc.start_time(pid)} {mnt} {boot}")
     failure = os.read(ready_r, 4096).decode()  # empty once exec succeeded
     os.close(ready_r)
     if failure:
-        os.waitpid(pid, 0)
-        _write_exit(spec["exit_file"], 127)
-        control.send(f"error {failure}".encode())
-        return 127
-    control.send(f"ok {pid}".encode())
+        code = os.waitstatus_to_exitcode(_wait(pid))
+        _end_descendants()
+        files.done(code)
+        _answer(control, f"error {failure}")
+        return code
+    if not _answer(control, f"ok {pid}"):  # the daemon died mid-start: nobody will own this container
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _wait(pid)
+        _end_descendants()
+        files.done(None)
+        return 1
     control.close()
-    _, wstatus = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(wstatus)
-    _write_exit(spec["exit_file"], 128 - code if code < 0 else code)
+    code = os.waitstatus_to_exitcode(_wait(pid))
+    _end_descendants()  # as Docker: when the container's main process ends, the rest ends with it
+    files.done(128 - code if code < 0 else code)
     return 0
 
 

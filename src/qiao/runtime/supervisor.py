@@ -16,14 +16,17 @@ import json
 import logging
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from qiao import proc
 from qiao.proc import start_time
 
 log = logging.getLogger("qiao.supervisor")
@@ -158,3 +161,80 @@ class Supervisor:
                     self._on_exit(cid)
                 except Exception:
                     log.exception("handling the exit of %s failed", cid)
+
+
+def end_leftovers(pid_file: str, timeout: float = 10) -> list[int]:
+    """End every process of a container that a crash left behind, and remove
+    its ``shim.pid``; the pids killed.
+
+    The shim writes ``shim.pid`` as soon as it has a spec ("SHIM_PID
+    SHIM_START 0 0 0 BOOT_ID"), adds the command and the container's mount
+    namespace once it has forked it ("SHIM_PID SHIM_START CMD_PID CMD_START
+    MNT_INODE BOOT_ID") and removes it when nothing of the container runs
+    any more.  A file from an earlier boot names nothing.  A file still there once the
+    shim is gone, or while the container is not recorded as running, means
+    a crash: a daemon killed mid-start, a shim killed.  Then these are ended:
+    the shim and its descendants (while it runs, every orphan of the
+    container is re-parented to it), the command and its descendants, every
+    process of the shim's session in the container's mount namespace (the
+    command's children keep the session unless they called setsid), and,
+    once one of those proves the namespace is still the container's (inode
+    numbers are reused), every process in the container's mount namespace
+    (which no process leaves without CAP_SYS_ADMIN).  A pid counts only with
+    the start time it had, or (a session) a later one."""
+    try:
+        with open(pid_file) as f:
+            text = f.read().split()
+        fields = [int(field) for field in text[:5]]
+    except (OSError, ValueError):
+        return []
+    killed: set[int] = set()
+    if len(fields) == 5 and text[5:] == [proc.boot_id()] and fields[0] > 1:
+        shim_pid, shim_start, command, mnt = fields[0], fields[1], (fields[2], fields[3]), fields[4]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            procs = proc.table()
+            living = {p for p in _members(procs, shim_pid, shim_start, command, mnt) if procs[p][0] not in ("Z", "X")}
+            if not living:
+                break
+            for pid in living:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            killed |= living
+            time.sleep(0.005)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(pid_file)
+    if killed:
+        log.warning("ended %d processes left by a crash: %s", len(killed), sorted(killed))
+    return sorted(killed)
+
+
+def _members(procs: dict[int, tuple[str, int, int, int]], shim_pid: int, shim_start: int, command: tuple[int, int], mnt: int) -> set[int]:
+    """The processes of the container whose shim was (shim_pid, shim_start); see :func:`end_leftovers`."""
+    found: set[int] = set()
+    if procs.get(shim_pid, ("", 0, 0, 0))[3] == shim_start and _is_shim(shim_pid):
+        found |= {shim_pid} | proc.descendants(shim_pid, procs)
+    cmd_pid, cmd_start = command
+    if cmd_pid > 1 and procs.get(cmd_pid, ("", 0, 0, 0))[3] == cmd_start:
+        found |= {cmd_pid} | proc.descendants(cmd_pid, procs)
+    session = {pid for pid, (_state, _ppid, sid, start) in procs.items() if sid == shim_pid and start >= shim_start}
+    found |= {pid for pid in session if not mnt or _mount_ns(pid) == mnt}  # a reused pid is not the container's
+    if mnt and any(_mount_ns(pid) == mnt for pid in found):
+        found |= {pid for pid, (_state, _ppid, _sid, start) in procs.items() if start >= shim_start and _mount_ns(pid) == mnt}
+    found.discard(os.getpid())
+    return found
+
+
+def _is_shim(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"qiao.runtime.shim" in f.read()
+    except OSError:
+        return False
+
+
+def _mount_ns(pid: int) -> int:
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+    except OSError:
+        return 0
