@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from qiao.cli.client import Client
+from qiao.daemon import wire
 from qiao.daemon.http import MAX_BODY, MAX_HEADERS, MAX_REQUEST_LINE, Raw, Request, Server, WorkerPool, parse_head, route
 from qiao.engine.errors import InvalidParameter, NotFound
 from qiao.paths import Root
@@ -43,7 +44,7 @@ class FakeApi:
 
     @route("POST", "/echo")
     def echo(self, req: Request) -> tuple[int, Any]:
-        return 200, req.json()
+        return 200, wire.json_object(req.body)
 
     @route("POST", "/count")
     def count(self, req: Request) -> tuple[int, Any]:

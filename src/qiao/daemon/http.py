@@ -84,7 +84,6 @@ _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _DIGITS = re.compile(r"[0-9]+\Z")  # ASCII only: str.isdigit() would take "²" or "٣"
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _VERSION_PREFIX = re.compile(r"^/v[0-9.]+(?=/)")
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 
 Handler = Callable[..., Any]
 
@@ -268,22 +267,6 @@ class Request:
             raise RuntimeError("this route was not declared with stream=True")
         return self._stream
 
-    def json(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.body or b"{}", parse_constant=_no_constant)
-        except RecursionError:
-            raise InvalidParameter("request body is not valid JSON: nested too deeply") from None
-        except ValueError:
-            raise InvalidParameter("request body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise InvalidParameter("request body must be a JSON object")
-        if _SURROGATE_ESCAPE.search(self.body):
-            try:
-                json.dumps(data, ensure_ascii=False).encode()
-            except UnicodeEncodeError:
-                raise InvalidParameter("request body is not valid JSON: a string holds a lone surrogate") from None
-        return data
-
     def number(self, name: str, default: int) -> int:
         """A non-negative whole number in the query (ASCII digits only: ``int()`` would take any script's)."""
         text = self.query.get(name)
@@ -310,10 +293,6 @@ class Request:
     def close_fds(self) -> None:
         fds, self._fds = self._fds, []
         close_all(fds)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def close_all(fds: list[int]) -> None:

@@ -238,15 +238,22 @@ def _drop_nulls(value: Any, kind: Any) -> Any:
     return value
 
 
-def _decode(body: bytes, kind: type[Any]) -> Any:
+def json_object(body: bytes) -> dict[str, Any]:
+    """A body as a JSON object; anything else (not JSON, NaN, a lone surrogate, nesting past
+    the interpreter's stack, a number past its digit limit, an array) is the client's mistake."""
     try:
         data = msgspec.json.decode(body or b"{}")
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, ValueError):
         raise InvalidParameter("request body is not valid JSON") from None
     except RecursionError:
         raise InvalidParameter("request body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidParameter("request body must be a JSON object")
+    return data
+
+
+def _decode(body: bytes, kind: type[Any]) -> Any:
+    data = json_object(body)
     try:
         return msgspec.convert(_drop_nulls(data, kind), type=kind)
     except msgspec.ValidationError as exc:
