@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from qiao.proc import alive, parent
@@ -100,6 +101,29 @@ def interruptible(name: str, bench: Callable[[], T]) -> T | None:
     except KeyboardInterrupt:
         print(f"{name}: interrupted; everything it made was removed", file=sys.stderr)
         return None
+
+
+def run_and_save(name: str, bench: Callable[[], dict[str, Any]], report: Callable[[dict[str, Any]], str], out: str) -> int:
+    """The end every benchmark shares: run ``bench`` (interruptibly), note a busy
+    machine, print ``report(res)``, write the JSON; the exit status."""
+    t0 = time.monotonic()
+    res = interruptible(name, bench)
+    if res is None:
+        return 130
+    res["seconds"] = round(time.monotonic() - t0, 1)
+    res["loadavg_end"] = os.getloadavg()[0]
+    if max(res["loadavg_start"], res["loadavg_end"]) > 1.5:
+        res["notes"].append(
+            f"the machine was busy with other work (load average {res['loadavg_start']:.1f} at the start, "
+            f"{res['loadavg_end']:.1f} at the end): times are noisier than on an idle machine"
+        )
+    print(report(res))
+    print(f"\n(total {res['seconds']:.0f} s)")
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=1, default=str) + "\n")
+    print(f"results: {path}")
+    return 0
 
 
 # -- /proc ---------------------------------------------------------------------

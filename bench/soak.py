@@ -297,21 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench.soak: needs root (namespaces, nftables)", file=sys.stderr)
         return 1
-    t0 = time.monotonic()
-    res = common.interruptible("bench.soak", lambda: soak(args))
-    if res is None:
-        return 130
-    res["seconds"] = round(time.monotonic() - t0, 1)
-    res["loadavg_end"] = os.getloadavg()[0]
-    if max(res["loadavg_start"], res["loadavg_end"]) > 1.5:
-        res["notes"].append(f"busy machine (load average {res['loadavg_start']:.1f} -> {res['loadavg_end']:.1f}): cycle times are noisy")
-    print(report(res))
-    print(f"\n(total {res['seconds']:.0f} s)")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1, default=str) + "\n")
-    print(f"results: {out}")
-    return 0
+    return common.run_and_save("bench.soak", lambda: soak(args), report, args.out)
 
 
 if __name__ == "__main__":
