@@ -115,8 +115,5 @@ class Drivers:
         except KeyError:
             raise InvalidParameter(f'plugin "{name}" not found') from None
 
-    def add(self, driver: NetworkDriver) -> None:
-        self._by_name[driver.name] = driver
-
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self._by_name.values())

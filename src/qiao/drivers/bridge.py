@@ -12,7 +12,6 @@ given here.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import ipaddress
 from collections.abc import Sequence
 from ipaddress import IPv4Network
@@ -21,7 +20,7 @@ from typing import Any, ClassVar
 from qiao.engine import etcfiles, ids
 from qiao.engine.errors import Conflict, InvalidParameter
 from qiao.engine.ipam import IPNetwork, choose_subnet, parse_address, parse_subnet, refuse_reserved
-from qiao.engine.models import Endpoint, Network
+from qiao.engine.models import Endpoint, Network, now
 from qiao.engine.specs import NetworkSpec
 from qiao.engine.steps import Steps, Teardown
 from qiao.kernel.firewall import BridgeRules, Firewall
@@ -49,10 +48,6 @@ DEFAULT_OPTIONS = {
     "com.docker.network.bridge.host_binding_ipv4": "0.0.0.0",
     OPT_MTU: "1500",
 }
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _flag(options: dict[str, str], key: str) -> bool:

@@ -22,10 +22,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from qiao.drivers.bridge import now
 from qiao.engine import etcfiles, ids, ports
 from qiao.engine.errors import Conflict, InvalidParameter, NotFound, QiaoError
-from qiao.engine.models import Container, Endpoint, Network, from_dict, to_dict
+from qiao.engine.models import Container, Endpoint, Network, from_dict, now, to_dict
 from qiao.engine.names import random_name
 from qiao.engine.networks import Networks
 from qiao.engine.ports import PortReservations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +114,11 @@ class Container:
     def joined_to(self) -> str | None:
         """The container whose namespaces this one shares (``container:`` mode)."""
         return self.network_mode.split(":", 1)[1] if self.network_mode.startswith("container:") else None
+
+
+def now() -> str:
+    """A timestamp as Docker writes them (RFC 3339, UTC, ``Z``)."""
+    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -9,23 +9,22 @@ caller, a CNI runtime or dockerd will be others.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 
 from qiao.drivers import Drivers, NetworkDriver
-from qiao.drivers.bridge import DEFAULT_OPTIONS, now
+from qiao.drivers.bridge import DEFAULT_OPTIONS
 from qiao.engine import ids
 from qiao.engine.errors import Conflict, InvalidParameter, NotFound
 from qiao.engine.events import Event, Events
 from qiao.engine.ipam import AddressPool, IPAddress, parse_address
-from qiao.engine.models import Endpoint, Network, from_dict, to_dict
+from qiao.engine.models import Endpoint, Network, from_dict, now, to_dict
 from qiao.engine.specs import EndpointSpec, NetworkSpec
 from qiao.engine.steps import Fault, Steps, Teardown
 from qiao.engine.store import Store
-from qiao.kernel.firewall import EndpointGuard, Firewall, PortMapping
+from qiao.kernel.firewall import BridgeRules, EndpointGuard, Firewall, PortMapping
 
 NO_SETTINGS = EndpointSpec()
 PREDEFINED = (("host", "host"), ("none", "null"))  # (name, driver), besides "bridge"
@@ -78,7 +77,7 @@ class Networks:
             driver.restore(self.of_driver(driver.name))
         self.firewall.reset(self.firewall_rules(), mappings, [_guard(ep) for ep in self.endpoints.values() if ep.host_ifname])
 
-    def firewall_rules(self) -> list:
+    def firewall_rules(self) -> list[BridgeRules]:
         return [r for n in self.by_id.values() if (r := self.driver(n).firewall_rules(n)) is not None]
 
     # -- lookup ----------------------------------------------------------
@@ -104,9 +103,6 @@ class Networks:
     def of_driver(self, driver: str) -> list[Network]:
         with self.lock:
             return [n for n in self.by_id.values() if n.driver == driver]
-
-    def gives_interfaces(self, net: Network) -> bool:
-        return self.driver(net).endpoints
 
     # -- create / remove -------------------------------------------------
 
@@ -153,7 +149,7 @@ class Networks:
                 have = None
             if have is not None:
                 return have
-            return self._create_local(self.driver(net), net if net.created else _created_now(net))
+            return self._create_local(self.driver(net), net)
 
     def remove(self, ref: str) -> None:
         with self.lock:
@@ -348,5 +344,3 @@ def _guard(ep: Endpoint) -> EndpointGuard:
     return EndpointGuard(ep.host_ifname, tuple(a for a in (ep.address, ep.address6) if a))
 
 
-def _created_now(net: Network) -> Network:
-    return dataclasses.replace(net, created=now())

@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from qiao.drivers import refuse_unknown_options, refuse_unsupported
-from qiao.drivers.bridge import BridgeDriver, now
+from qiao.drivers.bridge import BridgeDriver
 from qiao.drivers.overlay.manager import OverlayManager
 from qiao.engine import ids
 from qiao.engine.errors import Conflict, InvalidParameter
 from qiao.engine.ipam import parse_subnet, refuse_reserved
-from qiao.engine.models import Network
+from qiao.engine.models import Network, now
 from qiao.engine.specs import NetworkSpec
 from qiao.engine.steps import Steps, Teardown
 from qiao.kernel.firewall import BridgeRules, Firewall

@@ -39,7 +39,7 @@ from qiao.drivers.overlay import store as keys
 from qiao.drivers.overlay.store import ClusterStore, Compacted
 from qiao.engine.errors import Conflict
 from qiao.engine.events import Event
-from qiao.engine.models import Endpoint, Network
+from qiao.engine.models import Endpoint, Network, now
 from qiao.kernel.vxlan import Vxlan
 
 log = logging.getLogger("qiao.overlay")
@@ -361,7 +361,7 @@ class OverlayManager:
             id=cfg["Id"],
             name=name,
             driver=DRIVER,
-            created="",
+            created=now(),  # kept only when this host's side is created (ensure keeps an existing record)
             scope="global",
             subnet=subnet,
             gateway=str(lease.network_address + 1),
