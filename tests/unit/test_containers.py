@@ -603,7 +603,7 @@ def test_force_remove_of_a_running_container_is_complete_when_the_firewall_fails
     ctr = started(c, "box", "web", ports={"80/tcp": [{"HostIp": "127.0.0.1"}]})
     ep, sandbox, port = eps(c, ctr)["web"], ctr.sandbox_key, ctr.ports[0]["host_port"]
     assert ep.host_ifname in c.host.links and sandbox in c.host.namespaces and c.firewall.mappings
-    assert c.reservations.owner_of("tcp", "127.0.0.1", port) == ctr.id
+    assert c.ports.reservations.owner_of("tcp", "127.0.0.1", port) == ctr.id
 
     def broken(*args):
         raise RuntimeError("nft: no such table")
@@ -619,7 +619,7 @@ def test_force_remove_of_a_running_container_is_complete_when_the_firewall_fails
     assert sandbox not in c.host.namespaces and sandbox not in c.host.sandboxes  # the sandbox
     assert c.networks.endpoints_of(web.id) == [] and ep.id not in c.networks.endpoints
     assert c.networks.pools[web.id].allocate() == IPv4Address(ep.address)  # the address is given out again
-    assert c.reservations.owner_of("tcp", "127.0.0.1", port) is None  # the host port too
+    assert c.ports.reservations.owner_of("tcp", "127.0.0.1", port) is None  # the host port too
     assert "unpublish-ports: nft: no such table" in caplog.text
 
     with caplog.at_level(logging.WARNING, logger="qiao.steps"):

@@ -120,7 +120,10 @@ class Client:
         query: dict[str, Any] | None = None,
         body: Any = None,
         fds: list[int] | None = None,
+        timeout: float | None = None,
     ) -> Any:
+        """One request and its decoded answer; ``timeout``: seconds without progress
+        before giving up (None: wait as long as qiaod works)."""
         params = "&".join(f"{k}={quote(str(v))}" for k, v in (query or {}).items() if v is not None)
         if params:
             path += "?" + params
@@ -129,6 +132,7 @@ class Client:
         if fds:
             head += "X-Qiao-Stdio: 1\r\n"
         sock = self._connect()
+        sock.settimeout(timeout)
         chunks = []
         try:
             try:
@@ -147,6 +151,8 @@ class Client:
                 if not chunk:
                     break
                 chunks.append(chunk)
+        except TimeoutError:
+            raise Unreachable(f"qiaod did not answer {method} {path} within {timeout:g} s") from None
         except OSError as exc:
             raise Unreachable(f"lost the connection to qiaod during {method} {path}: {exc.strerror or exc}") from None
         finally:

@@ -178,6 +178,10 @@ def _add_lab(sub: Any) -> None:
     sub.add_parser("lab", help="simulated hosts on one kernel: qiao lab up|exec|status|down (see qiao lab --help)", add_help=False)
 
 
+def _add_cni(sub: Any) -> None:
+    sub.add_parser("cni", help="qiao as a CNI plugin: qiao cni install|uninstall (see qiao cni --help)", add_help=False)
+
+
 def _add_daemon(sub: Any) -> None:
     sub.add_parser("daemon", help="show or stop qiaod").add_argument("action", choices=["status", "stop"])
 
@@ -195,8 +199,18 @@ COMMANDS = {
     "rm": _add_rm,
     "network": _add_network,
     "lab": _add_lab,
+    "cni": _add_cni,
     "daemon": _add_daemon,
 }
+
+
+def _root_option(argv: list[str]) -> tuple[str | None, list[str]]:
+    """``--root DIR`` (or ``--root=DIR``) before the subcommand, and the rest."""
+    if argv[:1] == ["--root"] and len(argv) > 1:
+        return argv[1], argv[2:]
+    if argv[:1] and argv[0].startswith("--root="):
+        return argv[0].split("=", 1)[1], argv[1:]
+    return None, argv
 
 
 def _command_word(argv: list[str]) -> str | None:
@@ -511,6 +525,11 @@ def _main(argv: list[str] | None) -> int:
         from qiao.lab.lab import main as lab_main
 
         return lab_main(args[1:])
+    root, rest = _root_option(args)
+    if rest[:1] == ["cni"]:  # its own parser: writes files, asks no daemon
+        from qiao.cni.install import main as cni_main
+
+        return cni_main(rest[1:], Root.resolve(root))
     failing_run = False  # Docker's `run` exits 125 when the daemon refuses
     try:
         a = build_parser(args).parse_args(args)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from qiao import __version__
+from qiao.cni.service import CniService
 from qiao.daemon import docker_json, wire
 from qiao.daemon.http import API_VERSION, Raw, Request, route
 from qiao.engine.containers import StartFailed
@@ -24,6 +25,7 @@ class Api:
     def __init__(self, engine: Engine, shutdown: Callable[[], None]):
         self.engine = engine
         self.shutdown = shutdown
+        self.cni_service = CniService(engine)
 
     @route("GET", "/_ping")
     def ping(self, req: Request) -> tuple[int, Any]:
@@ -52,6 +54,11 @@ class Api:
     def stop_daemon(self, req: Request) -> tuple[int, Any]:
         req.after_reply = self.shutdown  # not before: the exiting daemon would cut this reply off
         return 200, {"Pid": os.getpid()}
+
+    @route("POST", "/qiao/cni")
+    def cni(self, req: Request) -> tuple[int, Any]:
+        """The CNI plugin's requests (qiao.cni.plugin): a result or a CNI error object."""
+        return self.cni_service.handle(req.body)
 
     # -- containers ------------------------------------------------------
 

@@ -26,7 +26,7 @@ def network(net: Network, endpoints: list[Endpoint], containers: dict[str, Conta
     for ep in endpoints:
         ctr = containers.get(ep.owner)
         attached[ep.owner] = {
-            "Name": ctr.name if ctr else "",
+            "Name": ctr.name if ctr else (ep.dns_names[0] if ep.dns_names else ""),  # else: a CNI pod's name
             "EndpointID": ep.id,
             "MacAddress": ep.mac,
             "IPv4Address": f"{ep.address}/{ep.prefixlen}",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import functools
 import os
 import shutil
 import signal
@@ -27,7 +26,6 @@ from qiao.engine.errors import Conflict, InvalidParameter, NotFound, QiaoError
 from qiao.engine.models import Container, Endpoint, Network, from_dict, now, to_dict
 from qiao.engine.names import random_name
 from qiao.engine.networks import Networks
-from qiao.engine.ports import PortReservations
 from qiao.engine.specs import ContainerSpec, EndpointSpec
 from qiao.engine.steps import Fault, Steps, Teardown
 from qiao.engine.store import Store
@@ -97,11 +95,12 @@ class Containers:
         lock: threading.RLock,
         fault: Fault | None = None,
         resolv_conf: str = "",
+        publisher: ports.Publisher | None = None,
     ):
         self.root, self.store, self.networks, self.host, self.lock, self.fault = root, store, networks, host, lock, fault
         self.firewall = networks.firewall
+        self.ports = publisher or ports.Publisher(self.firewall, host, self.describe)
         self.resolv_conf = resolv_conf or etcfiles.default_resolv_conf()  # the host's resolvers (qiaod --resolv-conf)
-        self.reservations = PortReservations()
         self.by_id: dict[str, Container] = {}
         self.changed = threading.Condition(lock)
         self.removed_exit_codes: collections.OrderedDict[str, int] = collections.OrderedDict()
@@ -114,9 +113,10 @@ class Containers:
             ctr = from_dict(Container, row)
             self.by_id[ctr.id] = ctr
 
-    def reconcile(self) -> None:
+    def reconcile(self, keep_endpoints: set[str] | frozenset[str] = frozenset()) -> None:
         """Repair what a crash (even ``kill -9``) left: adopt live containers,
-        finish dead ones, remove kernel objects that no record owns."""
+        finish dead ones, remove kernel objects that no record owns
+        (``keep_endpoints``: endpoints other owners hold, CNI attachments)."""
         with self.lock:
             for ctr in list(self.by_id.values()):
                 if not ctr.running:
@@ -125,12 +125,11 @@ class Containers:
                     if ctr.sandbox_key and not ctr.joined_to and not linux.is_netns_mount(ctr.sandbox_key):
                         with contextlib.suppress(OSError):  # the command is gone: its shim is about to exit
                             netns.adopt(ctr.sandbox_key, ctr.pid)  # we run in another mount namespace now
-                    for m in ctr.ports:
-                        self.reservations.adopt(ctr.id, PortMapping(**m))
+                    self.ports.adopt(ctr.id, [PortMapping(**m) for m in ctr.ports])
                     self.supervisor.watch(ctr.id, ctr.shim_pid)
                 else:
                     self._finish(ctr)
-            live_endpoints = {e for c in self.by_id.values() if c.running for e in c.endpoint_ids}
+            live_endpoints = {e for c in self.by_id.values() if c.running for e in c.endpoint_ids} | keep_endpoints
             teardown = Teardown("removing endpoints of containers gone", self.fault)
             for ep in list(self.networks.endpoints.values()):
                 if ep.id not in live_endpoints:
@@ -455,30 +454,11 @@ class Containers:
 
     def _publish(self, steps: Steps, ctr: Container, ep: Endpoint) -> list[PortMapping]:
         """Reserve the host ports and add the DNAT map elements (one nft transaction)."""
-        wanted = ports.requests(ctr.port_bindings, ctr.exposed_ports, ctr.publish_all)
-        if not wanted:
-            return []
+        return self.ports.publish(steps, ctr.id, ports.requests(ctr.port_bindings, ctr.exposed_ports, ctr.publish_all), ep.address)
 
-        def reserve() -> list[PortMapping]:
-            try:
-                return [
-                    PortMapping(r.proto, r.host_ip, self.reservations.reserve(ctr.id, r, self._describe), ep.address, r.container_port)
-                    for r in wanted
-                ]
-            except BaseException:  # a failing step registers no undo: give back the ports reserved before it
-                self.reservations.release(ctr.id)
-                raise
-
-        mappings = steps.run("reserve-ports", reserve, lambda: self.reservations.release(ctr.id))
-        steps.run("publish-ports", lambda: self.firewall.add_ports(mappings), lambda: self.firewall.del_ports(mappings))
-        for m in mappings:
-            if m.proto == "udp":
-                self.host.flush_conntrack(m.proto, m.host_port)
-        return mappings
-
-    def _describe(self, cid: str) -> str:
+    def describe(self, cid: str) -> str:
         ctr = self.by_id.get(cid)
-        return f"{ctr.name} ({cid[:12]})" if ctr else cid[:12]
+        return f"container {ctr.name} ({cid[:12]})" if ctr else f"container {cid[:12]}"
 
     def published(self) -> list[PortMapping]:
         """Every mapping of a running container (to rebuild the firewall table)."""
@@ -555,13 +535,7 @@ class Containers:
         transaction.  What failed is logged once; the firewall's resync and the
         next start repair the kernel side."""
         teardown = Teardown(f"releasing container {ctr.name}", self.fault)
-        if ctr.ports:
-            mappings = [PortMapping(**m) for m in ctr.ports]
-            teardown.run("unpublish-ports", lambda: self.firewall.del_ports(mappings))
-            self.reservations.release(ctr.id)
-            for m in mappings:
-                if m.proto == "udp":
-                    teardown.run("flush-conntrack", functools.partial(self.host.flush_conntrack, m.proto, m.host_port))
+        self.ports.unpublish(teardown, ctr.id, [PortMapping(**m) for m in ctr.ports])
         for _name, ep in self.endpoints(ctr):
             self.networks.leave(ep, teardown)
         if ctr.sandbox_key and not ctr.joined_to:

@@ -18,10 +18,12 @@ from qiao.drivers import Drivers
 from qiao.drivers.bridge import BridgeDriver
 from qiao.drivers.host import HostDriver
 from qiao.drivers.null import NullDriver
+from qiao.engine.attachments import Attachments
 from qiao.engine.containers import Containers
 from qiao.engine.events import Event, Events
 from qiao.engine.models import Network
 from qiao.engine.networks import Networks
+from qiao.engine.ports import Publisher
 from qiao.engine.steps import Fault
 from qiao.engine.store import Store
 from qiao.kernel.firewall import Firewall
@@ -55,7 +57,9 @@ class Engine:
         self.events = Events()
         self.drivers = Drivers(drivers if drivers is not None else builtin_drivers(host, firewall, resolv_conf or ""))
         self.networks = Networks(self.store, self.drivers, firewall, self.lock, self.events, fault)
-        self.containers = Containers(root, self.store, self.networks, host, self.lock, fault, resolv_conf or "")
+        self.ports = Publisher(firewall, host, self._describe_owner)
+        self.containers = Containers(root, self.store, self.networks, host, self.lock, fault, resolv_conf or "", self.ports)
+        self.attachments = Attachments(self.store, self.networks, host, self.ports, self.lock, fault)
         self.resolver = resolver
         self.events.subscribe(self._dns_follows)
 
@@ -63,9 +67,11 @@ class Engine:
         with self.lock:
             self.networks.load()
             self.containers.load()
-            self.networks.restore_kernel(self.containers.published())
+            self.attachments.load()
+            self.networks.restore_kernel(self.containers.published() + self.attachments.published())
             self.networks.ensure_builtin()
-            self.containers.reconcile()
+            self.containers.reconcile(keep_endpoints=self.attachments.endpoint_ids())
+            self.attachments.reconcile()
             for net in list(self.networks.by_id.values()):
                 self.refresh_dns(net)
         threading.Thread(target=self._resync, name="resync", daemon=True).start()
@@ -83,10 +89,14 @@ class Engine:
             except Exception:
                 log.exception("firewall resync failed")
             try:
-                for ep in self.networks.repair_links(self.host.owned_links):
+                for ep in self.networks.repair_links(self.host.owned_links, self.attachments.sandbox_same):
                     log.warning("endpoint %s: its link %s had been deleted by hand; plugged again", ep.id[:12], ep.host_ifname)
             except Exception:
                 log.exception("link resync failed")
+
+    def _describe_owner(self, owner: str) -> str:
+        """Who holds a host port, for a conflict's message."""
+        return self.attachments.describe(owner) or self.containers.describe(owner)
 
     # -- DNS: a zone per user network, from its endpoints' names ----------
 

@@ -116,6 +116,26 @@ class Container:
         return self.network_mode.split(":", 1)[1] if self.network_mode.startswith("container:") else None
 
 
+@dataclass
+class Attachment:
+    """An endpoint qiao put into a sandbox another engine made (a CNI
+    runtime's pod namespace).  ``name`` is the runtime's key for it, unique:
+    ``cni:CONFIG/CONTAINERID/IFNAME`` (CNI's primary key)."""
+
+    id: str
+    name: str
+    runtime: str  # "cni"
+    config: str  # the runtime's network configuration name
+    container_id: str
+    ifname: str
+    network_id: str
+    endpoint_id: str
+    sandbox: str
+    sandbox_inode: int = 0  # the namespace the sandbox path named at ADD (/proc/PID/ns/net paths are reused)
+    ports: list[dict[str, Any]] = field(default_factory=list)  # PortMapping fields
+    created: str = ""
+
+
 def now() -> str:
     """A timestamp as Docker writes them (RFC 3339, UTC, ``Z``)."""
     return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")

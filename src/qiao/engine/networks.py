@@ -301,12 +301,17 @@ class Networks:
         if net is not None:
             self.events.publish(Event("endpoint", "leave", net, ep))
 
-    def repair_links(self, links_now: Callable[[], Iterable[str]]) -> list[Endpoint]:
+    def repair_links(
+        self, links_now: Callable[[], Iterable[str]], sandbox_same: Callable[[Endpoint], bool] | None = None
+    ) -> list[Endpoint]:
         """Endpoints whose host-side link was deleted behind our back (``links_now``:
         the links qiao's tag finds, asked under the lock) are plugged again with
         the same names and addresses, when their sandbox still exists; the others
-        are noted as unplugged.  Docker shows nothing in that case; ``inspect``
-        and ``ps`` show these notes.  Returns the endpoints plugged again."""
+        are noted as unplugged.  ``sandbox_same`` says whether an endpoint's
+        sandbox path still names the namespace it joined (a ``/proc/PID/ns/net``
+        path may name another process's by now).  Docker shows nothing in that
+        case; ``inspect`` and ``ps`` show these notes.  Returns the endpoints
+        plugged again."""
         repaired = []
         with self.lock:
             present = set(links_now())
@@ -314,7 +319,7 @@ class Networks:
                 net = self.by_id.get(ep.network_id)
                 if net is None or not ep.host_ifname or ep.host_ifname in present:
                     continue
-                if not ep.sandbox or not os.path.exists(ep.sandbox):
+                if not ep.sandbox or not os.path.exists(ep.sandbox) or (sandbox_same is not None and not sandbox_same(ep)):
                     self.link_notes[ep.id] = f"unplugged: {ep.host_ifname} was deleted and the sandbox is gone"
                     continue
                 try:

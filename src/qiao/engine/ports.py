@@ -137,7 +137,7 @@ class PortReservations:
         for port in candidates:
             other = self.owner_of(req.proto, req.host_ip, port) if port else None
             if other is not None:
-                failure = f"port is already allocated to container {describe(other)}"
+                failure = f"port is already allocated to {describe(other)}"
                 continue
             kind, number = PROTOS[req.proto]
             sock = socket.socket(socket.AF_INET, kind, number)
@@ -171,3 +171,50 @@ class PortReservations:
                 self._index[key] = left
             else:
                 self._index.pop(key, None)
+
+
+class Publisher:
+    """Publishing an endpoint's ports, for any owner (a container, a CNI
+    attachment): reserve the host ports, add the DNAT map elements in one
+    nft transaction, flush stale UDP flows; and the reverse.  One instance
+    per engine, so two owners never get the same host port."""
+
+    def __init__(self, firewall: Any, host: Any, describe: Any = str):
+        self.firewall, self.host = firewall, host
+        self.reservations = PortReservations()
+        self.describe = describe  # owner -> how a conflict names it ("container web (0123456789ab)")
+
+    def publish(self, steps: Any, owner: str, wanted: list[PortRequest], address: str) -> list[PortMapping]:
+        if not wanted:
+            return []
+
+        def reserve() -> list[PortMapping]:
+            try:
+                return [
+                    PortMapping(r.proto, r.host_ip, self.reservations.reserve(owner, r, self.describe), address, r.container_port)
+                    for r in wanted
+                ]
+            except BaseException:  # a failing step registers no undo: give back the ports reserved before it
+                self.reservations.release(owner)
+                raise
+
+        mappings: list[PortMapping] = steps.run("reserve-ports", reserve, lambda: self.reservations.release(owner))
+        steps.run("publish-ports", lambda: self.firewall.add_ports(mappings), lambda: self.firewall.del_ports(mappings))
+        for m in mappings:
+            if m.proto == "udp":
+                self.host.flush_conntrack(m.proto, m.host_port)
+        return mappings
+
+    def unpublish(self, teardown: Any, owner: str, mappings: list[PortMapping]) -> None:
+        """Best effort and complete (each step runs; failures go to ``teardown``)."""
+        if mappings:
+            teardown.run("unpublish-ports", lambda: self.firewall.del_ports(mappings))
+        self.reservations.release(owner)
+        for m in mappings:
+            if m.proto == "udp":
+                teardown.run("flush-conntrack", lambda m=m: self.host.flush_conntrack(m.proto, m.host_port))
+
+    def adopt(self, owner: str, mappings: list[PortMapping]) -> None:
+        """Re-reserve the mappings of an owner that survived a daemon restart."""
+        for m in mappings:
+            self.reservations.adopt(owner, m)

@@ -62,3 +62,21 @@ class ContainerSpec:
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     privileged: bool = False
+
+
+@dataclass(frozen=True)
+class AttachmentSpec:
+    """An endpoint in a sandbox another engine made (a CNI runtime's pod
+    namespace): keyed by the runtime, its network configuration's name, its
+    container id and the interface name (CNI's primary key)."""
+
+    runtime: str  # "cni"
+    config: str  # the runtime's name for the network configuration (GC's scope)
+    container_id: str
+    ifname: str
+    sandbox: str  # the network namespace's path
+    network: str  # qiao network, by name or id
+    endpoint: EndpointSpec = EndpointSpec()
+    port_bindings: dict[str, tuple[PortBinding, ...]] = field(default_factory=dict)  # "80/tcp" -> bindings
+    dns_names: tuple[str, ...] = ()
+    default_route: bool = True

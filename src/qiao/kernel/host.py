@@ -65,6 +65,8 @@ class Host(Protocol):
     def settle(self, timeout: float) -> None: ...
     def link_exists(self, name: str) -> bool: ...
     def link_kind(self, name: str) -> str | None: ...
+    def link_mac(self, name: str) -> str | None: ...
+    def sandbox_link(self, netns_path: str, ifname: str) -> tuple[str, list[str]] | None: ...
     def owned_links(self) -> dict[str, str]: ...
     def create_netns(self, path: str) -> None: ...
     def destroy_netns(self, path: str) -> None: ...
@@ -183,6 +185,24 @@ class LinuxHost:
             return None
         info = self._ipr.get_links(index)[0].get_attr("IFLA_LINKINFO")
         return (info.get_attr("IFLA_INFO_KIND") if info else None) or ""
+
+    def link_mac(self, name: str) -> str | None:
+        index = self._index(name)
+        return None if index is None else self._ipr.get_links(index)[0].get("address")
+
+    def sandbox_link(self, netns_path: str, ifname: str) -> tuple[str, list[str]] | None:
+        """One interface inside a sandbox: its MAC and its addresses (``a/len``); None when absent."""
+        with netns.entered(netns_path):
+            ipr = self._IPRoute()
+        try:
+            found = ipr.link_lookup(ifname=ifname)
+            if not found:
+                return None
+            link = ipr.get_links(found[0])[0]
+            addresses = [f"{a.get('address')}/{a['prefixlen']}" for a in ipr.get_addr(index=found[0])]
+            return link.get("address") or "", addresses
+        finally:
+            ipr.close()
 
     def ensure_bridge(self, name: str, address: str, prefixlen: int, mtu: int, v6: tuple[str, int] | None = None, owner: str = "") -> bool:
         index = self._index(name)
@@ -424,6 +444,16 @@ class StubHost:
 
     def link_kind(self, name: str) -> str | None:
         return self.links[name].get("kind", "") if name in self.links else None
+
+    def link_mac(self, name: str) -> str | None:
+        return "02:00:00:00:00:01" if name in self.links else None
+
+    def sandbox_link(self, netns_path: str, ifname: str) -> tuple[str, list[str]] | None:
+        iface = self.sandboxes.get(netns_path, {}).get(ifname)
+        if iface is None:
+            return None
+        veth = next((v for v in self.links.values() if v.get("netns") == netns_path and v.get("peer") == ifname), {})
+        return veth.get("mac", ""), [f"{a}/{n}" for a, n in ((iface.address, iface.prefixlen), (iface.address6, iface.prefixlen6)) if a]
 
     def owned_links(self) -> dict[str, str]:
         return {n: link["owner"] for n, link in self.links.items() if "owner" in link}

@@ -1,0 +1,358 @@
+"""qiaod's side of the CNI plugin: a request (the runtime's environment and
+configuration, forwarded by :mod:`qiao.cni.plugin`) in, a CNI result or a
+spec-shaped error out.  The wire format ends here; the engine core sees an
+:class:`~qiao.engine.specs.AttachmentSpec` and the same networks, IPAM,
+ports and DNS as qiao's own containers.
+
+The configuration qiao reads (a conflist entry of ``"type": "qiao"``)::
+
+    {"type": "qiao", "network": "qnet", "subnet": "10.89.0.0/24",
+     "capabilities": {"portMappings": true, "ips": true, "mac": true}}
+
+``network`` names the qiao network (default: the configuration's ``name``).
+It is created on the first ADD when it does not exist and ``subnet`` is
+given, as the bridge plugin creates its bridge: ``driver`` (``bridge`` or
+``overlay``), ``gateway``, ``ipRange``, ``bridge`` (the Linux bridge's
+name), ``mtu``, ``ipMasq``, ``internal`` and ``options`` (driver options)
+shape it.  ``defaultRoute: false`` leaves the sandbox's default route alone
+(for a second network).  ``qiaoRoot`` names the qiao root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+from typing import Any
+
+import msgspec
+
+from qiao import cni
+from qiao.drivers.bridge import OPT_BRIDGE_NAME, OPT_MASQUERADE, OPT_MTU
+from qiao.engine import attachments, ids
+from qiao.engine.engine import Engine
+from qiao.engine.errors import Conflict, InvalidParameter, NotFound, QiaoError
+from qiao.engine.models import Endpoint, Network
+from qiao.engine.specs import AttachmentSpec, EndpointSpec, NetworkSpec, PortBinding
+
+log = logging.getLogger("qiao.cni")
+RUNTIME = "cni"
+
+
+class CniError(Exception):
+    """A refusal with its CNI code."""
+
+    def __init__(self, code: int, msg: str, details: str = ""):
+        super().__init__(msg)
+        self.code, self.msg, self.details = code, msg, details
+
+
+# -- the wire format --------------------------------------------------------
+
+
+class Struct(msgspec.Struct, omit_defaults=True):
+    pass
+
+
+class PortMappingArg(Struct):
+    hostPort: int
+    containerPort: int
+    protocol: str = "tcp"
+    hostIP: str = ""
+
+
+class RuntimeConfig(Struct):
+    portMappings: list[PortMappingArg] | None = None
+    ips: list[str] | None = None
+    mac: str = ""
+
+
+class AttachmentRef(Struct):
+    containerID: str
+    ifname: str
+
+
+class NetConf(Struct):
+    """One plugin's configuration as the runtime passes it (unknown keys are ignored, as CNI plugins do)."""
+
+    cniVersion: str = ""
+    name: str = ""
+    type: str = ""
+    network: str = ""
+    driver: str = "bridge"
+    subnet: str = ""
+    gateway: str = ""
+    ipRange: str = ""
+    bridge: str = ""
+    mtu: int = 0
+    ipMasq: bool = True
+    internal: bool = False
+    defaultRoute: bool = True
+    options: dict[str, str] | None = None
+    qiaoRoot: str = ""
+    capabilities: dict[str, bool] | None = None
+    runtimeConfig: RuntimeConfig | None = None
+    prevResult: dict[str, Any] | None = None
+    valid_attachments: list[AttachmentRef] | None = msgspec.field(default=None, name="cni.dev/valid-attachments")
+    attachments: list[AttachmentRef] | None = msgspec.field(default=None, name="cni.dev/attachments")  # libcni sends both
+
+
+class CniRequest(Struct):
+    command: str
+    config: NetConf
+    containerID: str = ""
+    netns: str = ""
+    ifname: str = ""
+    args: str = ""
+
+
+def _decode(body: bytes) -> CniRequest:
+    try:
+        raw = json.loads(body)
+    except (ValueError, RecursionError):
+        raise CniError(cni.DECODE_FAILURE, "the request is not valid JSON") from None
+    version = raw.get("config", {}).get("cniVersion", "") if isinstance(raw, dict) and isinstance(raw.get("config"), dict) else ""
+    if not isinstance(version, str) or version not in cni.SUPPORTED_VERSIONS:
+        supported = ", ".join(cni.SUPPORTED_VERSIONS)
+        raise CniError(cni.INCOMPATIBLE_VERSION, f"cniVersion {version!r} is not supported", f"qiao supports {supported}")
+    try:
+        return msgspec.convert(raw, CniRequest)
+    except msgspec.ValidationError as exc:
+        raise CniError(cni.INVALID_CONFIG, f"invalid network configuration: {exc}".replace("$.config.", "$.")) from None
+
+
+def parse_args(text: str) -> dict[str, str]:
+    """CNI_ARGS: ``K=V;K2=V2`` (unknown keys are ignored, as with IgnoreUnknown)."""
+    out = {}
+    for item in text.split(";"):
+        key, sep, value = item.partition("=")
+        if not item:
+            continue
+        if not sep or not key:
+            raise CniError(cni.INVALID_ENVIRONMENT, f"invalid CNI_ARGS item {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+# -- the service ---------------------------------------------------------------
+
+
+class CniService:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def handle(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        """One request: (HTTP status, the answer: ``{"result": ...}`` or a CNI error object)."""
+        version = ""
+        try:
+            req = _decode(body)
+            version = req.config.cniVersion
+            handler = {"ADD": self.add, "DEL": self.delete, "CHECK": self.check, "STATUS": self.status, "GC": self.gc}.get(req.command)
+            if handler is None:
+                raise CniError(cni.INVALID_ENVIRONMENT, f"unknown CNI_COMMAND {req.command!r}")
+            result = handler(req)
+            return 200, ({"result": result} if result is not None else {})
+        except CniError as exc:
+            return 400, _error(version, exc.code, exc.msg, exc.details)
+        except Conflict as exc:
+            return 409, _error(version, cni.CONFLICT, str(exc))
+        except (InvalidParameter, NotFound) as exc:
+            return 400, _error(version, cni.INVALID_CONFIG, str(exc))
+        except QiaoError as exc:
+            return exc.status, _error(version, cni.INTERNAL, str(exc))
+        except Exception as exc:  # a bug in qiao: logged with its traceback, answered as a CNI error
+            log.exception("CNI request failed")
+            return 500, _error(version, cni.INTERNAL, f"internal error: {exc}")
+
+    # -- the commands --------------------------------------------------------
+
+    def add(self, req: CniRequest) -> dict[str, Any]:
+        conf = req.config
+        if not attachments.sandbox_inode(req.netns):
+            raise CniError(cni.INVALID_ENVIRONMENT, f"CNI_NETNS {req.netns} does not exist (as qiaod sees it)")
+        try:
+            attachments.check_ifname(req.ifname)
+        except InvalidParameter as exc:
+            raise CniError(cni.INVALID_ENVIRONMENT, f"CNI_IFNAME: {exc}") from None
+        args = parse_args(req.args)
+        net, created = self._network(conf)
+        try:
+            return self._attach(req, args, net)
+        except BaseException:
+            if created:  # all or nothing: a network made for this ADD goes with it
+                with contextlib.suppress(QiaoError):
+                    self.engine.networks.remove(net.id)
+            raise
+
+    def _attach(self, req: CniRequest, args: dict[str, str], net: Network) -> dict[str, Any]:
+        conf = req.config
+        names = _dns_names(req.containerID, args)
+        spec = AttachmentSpec(
+            runtime=RUNTIME,
+            config=conf.name,
+            container_id=req.containerID,
+            ifname=req.ifname,
+            sandbox=req.netns,
+            network=net.id,
+            endpoint=_endpoint_spec(conf, args, names[1:]),
+            port_bindings=_port_bindings(conf),
+            dns_names=tuple(names),
+            default_route=conf.defaultRoute,
+        )
+        _att, ep, net = self.engine.attachments.attach(spec)
+        return self._result(conf.cniVersion, req.netns, ep, net)
+
+    def delete(self, req: CniRequest) -> None:
+        self.engine.attachments.detach(attachments.key(RUNTIME, req.config.name, req.containerID, req.ifname))
+
+    def check(self, req: CniRequest) -> None:
+        conf = req.config
+        if cni.SUPPORTED_VERSIONS.index(conf.cniVersion) < cni.SUPPORTED_VERSIONS.index("0.4.0"):
+            raise CniError(cni.INCOMPATIBLE_VERSION, f"CHECK needs cniVersion 0.4.0 or later, not {conf.cniVersion}")
+        if conf.prevResult is None:
+            raise CniError(cni.INVALID_CONFIG, "CHECK needs prevResult (the result of the ADD)")
+        name = attachments.key(RUNTIME, conf.name, req.containerID, req.ifname)
+        got = self.engine.attachments.get(name)
+        if got is None:
+            raise CniError(cni.UNKNOWN_CONTAINER, f"container {req.containerID} has no interface {req.ifname} on {conf.name}")
+        _att, ep, _net = got
+        listed = {str(ip.get("address", "")) for ip in conf.prevResult.get("ips") or [] if isinstance(ip, dict)}
+        problems = [f"prevResult lacks {a}" for a in _cidrs(ep) if a not in listed]
+        problems += self.engine.attachments.problems(name)
+        if problems:
+            raise CniError(cni.CHECK_FAILED, f"{req.ifname} of {req.containerID}: " + "; ".join(problems))
+
+    def status(self, req: CniRequest) -> None:
+        """Ready when qiaod serves (it answers this) and the network exists or can be made."""
+        conf = req.config
+        with self.engine.lock:
+            try:
+                self.engine.networks.get(conf.network or conf.name)
+                return
+            except NotFound:
+                pass
+        if not conf.subnet:
+            raise CniError(cni.NOT_READY, f"network {conf.network or conf.name} does not exist and the configuration has no subnet")
+        if conf.driver not in {d.name for d in self.engine.drivers}:
+            raise CniError(cni.NOT_READY, f"driver {conf.driver} is not available in this qiaod (overlay needs --cluster-store)")
+
+    def gc(self, req: CniRequest) -> None:
+        conf = req.config
+        valid = conf.valid_attachments if conf.valid_attachments is not None else conf.attachments
+        keep = {(a.containerID, a.ifname) for a in valid or []}
+        gone = self.engine.attachments.collect(RUNTIME, conf.name, keep)
+        if gone:
+            log.info("CNI GC of %s removed %d attachment(s): %s", conf.name, len(gone), ", ".join(gone))
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _network(self, conf: NetConf) -> tuple[Network, bool]:
+        """The configuration's qiao network, created on first use when the
+        configuration says how; and whether this call created it."""
+        name = conf.network or conf.name
+        with self.engine.lock:
+            try:
+                net = self.engine.networks.get(name)
+            except NotFound:
+                net = None
+        if net is not None:
+            wanted = _normal(conf.subnet)
+            if wanted and wanted not in (net.subnet, net.cluster_subnet):
+                have = net.cluster_subnet or net.subnet
+                raise CniError(cni.INVALID_CONFIG, f"network {name} exists with subnet {have}, not {conf.subnet}")
+            return net, False
+        if not conf.subnet:
+            raise CniError(cni.INVALID_CONFIG, f"network {name} not found, and the configuration has no subnet to create it")
+        options = dict(conf.options or {})
+        if conf.bridge:
+            options[OPT_BRIDGE_NAME] = conf.bridge
+        if conf.mtu:
+            options[OPT_MTU] = str(conf.mtu)
+        if not conf.ipMasq:
+            options[OPT_MASQUERADE] = "false"
+        spec = NetworkSpec(
+            name, conf.driver, conf.subnet, gateway=conf.gateway, ip_range=conf.ipRange, internal=conf.internal, options=options
+        )
+        try:
+            return self.engine.networks.create(spec), True
+        except Conflict:  # another ADD created it first
+            with self.engine.lock:
+                return self.engine.networks.get(name), False
+
+    def _result(self, version: str, sandbox: str, ep: Endpoint, net: Network) -> dict[str, Any]:
+        """The CNI result, in the shape of the configuration's version."""
+        old = cni.SUPPORTED_VERSIONS.index(version) < cni.SUPPORTED_VERSIONS.index("1.0.0")
+        host_end: dict[str, Any] = {"name": ep.host_ifname, "mac": self.engine.host.link_mac(ep.host_ifname) or ""}
+        inside: dict[str, Any] = {"name": ep.ifname, "mac": ep.mac, "sandbox": sandbox}
+        if version == "1.1.0":
+            host_end["mtu"] = inside["mtu"] = net.mtu
+        ips, routes = [], []
+        for address, prefixlen, gateway, default in (
+            (ep.address, ep.prefixlen, net.gateway, ("0.0.0.0/0", ep.gateway)),
+            (ep.address6, ep.prefixlen6, net.gateway6, ("::/0", ep.gateway6)),
+        ):
+            if not address:
+                continue
+            ip: dict[str, Any] = {"address": f"{address}/{prefixlen}", "interface": 1}
+            if gateway:
+                ip["gateway"] = gateway
+            if old:
+                ip["version"] = "4" if ":" not in address else "6"
+            ips.append(ip)
+            if default[1]:
+                routes.append({"dst": default[0], "gw": default[1]})
+        result: dict[str, Any] = {"cniVersion": version, "interfaces": [host_end, inside], "ips": ips, "routes": routes}
+        if net.user_defined and net.gateway:
+            result["dns"] = {"nameservers": [net.gateway]}  # qiao's resolver for the network answers there
+        return result
+
+
+def _error(version: str, code: int, msg: str, details: str = "") -> dict[str, Any]:
+    out = cni.error(version, code, msg, details)
+    out["message"] = msg  # what a Docker-API client reads
+    return out
+
+
+def _normal(subnet: str) -> str:
+    """A subnet as qiao stores it ("10.89.0.5/24" -> "10.89.0.0/24"); unparsable text as it is (create refuses it)."""
+    try:
+        return str(ipaddress.ip_network(subnet, strict=False)) if subnet else ""
+    except ValueError:
+        return subnet
+
+
+def _cidrs(ep: Endpoint) -> list[str]:
+    return [f"{a}/{n}" for a, n in ((ep.address, ep.prefixlen), (ep.address6, ep.prefixlen6)) if a]
+
+
+def _dns_names(container_id: str, args: dict[str, str]) -> list[str]:
+    """What the network's resolver answers with the attachment's address:
+    a pod's name and ``name.namespace`` (Kubernetes, Podman), else the
+    runtime's container id and its 12-character prefix (as Docker's short id)."""
+    pod, namespace = args.get("K8S_POD_NAME", ""), args.get("K8S_POD_NAMESPACE", "")
+    candidates = [pod, f"{pod}.{namespace}" if namespace else ""] if pod else [container_id, container_id[:12]]
+    return list(dict.fromkeys(n for n in candidates if n and ids.DNS_NAME_RE.match(n)))
+
+
+def _endpoint_spec(conf: NetConf, args: dict[str, str], aliases: list[str]) -> EndpointSpec:
+    """Static values: the runtime's ``ips`` and ``mac`` capabilities, or CNI_ARGS ``IP`` and ``MAC``."""
+    rc = conf.runtimeConfig or RuntimeConfig()
+    ip = ip6 = ""
+    for text in [*(rc.ips or []), *([args["IP"]] if args.get("IP") else [])]:
+        try:
+            address = ipaddress.ip_interface(text).ip
+        except ValueError:
+            raise CniError(cni.INVALID_CONFIG, f"invalid static IP {text!r}") from None
+        if address.version == 4 and not ip:
+            ip = str(address)
+        elif address.version == 6 and not ip6:
+            ip6 = str(address)
+    return EndpointSpec(aliases=tuple(aliases), ip=ip, ip6=ip6, mac=rc.mac or args.get("MAC", ""))
+
+
+def _port_bindings(conf: NetConf) -> dict[str, tuple[PortBinding, ...]]:
+    out: dict[str, list[PortBinding]] = {}
+    for m in (conf.runtimeConfig or RuntimeConfig()).portMappings or []:
+        out.setdefault(f"{m.containerPort}/{m.protocol.lower()}", []).append(PortBinding(m.hostIP, str(m.hostPort)))
+    return {k: tuple(v) for k, v in out.items()}

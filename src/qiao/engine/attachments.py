@@ -1,0 +1,205 @@
+"""Attachments: endpoints in sandboxes that another engine made.
+
+A CNI runtime (containerd, Podman, a Kubernetes node) creates a pod's
+network namespace and asks qiao to put an interface into it; later dockerd
+will ask the same.  qiao owns only the endpoint, its address and its
+published ports, never the sandbox or the process: the runtime keeps those.
+Each attachment is keyed by the runtime's own identity for it (CNI's
+network name, container id and interface name), so a repeated ADD is a
+conflict and a repeated DEL a no-op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+
+from qiao.engine import ids, ports
+from qiao.engine.errors import Conflict, InvalidParameter
+from qiao.engine.models import Attachment, Endpoint, Network, from_dict, now, to_dict
+from qiao.engine.networks import Networks
+from qiao.engine.specs import AttachmentSpec
+from qiao.engine.steps import Fault, Steps, Teardown
+from qiao.engine.store import Store
+from qiao.kernel.firewall import PortMapping
+from qiao.kernel.host import Host
+
+IFNAME_MAX = 15  # IFNAMSIZ - 1
+
+
+def key(runtime: str, config: str, container_id: str, ifname: str) -> str:
+    return f"{runtime}:{config}/{container_id}/{ifname}"
+
+
+def check_ifname(ifname: str) -> None:
+    """Linux's rules for an interface name (the CNI spec repeats them)."""
+    if not ifname or ifname in (".", "..") or len(ifname.encode()) > IFNAME_MAX:
+        raise InvalidParameter(f"invalid interface name {ifname!r}: 1 to {IFNAME_MAX} bytes, not '.' or '..'")
+    if any(c in "/:" or c.isspace() for c in ifname) or not ifname.isprintable():
+        raise InvalidParameter(f"invalid interface name {ifname!r}: no '/', ':', whitespace or control characters")
+
+
+def sandbox_inode(path: str) -> int:
+    """The namespace a sandbox path names now (0: none)."""
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return 0
+
+
+class Attachments:
+    def __init__(
+        self, store: Store, networks: Networks, host: Host, publisher: ports.Publisher, lock: threading.RLock, fault: Fault | None = None
+    ):
+        self.store, self.networks, self.host, self.ports, self.lock, self.fault = store, networks, host, publisher, lock, fault
+        self.by_name: dict[str, Attachment] = {}
+
+    # -- start-up --------------------------------------------------------
+
+    def load(self) -> None:
+        for row in self.store.load("attachments"):
+            att = from_dict(Attachment, row)
+            self.by_name[att.name] = att
+
+    def reconcile(self) -> None:
+        """After a restart: hold the published host ports again (the kernel side was re-asserted with the rest)."""
+        with self.lock:
+            for att in self.by_name.values():
+                self.ports.adopt(att.id, [PortMapping(**m) for m in att.ports])
+
+    def endpoint_ids(self) -> set[str]:
+        return {att.endpoint_id for att in self.by_name.values()}
+
+    def published(self) -> list[PortMapping]:
+        return [PortMapping(**m) for att in self.by_name.values() for m in att.ports]
+
+    def sandbox_same(self, ep: Endpoint) -> bool:
+        """Whether an endpoint's sandbox path still names the namespace it joined (True for endpoints not attached here)."""
+        att = next((a for a in self.by_name.values() if a.id == ep.owner), None)
+        return att is None or sandbox_inode(att.sandbox) == att.sandbox_inode
+
+    def describe(self, owner: str) -> str:
+        att = next((a for a in self.by_name.values() if a.id == owner), None)
+        return f"{att.runtime} attachment {att.container_id}/{att.ifname}" if att else ""
+
+    # -- lookup ----------------------------------------------------------
+
+    def get(self, name: str) -> tuple[Attachment, Endpoint, Network] | None:
+        """The attachment, its endpoint and network (None: not attached)."""
+        with self.lock:
+            att = self.by_name.get(name)
+            if att is None:
+                return None
+            ep = self.networks.endpoints.get(att.endpoint_id)
+            net = self.networks.by_id.get(att.network_id)
+            if ep is None or net is None:
+                return None
+            return dataclasses.replace(att), ep, net
+
+    def of_config(self, runtime: str, config: str) -> list[Attachment]:
+        with self.lock:
+            return [dataclasses.replace(a) for a in self.by_name.values() if a.runtime == runtime and a.config == config]
+
+    # -- attach / detach ---------------------------------------------------
+
+    def attach(self, spec: AttachmentSpec) -> tuple[Attachment, Endpoint, Network]:
+        """All or nothing: the endpoint in the sandbox, its ports, the record."""
+        check_ifname(spec.ifname)
+        inode = sandbox_inode(spec.sandbox)
+        if not inode:
+            raise InvalidParameter(f"network namespace {spec.sandbox} does not exist")
+        for name in spec.dns_names:
+            if not ids.DNS_NAME_RE.match(name):
+                raise InvalidParameter(f"invalid DNS name {name!r} for the attachment")
+        bindings = {ports.key(k): [dataclasses.asdict(b) for b in entries] for k, entries in spec.port_bindings.items()}
+        wanted = ports.requests(bindings, list(bindings), False)
+        name = key(spec.runtime, spec.config, spec.container_id, spec.ifname)
+        with self.lock:
+            if name in self.by_name:
+                raise Conflict(f"container {spec.container_id} already has interface {spec.ifname} on {spec.config}")
+            net = self.networks.get(spec.network)
+            self.networks.check_endpoint(net, spec.endpoint)
+            if wanted and net.internal:
+                raise InvalidParameter(f"port publishing is not possible on internal network {net.name}")
+            att = Attachment(
+                id=ids.new_id(),
+                name=name,
+                runtime=spec.runtime,
+                config=spec.config,
+                container_id=spec.container_id,
+                ifname=spec.ifname,
+                network_id=net.id,
+                endpoint_id="",
+                sandbox=spec.sandbox,
+                sandbox_inode=inode,
+                created=now(),
+            )
+            with Steps(self.fault) as steps:
+                ep = self.networks.join(
+                    steps, net, spec.sandbox, spec.ifname, att.id, spec.endpoint, spec.default_route, spec.dns_names
+                )
+                mappings = self.ports.publish(steps, att.id, wanted, ep.address)
+                att.endpoint_id, att.ports = ep.id, [dataclasses.asdict(m) for m in mappings]
+
+                def commit() -> None:
+                    with self.store.transaction() as tx:
+                        tx.put("endpoints", to_dict(ep))
+                        tx.put("attachments", to_dict(att))
+
+                steps.run("store", commit)
+            self.by_name[name] = att
+            self.networks.adopt(ep)
+            return dataclasses.replace(att), ep, net
+
+    def detach(self, name: str) -> bool:
+        """Best effort and complete; False when there was nothing (DEL is idempotent)."""
+        with self.lock:
+            att = self.by_name.get(name)
+            if att is None:
+                return False
+            teardown = Teardown(f"detaching {name}", self.fault)
+            self.ports.unpublish(teardown, att.id, [PortMapping(**m) for m in att.ports])
+            ep = self.networks.endpoints.get(att.endpoint_id)
+            if ep is not None:
+                self.networks.leave(ep, teardown)
+            with self.store.transaction() as tx:
+                tx.delete("endpoints", att.endpoint_id)
+                tx.delete("attachments", att.id)
+            del self.by_name[name]
+            teardown.report()
+            return True
+
+    def collect(self, runtime: str, config: str, keep: set[tuple[str, str]]) -> list[str]:
+        """Detach every attachment of one configuration whose (container id, ifname) is not in ``keep`` (CNI's GC)."""
+        gone = [a.name for a in self.of_config(runtime, config) if (a.container_id, a.ifname) not in keep]
+        for name in gone:
+            self.detach(name)
+        return gone
+
+    # -- check -------------------------------------------------------------
+
+    def problems(self, name: str) -> list[str]:
+        """What is wrong with an attachment in the kernel now (CNI's CHECK); empty when all is well."""
+        got = self.get(name)
+        if got is None:
+            return [f"{name} is not attached"]
+        att, ep, net = got
+        found: list[str] = []
+        if sandbox_inode(att.sandbox) != att.sandbox_inode:
+            return [f"the network namespace {att.sandbox} is gone or is another one now"]
+        if ep.host_ifname and not self.host.link_exists(ep.host_ifname):
+            found.append(f"the host end {ep.host_ifname} of the veth pair is missing")
+        inside = self.host.sandbox_link(att.sandbox, att.ifname)
+        if inside is None:
+            found.append(f"interface {att.ifname} is missing in {att.sandbox}")
+        else:
+            mac, addresses = inside
+            if mac.lower() != ep.mac.lower():
+                found.append(f"interface {att.ifname} has MAC {mac}, not {ep.mac}")
+            for address, prefixlen in ((ep.address, ep.prefixlen), (ep.address6, ep.prefixlen6)):
+                if address and f"{address}/{prefixlen}" not in addresses:
+                    found.append(f"interface {att.ifname} lacks its address {address}/{prefixlen}")
+        if net.id not in self.networks.by_id:
+            found.append(f"network {net.name} is gone")
+        return found
