@@ -343,3 +343,14 @@ def test_attachments_survive_a_daemon_restart(svc, engine, netns, tmp_path, capl
         assert CniService(again).handle(json.dumps(request).encode()) == (200, {})
     assert not again.attachments.by_name
     again.store.close()
+
+
+def test_dual_stack_network_gives_both_families(svc, engine, netns):
+    from qiao.engine.specs import NetworkSpec
+
+    engine.networks.create(NetworkSpec("dual", subnet="10.8.0.0/24", enable_ipv6=True, subnet6="fd00:8::/64"))
+    status, answer = call(svc, "ADD", {"cniVersion": "0.4.0", "name": "dual", "type": "qiao"}, "c1", netns())
+    result = answer["result"]
+    assert [ip["version"] for ip in result["ips"]] == ["4", "6"]
+    assert result["ips"][1]["address"].startswith("fd00:8::") and result["ips"][1]["gateway"] == "fd00:8::1"
+    assert {r["dst"] for r in result["routes"]} == {"0.0.0.0/0", "::/0"}
