@@ -27,6 +27,16 @@ if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
     touch .venv/.installed
 fi
 
+# pip's console-script wrappers import `re` (~7 ms) only to tidy argv[0] on
+# Windows; `qiao` and the CNI plugin `qiao-cni` start for every command and
+# every pod, so they get wrappers without it.
+for entry in "qiao qiao.cli.main" "qiao-cni qiao.cni.plugin"; do
+    set -- $entry
+    printf '#!%s\nimport sys\nfrom %s import main\nsys.exit(main())\n' "$PWD/.venv/bin/python3" "$2" > ".venv/bin/$1.tmp"
+    chmod 0755 ".venv/bin/$1.tmp"
+    mv ".venv/bin/$1.tmp" ".venv/bin/$1"
+done
+
 # Byte-compile qiao's sources: every `qiao` command and container shim starts a
 # fresh interpreter, and one that finds no .pyc compiles the modules it imports
 # (~7 ms for the CLI), again every time when PYTHONDONTWRITEBYTECODE is set.
