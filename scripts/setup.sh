@@ -7,8 +7,12 @@ cd "$(dirname "$0")/.."
 # (the firewall), conntrack (flushing stale flows), util-linux (nsenter for the lab),
 # iperf3 (benchmarks), etcd-server + etcd-client (the overlay's store and etcdctl;
 # qiao runs its own etcd, in the lab's namespace: a system etcd that the package
-# may enable on 127.0.0.1:2379 is not used).
-packages=(iproute2 nftables libnftables1 conntrack util-linux iperf3 procps etcd-server etcd-client)
+# may enable on 127.0.0.1:2379 is not used), containerd + runc + busybox-static
+# (tests/integration/test_containerd.py: a private containerd per test host, an
+# offline busybox image; no containerd service is used) and containernetworking-plugins
+# (the reference CNI bridge + host-local that test runs).
+packages=(iproute2 nftables libnftables1 conntrack util-linux iperf3 procps etcd-server etcd-client
+          containerd runc busybox-static containernetworking-plugins)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -1,0 +1,557 @@
+"""Other container engines inside a test's throw-away host: Debian's containerd 1.6.
+
+``Containerd`` runs a private ``containerd`` (its own root, state, socket and
+config under a temp dir) in a test host's network namespace, and ``ctr`` against
+it; ``busybox_image`` builds, offline, a busybox image that ``ctr images
+import`` takes.  A CNI plugin under test (qiao's, or the reference ``bridge``)
+is given to ``ctr run --cni`` through two directories of the test's own: a conf
+dir (one conflist) and a plugin dir.
+
+How the pieces sit::
+
+    test host netns (nsenter --net=/run/netns/RUN-...)
+    +- containerd   own mount namespace (private): a tmpfs on /run, so its shims'
+    |  |            sockets (/run/containerd/s, hardcoded) and runc's state
+    |  |            (/run/containerd/runc) never touch the machine's /run;
+    |  |            --root/--state/--address and its config under DIR/containerd
+    |  +- containerd-shim-runc-v2 (one per container, re-parented away from
+    |     containerd: found again through `-address SOCK` in its argv)
+    |     +- runc -> the container: own netns, pidns, mount ns, cgroup /NS/ID
+    +- ctr          own mount namespace (private): the test's conf dir on
+                    /etc/cni/net.d, its plugin dir on /opt/cni/bin, a dir of
+                    this object's on /var/lib/cni (libcni's result cache);
+                    the CNI plugins run as its children, in the test host netns
+
+How ``ctr`` 1.6 calls CNI (``cmd/ctr/commands/run/run.go``, go-cni
+``WithDefaultConf``):
+
+* The ``ctr`` CLIENT process execs the plugins, not containerd, and only with
+  the hardcoded default dirs: the first conflist (by file name) in
+  ``/etc/cni/net.d``, plugins from ``/opt/cni/bin``; libcni caches each ADD's
+  result in ``/var/lib/cni/results`` until DEL.  Hence the private mount
+  namespace above around every ``ctr`` this module runs.  A path that does not
+  exist on the machine (``/opt/cni`` usually) is made inside an overlay of its
+  nearest existing ancestor, whose upper layer is a tmpfs of that namespace:
+  nothing under the machine's real ``/etc/cni``, ``/opt`` or ``/var/lib/cni``
+  is created or changed, and nothing there is hidden either (but mounts
+  below that ancestor, which an overlay does not show).
+* ADD runs after the task is created and before it starts, on
+  ``/proc/PID/ns/net`` of the task (runc made a new netns for it), with
+  ``CNI_CONTAINERID`` = ``"<ctr namespace>-<container id>"`` and
+  ``CNI_IFNAME`` = ``eth0``.  A task shown RUNNING has been through ADD.
+  ctr adds no loopback network (runc itself brings ``lo`` up in the new netns).
+* Foreground ``ctr run --cni`` (no ``-d``) calls DEL when the task exits (it
+  waits for the exit, deletes the task, then DEL), with an EMPTY
+  ``CNI_NETNS``: the netns is already gone, and with it the container's end of
+  the veth and so the host's end too; the bridge plugin then only releases the
+  IPAM lease.  The client forwards every signal it gets to the task, and exits
+  with the task's code (137 after SIGKILL).
+* ``ctr run -d --cni`` never calls DEL: nothing ever releases that address.
+  Killing such a task leaves the IPAM lease (and the plugin's other state) behind.
+* If ADD fails, ``ctr run`` fails (exit 1, ``ctr: plugin type="X" failed
+  (add): MSG`` on stderr).  In foreground mode it still calls DEL, but in both
+  modes the task is left CREATED (its ``runc init`` waiting) and the container
+  stays: ``close`` removes them.
+* Debian's ctr passes ``CNI_PATH=/opt/cni/bin:/usr/lib/cni``: a plugin missing
+  from the test's plugin dir is still found in Debian's ``/usr/lib/cni``.
+
+Every ``ctr`` that creates IO FIFOs (``run``, ``task start``, ``task exec``) gets
+``--fifo-dir DIR/containerd/fifo`` added: ctr's default, ``/run/containerd/fifo``,
+lies in the machine's ``/run`` for ctr and in the tmpfs for the shim.
+
+The containerd namespace is the test host's name (``RUN-NAME``, with the test
+run's prefix), so runc's cgroups are ``/sys/fs/cgroup/*/RUN-NAME/ID``; ``close``
+removes them (runc leaves the namespace's own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from tests.integration.conftest import RUN, Namespace, sh, wait_for
+
+BUSYBOX = "/bin/busybox"
+BUSYBOX_REF = "localhost/busybox:local"
+APPLETS = (
+    "[", "arp", "awk", "cat", "cut", "date", "echo", "env", "false", "grep", "head", "hostname", "httpd", "id",
+    "ifconfig", "ip", "kill", "ls", "mkdir", "nc", "netstat", "nslookup", "ping", "ping6", "printf", "ps", "rm",
+    "route", "sed", "seq", "sh", "sleep", "tail", "test", "timeout", "touch", "tr", "true", "uname", "wc", "wget",
+)  # fmt: skip
+CNI_PLUGINS = "/usr/lib/cni"  # Debian's containernetworking-plugins
+
+# ctr's mount namespace: the test's dirs bound over the paths that ctr and
+# libcni hardcode.  A path that does not exist is made in an overlay of its
+# nearest existing ancestor (upper layer on a tmpfs of this namespace), so
+# nothing is hidden and nothing is created outside.
+# Arguments: RUN CONF_DIR BIN_DIR CACHE_DIR LAYERS_DIR ARGV...
+_CNI_DIRS = r"""
+run=$1 conf=$2 bin=$3 cache=$4 layers=$5
+shift 5
+private() {  # private TARGET SOURCE
+    target=$1 parent=$1
+    while [ ! -d "$parent" ]; do parent=$(dirname "$parent"); done
+    if [ "$parent" != "$target" ]; then
+        mountpoint -q "$layers" || mount -t tmpfs -o mode=0700 "$run-layers" "$layers"
+        mkdir -p "$layers$parent/upper" "$layers$parent/work"
+        mount -t overlay -o "lowerdir=$parent,upperdir=$layers$parent/upper,workdir=$layers$parent/work" "$run-overlay" "$parent"
+        mkdir -p "$target"
+    fi
+    mount --bind "$2" "$target"
+}
+private /etc/cni/net.d "$conf"   # go-cni's default conf dir: the first conflist by name
+private /opt/cni/bin "$bin"      # go-cni's default plugin dir
+private /var/lib/cni "$cache"    # libcni's result cache (and host-local's default dataDir)
+exec "$@"
+"""
+# containerd's mount namespace: a tmpfs on /run.  Arguments: RUN ARGV...
+_PRIVATE_RUN = r"""
+mount -t tmpfs -o mode=0755 "$1-run" /run
+shift
+exec "$@"
+"""
+# ctr subcommands whose IO FIFOs the shim opens by path.
+_FIFO_COMMANDS = {("run",), ("task", "start"), ("tasks", "start"), ("t", "start"), ("task", "exec"), ("tasks", "exec"), ("t", "exec")}
+
+
+# -- the image -------------------------------------------------------------------
+
+_archives: dict[tuple[str, int, int], bytes] = {}  # (busybox, size, mtime) -> archive, built once per session
+
+
+def busybox_image(dir: str | os.PathLike[str]) -> tuple[Path, str]:
+    """Write an OCI image layout tar of Debian's static busybox into ``dir``; returns (archive, reference).
+
+    One uncompressed layer: ``/bin/busybox`` with a symlink per applet in
+    ``APPLETS``, ``/etc`` (passwd, group, hosts, an empty resolv.conf),
+    ``/www/index.html``, and empty ``/dev``, ``/proc``, ``/sys``, ``/tmp``,
+    ``/root``.  Built with tarfile/hashlib/json only, byte for byte the same
+    every time (fixed owners and times); the bytes are built once per session.
+    ``ctr images import`` names the image ``localhost/busybox:local``.
+    Debian's busybox 1.35 ``wget -T N`` segfaults (exit 139): use ``timeout N wget ...``.
+    """
+    st = os.stat(BUSYBOX)
+    key = (BUSYBOX, st.st_size, st.st_mtime_ns)
+    if key not in _archives:
+        _archives[key] = busybox_archive(Path(BUSYBOX).read_bytes(), BUSYBOX_REF)
+    path = Path(dir) / "busybox-local.oci.tar"
+    path.write_bytes(_archives[key])
+    return path, BUSYBOX_REF
+
+
+def _tar(entries: Iterable[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for info, data in entries:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def _entry(
+    name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644, data: bytes | None = None, link: str = ""
+) -> tuple[tarfile.TarInfo, bytes | None]:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.linkname = kind, mode, link
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    info.mtime = 0
+    info.size = len(data) if data is not None else 0
+    return info, data
+
+
+def busybox_archive(busybox: bytes, ref: str = BUSYBOX_REF) -> bytes:
+    """The bytes of the archive ``busybox_image`` writes, for the busybox binary ``busybox``."""
+    etc = {
+        "etc/passwd": b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        "etc/group": b"root:x:0:\nnogroup:x:65534:\n",
+        "etc/hosts": b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        "etc/resolv.conf": b"",
+        "www/index.html": b"hello from busybox\n",
+    }
+    dirs = {"bin": 0o755, "dev": 0o755, "etc": 0o755, "proc": 0o555, "root": 0o700, "sys": 0o555, "tmp": 0o1777, "www": 0o755}
+    files: list[tuple[tarfile.TarInfo, bytes | None]] = [_entry(d + "/", tarfile.DIRTYPE, mode) for d, mode in dirs.items()]
+    files.append(_entry("bin/busybox", mode=0o755, data=busybox))
+    files += [_entry(f"bin/{applet}", tarfile.SYMTYPE, 0o777, link="busybox") for applet in APPLETS]
+    files += [_entry(name, data=data) for name, data in etc.items()]
+    layer = _tar(sorted(files, key=lambda e: e[0].name))
+
+    def blob(data: bytes, media_type: str) -> tuple[dict[str, object], bytes]:
+        return {"mediaType": media_type, "digest": "sha256:" + hashlib.sha256(data).hexdigest(), "size": len(data)}, data
+
+    def dump(obj: object) -> bytes:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+    arch_name = _goarch()
+    layer_desc, _ = blob(layer, "application/vnd.oci.image.layer.v1.tar")
+    config = dump({
+        "architecture": arch_name,
+        "os": "linux",
+        "created": "1970-01-01T00:00:00Z",
+        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]},
+        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": f"tests/integration/engines.py from {BUSYBOX}"}],
+    })  # fmt: skip
+    config_desc, _ = blob(config, "application/vnd.oci.image.config.v1+json")
+    manifest = dump(
+        {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": config_desc, "layers": [layer_desc]}
+    )
+    manifest_desc, _ = blob(manifest, "application/vnd.oci.image.manifest.v1+json")
+    manifest_desc["annotations"] = {"io.containerd.image.name": ref, "org.opencontainers.image.ref.name": ref.rpartition(":")[2]}
+    manifest_desc["platform"] = {"architecture": arch_name, "os": "linux"}
+    index = dump({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [manifest_desc]})
+
+    outer = [_entry("blobs/", tarfile.DIRTYPE, 0o755), _entry("blobs/sha256/", tarfile.DIRTYPE, 0o755)]
+    for data in (layer, config, manifest):
+        outer.append(_entry("blobs/sha256/" + hashlib.sha256(data).hexdigest(), data=data))
+    outer += [_entry("index.json", data=index), _entry("oci-layout", data=dump({"imageLayoutVersion": "1.0.0"}))]
+    return _tar(outer)
+
+
+# -- CNI plugin dirs -------------------------------------------------------------
+
+
+def link_plugins(bin_dir: str | os.PathLike[str], names: Sequence[str], source: str = CNI_PLUGINS) -> Path:
+    """A CNI plugin dir for ``Containerd``: ``bin_dir`` (made if needed) with a symlink to ``source/NAME`` per name."""
+    path = Path(bin_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        target = os.path.join(source, name)
+        if not os.path.exists(target):
+            raise FileNotFoundError(target)
+        (path / name).symlink_to(target)
+    return path
+
+
+# -- containerd ------------------------------------------------------------------
+
+
+class Containerd:
+    """A containerd of a test's own, in the test host ``host`` (anything with
+    ``.path``, a network namespace file), with everything under ``dir/containerd``.
+    Its containerd namespace (``ctr --namespace``) is ``namespace``, by default the
+    host's name (``RUN-NAME``).
+
+    ``cni_conf_dir`` becomes ctr's ``/etc/cni/net.d`` and ``cni_bin_dir`` its
+    ``/opt/cni/bin`` (see the module docstring); either may be changed between
+    ``ctr`` calls (``self.cni_conf_dir = ...``).  ``snapshotter`` is passed to
+    ctr as ``CONTAINERD_SNAPSHOTTER`` (ctr's default: overlayfs).
+    ``close()`` ends everything it started; it is safe to call at any point,
+    more than once, and after any failure.
+    """
+
+    def __init__(
+        self,
+        host: Namespace,
+        dir: str | os.PathLike[str],
+        cni_conf_dir: str | os.PathLike[str],
+        cni_bin_dir: str | os.PathLike[str],
+        *,
+        namespace: str | None = None,
+        snapshotter: str | None = None,
+        start_timeout: float = 20,
+    ):
+        self.netns = host.path
+        self.cni_conf_dir = str(cni_conf_dir)
+        self.cni_bin_dir = str(cni_bin_dir)
+        self.namespace = namespace or os.path.basename(host.path)  # RUN-NAME
+        self.snapshotter = snapshotter
+        self.dir = Path(dir) / "containerd"
+        self.root = self.dir / "root"
+        self.state = self.dir / "state"
+        self.fifo_dir = self.dir / "fifo"
+        self.cni_cache = self.dir / "cni-cache"  # ctr's /var/lib/cni
+        self.layers = self.dir / "layers"  # mount point for the tmpfs of ctr's overlays
+        self.address = str(self.dir / "containerd.sock")
+        self.config = self.dir / "config.toml"
+        self.log = self.dir / "containerd.log"
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self._clients: list[subprocess.Popen[str]] = []
+        self._closed = False
+        for d in (self.root, self.state, self.fifo_dir, self.cni_cache, self.layers):
+            d.mkdir(parents=True, mode=0o711)
+        self.config.write_text(self._config_toml())
+        try:
+            self._start(start_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- the daemon ------------------------------------------------------
+
+    def _config_toml(self) -> str:
+        def q(path: object) -> str:
+            return json.dumps(str(path))  # a TOML basic string
+
+        return f"""\
+# containerd for a test: no CRI, nothing outside {q(self.dir)}.
+version = 2
+root = {q(self.root)}
+state = {q(self.state)}
+# cri: Kubernetes, not wanted; opt: installs into /opt/containerd; the snapshotters
+# that need a special filesystem or device.  (runtime.v1.linux stays: 1.6's tasks
+# service does not load without it, although ctr's default runtime is io.containerd.runc.v2.)
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.internal.v1.opt",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = {q(self.address)}
+
+[ttrpc]
+  address = {q(self.address + ".ttrpc")}
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.runtime.v2.task"]
+  platforms = ["linux/{_goarch()}"]
+"""
+
+    def _start(self, timeout: float) -> None:
+        argv = ["containerd", "--config", str(self.config), "--root", str(self.root), "--state", str(self.state), "--address", self.address]
+        with open(self.log, "ab") as log:
+            self.daemon = subprocess.Popen(
+                ["nsenter", f"--net={self.netns}", "--", "unshare", "--mount", "--propagation", "private", "--",
+                 "sh", "-ec", _PRIVATE_RUN, "sh", RUN, *argv],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            )  # fmt: skip
+
+        def up() -> bool:
+            if self.daemon is not None and self.daemon.poll() is not None:
+                raise AssertionError(f"containerd exited {self.daemon.returncode}:\n{self.log_tail()}")
+            return os.path.exists(self.address) and self.ctr("version", check=False, timeout=10).returncode == 0
+
+        wait_for("containerd to answer", up, timeout=timeout, interval=0.05)
+        tasks = self.ctr("tasks", "ls", check=False)
+        if tasks.returncode != 0:
+            raise AssertionError(f"containerd has no tasks service: {tasks.stderr}\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of containerd's log (stdout and stderr)."""
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+    # -- ctr -------------------------------------------------------------
+
+    def ctr_argv(self, *args: str) -> list[str]:
+        """The argv that runs ``ctr ARGS`` against this containerd, in the test
+        host's netns and a mount namespace with the test's CNI dirs."""
+        return [
+            "nsenter", f"--net={self.netns}", "--", "unshare", "--mount", "--propagation", "private", "--",
+            "sh", "-ec", _CNI_DIRS, "sh", RUN, self.cni_conf_dir, self.cni_bin_dir, str(self.cni_cache), str(self.layers),
+            "ctr", "--address", self.address, "--namespace", self.namespace, *self._with_fifo_dir(args),
+        ]  # fmt: skip
+
+    def _with_fifo_dir(self, args: Sequence[str]) -> list[str]:
+        args = list(args)
+        for n in (1, 2):
+            if tuple(args[:n]) in _FIFO_COMMANDS and not any(a == "--fifo-dir" or a.startswith("--fifo-dir=") for a in args):
+                return [*args[:n], "--fifo-dir", str(self.fifo_dir), *args[n:]]
+        return args
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.snapshotter:
+            env["CONTAINERD_SNAPSHOTTER"] = self.snapshotter
+        return env
+
+    def ctr(self, *args: str, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess[str]:
+        """Run ``ctr ARGS`` and wait; raises AssertionError (with its output) on a non-zero exit when ``check``."""
+        kw = {"stdin": subprocess.DEVNULL, "env": self._env(), **kw}
+        proc = subprocess.run(self.ctr_argv(*args), capture_output=True, text=True, timeout=timeout, **kw)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"ctr {' '.join(args)} -> {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
+        return proc
+
+    def ctr_popen(self, *args: str, **kw) -> subprocess.Popen[str]:
+        """Start ``ctr ARGS`` (e.g. a foreground ``run --cni --rm``) and return it;
+        stdin is /dev/null, stdout and stderr are text pipes unless ``kw`` says
+        otherwise.  The Popen's pid is ctr's own (nsenter, unshare and sh exec
+        it): signals sent to it are forwarded to a foreground task.  ``close``
+        ends it if it is still running."""
+        kw = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": self._env(), **kw}
+        proc: subprocess.Popen[str] = subprocess.Popen(self.ctr_argv(*args), **kw)
+        self._clients.append(proc)
+        return proc
+
+    def import_image(self, archive: str | os.PathLike[str]) -> None:
+        """``ctr images import ARCHIVE`` (unpacked into the snapshotter)."""
+        self.ctr("images", "import", str(archive), timeout=120)
+
+    # -- tasks -----------------------------------------------------------
+
+    def cni_id(self, container: str) -> str:
+        """The CNI_CONTAINERID ctr gives the plugins for ``container``."""
+        return f"{self.namespace}-{container}"
+
+    def tasks(self) -> dict[str, tuple[int, str]]:
+        """``ctr task ls``: container id -> (pid, status)."""
+        out = self.ctr("tasks", "ls").stdout.splitlines()[1:]
+        return {f[0]: (int(f[1]), f[2]) for f in (line.split() for line in out) if len(f) >= 3}
+
+    def wait_running(self, container: str, proc: subprocess.Popen[str] | None = None, timeout: float = 30) -> int:
+        """Wait until ``container``'s task is RUNNING (after ctr's CNI ADD); returns its pid.
+        With ``proc`` (the ``ctr run`` that starts it), fail as soon as that exits."""
+
+        def running() -> int | None:
+            if proc is not None and proc.poll() is not None:
+                out, err = proc.communicate()
+                raise AssertionError(f"ctr exited {proc.returncode} before {container} ran\nstdout: {out}\nstderr: {err}")
+            pid, status = self.tasks().get(container, (0, ""))
+            return pid if status == "RUNNING" else None
+
+        return wait_for(f"task {container} to run", running, timeout=timeout, interval=0.05)
+
+    def containers(self) -> list[str]:
+        return self.ctr("containers", "ls", "-q").stdout.split()
+
+    # -- teardown --------------------------------------------------------
+
+    def remove_containers(self, timeout: float = 15) -> None:
+        """Kill every task (SIGKILL, all its processes), let the ``ctr`` clients
+        this object started end (a foreground ``run --cni`` then calls DEL; one
+        still running after ``timeout`` is killed), then remove every task and
+        container.  Errors are ignored."""
+        ids: list[str] = []
+        with contextlib.suppress(Exception):
+            ids = self.containers()
+        for cid in ids:
+            with contextlib.suppress(Exception):
+                self.ctr("tasks", "kill", "--signal", "SIGKILL", "--all", cid, check=False, timeout=timeout)
+        self._end_clients(timeout)
+        for cid in ids:
+            with contextlib.suppress(Exception):
+                self.ctr("tasks", "rm", "--force", cid, check=False, timeout=timeout)
+            with contextlib.suppress(Exception):
+                self.ctr("containers", "rm", cid, check=False, timeout=timeout)
+
+    def close(self, timeout: float = 15) -> None:
+        """``remove_containers``, stop containerd (SIGTERM, then SIGKILL, by the
+        pid of its Popen), kill any shim it left and the shim's container (found
+        by our socket in the shim's argv), remove the namespace's cgroups, any
+        mount under our dir, and the dir.  Never raises; safe to call twice,
+        and after any failure (containerd dead or never up included)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.remove_containers(timeout)
+        else:
+            self._end_clients(0)
+        self._stop_daemon(timeout)
+        with contextlib.suppress(Exception):
+            self._end_shims(timeout)
+        with contextlib.suppress(Exception):
+            self._remove_cgroups()
+        with contextlib.suppress(Exception):
+            for mountpoint in reversed(_mounts_under(self.dir)):
+                sh("umount", "-l", mountpoint, check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _end_clients(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for proc in self._clients:
+            with contextlib.suppress(subprocess.TimeoutExpired, ValueError):  # ValueError: the caller read its pipes
+                proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self._clients.clear()
+
+    def _stop_daemon(self, timeout: float) -> None:
+        if self.daemon is None:
+            return
+        if self.daemon.poll() is None:
+            self.daemon.terminate()
+            try:
+                self.daemon.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait()
+
+    def shim_pids(self) -> list[int]:
+        """The shims of this containerd still running (``-address SOCK`` in their argv)."""
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError):
+                    argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                    if b"-address" in argv and self.address.encode() in argv and b"containerd-shim" in argv[0]:
+                        pids.append(int(entry))
+        return pids
+
+    def _end_shims(self, timeout: float) -> None:
+        shims = self.shim_pids()
+        if not shims:
+            return
+        for pid in _descendants(shims) + shims:  # the containers (pid 1 of their pid namespace) first
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_for("containerd's shims to end", lambda: not self.shim_pids(), timeout=timeout)
+
+    def _remove_cgroups(self, timeout: float = 5) -> None:
+        """runc leaves ``/sys/fs/cgroup/*/NAMESPACE`` after the namespace's last task, and
+        ``.../NAMESPACE/ID`` too when a shim died without ``runc delete``: remove them,
+        deepest first, once their processes are gone."""
+        tops = []
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields = line.split()
+            if fields[fields.index("-") + 1] in ("cgroup", "cgroup2"):
+                tops.append(os.path.join(fields[4], self.namespace))
+
+        def removed() -> bool:
+            for top in tops:
+                for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(dirpath)
+            return not any(os.path.exists(top) for top in tops)
+
+        wait_for(f"the cgroups of {self.namespace} to empty", removed, timeout=timeout, interval=0.05)
+
+
+def _goarch() -> str:
+    machine = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(machine, machine)
+
+
+def _descendants(pids: Sequence[int]) -> list[int]:
+    """Every descendant of ``pids`` (from /proc/*/stat), children before their parents' parents."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                ppid = int(stat.rpartition(")")[2].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+    found: list[int] = []
+    todo = list(pids)
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def _mounts_under(path: Path) -> list[str]:
+    """Mount points (in our own mount namespace) at or under ``path``, in mount order."""
+    prefix = str(path)
+    points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    return [p for p in points if p == prefix or p.startswith(prefix + "/")]
