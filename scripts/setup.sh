@@ -9,10 +9,12 @@ cd "$(dirname "$0")/.."
 # qiao runs its own etcd, in the lab's namespace: a system etcd that the package
 # may enable on 127.0.0.1:2379 is not used), containerd + runc + busybox-static
 # (tests/integration/test_containerd.py: a private containerd per test host, an
-# offline busybox image; no containerd service is used) and containernetworking-plugins
-# (the reference CNI bridge + host-local that test runs).
+# offline busybox image; no containerd service is used), containernetworking-plugins
+# (the reference CNI bridge + host-local that test runs, and portmap + tuning chained
+# after qiao's plugin), iptables (portmap drives it, in a test host's namespace only)
+# and podman (Podman 4 with its CNI backend driving qiao's plugin, with a root of the test's).
 packages=(iproute2 nftables libnftables1 conntrack util-linux iperf3 procps etcd-server etcd-client
-          containerd runc busybox-static containernetworking-plugins)
+          containerd runc busybox-static containernetworking-plugins iptables podman)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -77,7 +77,7 @@ import signal
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from tests.integration.conftest import RUN, Namespace, sh, wait_for
@@ -91,14 +91,15 @@ APPLETS = (
 )  # fmt: skip
 CNI_PLUGINS = "/usr/lib/cni"  # Debian's containernetworking-plugins
 
-# ctr's mount namespace: the test's dirs bound over the paths that ctr and
-# libcni hardcode.  A path that does not exist is made in an overlay of its
-# nearest existing ancestor (upper layer on a tmpfs of this namespace), so
-# nothing is hidden and nothing is created outside.
-# Arguments: RUN CONF_DIR BIN_DIR CACHE_DIR LAYERS_DIR ARGV...
-_CNI_DIRS = r"""
-run=$1 conf=$2 bin=$3 cache=$4 layers=$5
-shift 5
+# A mount namespace with the test's dirs bound over paths that an engine
+# hardcodes (ctr and libcni: /etc/cni/net.d, /opt/cni/bin, /var/lib/cni;
+# Podman: /var/lib/containers, /var/lib/cni).  A path that does not exist is
+# made in an overlay of its nearest existing ancestor (upper layer on a tmpfs
+# of this namespace), so nothing is hidden and nothing is created outside.
+# Arguments: RUN LAYERS_DIR N TARGET1 SOURCE1 ... TARGETn SOURCEn ARGV...
+_PRIVATE_DIRS = r"""
+run=$1 layers=$2 n=$3
+shift 3
 private() {  # private TARGET SOURCE
     target=$1 parent=$1
     while [ ! -d "$parent" ]; do parent=$(dirname "$parent"); done
@@ -110,11 +111,59 @@ private() {  # private TARGET SOURCE
     fi
     mount --bind "$2" "$target"
 }
-private /etc/cni/net.d "$conf"   # go-cni's default conf dir: the first conflist by name
-private /opt/cni/bin "$bin"      # go-cni's default plugin dir
-private /var/lib/cni "$cache"    # libcni's result cache (and host-local's default dataDir)
+while [ "$n" -gt 0 ]; do private "$1" "$2"; shift 2; n=$((n - 1)); done
 exec "$@"
 """
+
+
+PathLike = str | os.PathLike[str]
+
+
+def private_dirs_argv(netns: str, layers: PathLike, dirs: Mapping[str, PathLike], argv: Sequence[str]) -> list[str]:
+    """``argv`` run in the network namespace ``netns`` and a private mount
+    namespace where each key of ``dirs`` (a path the engine hardcodes) is the
+    test's directory given as its value; ``layers``: an empty directory of the
+    test's, for the overlays of paths that do not exist on the machine."""
+    pairs = [str(p) for target, source in dirs.items() for p in (target, source)]
+    return [
+        "nsenter", f"--net={netns}", "--", "unshare", "--mount", "--propagation", "private", "--",
+        "sh", "-ec", _PRIVATE_DIRS, "sh", RUN, str(layers), str(len(dirs)), *pairs, *argv,
+    ]  # fmt: skip
+
+
+class PrivateMounts:
+    """One long-lived mount namespace of ``private_dirs_argv`` for an engine
+    whose commands must share it (Podman keeps its network namespaces as bind
+    mounts under /run/netns, made by one command and used by the next): a
+    ``sleep`` holds it, every ``argv`` enters it.  ``close`` ends the holder."""
+
+    def __init__(self, netns: str, layers: PathLike, dirs: Mapping[str, PathLike]):
+        self.netns = netns
+        own = os.stat("/proc/self/ns/mnt").st_ino
+        self.holder = subprocess.Popen(private_dirs_argv(netns, layers, dirs, ["sleep", "infinity"]), stdin=subprocess.DEVNULL)
+
+        def ready() -> bool:
+            if self.holder.poll() is not None:
+                raise AssertionError(f"the mount namespace's holder exited {self.holder.returncode}")
+            with contextlib.suppress(OSError), open(f"/proc/{self.holder.pid}/comm") as f:
+                return f.read().strip() == "sleep" and os.stat(f"/proc/{self.holder.pid}/ns/mnt").st_ino != own
+            return False
+
+        try:
+            wait_for("the private mount namespace", ready)
+        except BaseException:
+            self.close()
+            raise
+
+    def argv(self, cmd: Sequence[str]) -> list[str]:
+        return ["nsenter", f"--mount=/proc/{self.holder.pid}/ns/mnt", f"--net={self.netns}", "--", *cmd]
+
+    def close(self) -> None:
+        if self.holder.poll() is None:
+            self.holder.kill()
+        self.holder.wait()
+
+
 # containerd's mount namespace: a tmpfs on /run.  Arguments: RUN ARGV...
 _PRIVATE_RUN = r"""
 mount -t tmpfs -o mode=0755 "$1-run" /run
@@ -354,11 +403,9 @@ disabled_plugins = [
     def ctr_argv(self, *args: str) -> list[str]:
         """The argv that runs ``ctr ARGS`` against this containerd, in the test
         host's netns and a mount namespace with the test's CNI dirs."""
-        return [
-            "nsenter", f"--net={self.netns}", "--", "unshare", "--mount", "--propagation", "private", "--",
-            "sh", "-ec", _CNI_DIRS, "sh", RUN, self.cni_conf_dir, self.cni_bin_dir, str(self.cni_cache), str(self.layers),
-            "ctr", "--address", self.address, "--namespace", self.namespace, *self._with_fifo_dir(args),
-        ]  # fmt: skip
+        dirs: dict[str, PathLike] = {"/etc/cni/net.d": self.cni_conf_dir, "/opt/cni/bin": self.cni_bin_dir, "/var/lib/cni": self.cni_cache}
+        ctr = ["ctr", "--address", self.address, "--namespace", self.namespace, *self._with_fifo_dir(args)]
+        return private_dirs_argv(self.netns, self.layers, dirs, ctr)
 
     def _with_fifo_dir(self, args: Sequence[str]) -> list[str]:
         args = list(args)

@@ -354,3 +354,10 @@ def test_dual_stack_network_gives_both_families(svc, engine, netns):
     assert [ip["version"] for ip in result["ips"]] == ["4", "6"]
     assert result["ips"][1]["address"].startswith("fd00:8::") and result["ips"][1]["gateway"] == "fd00:8::1"
     assert {r["dst"] for r in result["routes"]} == {"0.0.0.0/0", "::/0"}
+
+
+def test_the_default_bridge_network_takes_pods_too(svc, engine, netns):
+    status, answer = call(svc, "ADD", {"cniVersion": "1.0.0", "name": "bridge", "type": "qiao"}, "c1", netns())
+    assert status == 200, answer
+    result = answer["result"]
+    assert result["ips"][0]["address"].startswith("172.17.") and "dns" not in result  # no embedded DNS on the default bridge

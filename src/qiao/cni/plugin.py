@@ -80,8 +80,9 @@ def run(env: dict[str, str], raw: bytes) -> tuple[int, dict | None]:
         version, body = _request(env, raw)
         root = body["config"].get("qiaoRoot")
         client = Client(Root.resolve(root if isinstance(root, str) and root else None))
+        fds = [_open_netns(body["netns"])] if body["command"] == "ADD" else []
         try:
-            answer = client.request("POST", "/qiao/cni", body=body, timeout=TIMEOUTS.get(body["command"]))
+            answer = client.request("POST", "/qiao/cni", body=body, fds=fds, timeout=TIMEOUTS.get(body["command"]))
         except DaemonError as exc:
             got = exc.body
             if isinstance(got.get("code"), int) and isinstance(got.get("msg"), str):
@@ -90,10 +91,23 @@ def run(env: dict[str, str], raw: bytes) -> tuple[int, dict | None]:
         except (Unreachable, BadAnswer) as exc:
             code = cni.NOT_READY if body["command"] == "STATUS" else cni.TRY_AGAIN_LATER
             return 1, cni.error(version, code, f"qiaod cannot serve: {exc}")
+        finally:
+            for fd in fds:
+                os.close(fd)
         result = answer.get("result") if isinstance(answer, dict) else None
         return 0, result if isinstance(result, dict) else None
     except Refusal as exc:
         return 1, cni.error(version, exc.code, exc.msg, exc.details)
+
+
+def _open_netns(path: str) -> int:
+    """The namespace, passed to qiaod with the request: qiaod may run in
+    another mount namespace, where the runtime's bind mount at ``path`` is
+    not seen (it then pins the namespace it was given)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise Refusal(cni.INVALID_ENVIRONMENT, f"CNI_NETNS {path} cannot be opened: {exc.strerror}") from None
 
 
 def _version_asked(raw: bytes) -> str:

@@ -24,6 +24,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -142,13 +143,22 @@ class CniService:
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    def handle(self, body: bytes) -> tuple[int, dict[str, Any]]:
-        """One request: (HTTP status, the answer: ``{"result": ...}`` or a CNI error object)."""
+    def handle(self, body: bytes, netns_fd: int | None = None) -> tuple[int, dict[str, Any]]:
+        """One request: (HTTP status, the answer: ``{"result": ...}`` or a CNI
+        error object).  ``netns_fd``: the namespace the plugin opened (ADD)."""
         version = ""
         try:
             req = _decode(body)
             version = req.config.cniVersion
-            handler = {"ADD": self.add, "DEL": self.delete, "CHECK": self.check, "STATUS": self.status, "GC": self.gc}.get(req.command)
+            source = f"/proc/self/fd/{netns_fd}" if netns_fd is not None else ""
+            handlers: dict[str, Callable[[CniRequest], dict[str, Any] | None]] = {
+                "ADD": lambda r: self.add(r, source),
+                "DEL": self.delete,
+                "CHECK": self.check,
+                "STATUS": self.status,
+                "GC": self.gc,
+            }
+            handler = handlers.get(req.command)
             if handler is None:
                 raise CniError(cni.INVALID_ENVIRONMENT, f"unknown CNI_COMMAND {req.command!r}")
             result = handler(req)
@@ -167,10 +177,11 @@ class CniService:
 
     # -- the commands --------------------------------------------------------
 
-    def add(self, req: CniRequest) -> dict[str, Any]:
+    def add(self, req: CniRequest, source: str = "") -> dict[str, Any]:
+        """``source``: a path to the namespace the plugin passed (``/proc/self/fd/N``)."""
         conf = req.config
-        if not attachments.sandbox_inode(req.netns):
-            raise CniError(cni.INVALID_ENVIRONMENT, f"CNI_NETNS {req.netns} does not exist (as qiaod sees it)")
+        if not attachments.sandbox_inode(source or req.netns):
+            raise CniError(cni.INVALID_ENVIRONMENT, f"CNI_NETNS {req.netns} does not exist")
         try:
             attachments.check_ifname(req.ifname)
         except InvalidParameter as exc:
@@ -178,14 +189,14 @@ class CniService:
         args = parse_args(req.args)
         net, created = self._network(conf)
         try:
-            return self._attach(req, args, net)
+            return self._attach(req, args, net, source)
         except BaseException:
             if created:  # all or nothing: a network made for this ADD goes with it
                 with contextlib.suppress(QiaoError):
                     self.engine.networks.remove(net.id)
             raise
 
-    def _attach(self, req: CniRequest, args: dict[str, str], net: Network) -> dict[str, Any]:
+    def _attach(self, req: CniRequest, args: dict[str, str], net: Network, source: str) -> dict[str, Any]:
         conf = req.config
         names = _dns_names(req.containerID, args)
         spec = AttachmentSpec(
@@ -195,10 +206,11 @@ class CniService:
             ifname=req.ifname,
             sandbox=req.netns,
             network=net.id,
-            endpoint=_endpoint_spec(conf, args, names[1:]),
+            endpoint=_endpoint_spec(conf, args, names[1:] if net.user_defined else []),  # aliases: user networks only
             port_bindings=_port_bindings(conf),
             dns_names=tuple(names),
             default_route=conf.defaultRoute,
+            sandbox_source=source,
         )
         _att, ep, net = self.engine.attachments.attach(spec)
         return self._result(conf.cniVersion, req.netns, ep, net)

@@ -58,7 +58,12 @@ class Api:
     @route("POST", "/qiao/cni")
     def cni(self, req: Request) -> tuple[int, Any]:
         """The CNI plugin's requests (qiao.cni.plugin): a result or a CNI error object."""
-        return self.cni_service.handle(req.body)
+        fd = req.received_fd()
+        try:
+            return self.cni_service.handle(req.body, fd)
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     # -- containers ------------------------------------------------------
 

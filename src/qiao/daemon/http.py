@@ -290,6 +290,17 @@ class Request:
             raise InvalidParameter("expected three file descriptors (stdin, stdout, stderr)")
         return fds[0], fds[1], fds[2]
 
+    def received_fd(self) -> int | None:
+        """One descriptor the caller passed (``X-Qiao-Stdio: 1`` with one fd:
+        the CNI plugin's network namespace), now the handler's to close."""
+        if not self._stdio:
+            return None
+        fds, self._fds = self._fds, []
+        if len(fds) != 1:
+            close_all(fds)
+            raise InvalidParameter("expected one file descriptor")
+        return fds[0]
+
     def close_fds(self) -> None:
         fds, self._fds = self._fds, []
         close_all(fds)

@@ -50,9 +50,17 @@ def sandbox_inode(path: str) -> int:
 
 class Attachments:
     def __init__(
-        self, store: Store, networks: Networks, host: Host, publisher: ports.Publisher, lock: threading.RLock, fault: Fault | None = None
+        self,
+        store: Store,
+        networks: Networks,
+        host: Host,
+        publisher: ports.Publisher,
+        lock: threading.RLock,
+        netns_dir: str,
+        fault: Fault | None = None,
     ):
         self.store, self.networks, self.host, self.ports, self.lock, self.fault = store, networks, host, publisher, lock, fault
+        self.netns_dir = netns_dir  # where qiao pins a namespace it cannot name otherwise
         self.by_name: dict[str, Attachment] = {}
 
     # -- start-up --------------------------------------------------------
@@ -70,6 +78,10 @@ class Attachments:
 
     def endpoint_ids(self) -> set[str]:
         return {att.endpoint_id for att in self.by_name.values()}
+
+    def pins(self) -> set[str]:
+        """The namespace files qiao keeps for attachments (reconcile must not remove them)."""
+        return {att.sandbox for att in self.by_name.values() if att.pinned}
 
     def published(self) -> list[PortMapping]:
         return [PortMapping(**m) for att in self.by_name.values() for m in att.ports]
@@ -107,7 +119,8 @@ class Attachments:
         """All or nothing: the endpoint in the sandbox, its ports, the record."""
         check_ifname(spec.ifname)
         inode = sandbox_inode(spec.sandbox)
-        if not inode:
+        namespace = sandbox_inode(spec.sandbox_source) if spec.sandbox_source else inode
+        if not namespace:
             raise InvalidParameter(f"network namespace {spec.sandbox} does not exist")
         for name in spec.dns_names:
             if not ids.DNS_NAME_RE.match(name):
@@ -122,8 +135,10 @@ class Attachments:
             self.networks.check_endpoint(net, spec.endpoint)
             if wanted and net.internal:
                 raise InvalidParameter(f"port publishing is not possible on internal network {net.name}")
+            att_id = ids.new_id()
+            pin = os.path.join(self.netns_dir, f"cni-{att_id[:12]}") if namespace != inode else ""
             att = Attachment(
-                id=ids.new_id(),
+                id=att_id,
                 name=name,
                 runtime=spec.runtime,
                 config=spec.config,
@@ -131,13 +146,16 @@ class Attachments:
                 ifname=spec.ifname,
                 network_id=net.id,
                 endpoint_id="",
-                sandbox=spec.sandbox,
-                sandbox_inode=inode,
+                sandbox=pin or spec.sandbox,
+                sandbox_inode=namespace,
+                pinned=bool(pin),
                 created=now(),
             )
             with Steps(self.fault) as steps:
+                if pin:  # the runtime's path names another namespace here (its own mount namespace): pin the one it passed
+                    steps.run("pin-sandbox", lambda: self.host.pin_netns(spec.sandbox_source, pin), lambda: self.host.destroy_netns(pin))
                 ep = self.networks.join(
-                    steps, net, spec.sandbox, spec.ifname, att.id, spec.endpoint, spec.default_route, spec.dns_names
+                    steps, net, att.sandbox, spec.ifname, att.id, spec.endpoint, spec.default_route, spec.dns_names
                 )
                 mappings = self.ports.publish(steps, att.id, wanted, ep.address)
                 att.endpoint_id, att.ports = ep.id, [dataclasses.asdict(m) for m in mappings]
@@ -163,6 +181,8 @@ class Attachments:
             ep = self.networks.endpoints.get(att.endpoint_id)
             if ep is not None:
                 self.networks.leave(ep, teardown)
+            if att.pinned:
+                teardown.run("unpin-sandbox", lambda: self.host.destroy_netns(att.sandbox))
             with self.store.transaction() as tx:
                 tx.delete("endpoints", att.endpoint_id)
                 tx.delete("attachments", att.id)

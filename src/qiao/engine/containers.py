@@ -18,6 +18,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,10 +114,10 @@ class Containers:
             ctr = from_dict(Container, row)
             self.by_id[ctr.id] = ctr
 
-    def reconcile(self, keep_endpoints: set[str] | frozenset[str] = frozenset()) -> None:
+    def reconcile(self, keep_endpoints: Set[str] = frozenset(), keep_sandboxes: Set[str] = frozenset()) -> None:
         """Repair what a crash (even ``kill -9``) left: adopt live containers,
         finish dead ones, remove kernel objects that no record owns
-        (``keep_endpoints``: endpoints other owners hold, CNI attachments)."""
+        (``keep_*``: the endpoints and namespace pins of CNI attachments)."""
         with self.lock:
             for ctr in list(self.by_id.values()):
                 if not ctr.running:
@@ -145,7 +146,7 @@ class Containers:
             for ctr in self.by_id.values():
                 if not ctr.running:
                     self._kill_orphan_shim(ctr)
-            keys = {c.sandbox_key for c in self.by_id.values() if c.running and c.sandbox_key}
+            keys = {c.sandbox_key for c in self.by_id.values() if c.running and c.sandbox_key} | keep_sandboxes
             for entry in os.listdir(self.root.netns_dir):
                 path = os.path.join(self.root.netns_dir, entry)
                 if path not in keys:

@@ -59,7 +59,7 @@ class Engine:
         self.networks = Networks(self.store, self.drivers, firewall, self.lock, self.events, fault)
         self.ports = Publisher(firewall, host, self._describe_owner)
         self.containers = Containers(root, self.store, self.networks, host, self.lock, fault, resolv_conf or "", self.ports)
-        self.attachments = Attachments(self.store, self.networks, host, self.ports, self.lock, fault)
+        self.attachments = Attachments(self.store, self.networks, host, self.ports, self.lock, root.netns_dir, fault)
         self.resolver = resolver
         self.events.subscribe(self._dns_follows)
 
@@ -70,7 +70,7 @@ class Engine:
             self.attachments.load()
             self.networks.restore_kernel(self.containers.published() + self.attachments.published())
             self.networks.ensure_builtin()
-            self.containers.reconcile(keep_endpoints=self.attachments.endpoint_ids())
+            self.containers.reconcile(keep_endpoints=self.attachments.endpoint_ids(), keep_sandboxes=self.attachments.pins())
             self.attachments.reconcile()
             for net in list(self.networks.by_id.values()):
                 self.refresh_dns(net)

@@ -130,8 +130,9 @@ class Attachment:
     ifname: str
     network_id: str
     endpoint_id: str
-    sandbox: str
+    sandbox: str  # the path qiao uses: the runtime's, or qiao's pin of it (``pinned``)
     sandbox_inode: int = 0  # the namespace the sandbox path named at ADD (/proc/PID/ns/net paths are reused)
+    pinned: bool = False  # ``sandbox`` is ROOT/run/netns/cni-ID, bound by qiao: the runtime's path is not visible to qiaod
     ports: list[dict[str, Any]] = field(default_factory=list)  # PortMapping fields
     created: str = ""
 

@@ -74,9 +74,13 @@ class AttachmentSpec:
     config: str  # the runtime's name for the network configuration (GC's scope)
     container_id: str
     ifname: str
-    sandbox: str  # the network namespace's path
+    sandbox: str  # the network namespace's path, as the runtime names it
     network: str  # qiao network, by name or id
     endpoint: EndpointSpec = EndpointSpec()
     port_bindings: dict[str, tuple[PortBinding, ...]] = field(default_factory=dict)  # "80/tcp" -> bindings
     dns_names: tuple[str, ...] = ()
     default_route: bool = True
+    # A path naming the same namespace that qiaod can open (``/proc/self/fd/N`` of a
+    # descriptor the runtime's side passed): when ``sandbox`` names another namespace
+    # here (the runtime runs in a mount namespace of its own), qiao pins this one.
+    sandbox_source: str = ""

@@ -69,6 +69,7 @@ class Host(Protocol):
     def sandbox_link(self, netns_path: str, ifname: str) -> tuple[str, list[str]] | None: ...
     def owned_links(self) -> dict[str, str]: ...
     def create_netns(self, path: str) -> None: ...
+    def pin_netns(self, source: str, path: str) -> None: ...
     def destroy_netns(self, path: str) -> None: ...
     def plug_veth(self, host_ifname: str, bridge: str, netns_path: str, peer: Peer, owner: str, isolated: bool = False) -> None: ...
     def bridge_netfilter(self) -> bool: ...
@@ -287,6 +288,9 @@ class LinuxHost:
     def create_netns(self, path: str) -> None:
         netns.create(path)
 
+    def pin_netns(self, source: str, path: str) -> None:
+        netns.pin(source, path)
+
     def destroy_netns(self, path: str) -> None:
         netns.destroy(path)
 
@@ -462,6 +466,9 @@ class StubHost:
         if path in self.namespaces:
             raise FileExistsError(path)
         self.namespaces.add(path)
+
+    def pin_netns(self, source: str, path: str) -> None:
+        self.create_netns(path)
 
     def destroy_netns(self, path: str) -> None:
         self.namespaces.discard(path)

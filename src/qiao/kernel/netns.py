@@ -55,6 +55,17 @@ def adopt(path: str, pid: int) -> None:
     linux.mount(f"/proc/{pid}/ns/net", path, None, linux.MS_BIND)
 
 
+def pin(source: str, path: str) -> None:
+    """Bind-mount the namespace at ``source`` (``/proc/self/fd/N``: one another
+    process passed) at ``path``, so this mount namespace can name it."""
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
+    try:
+        linux.mount(source, path, None, linux.MS_BIND)
+    except BaseException:
+        os.unlink(path)
+        raise
+
+
 NETNS_RUN_DIR = "/run/netns"
 
 
