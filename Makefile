@@ -1,5 +1,5 @@
 # qiao: `make demo` and `make test` work on a fresh machine (as root).
-.PHONY: setup test unit lint demo bench bench-peers bench-ports bench-soak clean
+.PHONY: setup test unit lint demo bench bench-peers bench-ports bench-soak bench-cni clean
 
 setup:
 	@scripts/setup.sh
@@ -28,6 +28,9 @@ bench-ports: setup
 
 bench-soak: setup
 	.venv/bin/python -m bench.soak $(if $(CYCLES),--cycles $(CYCLES))
+
+bench-cni: setup
+	.venv/bin/python -m bench.cni
 
 clean:
 	rm -rf .venv build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

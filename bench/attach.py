@@ -628,11 +628,7 @@ class Run:
     def _kill_containers(self) -> None:
         """qiaod and the containers of the e2e worker, by the PIDs in its own pid file and store."""
         root = os.path.join(self.tmp, "e2e", "root")
-        pidfile = os.path.join(root, "run", "qiaod.pid")
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(Path(pidfile).read_text().split()[0])
-            if root.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                os.kill(pid, signal.SIGKILL)
+        common.kill_qiaod(root)
         common.kill_containers(root)
 
     def _umount_all(self) -> None:

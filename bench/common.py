@@ -57,6 +57,30 @@ def run(args: Sequence[str], *, check: bool = True, timeout: float = 120, **kw: 
     return proc
 
 
+def stats(samples: list[float]) -> dict[str, Any]:
+    """n, median, p90, min and max of ``samples`` (linear interpolation between ranks); ``{"n": 0}`` when empty."""
+    if not samples:
+        return {"n": 0}
+    s = sorted(samples)
+
+    def q(p: float) -> float:
+        k = (len(s) - 1) * p
+        lo = int(k)
+        hi = min(lo + 1, len(s) - 1)
+        return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+    return {"n": len(s), "median": q(0.5), "p90": q(0.9), "min": s[0], "max": s[-1]}
+
+
+def pkg_version(name: str) -> str:
+    """The installed version of a Debian package (without its ``+ds`` suffix), "" when it is not installed."""
+    with contextlib.suppress(OSError):
+        proc = subprocess.run(["dpkg-query", "-W", "-f=${Version}", name], capture_output=True, text=True)
+        if proc.returncode == 0:
+            return proc.stdout.split("+")[0]
+    return ""
+
+
 def wait_for_qiaod(
     daemon: subprocess.Popen[Any], ready: Callable[[], object], detail: Callable[[], str], timeout: float = 30, interval: float = 0.05
 ) -> None:
@@ -142,6 +166,18 @@ def mounts_under(directory: str) -> list[str]:
 
 
 # -- a qiao root of the benchmark's own ------------------------------------------
+
+
+def kill_qiaod(root: str) -> None:
+    """SIGKILL the qiaod of the qiao root ``root`` by the PID in its pid file, if that
+    process's command line still names ``root`` (one a client auto-started, or one
+    ``stop`` could not end)."""
+    from qiao.paths import Root
+
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pid = int(Path(Root.resolve(root).pidfile).read_text().split()[0])
+        if root.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+            os.kill(pid, signal.SIGKILL)
 
 
 def kill_containers(root: str) -> None:

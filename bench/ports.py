@@ -142,28 +142,6 @@ def nsrun(ns: str, *args: str, check: bool = True, timeout: float = 120, **kw: A
     return common.run(["nsenter", f"--net={ns_path(ns)}", "--", *args], check=check, timeout=timeout, **kw)
 
 
-def stats(samples: list[float]) -> dict[str, Any]:
-    if not samples:
-        return {"n": 0}
-    s = sorted(samples)
-
-    def q(p: float) -> float:
-        k = (len(s) - 1) * p
-        lo = int(k)
-        hi = min(lo + 1, len(s) - 1)
-        return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-    return {"n": len(s), "median": q(0.5), "p90": q(0.9), "min": s[0], "max": s[-1]}
-
-
-def pkg_version(name: str) -> str:
-    with contextlib.suppress(OSError):
-        proc = subprocess.run(["dpkg-query", "-W", "-f=${Version}", name], capture_output=True, text=True)
-        if proc.returncode == 0:
-            return proc.stdout.split("+")[0]
-    return ""
-
-
 def rss_kib(pid: int) -> tuple[int, int]:
     """(RSS, PSS) of one process in KiB."""
     rss = pss = 0
@@ -413,11 +391,11 @@ class QiaoBench:
         return {
             "mappings_active": self.n,
             "map_elements": self.elements,
-            "add_cli_ms": stats(self.cli_ms),
-            "add_api_ms": stats(self.api_ms),
-            "add_nft_ms": stats(self.nft_add),
-            "del_nft_ms": stats(self.nft_del),
-            "latency_ms": stats(self.lat),
+            "add_cli_ms": common.stats(self.cli_ms),
+            "add_api_ms": common.stats(self.api_ms),
+            "add_nft_ms": common.stats(self.nft_add),
+            "del_nft_ms": common.stats(self.nft_del),
+            "latency_ms": common.stats(self.lat),
             "qiaod_rss_kib": rss_kib(pid)[0],
             "qiaod_fds": len(os.listdir(f"/proc/{pid}/fd")),
             "newest": {"id": self.newest, "ip": self.newest_ip, "port": self.newest_port},
@@ -475,11 +453,11 @@ class ProxyBench:
         return {
             "proxies_running": count,
             "proxies_wanted": qb.n,
-            "start_ms": stats(self.start_ms[first:]),
+            "start_ms": common.stats(self.start_ms[first:]),
             "rss_kib_total": sum(m[0] for m in mem),
             "pss_kib_total": sum(m[1] for m in mem),
             "rss_kib_each": sum(m[0] for m in mem) / len(mem),
-            "latency_ms": stats(lat),
+            "latency_ms": common.stats(lat),
             "raw": {"latency_ms": lat},
         }
 
@@ -662,9 +640,9 @@ class CniBench:
             "mappings_active": self.n,
             "hostport_dnat_rules": dnat_rules,
             "reps": self.reps,
-            "add_portmap_ms": stats(self.portmap_ms),
-            "add_bridge_ms": stats(self.bridge_ms),
-            "latency_ms": stats(self.lat),
+            "add_portmap_ms": common.stats(self.portmap_ms),
+            "add_bridge_ms": common.stats(self.bridge_ms),
+            "latency_ms": common.stats(self.lat),
             "raw": {"add_portmap_ms": self.portmap_ms, "add_bridge_ms": self.bridge_ms, "latency_ms": self.lat},
         }
 
@@ -736,7 +714,7 @@ def throughput(qb: QiaoBench, proxy: ProxyBench | None, args: argparse.Namespace
                 runs[name].append(iperf(ns, target, port, seconds, args.iperf_opts.split()))
                 log(f"iperf3 round {rnd + 1}/3 {name}: {runs[name][-1]:.2f} Gbit/s")
     host.rm(cid)
-    return {"seconds": seconds, "runs": runs, "median_gbps": {k: stats(v)["median"] for k, v in runs.items()}}
+    return {"seconds": seconds, "runs": runs, "median_gbps": {k: common.stats(v)["median"] for k, v in runs.items()}}
 
 
 # -- report --------------------------------------------------------------------
@@ -899,9 +877,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "args": vars(args),
         "sizes": sizes,
         "versions": {
-            "cni": pkg_version("containernetworking-plugins"),
-            "iptables": pkg_version("iptables"),
-            "iperf3": pkg_version("iperf3"),
+            "cni": common.pkg_version("containernetworking-plugins"),
+            "iptables": common.pkg_version("iptables"),
+            "iperf3": common.pkg_version("iperf3"),
         },
         "qiao": {},
         "cni": {},

@@ -4,8 +4,8 @@
 # network stack).  A package this Debian does not have is reported and
 # skipped; the benchmark then skips that peer with a note.
 #
-# bench/ports also needs iptables (the CNI portmap plugin drives it) and
-# iperf3, and compares with Docker's docker-proxy: that one binary is
+# bench/ports and bench/cni also need iptables (the CNI portmap plugin drives
+# it); bench/ports also iperf3, and compares with Docker's docker-proxy: that one binary is
 # extracted from Debian's docker.io package into /usr/local/lib/qiao-bench
 # (the package itself, with dockerd, containerd and runc, is NOT installed;
 # `rm -r /usr/local/lib/qiao-bench` removes it).
