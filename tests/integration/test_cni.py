@@ -9,7 +9,8 @@ in a test host with its own qiaod, on pod namespaces the test made.
 * DEL is idempotent: unknown container, twice, after the netns is gone,
   after a daemon restart; GC removes what the runtime no longer lists;
 * CHECK notices a veth deleted by hand; STATUS fails while qiaod is stopped;
-* the overlay: pods on two lab hosts reach each other by address and name.
+* the overlay: pods on two lab hosts reach each other by address and name,
+  plugged by the plugin directly and by a containerd on each host.
 
 containerd driving the same plugin is in test_containerd.py.
 """
@@ -18,16 +19,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import BIN, RUN, Host, Namespace, sh, wait_for
+from tests.integration.conftest import BIN, QIAO, RUN, Host, Namespace, sh, wait_for
+from tests.integration.engines import BUSYBOX, Containerd, busybox_image
 from tests.integration.test_overlay import Lab, down_and_check, lab_up
 from tests.integration.test_user_networks import PY, SERVER, dns_query, in_netns, probe
 
@@ -247,3 +252,49 @@ def test_plugin_never_imports_pyroute2() -> None:
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
     assert proc.returncode == 0 and "qiao.cni.plugin" in imported
     assert not {m for m in imported if m.startswith(("pyroute2", "msgspec", "qiao.engine", "qiao.kernel", "http", "urllib"))}
+
+
+@dataclass
+class LabHost:
+    """A lab host as the containerd harness takes it (its network namespace file)."""
+
+    path: str
+
+
+def test_overlay_with_containerd_on_two_lab_hosts(lab2: Lab) -> None:
+    """Each host runs its qiaod (on the lab's etcd) and a containerd whose ctr uses
+    the conflist of ``qiao cni install --driver overlay``: flannel's job, one component."""
+    if not all(shutil.which(t) for t in ("containerd", "ctr", "runc")) or not os.path.exists(BUSYBOX):
+        pytest.skip("containerd, ctr, runc or busybox-static is not installed (scripts/setup.sh installs them)")
+    network = f"{RUN}ovc"
+    tmp = Path(tempfile.mkdtemp(prefix=f"{RUN}-ovc-"))
+    engines: dict[str, Containerd] = {}
+    try:
+        for host in ("host1", "host2"):
+            d = tmp / host
+            d.mkdir()
+            sh(QIAO, "--root", lab2.host(host)["root"], "cni", "install", "--bin-dir", str(d / "bin"), "--conf-dir", str(d / "net.d"),
+               "--network", network, "--driver", "overlay", "--subnet", "10.246.0.0/16")  # fmt: skip
+            archive, ref = busybox_image(d)
+            engines[host] = Containerd(LabHost(lab2.ns(host)), d, d / "net.d", d / "bin", namespace=f"{RUN}-{host}")
+            engines[host].import_image(archive)
+        server = engines["host1"].ctr_popen("run", "--cni", "--rm", ref, "srv", "httpd", "-f", "-p", "80", "-h", "/www")
+        pid = engines["host1"].wait_running("srv", server)
+        address = sh("nsenter", f"--net=/proc/{pid}/ns/net", "--", "ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout.split()[3]
+        name = engines["host1"].cni_id("srv")
+        # as a runtime does with the result's dns: the network's resolver on this host (its gateway)
+        fetch = (
+            'echo "nameserver $(ip route | awk \'/default/ {print $3}\')" > /etc/resolv.conf; '
+            f"timeout 10 wget -q -O - http://{address.split('/')[0]}/ && timeout 10 wget -q -O - http://{name}/"
+        )
+        got = engines["host2"].ctr("run", "--cni", "--rm", ref, "cli", "sh", "-c", fetch)
+        assert got.stdout == "hello from busybox\n" * 2, got
+        engines["host1"].ctr("tasks", "kill", "--signal", "SIGKILL", "srv")
+        assert server.wait(30) == 137
+        server.communicate(timeout=5)
+    finally:
+        for ctrd in engines.values():
+            ctrd.close()
+        if engines:
+            lab2.qiao("host1", "network", "rm", network, check=False)
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -361,3 +361,34 @@ def test_the_default_bridge_network_takes_pods_too(svc, engine, netns):
     assert status == 200, answer
     result = answer["result"]
     assert result["ips"][0]["address"].startswith("172.17.") and "dns" not in result  # no embedded DNS on the default bridge
+
+
+def test_a_namespace_qiaod_cannot_name_is_pinned_until_del(svc, engine, netns, tmp_path):
+    """The runtime's path names another namespace in qiaod's mount namespace
+    (Podman's bind mount, made in its own): qiao pins the one the plugin passed."""
+    runtime_path, passed = netns("seen-by-runtime"), netns("passed")
+    fd = os.open(passed, os.O_RDONLY)
+    try:
+        body = {"command": "ADD", "containerID": "c1", "netns": runtime_path, "ifname": "eth0", "config": conf()}
+        status, answer = svc.handle(json.dumps(body).encode(), fd)
+    finally:
+        os.close(fd)
+    assert status == 200 and answer["result"]["interfaces"][1]["sandbox"] == runtime_path  # the runtime's name for it
+    [att] = engine.attachments.by_name.values()
+    assert att.pinned and att.sandbox.startswith(engine.root.netns_dir + "/cni-") and att.sandbox in engine.host.namespaces
+    assert engine.networks.endpoints[att.endpoint_id].sandbox == att.sandbox
+    assert engine.attachments.pins() == {att.sandbox}
+    assert call(svc, "DEL", conf(), "c1", "") == (200, {})
+    assert att.sandbox not in engine.host.namespaces
+
+
+def test_the_same_namespace_is_not_pinned(svc, engine, netns):
+    path = netns()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        body = {"command": "ADD", "containerID": "c1", "netns": path, "ifname": "eth0", "config": conf()}
+        assert svc.handle(json.dumps(body).encode(), fd)[0] == 200
+    finally:
+        os.close(fd)
+    [att] = engine.attachments.by_name.values()
+    assert not att.pinned and att.sandbox == path and not engine.attachments.pins()
