@@ -376,6 +376,7 @@ def test_a_namespace_qiaod_cannot_name_is_pinned_until_del(svc, engine, netns, t
     assert status == 200 and answer["result"]["interfaces"][1]["sandbox"] == runtime_path  # the runtime's name for it
     [att] = engine.attachments.by_name.values()
     assert att.pinned and att.sandbox.startswith(engine.root.netns_dir + "/cni-") and att.sandbox in engine.host.namespaces
+    assert engine.host.pins[att.sandbox] == os.stat(passed).st_ino  # the namespace passed, not the one the path names here
     assert engine.networks.endpoints[att.endpoint_id].sandbox == att.sandbox
     assert engine.attachments.pins() == {att.sandbox}
     assert call(svc, "DEL", conf(), "c1", "") == (200, {})
@@ -392,3 +393,87 @@ def test_the_same_namespace_is_not_pinned(svc, engine, netns):
         os.close(fd)
     [att] = engine.attachments.by_name.values()
     assert not att.pinned and att.sandbox == path and not engine.attachments.pins()
+
+
+# -- found in review ---------------------------------------------------------------
+
+
+def test_networks_are_found_by_exact_name_not_by_id_prefix(svc, engine, netns):
+    from qiao.engine.specs import NetworkSpec
+
+    other = engine.networks.create(NetworkSpec("other", subnet="10.77.0.0/24"))
+    status, answer = call(svc, "ADD", {"cniVersion": "1.0.0", "name": other.id[:2], "type": "qiao"}, "c1", netns())
+    assert answer["code"] == cni.INVALID_CONFIG and "not found" in answer["msg"]
+    assert not engine.networks.endpoints_of(other.id)
+
+
+def test_a_conflict_when_creating_is_reported_as_itself(svc, engine, netns):
+    from qiao.engine.specs import NetworkSpec
+
+    engine.networks.create(NetworkSpec("wide", subnet="10.89.0.0/16"))
+    status, answer = call(svc, "ADD", conf(), "c1", netns())  # qnet 10.89.0.0/24 overlaps wide
+    assert status == 409 and answer["code"] == cni.CONFLICT and "not found" not in answer["msg"], answer
+
+
+def test_an_existing_network_must_be_the_one_configured(svc, engine, netns):
+    add(svc, netns("a"), cid="a")
+    cases = (({"internal": True}, "internal false, not true"), ({"ipMasq": False}, "enable_ip_masquerade"), ({"mtu": 1400}, "mtu"))
+    for extra, words in cases:
+        status, answer = call(svc, "ADD", conf(**extra), "b", netns("b"))
+        assert answer["code"] == cni.INVALID_CONFIG and words in answer["msg"], answer
+
+
+def test_gc_needs_its_list_and_gc_status_need_1_1(svc, engine, netns):
+    add(svc, netns())
+    status, answer = call(svc, "GC", conf(version="1.1.0"), "")
+    assert answer["code"] == cni.INVALID_CONFIG and "valid-attachments" in answer["msg"]
+    for command in ("GC", "STATUS"):
+        status, answer = call(svc, command, conf(version="1.0.0", **{"cni.dev/valid-attachments": []}), "")
+        assert answer["code"] == cni.INCOMPATIBLE_VERSION
+    assert len(engine.attachments.by_name) == 1
+
+
+@pytest.mark.parametrize(("cid", "name", "code"), [("a/b", "qnet", cni.INVALID_ENVIRONMENT), ("c1", "q/net", cni.INVALID_CONFIG)])
+def test_container_ids_and_network_names_follow_the_spec(svc, engine, netns, cid, name, code):
+    status, answer = call(svc, "ADD", {**conf(), "name": name}, cid, netns())
+    assert answer["code"] == code and not engine.attachments.by_name
+
+
+def test_after_a_chained_plugin_its_result_is_kept_and_ours_added(svc, netns):
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "x0"}], "ips": [{"address": "192.0.2.9/24", "interface": 0}]}
+    result = add(svc, netns(), prevResult=prev)
+    assert [i["name"] for i in result["interfaces"]][0] == "x0" and len(result["interfaces"]) == 3
+    assert result["ips"][0]["address"] == "192.0.2.9/24" and result["ips"][1]["interface"] == 2
+
+
+def test_attachments_whose_namespace_is_gone_are_detached_at_start(svc, engine, netns, tmp_path):
+    gone, kept = netns("gone"), netns("kept")
+    add(svc, gone, cid="gone", runtimeConfig={"portMappings": [{"hostPort": 18090, "containerPort": 80}]})
+    add(svc, kept, cid="kept")
+    os.unlink(gone)  # a reboot, a runtime that never sent DEL
+    for att in engine.attachments.by_name.values():
+        engine.ports.reservations.release(att.id)
+    engine.store.close()
+    again = Engine(engine.root, engine.host, StubFirewall(), resolv_conf=str(tmp_path / "resolv.conf"))
+    again.networks.load()
+    again.containers.load()
+    again.attachments.load()
+    again.containers.reconcile(keep_endpoints=again.attachments.endpoint_ids())
+    again.attachments.reconcile()
+    assert list(again.attachments.by_name) == ["cni:qnet/kept/eth0"]
+    assert again.ports.reservations.owner_of("tcp", "0.0.0.0", 18090) is None
+    again.store.close()
+
+
+def test_uninstall_keeps_the_plugin_link_while_another_conflist_uses_it(tmp_path):
+    from qiao.cni import install
+
+    root = Root.resolve(str(tmp_path / "root"))
+    args = [("--bin-dir", str(tmp_path / "bin")), ("--conf-dir", str(tmp_path / "net.d"))]
+    flat = [x for pair in args for x in pair]
+    for network in ("a", "b"):
+        assert install.main(["install", *flat, "--network", network, "--subnet", "10.89.0.0/24"], root) == 0
+    assert install.main(["uninstall", *flat, "--network", "a"], root) == 0
+    assert os.path.islink(tmp_path / "bin" / "qiao") and os.listdir(tmp_path / "net.d") == ["10-qiao-b.conflist"]
+    assert install.main(["uninstall", *flat, "--network", "b"], root) == 0
+    assert not os.path.lexists(tmp_path / "bin" / "qiao") and not os.listdir(tmp_path / "net.d")

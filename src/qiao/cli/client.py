@@ -50,9 +50,10 @@ class BadAnswer(Exception):
 
 
 class Client:
-    def __init__(self, root: Root, autostart: bool = True):
+    def __init__(self, root: Root, autostart: bool = True, start_timeout: float = 30.0):
         self.root = root
         self.autostart = autostart
+        self.start_timeout = start_timeout  # how long an autostarted qiaod may take to answer
 
     def _connect(self) -> _socket.socket:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -78,7 +79,7 @@ class Client:
         finally:
             os.close(log)
         # Concurrent CLIs may each start one; the pid-file lock lets one win and we all wait for it.
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
             try:

@@ -35,6 +35,19 @@ INTERNAL = 999  # a bug in qiao (logged by qiaod)
 COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
 
 
+class CniError(Exception):
+    """A refusal with its CNI code (raised by the plugin and by qiaod's side)."""
+
+    def __init__(self, code: int, msg: str, details: str = ""):
+        super().__init__(msg)
+        self.code, self.msg, self.details = code, msg, details
+
+
+def at_least(version: str, oldest: str) -> bool:
+    """Whether a supported spec version is ``oldest`` or later."""
+    return SUPPORTED_VERSIONS.index(version) >= SUPPORTED_VERSIONS.index(oldest)
+
+
 def error(version: str, code: int, msg: str, details: str = "") -> dict[str, object]:
     """A CNI error object, as the spec shapes it."""
     out: dict[str, object] = {"cniVersion": version if version in SUPPORTED_VERSIONS else LATEST, "code": code, "msg": msg}

@@ -81,10 +81,18 @@ def uninstall(a: argparse.Namespace) -> list[str]:
         os.unlink(path)
         removed.append(path)
     link, _target = _plugin_link(a.bin_dir)
-    if os.path.islink(link) and os.path.basename(os.readlink(link)) == PLUGIN:
+    others = [f for f in _listing(a.conf_dir) if f.endswith(".conflist") and _ours(os.path.join(a.conf_dir, f))]
+    if not others and os.path.islink(link) and os.path.basename(os.readlink(link)) == PLUGIN:  # the last of qiao's conflists
         os.unlink(link)
         removed.append(link)
     return removed
+
+
+def _listing(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
 
 
 def main(argv: list[str], root: Root) -> int:

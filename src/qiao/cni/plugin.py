@@ -17,6 +17,7 @@ import sys
 
 from qiao import cni
 from qiao.cli.client import BadAnswer, Client, DaemonError, Unreachable
+from qiao.cni import CniError
 from qiao.paths import Root
 
 # What each command needs from the environment (the spec's "required" parameters).
@@ -34,30 +35,24 @@ REQUIRED_ENV = {
 TIMEOUTS = {"STATUS": 5.0, "ADD": 120.0, "DEL": 120.0, "CHECK": 30.0, "GC": 120.0}
 
 
-class Refusal(Exception):
-    def __init__(self, code: int, msg: str, details: str = ""):
-        super().__init__(msg)
-        self.code, self.msg, self.details = code, msg, details
-
-
 def _request(env: dict[str, str], raw: bytes) -> tuple[str, dict]:
     """The request for qiaod: (the configuration's cniVersion, body)."""
     command = env.get("CNI_COMMAND", "")
     if command not in cni.COMMANDS:
-        raise Refusal(cni.INVALID_ENVIRONMENT, f"CNI_COMMAND must be one of {', '.join(cni.COMMANDS)}, not {command!r}")
+        raise CniError(cni.INVALID_ENVIRONMENT, f"CNI_COMMAND must be one of {', '.join(cni.COMMANDS)}, not {command!r}")
     try:
         conf = json.loads(raw)
     except (ValueError, RecursionError) as exc:
-        raise Refusal(cni.DECODE_FAILURE, "the network configuration on stdin is not valid JSON", str(exc)) from None
+        raise CniError(cni.DECODE_FAILURE, "the network configuration on stdin is not valid JSON", str(exc)) from None
     if not isinstance(conf, dict):
-        raise Refusal(cni.DECODE_FAILURE, "the network configuration on stdin must be a JSON object")
+        raise CniError(cni.DECODE_FAILURE, "the network configuration on stdin must be a JSON object")
     version = conf["cniVersion"] if isinstance(conf.get("cniVersion"), str) else ""
     missing = [name for name in REQUIRED_ENV[command] if not env.get(name)]
     if missing:
-        raise Refusal(cni.INVALID_ENVIRONMENT, f"{command} needs {', '.join(missing)} in the environment")
+        raise CniError(cni.INVALID_ENVIRONMENT, f"{command} needs {', '.join(missing)} in the environment")
     netns = env.get("CNI_NETNS", "")
     if command in ("ADD", "CHECK") and not os.path.exists(netns):
-        raise Refusal(cni.INVALID_ENVIRONMENT, f"CNI_NETNS {netns} does not exist")
+        raise CniError(cni.INVALID_ENVIRONMENT, f"CNI_NETNS {netns} does not exist")
     body = {
         "command": command,
         "containerID": env.get("CNI_CONTAINERID", ""),
@@ -79,7 +74,9 @@ def run(env: dict[str, str], raw: bytes) -> tuple[int, dict | None]:
             return 0, {"cniVersion": used, "supportedVersions": list(cni.SUPPORTED_VERSIONS)}
         version, body = _request(env, raw)
         root = body["config"].get("qiaoRoot")
-        client = Client(Root.resolve(root if isinstance(root, str) and root else None))
+        # STATUS is a readiness probe: it may start qiaod too (else a node never becomes ready), but within seconds
+        start = 4.0 if body["command"] == "STATUS" else 30.0
+        client = Client(Root.resolve(root if isinstance(root, str) and root else None), start_timeout=start)
         fds = [_open_netns(body["netns"])] if body["command"] == "ADD" else []
         try:
             answer = client.request("POST", "/qiao/cni", body=body, fds=fds, timeout=TIMEOUTS.get(body["command"]))
@@ -96,7 +93,7 @@ def run(env: dict[str, str], raw: bytes) -> tuple[int, dict | None]:
                 os.close(fd)
         result = answer.get("result") if isinstance(answer, dict) else None
         return 0, result if isinstance(result, dict) else None
-    except Refusal as exc:
+    except CniError as exc:
         return 1, cni.error(version, exc.code, exc.msg, exc.details)
 
 
@@ -105,9 +102,9 @@ def _open_netns(path: str) -> int:
     another mount namespace, where the runtime's bind mount at ``path`` is
     not seen (it then pins the namespace it was given)."""
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # NONBLOCK: a FIFO must not hang the runtime
     except OSError as exc:
-        raise Refusal(cni.INVALID_ENVIRONMENT, f"CNI_NETNS {path} cannot be opened: {exc.strerror}") from None
+        raise CniError(cni.INVALID_ENVIRONMENT, f"CNI_NETNS {path} cannot be opened: {exc.strerror}") from None
 
 
 def _version_asked(raw: bytes) -> str:

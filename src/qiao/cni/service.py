@@ -21,15 +21,18 @@ shape it.  ``defaultRoute: false`` leaves the sandbox's default route alone
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
 from qiao import cni
+from qiao.cni import CniError
 from qiao.drivers.bridge import OPT_BRIDGE_NAME, OPT_MASQUERADE, OPT_MTU
 from qiao.engine import attachments, ids
 from qiao.engine.engine import Engine
@@ -39,14 +42,6 @@ from qiao.engine.specs import AttachmentSpec, EndpointSpec, NetworkSpec, PortBin
 
 log = logging.getLogger("qiao.cni")
 RUNTIME = "cni"
-
-
-class CniError(Exception):
-    """A refusal with its CNI code."""
-
-    def __init__(self, code: int, msg: str, details: str = ""):
-        super().__init__(msg)
-        self.code, self.msg, self.details = code, msg, details
 
 
 # -- the wire format --------------------------------------------------------
@@ -150,9 +145,8 @@ class CniService:
         try:
             req = _decode(body)
             version = req.config.cniVersion
-            source = f"/proc/self/fd/{netns_fd}" if netns_fd is not None else ""
             handlers: dict[str, Callable[[CniRequest], dict[str, Any] | None]] = {
-                "ADD": lambda r: self.add(r, source),
+                "ADD": lambda r: self.add(r, netns_fd),
                 "DEL": self.delete,
                 "CHECK": self.check,
                 "STATUS": self.status,
@@ -161,6 +155,12 @@ class CniService:
             handler = handlers.get(req.command)
             if handler is None:
                 raise CniError(cni.INVALID_ENVIRONMENT, f"unknown CNI_COMMAND {req.command!r}")
+            if req.command in ("STATUS", "GC") and not cni.at_least(version, "1.1.0"):
+                raise CniError(cni.INCOMPATIBLE_VERSION, f"{req.command} needs cniVersion 1.1.0 or later, not {version}")
+            if req.command != "STATUS" and not _VALID_NAME.match(req.config.name):
+                raise CniError(cni.INVALID_CONFIG, f"invalid network name {req.config.name!r}: [a-zA-Z0-9][a-zA-Z0-9_.-]* expected")
+            if req.command in ("ADD", "DEL", "CHECK") and not _VALID_NAME.match(req.containerID):
+                raise CniError(cni.INVALID_ENVIRONMENT, f"invalid CNI_CONTAINERID {req.containerID!r}: [a-zA-Z0-9][a-zA-Z0-9_.-]* expected")
             result = handler(req)
             return 200, ({"result": result} if result is not None else {})
         except CniError as exc:
@@ -177,28 +177,52 @@ class CniService:
 
     # -- the commands --------------------------------------------------------
 
-    def add(self, req: CniRequest, source: str = "") -> dict[str, Any]:
-        """``source``: a path to the namespace the plugin passed (``/proc/self/fd/N``)."""
+    def add(self, req: CniRequest, netns_fd: int | None = None) -> dict[str, Any]:
+        """Check everything that needs no network, then find or create the
+        network and attach.  A bridge network made for this ADD is made and
+        used under one hold of the engine lock, and goes again if the attach
+        fails; a cluster-wide (overlay) network is never taken back."""
         conf = req.config
-        if not attachments.sandbox_inode(source or req.netns):
-            raise CniError(cni.INVALID_ENVIRONMENT, f"CNI_NETNS {req.netns} does not exist")
+        source = f"/proc/self/fd/{netns_fd}" if netns_fd is not None else ""  # the namespace the plugin passed
+        if not self.engine.host.namespace_id(source or req.netns):
+            raise CniError(cni.INVALID_ENVIRONMENT, f"CNI_NETNS {req.netns} is not a network namespace (or does not exist)")
         try:
             attachments.check_ifname(req.ifname)
         except InvalidParameter as exc:
             raise CniError(cni.INVALID_ENVIRONMENT, f"CNI_IFNAME: {exc}") from None
         args = parse_args(req.args)
-        net, created = self._network(conf)
-        try:
-            return self._attach(req, args, net, source)
-        except BaseException:
-            if created:  # all or nothing: a network made for this ADD goes with it
-                with contextlib.suppress(QiaoError):
-                    self.engine.networks.remove(net.id)
-            raise
-
-    def _attach(self, req: CniRequest, args: dict[str, str], net: Network, source: str) -> dict[str, Any]:
-        conf = req.config
         names = _dns_names(req.containerID, args)
+        endpoint = _endpoint_spec(conf, args, names[1:])
+        bindings = _port_bindings(conf)
+        try:
+            scope = self.engine.drivers.get(conf.driver).scope
+        except NotFound:
+            raise CniError(cni.INVALID_CONFIG, f"unknown driver {conf.driver!r}") from None
+        if scope != "local":  # created cluster-wide outside the engine lock (etcd may be slow)
+            net, _created = self._network(conf)
+            return self._attach(req, net, endpoint, bindings, names, source)
+        with self.engine.lock:
+            net, created = self._network(conf)
+            try:
+                return self._attach(req, net, endpoint, bindings, names, source)
+            except BaseException:
+                if created:
+                    with contextlib.suppress(QiaoError):
+                        self.engine.networks.remove(net.id)
+                raise
+
+    def _attach(
+        self,
+        req: CniRequest,
+        net: Network,
+        endpoint: EndpointSpec,
+        bindings: dict[str, tuple[PortBinding, ...]],
+        names: list[str],
+        source: str,
+    ) -> dict[str, Any]:
+        conf = req.config
+        if not net.user_defined:  # the default bridge has no DNS: no aliases there
+            endpoint = dataclasses.replace(endpoint, aliases=())
         spec = AttachmentSpec(
             runtime=RUNTIME,
             config=conf.name,
@@ -206,21 +230,21 @@ class CniService:
             ifname=req.ifname,
             sandbox=req.netns,
             network=net.id,
-            endpoint=_endpoint_spec(conf, args, names[1:] if net.user_defined else []),  # aliases: user networks only
-            port_bindings=_port_bindings(conf),
+            endpoint=endpoint,
+            port_bindings=bindings,
             dns_names=tuple(names),
             default_route=conf.defaultRoute,
             sandbox_source=source,
         )
         _att, ep, net = self.engine.attachments.attach(spec)
-        return self._result(conf.cniVersion, req.netns, ep, net)
+        return self._result(conf, req.netns, ep, net)
 
     def delete(self, req: CniRequest) -> None:
         self.engine.attachments.detach(attachments.key(RUNTIME, req.config.name, req.containerID, req.ifname))
 
     def check(self, req: CniRequest) -> None:
         conf = req.config
-        if cni.SUPPORTED_VERSIONS.index(conf.cniVersion) < cni.SUPPORTED_VERSIONS.index("0.4.0"):
+        if not cni.at_least(conf.cniVersion, "0.4.0"):
             raise CniError(cni.INCOMPATIBLE_VERSION, f"CHECK needs cniVersion 0.4.0 or later, not {conf.cniVersion}")
         if conf.prevResult is None:
             raise CniError(cni.INVALID_CONFIG, "CHECK needs prevResult (the result of the ADD)")
@@ -238,12 +262,8 @@ class CniService:
     def status(self, req: CniRequest) -> None:
         """Ready when qiaod serves (it answers this) and the network exists or can be made."""
         conf = req.config
-        with self.engine.lock:
-            try:
-                self.engine.networks.get(conf.network or conf.name)
-                return
-            except NotFound:
-                pass
+        if self.engine.networks.named(conf.network or conf.name) is not None:
+            return
         if not conf.subnet:
             raise CniError(cni.NOT_READY, f"network {conf.network or conf.name} does not exist and the configuration has no subnet")
         if conf.driver not in {d.name for d in self.engine.drivers}:
@@ -252,7 +272,9 @@ class CniService:
     def gc(self, req: CniRequest) -> None:
         conf = req.config
         valid = conf.valid_attachments if conf.valid_attachments is not None else conf.attachments
-        keep = {(a.containerID, a.ifname) for a in valid or []}
+        if valid is None:  # not "none are valid": a GC without its list must not empty the node
+            raise CniError(cni.INVALID_CONFIG, "GC needs cni.dev/valid-attachments (an empty list removes every attachment)")
+        keep = {(a.containerID, a.ifname) for a in valid}
         gone = self.engine.attachments.collect(RUNTIME, conf.name, keep)
         if gone:
             log.info("CNI GC of %s removed %d attachment(s): %s", conf.name, len(gone), ", ".join(gone))
@@ -260,41 +282,33 @@ class CniService:
     # -- helpers ---------------------------------------------------------------
 
     def _network(self, conf: NetConf) -> tuple[Network, bool]:
-        """The configuration's qiao network, created on first use when the
-        configuration says how; and whether this call created it."""
+        """The configuration's qiao network, by its exact name (not an id
+        prefix), created on first use when the configuration says how; and
+        whether this call created it.  An existing network must be the one the
+        configuration describes."""
         name = conf.network or conf.name
-        with self.engine.lock:
-            try:
-                net = self.engine.networks.get(name)
-            except NotFound:
-                net = None
+        net = self.engine.networks.named(name)
         if net is not None:
-            wanted = _normal(conf.subnet)
-            if wanted and wanted not in (net.subnet, net.cluster_subnet):
-                have = net.cluster_subnet or net.subnet
-                raise CniError(cni.INVALID_CONFIG, f"network {name} exists with subnet {have}, not {conf.subnet}")
+            _same(conf, net, _network_spec(conf, name))
             return net, False
         if not conf.subnet:
             raise CniError(cni.INVALID_CONFIG, f"network {name} not found, and the configuration has no subnet to create it")
-        options = dict(conf.options or {})
-        if conf.bridge:
-            options[OPT_BRIDGE_NAME] = conf.bridge
-        if conf.mtu:
-            options[OPT_MTU] = str(conf.mtu)
-        if not conf.ipMasq:
-            options[OPT_MASQUERADE] = "false"
-        spec = NetworkSpec(
-            name, conf.driver, conf.subnet, gateway=conf.gateway, ip_range=conf.ipRange, internal=conf.internal, options=options
-        )
         try:
-            return self.engine.networks.create(spec), True
-        except Conflict:  # another ADD created it first
-            with self.engine.lock:
-                return self.engine.networks.get(name), False
+            return self.engine.networks.create(_network_spec(conf, name)), True
+        except Conflict:
+            net = self.engine.networks.named(name)
+            if net is None:  # not a race with another ADD: the conflict itself (a pool overlap, a bridge name taken)
+                raise
+            _same(conf, net, _network_spec(conf, name))
+            return net, False
 
-    def _result(self, version: str, sandbox: str, ep: Endpoint, net: Network) -> dict[str, Any]:
-        """The CNI result, in the shape of the configuration's version."""
-        old = cni.SUPPORTED_VERSIONS.index(version) < cni.SUPPORTED_VERSIONS.index("1.0.0")
+    def _result(self, conf: NetConf, sandbox: str, ep: Endpoint, net: Network) -> dict[str, Any]:
+        """The CNI result, in the shape of the configuration's version; after a
+        chained plugin's ``prevResult``, that result with ours added to it."""
+        version = conf.cniVersion
+        old = not cni.at_least(version, "1.0.0")
+        prev = conf.prevResult or {}
+        before = [i for i in prev.get("interfaces") or [] if isinstance(i, dict)]
         host_end: dict[str, Any] = {"name": ep.host_ifname, "mac": self.engine.host.link_mac(ep.host_ifname) or ""}
         inside: dict[str, Any] = {"name": ep.ifname, "mac": ep.mac, "sandbox": sandbox}
         if version == "1.1.0":
@@ -306,7 +320,7 @@ class CniService:
         ):
             if not address:
                 continue
-            ip: dict[str, Any] = {"address": f"{address}/{prefixlen}", "interface": 1}
+            ip: dict[str, Any] = {"address": f"{address}/{prefixlen}", "interface": len(before) + 1}
             if gateway:
                 ip["gateway"] = gateway
             if old:
@@ -314,10 +328,51 @@ class CniService:
             ips.append(ip)
             if default[1]:
                 routes.append({"dst": default[0], "gw": default[1]})
-        result: dict[str, Any] = {"cniVersion": version, "interfaces": [host_end, inside], "ips": ips, "routes": routes}
+        result: dict[str, Any] = {
+            "cniVersion": version,
+            "interfaces": [*before, host_end, inside],
+            "ips": [*(prev.get("ips") or []), *ips],
+            "routes": [*(prev.get("routes") or []), *routes],
+        }
         if net.user_defined and net.gateway:
             result["dns"] = {"nameservers": [net.gateway]}  # qiao's resolver for the network answers there
+        elif prev.get("dns"):
+            result["dns"] = prev["dns"]
         return result
+
+
+_VALID_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*\Z")  # the spec's network names and container ids
+
+
+def _network_spec(conf: NetConf, name: str) -> NetworkSpec:
+    options = dict(conf.options or {})
+    if conf.bridge:
+        options[OPT_BRIDGE_NAME] = conf.bridge
+    if conf.mtu:
+        options[OPT_MTU] = str(conf.mtu)
+    if not conf.ipMasq:
+        options[OPT_MASQUERADE] = "false"
+    return NetworkSpec(name, conf.driver, conf.subnet, gateway=conf.gateway, ip_range=conf.ipRange, internal=conf.internal, options=options)
+
+
+def _same(conf: NetConf, net: Network, spec: NetworkSpec) -> None:
+    """An existing network must be what the configuration says (else code 7, naming the difference)."""
+    differ = []
+    if net.driver != spec.driver:
+        differ.append(f"driver {net.driver}, not {spec.driver}")
+    wanted = _normal(spec.subnet)
+    if wanted and wanted not in (net.subnet, net.cluster_subnet):
+        differ.append(f"subnet {net.cluster_subnet or net.subnet}, not {spec.subnet}")
+    if spec.gateway and spec.gateway != net.gateway and not net.cluster_subnet:
+        differ.append(f"gateway {net.gateway}, not {spec.gateway}")
+    if net.internal != spec.internal:
+        differ.append(f"internal {str(net.internal).lower()}, not {str(spec.internal).lower()}")
+    for key, value in spec.options.items():
+        have = str(net.mtu) if key == OPT_MTU else net.options.get(key, "(unset)")
+        if have != value:
+            differ.append(f"option {key}={have}, not {value}")
+    if differ:
+        raise CniError(cni.INVALID_CONFIG, f"network {net.name} exists with " + "; ".join(differ))
 
 
 def _error(version: str, code: int, msg: str, details: str = "") -> dict[str, Any]:

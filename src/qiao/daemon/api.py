@@ -10,7 +10,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from qiao import __version__
+from qiao import __version__, cni
 from qiao.cni.service import CniService
 from qiao.daemon import docker_json, wire
 from qiao.daemon.http import API_VERSION, Raw, Request, route
@@ -58,7 +58,10 @@ class Api:
     @route("POST", "/qiao/cni")
     def cni(self, req: Request) -> tuple[int, Any]:
         """The CNI plugin's requests (qiao.cni.plugin): a result or a CNI error object."""
-        fd = req.received_fd()
+        try:
+            fd = req.received_fd()
+        except InvalidParameter as exc:
+            return 400, cni.error("", cni.INVALID_ENVIRONMENT, str(exc))
         try:
             return self.cni_service.handle(req.body, fd)
         finally:

@@ -12,6 +12,7 @@ conflict and a repeated DEL a no-op.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 
@@ -26,6 +27,7 @@ from qiao.kernel.firewall import PortMapping
 from qiao.kernel.host import Host
 
 IFNAME_MAX = 15  # IFNAMSIZ - 1
+log = logging.getLogger("qiao.attachments")
 
 
 def key(runtime: str, config: str, container_id: str, ifname: str) -> str:
@@ -38,14 +40,6 @@ def check_ifname(ifname: str) -> None:
         raise InvalidParameter(f"invalid interface name {ifname!r}: 1 to {IFNAME_MAX} bytes, not '.' or '..'")
     if any(c in "/:" or c.isspace() for c in ifname) or not ifname.isprintable():
         raise InvalidParameter(f"invalid interface name {ifname!r}: no '/', ':', whitespace or control characters")
-
-
-def sandbox_inode(path: str) -> int:
-    """The namespace a sandbox path names now (0: none)."""
-    try:
-        return os.stat(path).st_ino
-    except OSError:
-        return 0
 
 
 class Attachments:
@@ -71,10 +65,17 @@ class Attachments:
             self.by_name[att.name] = att
 
     def reconcile(self) -> None:
-        """After a restart: hold the published host ports again (the kernel side was re-asserted with the rest)."""
+        """After a restart: an attachment whose namespace is gone (a reboot, a
+        runtime that never sent DEL) is detached, so its address, host ports
+        and names are free again; the others hold their host ports again (the
+        kernel side was re-asserted with the rest)."""
         with self.lock:
-            for att in self.by_name.values():
-                self.ports.adopt(att.id, [PortMapping(**m) for m in att.ports])
+            for att in list(self.by_name.values()):
+                if self.host.namespace_id(att.sandbox) != att.sandbox_inode:
+                    log.info("attachment %s: its network namespace %s is gone; detached", att.name, att.sandbox)
+                    self.detach(att.name)
+                else:
+                    self.ports.adopt(att.id, [PortMapping(**m) for m in att.ports])
 
     def endpoint_ids(self) -> set[str]:
         return {att.endpoint_id for att in self.by_name.values()}
@@ -89,7 +90,7 @@ class Attachments:
     def sandbox_same(self, ep: Endpoint) -> bool:
         """Whether an endpoint's sandbox path still names the namespace it joined (True for endpoints not attached here)."""
         att = next((a for a in self.by_name.values() if a.id == ep.owner), None)
-        return att is None or sandbox_inode(att.sandbox) == att.sandbox_inode
+        return att is None or self.host.namespace_id(att.sandbox) == att.sandbox_inode
 
     def describe(self, owner: str) -> str:
         att = next((a for a in self.by_name.values() if a.id == owner), None)
@@ -118,10 +119,10 @@ class Attachments:
     def attach(self, spec: AttachmentSpec) -> tuple[Attachment, Endpoint, Network]:
         """All or nothing: the endpoint in the sandbox, its ports, the record."""
         check_ifname(spec.ifname)
-        inode = sandbox_inode(spec.sandbox)
-        namespace = sandbox_inode(spec.sandbox_source) if spec.sandbox_source else inode
+        inode = self.host.namespace_id(spec.sandbox)
+        namespace = self.host.namespace_id(spec.sandbox_source) if spec.sandbox_source else inode
         if not namespace:
-            raise InvalidParameter(f"network namespace {spec.sandbox} does not exist")
+            raise InvalidParameter(f"{spec.sandbox} is not a network namespace")
         for name in spec.dns_names:
             if not ids.DNS_NAME_RE.match(name):
                 raise InvalidParameter(f"invalid DNS name {name!r} for the attachment")
@@ -176,6 +177,10 @@ class Attachments:
             att = self.by_name.get(name)
             if att is None:
                 return False
+            with self.store.transaction() as tx:  # first: if it fails, nothing was given back (a retried DEL finds it all)
+                tx.delete("endpoints", att.endpoint_id)
+                tx.delete("attachments", att.id)
+            del self.by_name[name]
             teardown = Teardown(f"detaching {name}", self.fault)
             self.ports.unpublish(teardown, att.id, [PortMapping(**m) for m in att.ports])
             ep = self.networks.endpoints.get(att.endpoint_id)
@@ -183,10 +188,6 @@ class Attachments:
                 self.networks.leave(ep, teardown)
             if att.pinned:
                 teardown.run("unpin-sandbox", lambda: self.host.destroy_netns(att.sandbox))
-            with self.store.transaction() as tx:
-                tx.delete("endpoints", att.endpoint_id)
-                tx.delete("attachments", att.id)
-            del self.by_name[name]
             teardown.report()
             return True
 
@@ -206,7 +207,7 @@ class Attachments:
             return [f"{name} is not attached"]
         att, ep, net = got
         found: list[str] = []
-        if sandbox_inode(att.sandbox) != att.sandbox_inode:
+        if self.host.namespace_id(att.sandbox) != att.sandbox_inode:
             return [f"the network namespace {att.sandbox} is gone or is another one now"]
         if ep.host_ifname and not self.host.link_exists(ep.host_ifname):
             found.append(f"the host end {ep.host_ifname} of the veth pair is missing")
@@ -220,6 +221,4 @@ class Attachments:
             for address, prefixlen in ((ep.address, ep.prefixlen), (ep.address6, ep.prefixlen6)):
                 if address and f"{address}/{prefixlen}" not in addresses:
                     found.append(f"interface {att.ifname} lacks its address {address}/{prefixlen}")
-        if net.id not in self.networks.by_id:
-            found.append(f"network {net.name} is gone")
         return found

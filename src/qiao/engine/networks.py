@@ -96,6 +96,11 @@ class Networks:
             raise NotFound(f"network {ref} is ambiguous ({len(matches)} matches found based on ID prefix)")
         raise NotFound(f"network {ref} not found")
 
+    def named(self, name: str) -> Network | None:
+        """By exact name only (front doors that name a network in a file, not a user typing an id prefix)."""
+        with self.lock:
+            return next((n for n in self.by_id.values() if n.name == name), None)
+
     def endpoints_of(self, network_id: str) -> list[Endpoint]:
         with self.lock:
             return list(self.by_network.get(network_id, {}).values())

@@ -70,6 +70,7 @@ class Host(Protocol):
     def owned_links(self) -> dict[str, str]: ...
     def create_netns(self, path: str) -> None: ...
     def pin_netns(self, source: str, path: str) -> None: ...
+    def namespace_id(self, path: str) -> int: ...
     def destroy_netns(self, path: str) -> None: ...
     def plug_veth(self, host_ifname: str, bridge: str, netns_path: str, peer: Peer, owner: str, isolated: bool = False) -> None: ...
     def bridge_netfilter(self) -> bool: ...
@@ -291,6 +292,9 @@ class LinuxHost:
     def pin_netns(self, source: str, path: str) -> None:
         netns.pin(source, path)
 
+    def namespace_id(self, path: str) -> int:
+        return netns.identity(path)
+
     def destroy_netns(self, path: str) -> None:
         netns.destroy(path)
 
@@ -419,6 +423,7 @@ class StubHost:
     def __init__(self, reserved: list[IPv4Network] | None = None) -> None:
         self.links: dict[str, dict[str, Any]] = {}
         self.namespaces: set[str] = set()
+        self.pins: dict[str, int] = {}  # pinned path -> the "namespace" (inode) it pins
         self.sandboxes: dict[str, dict[str, Any]] = {}
         self.default_routes: dict[str, tuple[str, str]] = {}  # sandbox -> (gateway, gateway6) after a move
         self.reserved = reserved or []
@@ -469,6 +474,16 @@ class StubHost:
 
     def pin_netns(self, source: str, path: str) -> None:
         self.create_netns(path)
+        self.pins[path] = os.stat(source).st_ino
+
+    def namespace_id(self, path: str) -> int:
+        """Any existing file stands for a namespace here (its inode); a pin, for the one it pins."""
+        if path in self.pins:
+            return self.pins[path] if path in self.namespaces else 0
+        try:
+            return os.stat(path).st_ino
+        except OSError:
+            return 0
 
     def destroy_netns(self, path: str) -> None:
         self.namespaces.discard(path)

@@ -66,6 +66,17 @@ def pin(source: str, path: str) -> None:
         raise
 
 
+def identity(path: str) -> int:
+    """The inode of the network namespace at ``path`` (a bind mount,
+    ``/proc/PID/ns/net`` or ``/proc/self/fd/N``); 0 when the path is missing or
+    is not a namespace (inodes are unique within nsfs, the one device they share)."""
+    try:
+        st = os.stat(path)
+        return st.st_ino if st.st_dev == os.stat("/proc/self/ns/net").st_dev else 0
+    except OSError:
+        return 0
+
+
 NETNS_RUN_DIR = "/run/netns"
 
 
