@@ -123,7 +123,9 @@ def test_qiaod_holds_no_more_after_many_lifecycles(host: Host) -> None:
         host.remove_containers()
         host.qiao("network", "rm", net, check=False)
     assert after["fds"] <= before["fds"] + 2, f"qiaod's open fds grew: {before} -> {after}"
-    assert after["threads"] <= before["threads"], f"qiaod's threads grew: {before} -> {after}"
+    # The HTTP pool keeps up to 64 idle workers: a request arriving while the last one's worker is still
+    # closing its connection (a loaded machine) starts a second one, which then stays. A leak is one per cycle.
+    assert after["threads"] <= before["threads"] + 2, f"qiaod's threads grew: {before} -> {after}"
     assert after["children"] <= before["children"] and after["zombies"] == 0, f"{before} -> {after}"
 
 

@@ -287,6 +287,9 @@ def test_status(svc, engine):
     assert call(svc, "STATUS", conf(version="1.1.0"), "") == (200, {})  # creatable
     status, answer = call(svc, "STATUS", {"cniVersion": "1.1.0", "name": "nosuch", "type": "qiao"}, "")
     assert answer["code"] == cni.NOT_READY
+    from qiao.drivers.overlay import OverlayDriver
+
+    engine.drivers = type(engine.drivers)([*engine.drivers, OverlayDriver(engine.host, engine.networks.firewall)])  # without a store
     status, answer = call(svc, "STATUS", conf(version="1.1.0", driver="overlay"), "")
     assert answer["code"] == cni.NOT_READY and "cluster-store" in answer["msg"]
 

@@ -22,13 +22,9 @@ MARK = {"installedBy": "qiao cni install"}
 PLUGIN = "qiao-cni"
 
 
-def conflist(name: str, network: str, subnet: str, driver: str, root: Root, extra: dict[str, object]) -> dict[str, object]:
-    plugin: dict[str, object] = {"type": "qiao", "network": network}
-    if subnet:
-        plugin["subnet"] = subnet
-    if driver != "bridge":
-        plugin["driver"] = driver
-    plugin.update(extra)
+def conflist(name: str, network: str, root: Root, extra: dict[str, object]) -> dict[str, object]:
+    """``extra``: the network's other keys (subnet, driver, bridge), as given."""
+    plugin: dict[str, object] = {"type": "qiao", "network": network, **extra}
     if root.base:
         plugin["qiaoRoot"] = root.base
     plugin["capabilities"] = {"portMappings": True, "ips": True, "mac": True}
@@ -58,14 +54,12 @@ def install(a: argparse.Namespace, root: Root) -> str:
         raise SystemExit(f"qiao: {link} exists and is not qiao's plugin; not overwriting")
     if not os.path.exists(target):
         raise SystemExit(f"qiao: the plugin {target} is not installed (make setup installs it)")
-    extra: dict[str, object] = {}
-    if a.bridge:
-        extra["bridge"] = a.bridge
+    extra = {key: value for key, value in (("subnet", a.subnet), ("driver", a.driver), ("bridge", a.bridge)) if value}
     os.makedirs(a.conf_dir, exist_ok=True)
     os.makedirs(a.bin_dir, exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(conflist(name, a.network, a.subnet or "", a.driver, root, extra), f, indent=2)
+        json.dump(conflist(name, a.network, root, extra), f, indent=2)
         f.write("\n")
     os.replace(tmp, path)  # a runtime reading the directory sees the old file or the new one
     if os.path.lexists(link):
@@ -106,7 +100,7 @@ def main(argv: list[str], root: Root) -> int:
         s.add_argument("--name", help="the CNI network name (default: the qiao network's)")
         if action == "install":
             s.add_argument("--subnet", help="the network's subnet (an overlay's: the range shared by all hosts)")
-            s.add_argument("--driver", default="bridge", choices=["bridge", "overlay"], help="the network's driver (default bridge)")
+            s.add_argument("--driver", help="the network's driver: bridge (the default) or overlay (qiaod checks it at the first ADD)")
             s.add_argument("--bridge", help="the Linux bridge's name (bridge driver)")
     a = p.parse_args(argv)
     try:

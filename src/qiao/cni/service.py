@@ -262,12 +262,16 @@ class CniService:
     def status(self, req: CniRequest) -> None:
         """Ready when qiaod serves (it answers this) and the network exists or can be made."""
         conf = req.config
-        if self.engine.networks.named(conf.network or conf.name) is not None:
+        name = conf.network or conf.name
+        if self.engine.networks.named(name) is not None:
             return
         if not conf.subnet:
-            raise CniError(cni.NOT_READY, f"network {conf.network or conf.name} does not exist and the configuration has no subnet")
-        if conf.driver not in {d.name for d in self.engine.drivers}:
-            raise CniError(cni.NOT_READY, f"driver {conf.driver} is not available in this qiaod (overlay needs --cluster-store)")
+            raise CniError(cni.NOT_READY, f"network {name} does not exist and the configuration has no subnet")
+        try:  # the driver's own check, which changes nothing: would the first ADD's create succeed?
+            with self.engine.lock:
+                self.engine.drivers.get(conf.driver).validate(_network_spec(conf, name), list(self.engine.networks.by_id.values()))
+        except QiaoError as exc:
+            raise CniError(cni.NOT_READY, f"network {name} cannot be created: {exc}") from None
 
     def gc(self, req: CniRequest) -> None:
         conf = req.config
