@@ -50,13 +50,10 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from qiao import __version__
 from qiao.engine.errors import InvalidParameter, QiaoError
-
-if TYPE_CHECKING:
-    from qiao.daemon.api import Api
 
 log = logging.getLogger("qiao.api")
 API_VERSION = "1.47"
@@ -460,7 +457,7 @@ class Server:
     def __init__(
         self,
         path: str,
-        api: Api,
+        api: object,  # an object whose methods carry @route (daemon/api.Api, docker_plugin/api.PluginApi)
         *,
         workers: int = WORKERS,
         max_threads: int = MAX_THREADS,

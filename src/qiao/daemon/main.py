@@ -11,7 +11,9 @@ import os
 import signal
 import sys
 import threading
+from typing import Any
 
+from qiao.daemon import config
 from qiao.paths import Root
 
 
@@ -53,8 +55,17 @@ def main(argv: list[str] | None = None) -> int:
         "--resolv-conf",
         help="the host's resolver file: upstreams of the DNS and base of containers' resolv.conf (default /etc/resolv.conf)",
     )
+    parser.add_argument("--docker-plugin", help="serve Docker's network + IPAM plugin protocol on SOCKET (its file name names the driver)")
+    parser.add_argument("--docker-host", help="unix://SOCKET of the dockerd whose containers' names qiao's resolver should know")
+    parser.add_argument("--config-file", help="options as JSON (default ROOT/daemon.json under --root, else /etc/qiao/daemon.json)")
     args = parser.parse_args(argv)
     root = Root.resolve(args.root)
+    config_path = config.path_for(root, args.config_file)
+    try:
+        config.merge(args, config.load(config_path, required=bool(args.config_file)), config_path)
+    except config.ConfigError as exc:
+        print(f"qiaod: {exc}", file=sys.stderr)
+        return 1
     if os.geteuid() != 0:
         print("qiaod: must run as root (it creates namespaces, links and firewall rules)", file=sys.stderr)
         return 1
@@ -113,12 +124,24 @@ def main(argv: list[str] | None = None) -> int:
     server: Server
     server = Server(root.socket, Api(engine, lambda: server.shutdown()))
     os.chmod(root.socket, 0o660)
+    plugin_server = _serve_docker_plugin(args.docker_plugin, engine, args.docker_host) if args.docker_plugin else None
+
+    def stop() -> None:
+        if plugin_server is not None:
+            plugin_server.shutdown()
+        server.shutdown()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: threading.Thread(target=server.shutdown).start())
+        signal.signal(sig, lambda *_: threading.Thread(target=stop).start())
     logging.info("qiaod %d serving %s", os.getpid(), root.socket)
     try:
         server.serve_forever()
     finally:
+        if plugin_server is not None:
+            plugin_server.shutdown()
+            plugin_server.server_close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(args.docker_plugin)
         if manager is not None:
             manager.leave()
         firewall.close()
@@ -128,6 +151,22 @@ def main(argv: list[str] | None = None) -> int:
         server.server_close()
         logging.info("qiaod %d stopped; containers keep running", os.getpid())
     return 0
+
+
+def _serve_docker_plugin(path: str, engine: Any, docker_host: str | None) -> Any:
+    """Docker's plugin protocol on a second socket (dockerd finds it in its plugin directory)."""
+    from qiao.daemon.http import Server
+    from qiao.docker_plugin.api import PluginApi
+    from qiao.docker_plugin.service import DockerPlugin
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    plugin_server = Server(path, PluginApi(DockerPlugin(engine, docker_host or "")))
+    os.chmod(path, 0o660)
+    threading.Thread(target=plugin_server.serve_forever, name="docker-plugin", daemon=True).start()
+    logging.info("serving Docker's plugin protocol on %s", path)
+    return plugin_server
 
 
 if __name__ == "__main__":

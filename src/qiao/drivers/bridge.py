@@ -196,7 +196,9 @@ class BridgeDriver:
         return self.host.ensure_bridge(bridge_of(net), net.gateway, net.prefixlen, net.mtu, v6, owner=f"net:{net.id}")
 
     def join(self, steps: Steps, net: Network, ep: Endpoint, sandbox: str) -> None:
-        """The veth pair: host end on the bridge, ``ep.ifname`` in the sandbox with the address and route."""
+        """The veth pair: host end on the bridge, ``ep.ifname`` in the sandbox with
+        the address and route; with no sandbox, ``ep.ifname`` stays in the host
+        namespace, unconfigured, for the caller to move (dockerd does)."""
         # icc=false: when bridged traffic passes netfilter (br_netfilter), the
         # network's forward chain drops container-to-container packets but
         # lets port-forwarded ones through; otherwise bridge port isolation
@@ -208,6 +210,8 @@ class BridgeDriver:
             lambda: self.host.plug_veth(ep.host_ifname, bridge_of(net), sandbox, peer, ep.id, isolated=isolated),
             lambda: self.host.delete_link(ep.host_ifname),
         )
+        if not sandbox:  # the runtime moves the peer into its sandbox and configures it (Docker's remote driver contract)
+            return
         iface = Iface(ep.ifname, ep.address, ep.prefixlen, ep.gateway, ep.address6, ep.prefixlen6, ep.gateway6)
         steps.run("configure-sandbox", lambda: self.host.configure_sandbox(sandbox, iface))
 

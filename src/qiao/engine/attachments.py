@@ -17,7 +17,7 @@ import os
 import threading
 
 from qiao.engine import ids, ports
-from qiao.engine.errors import Conflict, InvalidParameter
+from qiao.engine.errors import Conflict, InvalidParameter, NotFound
 from qiao.engine.models import Attachment, Endpoint, Network, from_dict, now, to_dict
 from qiao.engine.networks import Networks
 from qiao.engine.specs import AttachmentSpec
@@ -71,7 +71,7 @@ class Attachments:
         kernel side was re-asserted with the rest)."""
         with self.lock:
             for att in list(self.by_name.values()):
-                if self.host.namespace_id(att.sandbox) != att.sandbox_inode:
+                if att.sandbox_inode and self.host.namespace_id(att.sandbox) != att.sandbox_inode:  # 0: the runtime's own
                     log.info("attachment %s: its network namespace %s is gone; detached", att.name, att.sandbox)
                     self.detach(att.name)
                 else:
@@ -119,9 +119,9 @@ class Attachments:
     def attach(self, spec: AttachmentSpec) -> tuple[Attachment, Endpoint, Network]:
         """All or nothing: the endpoint in the sandbox, its ports, the record."""
         check_ifname(spec.ifname)
-        inode = self.host.namespace_id(spec.sandbox)
+        inode = self.host.namespace_id(spec.sandbox) if spec.sandbox else 0
         namespace = self.host.namespace_id(spec.sandbox_source) if spec.sandbox_source else inode
-        if not namespace:
+        if spec.sandbox and not namespace:
             raise InvalidParameter(f"{spec.sandbox} is not a network namespace")
         for name in spec.dns_names:
             if not ids.DNS_NAME_RE.match(name):
@@ -190,6 +190,58 @@ class Attachments:
                 teardown.run("unpin-sandbox", lambda: self.host.destroy_netns(att.sandbox))
             teardown.report()
             return True
+
+    # -- for a runtime that moves the interface itself (dockerd) ---------------
+
+    def publish(self, name: str, port_bindings: dict[str, list[dict[str, str]]]) -> list[PortMapping]:
+        """Publish ports of an attachment (dockerd's ProgramExternalConnectivity), all or nothing; replaces what it had."""
+        wanted = ports.requests({ports.key(k): v for k, v in port_bindings.items()}, list(port_bindings), False)
+        with self.lock:
+            att, ep = self._attached(name)
+            self.unpublish(name)
+            with Steps(self.fault) as steps:
+                mappings = self.ports.publish(steps, att.id, wanted, ep.address)
+                changed = dataclasses.replace(att, ports=[dataclasses.asdict(m) for m in mappings])
+                steps.run("store", lambda: self._store(changed))
+            self.by_name[name] = changed
+            return mappings
+
+    def unpublish(self, name: str) -> None:
+        """Best effort (dockerd's RevokeExternalConnectivity)."""
+        with self.lock:
+            att, _ep = self._attached(name)
+            if not att.ports:
+                return
+            teardown = Teardown(f"unpublishing {name}", self.fault)
+            self.ports.unpublish(teardown, att.id, [PortMapping(**m) for m in att.ports])
+            self.by_name[name] = changed = dataclasses.replace(att, ports=[])
+            self._store(changed)
+            teardown.report()
+
+    def update(self, name: str, sandbox: str | None = None, dns_names: list[str] | None = None, aliases: list[str] | None = None) -> None:
+        """What the runtime told later: the sandbox it moved the interface into, the names it gave the container."""
+        with self.lock:
+            att, ep = self._attached(name)
+            if sandbox is not None:
+                att = dataclasses.replace(att, sandbox=sandbox)
+            if dns_names is not None or aliases is not None:
+                ep = dataclasses.replace(ep, dns_names=list(dns_names or ep.dns_names), aliases=list(aliases or ep.aliases))
+            with self.store.transaction() as tx:
+                tx.put("attachments", to_dict(att))
+                tx.put("endpoints", to_dict(ep))
+            self.by_name[name] = att
+            self.networks.adopt(ep)  # the DNS zone (and an overlay's name records) follow
+
+    def _attached(self, name: str) -> tuple[Attachment, Endpoint]:
+        att = self.by_name.get(name)
+        ep = self.networks.endpoints.get(att.endpoint_id) if att else None
+        if att is None or ep is None:
+            raise NotFound(f"no endpoint {name}")
+        return att, ep
+
+    def _store(self, att: Attachment) -> None:
+        with self.store.transaction() as tx:
+            tx.put("attachments", to_dict(att))
 
     def collect(self, runtime: str, config: str, keep: set[tuple[str, str]]) -> list[str]:
         """Detach every attachment of one configuration whose (container id, ifname) is not in ``keep`` (CNI's GC)."""

@@ -41,6 +41,9 @@ class Networks:
         self.pools6: dict[str, AddressPool] = {}
         self.by_network: dict[str, dict[str, Endpoint]] = {}  # network id -> endpoint id -> endpoint
         self.link_notes: dict[str, str] = {}  # endpoint id -> what happened to its link behind our back
+        # Addresses a remote IPAM request handed out (dockerd's RequestAddress) that no endpoint uses yet:
+        # network id -> addresses; the endpoint created with one takes it over.
+        self.held: dict[str, set[str]] = {}
 
     def driver(self, net: Network) -> NetworkDriver:
         return self.drivers.get(net.driver)
@@ -242,8 +245,10 @@ class Networks:
             raise InvalidParameter(f"network {net.name} (driver {net.driver}) gives no interface to join")
         if spec.ip6 and not net.enable_ipv6:
             raise InvalidParameter(f"network {net.name} has no IPv6 subnet: --ip6 cannot be used")
-        address = self._take(steps, "allocate-address", self.pools[net.id], spec.ip, "IPv4 address")
-        address6 = self._take(steps, "allocate-address6", self.pools6[net.id], spec.ip6, "IPv6 address") if net.enable_ipv6 else None
+        address = self._take(steps, "allocate-address", net.id, self.pools[net.id], spec.ip, "IPv4 address")
+        address6 = None
+        if net.enable_ipv6:
+            address6 = self._take(steps, "allocate-address6", net.id, self.pools6[net.id], spec.ip6, "IPv6 address")
         assert net.gateway
         route = default_route and not net.internal
         ep = Endpoint(
@@ -268,12 +273,15 @@ class Networks:
         self.driver(net).join(steps, net, ep, sandbox)
         return ep
 
-    @staticmethod
-    def _take(steps: Steps, step: str, pool: AddressPool, static: str, what: str) -> IPAddress:
-        """A static address (reserved) or the lowest free one, undone on failure."""
+    def _take(self, steps: Steps, step: str, net_id: str, pool: AddressPool, static: str, what: str) -> IPAddress:
+        """A static address (reserved, or taken over from a remote IPAM's hold) or the lowest free one, undone on failure."""
         if static:
             address = parse_address(static, what)
-            steps.run(step, lambda: pool.reserve(address), lambda: pool.release(address))
+            held = self.held.get(net_id, set())
+            if str(address) in held:
+                steps.run(step, lambda: held.discard(str(address)), lambda: held.add(str(address)))
+            else:
+                steps.run(step, lambda: pool.reserve(address), lambda: pool.release(address))
             return address
         taken: IPAddress = steps.run(step, pool.allocate, lambda: pool.release(taken))
         return taken
@@ -305,6 +313,29 @@ class Networks:
             self.pools6[ep.network_id].release(ipaddress.ip_address(ep.address6))
         if net is not None:
             self.events.publish(Event("endpoint", "leave", net, ep))
+
+    # -- a remote IPAM (dockerd's RequestAddress / ReleaseAddress) ------------
+
+    def hold(self, net: Network, address: str = "") -> str:
+        """Take ``address`` (or the lowest free one) from the network's pool for an endpoint to come."""
+        with self.lock:
+            pool = self.pools[net.id]
+            if address:
+                taken = parse_address(address, "address")
+                pool.reserve(taken)
+            else:
+                taken = pool.allocate()
+            self.held.setdefault(net.id, set()).add(str(taken))
+            return str(taken)
+
+    def unhold(self, net_id: str, address: str) -> None:
+        """Give back a held address no endpoint took (an endpoint's own address goes back when it leaves)."""
+        with self.lock:
+            held = self.held.get(net_id, set())
+            if address in held:
+                held.discard(address)
+                if net_id in self.pools:
+                    self.pools[net_id].release(ipaddress.ip_address(address))
 
     def repair_links(
         self, links_now: Callable[[], Iterable[str]], sandbox_same: Callable[[Endpoint], bool] | None = None

@@ -303,7 +303,7 @@ class LinuxHost:
         sandbox, in two netlink messages: the kernel takes the master and the
         up flag in the creating message, but the owner tag and the bridge
         port flags only once the port exists."""
-        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC) if netns_path else None  # "": the peer stays here
         try:
             try:
                 self._add_veth(host_ifname, self._bridge_index(bridge), fd, peer)
@@ -313,14 +313,17 @@ class LinuxHost:
                 self._bridges.pop(bridge, None)  # the bridge was recreated (or is gone): look it up again
                 self._add_veth(host_ifname, self._bridge_index(bridge), fd, peer)
         finally:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
         # Hairpin mode, as Docker without its userland proxy: with br_netfilter, a container's
         # packet to its own published port is bridged back out of the port it came in on.
         port_flags = {"mode": 1, **({"isolated": 1} if isolated else {})}
         self._ipr.link("set", ifname=host_ifname, ifalias=ALIAS_PREFIX + owner, kind="bridge_slave", **port_flags)
 
-    def _add_veth(self, host_ifname: str, master: int, netns_fd: int, peer: Peer) -> None:
-        sandbox_end = {"ifname": peer.ifname, "net_ns_fd": netns_fd, "address": peer.mac, "mtu": peer.mtu}
+    def _add_veth(self, host_ifname: str, master: int, netns_fd: int | None, peer: Peer) -> None:
+        sandbox_end = {"ifname": peer.ifname, "address": peer.mac, "mtu": peer.mtu}
+        if netns_fd is not None:
+            sandbox_end["net_ns_fd"] = netns_fd
         self._ipr.link("add", ifname=host_ifname, kind="veth", mtu=peer.mtu, master=master, state="up", peer=sandbox_end)
 
     def _bridge_index(self, name: str) -> int:
