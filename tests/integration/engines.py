@@ -1,4 +1,5 @@
-"""Other container engines inside a test's throw-away host: Debian's containerd 1.6.
+"""Other container engines inside a test's throw-away host: Debian's containerd 1.6,
+and Debian's dockerd 20.10 (``Dockerd``: see the section "dockerd" at the end).
 
 ``Containerd`` runs a private ``containerd`` (its own root, state, socket and
 config under a temp dir) in a test host's network namespace, and ``ctr`` against
@@ -68,17 +69,20 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import io
 import json
 import os
 import platform
 import shutil
 import signal
+import socket
 import subprocess
 import tarfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from tests.integration.conftest import RUN, Namespace, sh, wait_for
 
@@ -219,8 +223,9 @@ def _entry(
     return info, data
 
 
-def busybox_archive(busybox: bytes, ref: str = BUSYBOX_REF) -> bytes:
-    """The bytes of the archive ``busybox_image`` writes, for the busybox binary ``busybox``."""
+def busybox_rootfs(busybox: bytes) -> bytes:
+    """The busybox root filesystem as one uncompressed tar (the layer of
+    ``busybox_archive``; ``docker import`` takes it as is), for the busybox binary ``busybox``."""
     etc = {
         "etc/passwd": b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
         "etc/group": b"root:x:0:\nnogroup:x:65534:\n",
@@ -233,7 +238,12 @@ def busybox_archive(busybox: bytes, ref: str = BUSYBOX_REF) -> bytes:
     files.append(_entry("bin/busybox", mode=0o755, data=busybox))
     files += [_entry(f"bin/{applet}", tarfile.SYMTYPE, 0o777, link="busybox") for applet in APPLETS]
     files += [_entry(name, data=data) for name, data in etc.items()]
-    layer = _tar(sorted(files, key=lambda e: e[0].name))
+    return _tar(sorted(files, key=lambda e: e[0].name))
+
+
+def busybox_archive(busybox: bytes, ref: str = BUSYBOX_REF) -> bytes:
+    """The bytes of the archive ``busybox_image`` writes, for the busybox binary ``busybox``."""
+    layer = busybox_rootfs(busybox)
 
     def blob(data: bytes, media_type: str) -> tuple[dict[str, object], bytes]:
         return {"mediaType": media_type, "digest": "sha256:" + hashlib.sha256(data).hexdigest(), "size": len(data)}, data
@@ -536,42 +546,65 @@ disabled_plugins = [
 
     def shim_pids(self) -> list[int]:
         """The shims of this containerd still running (``-address SOCK`` in their argv)."""
-        pids = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                with contextlib.suppress(OSError):
-                    argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-                    if b"-address" in argv and self.address.encode() in argv and b"containerd-shim" in argv[0]:
-                        pids.append(int(entry))
-        return pids
+        return _shim_pids(self.address)
 
     def _end_shims(self, timeout: float) -> None:
-        shims = self.shim_pids()
-        if not shims:
-            return
-        for pid in _descendants(shims) + shims:  # the containers (pid 1 of their pid namespace) first
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        wait_for("containerd's shims to end", lambda: not self.shim_pids(), timeout=timeout)
+        _kill_shims(self.address, timeout)
 
     def _remove_cgroups(self, timeout: float = 5) -> None:
         """runc leaves ``/sys/fs/cgroup/*/NAMESPACE`` after the namespace's last task, and
         ``.../NAMESPACE/ID`` too when a shim died without ``runc delete``: remove them,
         deepest first, once their processes are gone."""
-        tops = []
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            fields = line.split()
-            if fields[fields.index("-") + 1] in ("cgroup", "cgroup2"):
-                tops.append(os.path.join(fields[4], self.namespace))
+        _remove_cgroups(self.namespace, timeout)
 
-        def removed() -> bool:
-            for top in tops:
-                for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
-                    with contextlib.suppress(OSError):
-                        os.rmdir(dirpath)
-            return not any(os.path.exists(top) for top in tops)
 
-        wait_for(f"the cgroups of {self.namespace} to empty", removed, timeout=timeout, interval=0.05)
+def _shim_pids(address: str) -> list[int]:
+    """The containerd shims still running for the containerd at ``address`` (``-address SOCK`` in their argv)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                if b"-address" in argv and address.encode() in argv and b"containerd-shim" in argv[0]:
+                    pids.append(int(entry))
+    return pids
+
+
+def _kill_shims(address: str, timeout: float) -> None:
+    """SIGKILL the shims of the containerd at ``address`` and everything below them
+    (the containers, pid 1 of their pid namespace, first); wait until the shims are gone."""
+    shims = _shim_pids(address)
+    if not shims:
+        return
+    for pid in _descendants(shims) + shims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    wait_for("containerd's shims to end", lambda: not _shim_pids(address), timeout=timeout)
+
+
+def _cgroup_tops(name: str) -> list[str]:
+    """``/sys/fs/cgroup/<each hierarchy>/NAME``, whether it exists or not."""
+    tops = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[fields.index("-") + 1] in ("cgroup", "cgroup2"):
+            tops.append(os.path.join(fields[4], name))
+    return tops
+
+
+def _remove_cgroups(name: str, timeout: float = 5) -> None:
+    """Remove the cgroup ``NAME`` (directly under each hierarchy's root) and
+    everything below it, deepest first, once their processes are gone."""
+    tops = _cgroup_tops(name)
+
+    def removed() -> bool:
+        for top in tops:
+            for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+                with contextlib.suppress(OSError):
+                    os.rmdir(dirpath)
+        return not any(os.path.exists(top) for top in tops)
+
+    wait_for(f"the cgroups of {name} to empty", removed, timeout=timeout, interval=0.05)
 
 
 def _goarch() -> str:
@@ -602,3 +635,444 @@ def _mounts_under(path: Path) -> list[str]:
     prefix = str(path)
     points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
     return [p for p in points if p == prefix or p.startswith(prefix + "/")]
+
+
+# -- dockerd ---------------------------------------------------------------------
+#
+# Debian's dockerd 20.10 (package docker.io) in a test host, fully private:
+#
+#     test host netns (nsenter --net=/run/netns/RUN-...)
+#     +- sleep infinity   holds dockerd's mount namespace (PrivateMounts): private,
+#     |                   with the test's dirs on the paths dockerd hardcodes:
+#     |                     /run                 <- DIR/docker/run (so /var/run too)
+#     |                     /run/docker/plugins  <- plugin_dir (the test's)
+#     |                     /etc/docker          <- DIR/docker/etc (key.json, daemon.json,
+#     |                                             plugins/*.spec|*.json)
+#     |                     /opt/containerd      <- DIR/docker/opt (containerd's "opt"
+#     |                                             plugin makes bin/ and lib/ there)
+#     +- dockerd          entered into that namespace; --data-root, --exec-root,
+#        |                --pidfile, -H unix:// all under DIR/docker
+#        +- containerd    dockerd's own (it starts one when not given --containerd):
+#           |             --config EXEC/containerd/containerd.toml, socket
+#           |             EXEC/containerd/containerd.sock; setsid, with a parent-death
+#           |             signal: it dies with dockerd, also on SIGKILL
+#           +- containerd-shim-runc-v2 (re-parented; `-address SOCK` in its argv)
+#              +- runc -> the container; cgroup /NAME/ID (--cgroup-parent)
+#
+# The namespace outlives dockerd, so `restart()` finds everything where it left it:
+# the shims' sockets (/run/containerd/s/...), runc's state, the sandboxes' netns bind
+# mounts (EXEC/netns/ID) and the overlay2 mounts; --live-restore works across it.
+#
+# Serving a network plugin to dockerd: dockerd looks plugins up by name, lazily, in
+# /run/docker/plugins/NAME.sock and /run/docker/plugins/NAME/NAME.sock (then
+# NAME.spec / NAME.json in /etc/docker/plugins and /usr/lib/docker/plugins; the
+# latter is the machine's own).  The test binds a unix socket at
+# ``PLUGIN_DIR/NAME.sock`` (``Dockerd.plugin_socket(NAME)``) from anywhere (path
+# sockets are not tied to a network namespace), then ``docker network create -d NAME``.
+# Create and delete sockets INSIDE plugin_dir; do not replace plugin_dir itself (the
+# bind mount holds the directory it was given).  Paths that dockerd hands a plugin
+# (a sandbox key EXEC/netns/ID: a bind mount in dockerd's namespace only, an empty
+# file outside) are opened from outside as ``Dockerd.inside(PATH)`` (/proc/HOLDER/root/PATH).
+#
+# What 20.10 does with a plugin (measured here):
+# * The lookup is lazy: the first call that needs the driver (`network create -d NAME`;
+#   after a restart, whatever first touches a network of NAME's: not dockerd's start).
+#   A missing socket is looked for again 1, 3, 7 and 15 s after the request, then the
+#   call fails: `plugin "NAME" not found` after ~15 s.  A socket served meanwhile is
+#   found at the next of those ticks.  Once found: Plugin.Activate,
+#   NetworkDriver.GetCapabilities, then the call (CreateNetwork), within ~5 ms.
+# * Once activated, a driver whose socket vanished is not retried: `rm -f` and
+#   `network rm` succeed at once and DeleteEndpoint/DeleteNetwork are lost.  After a
+#   restart (not activated yet) they wait the 15 s and fail: close the Dockerd before
+#   the plugin server.
+# * A Join answer without "Gateway" (nor "DisableGatewayService": true) on a network
+#   that is not --internal makes libnetwork add a second interface, eth1 on its
+#   `docker_gwbridge` (172.17.0.0/16 from the default pools), in the test host netns.
+
+DOCKER = "/usr/bin/docker"  # Debian's 20.10 client; /usr/local/bin/docker may be a newer static one
+DOCKERD = "dockerd"
+DOCKER_BUSYBOX_REF = "busybox:local"
+
+_rootfs: dict[tuple[str, int, int], bytes] = {}  # (busybox, size, mtime) -> rootfs tar, built once per session
+
+
+class DockerApiError(AssertionError):
+    """An Engine API answer with status >= 400, from ``Dockerd.api``."""
+
+    def __init__(self, method: str, path: str, status: int, message: str):
+        super().__init__(f"{method} {path} -> {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class Dockerd:
+    """Debian's dockerd 20.10 of a test's own in the test host ``host``
+    (anything with ``.path``, a network namespace file), everything under
+    ``dir/docker``, in a private mount namespace (see the comment above).
+
+    ``plugin_dir`` (a directory of the test's; default ``dir/docker/plugins``) is
+    dockerd's ``/run/docker/plugins``.  ``args`` are added to dockerd's command
+    line; ``live_restore`` adds ``--live-restore``; ``storage_driver`` defaults
+    to overlay2 (vfs when the kernel has no overlayfs).  ``name`` (default
+    ``RUN-HOST-dockerd``) is the containerd namespace (plugins: ``NAME-plugins``)
+    and the cgroup parent ``/NAME``.  ``docker`` is the client binary.
+
+    Docker's bridge driver still makes user networks (``network create -d
+    bridge``) with ``--bridge=none``; there is no default ``bridge`` network, so
+    ``docker run`` needs ``--network``.  With ``--iptables=false`` nothing is
+    written to the host's firewall: no NAT, no published ports' DNAT, no
+    isolation between networks; the embedded DNS (127.0.0.11) still works (its
+    NAT rules are in each container's own netns).  ``--ip-forward=false`` makes
+    ``docker run`` on a bridge network print "WARNING: IPv4 forwarding is
+    disabled" on stderr; containers on one bridge reach each other all the same.
+
+    ``close()`` removes every container, stops dockerd, ends its containerd and
+    shims and every process left in its mount namespace, removes its cgroups
+    and its dirs (not a ``plugin_dir`` given by the test).  Never raises; safe
+    to call twice and after any failure.  Close it before a plugin server it
+    uses (see above: a plugin gone can cost 15 s per call).
+    """
+
+    def __init__(
+        self,
+        host: Namespace,
+        dir: PathLike,
+        *,
+        plugin_dir: PathLike | None = None,
+        args: Sequence[str] = (),
+        live_restore: bool = False,
+        storage_driver: str | None = None,
+        name: str | None = None,
+        docker: str = DOCKER,
+        dockerd: str = DOCKERD,
+        start_timeout: float = 30,
+    ):
+        self.netns = host.path
+        self.name = name or f"{os.path.basename(host.path)}-dockerd"
+        self.args = list(args)
+        self.live_restore = live_restore
+        self.storage_driver = storage_driver or ("overlay2" if _has_overlayfs() else "vfs")
+        self.docker_bin = docker
+        self.dockerd_bin = dockerd
+        self.dir = Path(dir) / "docker"
+        self.data_root = self.dir / "data"
+        self.exec_root = self.dir / "exec"
+        self.run_dir = self.dir / "run"  # dockerd's /run
+        self.etc_dir = self.dir / "etc"  # dockerd's /etc/docker
+        self.opt_dir = self.dir / "opt"  # containerd's /opt/containerd
+        self.layers = self.dir / "layers"  # mount point for the tmpfs of the overlays
+        self.client_config = self.dir / "client"  # DOCKER_CONFIG of the client
+        self.plugin_dir = Path(plugin_dir) if plugin_dir is not None else self.dir / "plugins"
+        self.socket = self.dir / "docker.sock"
+        self.host_url = f"unix://{self.socket}"
+        self.pidfile = self.dir / "dockerd.pid"
+        self.config_file = self.etc_dir / "daemon.json"
+        self.log = self.dir / "dockerd.log"
+        self.containerd_address = str(self.exec_root / "containerd" / "containerd.sock")
+        self.mounts: PrivateMounts | None = None
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self._clients: list[subprocess.Popen[str]] = []
+        self._closed = False
+        private: dict[str, PathLike] = {"/run": self.run_dir, "/run/docker/plugins": self.plugin_dir}
+        private |= {"/etc/docker": self.etc_dir, "/opt/containerd": self.opt_dir}
+        for d in (self.data_root, self.exec_root, self.run_dir / "docker" / "plugins", self.etc_dir, self.opt_dir, self.layers):
+            d.mkdir(parents=True, mode=0o711)
+        self.client_config.mkdir(mode=0o700)
+        self.plugin_dir.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text("{}\n")
+        try:
+            self.mounts = PrivateMounts(self.netns, self.layers, private)
+            self._start(start_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- the daemon ------------------------------------------------------
+
+    def dockerd_argv(self) -> list[str]:
+        """dockerd's own command line (without the namespace entering in front)."""
+        argv = [
+            self.dockerd_bin,
+            "--config-file", str(self.config_file),
+            "--data-root", str(self.data_root),
+            "--exec-root", str(self.exec_root),
+            "--pidfile", str(self.pidfile),
+            "-H", self.host_url,
+            "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false",
+            "--bridge=none", "--userland-proxy=false",
+            "--containerd-namespace", self.name,
+            "--containerd-plugins-namespace", f"{self.name}-plugins",
+            "--exec-opt", "native.cgroupdriver=cgroupfs",
+            "--cgroup-parent", f"/{self.name}",
+            "--storage-driver", self.storage_driver,
+        ]  # fmt: skip
+        if self.live_restore:
+            argv.append("--live-restore")
+        return [*argv, *self.args]
+
+    def _start(self, timeout: float) -> None:
+        assert self.mounts is not None
+        with open(self.log, "ab") as log:
+            self.daemon = subprocess.Popen(self.mounts.argv(self.dockerd_argv()), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+        def up() -> bool:
+            if self.daemon is not None and self.daemon.poll() is not None:
+                raise AssertionError(f"dockerd exited {self.daemon.returncode}:\n{self.log_tail()}")
+            if not self.socket.exists():
+                return False
+            with contextlib.suppress(OSError, http.client.HTTPException, DockerApiError):
+                return self.api("GET", "/_ping", timeout=5) == "OK"
+            return False
+
+        wait_for("dockerd to answer", up, timeout=timeout, interval=0.05)
+
+    @property
+    def pid(self) -> int:
+        """dockerd's pid (the Popen's: nsenter execs it)."""
+        assert self.daemon is not None
+        return self.daemon.pid
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of dockerd's log (its stdout and stderr, with its containerd's)."""
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+    def plugin_socket(self, name: str) -> Path:
+        """Where a test binds the unix socket of plugin ``name`` (dockerd's /run/docker/plugins/NAME.sock)."""
+        return self.plugin_dir / f"{name}.sock"
+
+    def inside(self, path: PathLike) -> str:
+        """``path`` as dockerd sees it (its mount namespace), for opening from outside: /proc/HOLDER/root/PATH."""
+        assert self.mounts is not None
+        return f"/proc/{self.mounts.holder.pid}/root{os.path.abspath(path)}"
+
+    def restart(self, *, live_restore: bool | None = None, timeout: float = 60) -> None:
+        """Stop dockerd (SIGTERM; without live-restore it stops the running
+        containers first, each within its stop timeout: ``docker run --init`` or
+        ``--stop-timeout N`` keeps that short) and start it again with the same
+        dirs, in the same mount namespace.  ``live_restore`` changes the option
+        for the new dockerd (a dockerd stopped with it on leaves its containers
+        running; one started with it adopts them)."""
+        self._stop_daemon(timeout)
+        if live_restore is not None:
+            self.live_restore = live_restore
+        self._start(timeout)
+
+    # -- the client ------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+        return {**env, "DOCKER_HOST": self.host_url, "DOCKER_CONFIG": str(self.client_config)}
+
+    def docker_argv(self, *args: str) -> list[str]:
+        """The argv that runs ``docker ARGS`` in the test host's netns (with ``_env()``: DOCKER_HOST is ours)."""
+        return ["nsenter", f"--net={self.netns}", "--", self.docker_bin, *args]
+
+    def docker(self, *args: str, check: bool = True, timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``docker ARGS`` against this dockerd and wait; raises AssertionError (with its output) on a non-zero exit when ``check``."""
+        stdin = None if input is not None else subprocess.DEVNULL
+        proc = subprocess.run(
+            self.docker_argv(*args), input=input, stdin=stdin, capture_output=True, text=True, timeout=timeout, env=self._env()
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} -> {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
+        return proc
+
+    def docker_popen(self, *args: str, **kw) -> subprocess.Popen[str]:
+        """Start ``docker ARGS`` and return it; stdin is /dev/null, stdout and
+        stderr are text pipes unless ``kw`` says otherwise.  Its pid is the
+        client's (nsenter execs it).  ``close`` ends it if it still runs."""
+        kw = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": self._env(), **kw}
+        proc: subprocess.Popen[str] = subprocess.Popen(self.docker_argv(*args), **kw)
+        self._clients.append(proc)
+        return proc
+
+    def api(self, method: str, path: str, body: object = None, *, timeout: float = 60) -> Any:
+        """One Engine API request on dockerd's socket (``path`` as the API has
+        it, e.g. ``/containers/json?all=1``; unversioned paths get the current
+        version); ``body`` is sent as JSON.  Returns the decoded JSON answer, the
+        text of a non-JSON one, or None when empty; raises ``DockerApiError``
+        for a status >= 400."""
+        conn = _UnixHTTPConnection(str(self.socket), timeout)
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+            conn.request(method, path, body=data, headers={"Content-Type": "application/json"} if data is not None else {})
+            resp = conn.getresponse()
+            raw = resp.read()
+        finally:
+            conn.close()
+        value: Any = None
+        if raw:
+            json_answer = "json" in (resp.getheader("Content-Type") or "")
+            value = json.loads(raw) if json_answer else raw.decode(errors="replace")
+        if resp.status >= 400:
+            message = value.get("message", str(value)) if isinstance(value, dict) else str(value)
+            raise DockerApiError(method, path, resp.status, message)
+        return value
+
+    def import_busybox(self, ref: str = DOCKER_BUSYBOX_REF) -> str:
+        """``docker import`` the busybox root filesystem (``busybox_rootfs``: the
+        applets of ``APPLETS``, /www/index.html "hello from busybox", built offline
+        from Debian's static busybox) as ``ref``, with ``CMD ["sh"]``; returns ``ref``."""
+        st = os.stat(BUSYBOX)
+        key = (BUSYBOX, st.st_size, st.st_mtime_ns)
+        if key not in _rootfs:
+            _rootfs[key] = busybox_rootfs(Path(BUSYBOX).read_bytes())
+        tar = self.dir / "busybox-rootfs.tar"
+        tar.write_bytes(_rootfs[key])
+        self.docker("import", "--change", 'CMD ["sh"]', str(tar), ref, timeout=120)
+        tar.unlink()
+        return ref
+
+    def containers(self) -> list[str]:
+        """The ids of all containers (running or not)."""
+        return [c["Id"] for c in self.api("GET", "/containers/json?all=1")]
+
+    # -- teardown --------------------------------------------------------
+
+    def remove_containers(self, timeout: float = 30) -> None:
+        """``docker rm -f`` every container, and end the clients of ``docker_popen``
+        (one still running after ``timeout`` is killed).  Errors are ignored."""
+        ids: list[str] = []
+        with contextlib.suppress(Exception):
+            ids = self.containers()
+        for cid in ids:
+            with contextlib.suppress(Exception):
+                self.api("DELETE", f"/containers/{cid}?force=1&v=1", timeout=timeout)
+        self._end_clients(timeout)
+
+    def close(self, timeout: float = 15) -> None:
+        """``remove_containers``, stop dockerd (SIGTERM, then SIGKILL, by its pid),
+        end its containerd (by the config path in its argv), its shims (by our
+        containerd socket in their argv) and what runs below them, then every
+        process still in dockerd's mount namespace (all ours), remove the cgroups
+        under ``/NAME``, end the namespace's holder, unmount what is left under our
+        dir and remove the dir.  Never raises; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.remove_containers(timeout)
+        else:
+            self._end_clients(0)
+        for step in (
+            lambda: self._stop_daemon(timeout),
+            lambda: _kill_shims(self.containerd_address, timeout),
+            self._end_namespace_processes,
+            self._remove_cgroups,
+        ):
+            with contextlib.suppress(Exception):
+                step()
+        if self.mounts is not None:
+            with contextlib.suppress(Exception):
+                self.mounts.close()
+        with contextlib.suppress(Exception):
+            for mountpoint in reversed(_mounts_under(self.dir)):
+                sh("umount", "-l", mountpoint, check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _end_clients(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for proc in self._clients:
+            with contextlib.suppress(subprocess.TimeoutExpired, ValueError):  # ValueError: the caller read its pipes
+                proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self._clients.clear()
+
+    def _stop_daemon(self, timeout: float) -> None:
+        """dockerd: SIGTERM, SIGKILL after ``timeout``; then its containerd, should
+        it still run (dockerd stops it on its way out, and it has a parent-death
+        signal): SIGTERM, then SIGKILL."""
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.daemon.terminate()
+            try:
+                self.daemon.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait()
+        left = self.containerd_pids()
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        try:
+            wait_for("dockerd's containerd to end", lambda: not self.containerd_pids(), timeout=timeout)
+        except AssertionError:
+            for pid in self.containerd_pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            wait_for("dockerd's containerd to die", lambda: not self.containerd_pids(), timeout=timeout)
+
+    def containerd_pids(self) -> list[int]:
+        """dockerd's containerd (``containerd --config EXEC/containerd/containerd.toml``), if it runs."""
+        config = str(self.exec_root / "containerd" / "containerd.toml").encode()
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError):
+                    argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                    if os.path.basename(argv[0]) == b"containerd" and config in argv:
+                        pids.append(int(entry))
+        return pids
+
+    def shim_pids(self) -> list[int]:
+        """The shims of dockerd's containerd still running."""
+        return _shim_pids(self.containerd_address)
+
+    def namespace_pids(self) -> list[int]:
+        """Every process in dockerd's mount namespace but its holder: dockerd,
+        its containerd, the shims, and what a test entered there."""
+        if self.mounts is None:
+            return []
+        holder = self.mounts.holder.pid
+        try:
+            ns = os.stat(f"/proc/{holder}/ns/mnt").st_ino
+        except OSError:
+            return []
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != holder:
+                with contextlib.suppress(OSError):
+                    if os.stat(f"/proc/{entry}/ns/mnt").st_ino == ns:
+                        pids.append(int(entry))
+        return pids
+
+    def _end_namespace_processes(self, timeout: float = 10) -> None:
+        for pid in self.namespace_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_for("dockerd's mount namespace to empty", lambda: not self.namespace_pids(), timeout=timeout)
+
+    def _remove_cgroups(self, timeout: float = 5) -> None:
+        """The containers' cgroups ``/sys/fs/cgroup/*/NAME/ID``: any process still
+        in one is a container of ours (SIGKILL); then remove them."""
+        for top in _cgroup_tops(self.name):
+            for dirpath, _, files in os.walk(top):
+                if "cgroup.procs" in files:
+                    with contextlib.suppress(OSError, ValueError):
+                        for pid in Path(dirpath, "cgroup.procs").read_text().split():
+                            with contextlib.suppress(ProcessLookupError):
+                                os.kill(int(pid), signal.SIGKILL)
+        _remove_cgroups(self.name, timeout)
+
+
+def _has_overlayfs() -> bool:
+    with contextlib.suppress(OSError):
+        return any(line.split()[-1] == "overlay" for line in Path("/proc/filesystems").read_text().splitlines() if line.strip())
+    return False
