@@ -248,8 +248,7 @@ class DockerPlugin:
             sandbox="",
             network=net.id,
             endpoint=EndpointSpec(ip=ip, ip6=ip6, mac=iface.MacAddress),
-            dns_names=(req.EndpointID[:12],),
-        )
+        )  # names: learned from dockerd after Join (NameFinder)
         _att, ep, _net = self.engine.attachments.attach(spec)
         return {"Interface": {"MacAddress": ep.mac}} if not iface.MacAddress else {}
 
@@ -445,13 +444,16 @@ class NameFinder:
 
     def _apply(self, network_id: str, endpoint_id: str) -> bool:
         network = self._get(f"/networks/{network_id}")
+        ours = endpoint_id.removeprefix("ep-")  # what dockerd lists (it may pass its plugins "ep-ID")
         for cid, entry in (network.get("Containers") or {}).items():
-            if entry.get("EndpointID") != endpoint_id:
+            if entry.get("EndpointID") != ours:
                 continue
             container = self._get(f"/containers/{cid}/json")
             name = str(container.get("Name", "")).lstrip("/")
+            if not name:  # listed before its container is (an "ep-ID" entry): ask again
+                return False
             settings: dict[str, Any] = next((n for n in (container.get("NetworkSettings", {}).get("Networks") or {}).values()
-                             if n.get("EndpointID") == endpoint_id), {})  # fmt: skip
+                             if n.get("EndpointID") == ours), {})  # fmt: skip
             aliases = [a for a in settings.get("Aliases") or [] if ids.DNS_NAME_RE.match(a) and a not in (name, cid[:12])]
             names = [n for n in (name, cid[:12]) if ids.DNS_NAME_RE.match(n)]
             self.plugin.engine.attachments.update(self.plugin._key(network_id, endpoint_id), dns_names=names + aliases, aliases=aliases)

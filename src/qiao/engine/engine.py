@@ -114,7 +114,7 @@ class Engine:
         if not net.user_defined or net.id not in self.networks.by_id:
             self.resolver.drop_zone(net.id)
             return
-        records = [(ep.dns_names, [a for a in (ep.address, ep.address6) if a]) for ep in self.networks.endpoints_of(net.id)]
+        records = [(ep.dns_names, [a for a in (ep.address, ep.address6) if a]) for ep in self.networks.endpoints_of(net.id) if ep.dns_names]
         records += self.networks.driver(net).dns_records(net)
         gateways = [g for g in (net.gateway, net.gateway6) if g]
         subnets = [s for s in (net.subnet, net.subnet6) if s]
