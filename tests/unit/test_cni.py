@@ -77,6 +77,18 @@ def add(svc: CniService, netns: str, cid: str = "c1", **kw: Any) -> dict[str, An
     return answer["result"]
 
 
+def restarted(engine: Engine, tmp_path) -> Engine:
+    """The engine a new qiaod builds on the same root and kernel (``start`` without its resync thread)."""
+    engine.store.close()
+    again = Engine(engine.root, engine.host, StubFirewall(), resolv_conf=str(tmp_path / "resolv.conf"))
+    again.networks.load()
+    again.containers.load()
+    again.attachments.load()
+    again.containers.reconcile(keep_endpoints=again.attachments.endpoint_ids(), keep_sandboxes=again.attachments.pins())
+    again.attachments.reconcile()
+    return again
+
+
 # -- the plugin executable's own part -------------------------------------------
 
 
@@ -331,13 +343,7 @@ def test_port_mappings_are_map_elements_and_share_the_hosts_ports(svc, engine, n
 def test_attachments_survive_a_daemon_restart(svc, engine, netns, tmp_path, caplog):
     add(svc, netns(), runtimeConfig={"portMappings": [{"hostPort": 18081, "containerPort": 80}]})
     engine.ports.reservations.release(engine.attachments.by_name["cni:qnet/c1/eth0"].id)  # the old daemon is gone
-    engine.store.close()
-    again = Engine(engine.root, engine.host, StubFirewall(), resolv_conf=str(tmp_path / "resolv.conf"))
-    again.networks.load()
-    again.containers.load()
-    again.attachments.load()
-    again.containers.reconcile(keep_endpoints=again.attachments.endpoint_ids())
-    again.attachments.reconcile()
+    again = restarted(engine, tmp_path)
     assert list(again.attachments.by_name) == ["cni:qnet/c1/eth0"]
     assert any(link.get("kind") == "veth" for link in again.host.links.values())  # not taken for an orphan
     assert again.ports.reservations.owner_of("tcp", "0.0.0.0", 18081) == again.attachments.by_name["cni:qnet/c1/eth0"].id
@@ -456,13 +462,7 @@ def test_attachments_whose_namespace_is_gone_are_detached_at_start(svc, engine, 
     os.unlink(gone)  # a reboot, a runtime that never sent DEL
     for att in engine.attachments.by_name.values():
         engine.ports.reservations.release(att.id)
-    engine.store.close()
-    again = Engine(engine.root, engine.host, StubFirewall(), resolv_conf=str(tmp_path / "resolv.conf"))
-    again.networks.load()
-    again.containers.load()
-    again.attachments.load()
-    again.containers.reconcile(keep_endpoints=again.attachments.endpoint_ids())
-    again.attachments.reconcile()
+    again = restarted(engine, tmp_path)
     assert list(again.attachments.by_name) == ["cni:qnet/kept/eth0"]
     assert again.ports.reservations.owner_of("tcp", "0.0.0.0", 18090) is None
     again.store.close()
