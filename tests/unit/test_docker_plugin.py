@@ -119,3 +119,13 @@ def test_bad_json_and_unknown_driver_options(plugin):
     options = {"com.docker.network.generic": {"com.docker.network.bridge.nosuch": "1"}}
     answer = call(plugin, "NetworkDriver.CreateNetwork", {"NetworkID": NET, "Options": options, "IPv4Data": ipv4}, status=400)
     assert "com.docker.network.bridge.nosuch" in answer["Err"]
+
+
+def test_an_empty_body_is_refused_never_read_as_an_empty_request(plugin):
+    """dockerd's plugin client sends a call again, without its body, when the connection broke before
+    the answer (qiaod killed): ``RequestPool {}`` would be a pool of qiao's choosing, not the one asked for."""
+    for name in ("IpamDriver.RequestPool", "IpamDriver.RequestAddress", "NetworkDriver.CreateNetwork", "NetworkDriver.DeleteEndpoint"):
+        got, answer = plugin.call(name, b"")
+        assert got == 400 and set(answer) == {"Err"} and "empty request" in answer["Err"], (name, answer)
+    assert plugin.call("Plugin.Activate", b"") == (200, {"Implements": ["NetworkDriver", "IpamDriver"]})
+    assert plugin.call("IpamDriver.RequestPool", b"{}")[0] == 200  # a real empty request still chooses a pool

@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -50,6 +50,20 @@ OPT_NAME = "qiao.name"  # the qiao network's name (default docker-<12 hex of Doc
 
 class PluginError(Exception):
     """A refusal, answered as ``{"Err": ...}``."""
+
+
+T = TypeVar("T")
+
+
+def decode(body: bytes, kind: type[T]) -> T:
+    """A call's request.  An empty body is refused, never read as ``{}``:
+    dockerd's plugin client sends a call again without its body when the
+    connection broke before the answer (qiaod killed or restarted in
+    between), and ``{}`` can be another request (``RequestPool {}`` asks
+    for a pool of qiao's choosing, whatever ``--subnet`` was given)."""
+    if not body.strip():
+        raise PluginError("empty request: dockerd sent the call again without its body after its connection to qiao broke; try again")
+    return msgspec.json.decode(body, type=kind)
 
 
 # -- requests ---------------------------------------------------------------------
@@ -193,7 +207,7 @@ class DockerPlugin:
     # -- networks ----------------------------------------------------------------
 
     def create_network(self, body: bytes) -> dict[str, Any]:
-        req = msgspec.json.decode(body or b"{}", type=CreateNetwork)
+        req = decode(body, CreateNetwork)
         options = dict(req.Options or {})
         generic = {str(k): str(v) for k, v in (options.get(GENERIC) or {}).items()}
         v4 = (req.IPv4Data or [IPAMData()])[0]
@@ -215,7 +229,7 @@ class DockerPlugin:
         return {}
 
     def delete_network(self, body: bytes) -> dict[str, Any]:
-        req = msgspec.json.decode(body or b"{}", type=NetworkRef)
+        req = decode(body, NetworkRef)
         net_id = self.maps.get(req.NetworkID)
         if net_id is None:
             return {}
@@ -235,7 +249,7 @@ class DockerPlugin:
     # -- endpoints ----------------------------------------------------------------
 
     def create_endpoint(self, body: bytes) -> dict[str, Any]:
-        req = msgspec.json.decode(body or b"{}", type=CreateEndpoint)
+        req = decode(body, CreateEndpoint)
         net = self._network(req.NetworkID)
         iface = req.Interface or EndpointInterface()
         ip = iface.Address.split("/")[0] if iface.Address else ""
@@ -256,12 +270,12 @@ class DockerPlugin:
         return attachments.key(RUNTIME, network_id, endpoint_id, "vq" + endpoint_id[:13])
 
     def delete_endpoint(self, body: bytes) -> dict[str, Any]:
-        req = msgspec.json.decode(body or b"{}", type=EndpointRef)
+        req = decode(body, EndpointRef)
         self.engine.attachments.detach(self._key(req.NetworkID, req.EndpointID))
         return {}
 
     def endpoint_info(self, body: bytes) -> dict[str, Any]:
-        req = msgspec.json.decode(body or b"{}", type=EndpointRef)
+        req = decode(body, EndpointRef)
         got = self.engine.attachments.get(self._key(req.NetworkID, req.EndpointID))
         if got is None:
             raise NotFound(f"no endpoint {req.EndpointID[:12]}")
@@ -276,7 +290,7 @@ class DockerPlugin:
         return {"Value": value}
 
     def join(self, body: bytes) -> dict[str, Any]:
-        req = msgspec.json.decode(body or b"{}", type=Join)
+        req = decode(body, Join)
         key = self._key(req.NetworkID, req.EndpointID)
         got = self.engine.attachments.get(key)
         if got is None:
@@ -295,7 +309,7 @@ class DockerPlugin:
         return answer
 
     def program(self, body: bytes) -> dict[str, Any]:
-        req = msgspec.json.decode(body or b"{}", type=Connectivity)
+        req = decode(body, Connectivity)
         raw = (req.Options or {}).get(PORTMAP) or []
         bindings = msgspec.convert(raw, list[PortBinding])
         wanted: dict[str, list[dict[str, str]]] = {}
@@ -312,7 +326,7 @@ class DockerPlugin:
         return {}
 
     def revoke(self, body: bytes) -> dict[str, Any]:
-        req = msgspec.json.decode(body or b"{}", type=EndpointRef)
+        req = decode(body, EndpointRef)
         key = self._key(req.NetworkID, req.EndpointID)
         if self.engine.attachments.get(key) is not None:
             self.engine.attachments.unpublish(key)
@@ -321,7 +335,7 @@ class DockerPlugin:
     # -- IPAM ------------------------------------------------------------------------
 
     def request_pool(self, body: bytes) -> dict[str, Any]:
-        req = msgspec.json.decode(body or b"{}", type=RequestPool)
+        req = decode(body, RequestPool)
         if req.V6 and not req.Pool:
             raise PluginError("qiao's IPAM needs an IPv6 --subnet; it does not choose IPv6 pools")
         if req.SubPool and not req.Pool:
@@ -356,7 +370,7 @@ class DockerPlugin:
         return pool, net
 
     def request_address(self, body: bytes) -> dict[str, Any]:
-        req = msgspec.json.decode(body or b"{}", type=RequestAddress)
+        req = decode(body, RequestAddress)
         pool, net = self._pool(req.PoolID)
         if req.Address:
             try:
@@ -373,7 +387,7 @@ class DockerPlugin:
         return {"Address": f"{address}/{prefix}", "Data": {}}
 
     def release_address(self, body: bytes) -> dict[str, Any]:
-        req = msgspec.json.decode(body or b"{}", type=ReleaseAddress)
+        req = decode(body, ReleaseAddress)
         _pool, net = self._pool(req.PoolID)
         if net is not None and req.Address:
             self.engine.networks.unhold(net.id, req.Address.split("/")[0])
