@@ -98,6 +98,8 @@ def test_a_docker_network_is_a_qiao_network(node: Node, qnet: str) -> None:
         wait_for("qiao to learn the container's name (from dockerd's API)", lambda: names() == ["web"])
     except AssertionError:
         raise AssertionError(f"{names()}: {node.host.daemon_log()}") from None
+    listed = node.qiao_network(f"docker-{docker_id[:12]}")["Containers"]
+    assert list(listed) == [inspect["Id"]]  # the Docker container's id and name
     got = node.docker.docker("run", "--rm", "--network", qnet, node.ref, "timeout", "10", "wget", "-qO-", "http://web/")
     assert got.stdout == "hello from busybox\n"  # Docker's own resolver, on qiao's network
 
@@ -112,7 +114,7 @@ def test_published_ports_are_map_elements_reachable_from_everywhere(node: Node, 
         assert in_netns(node.host.path, probe, "tcp", "127.0.0.1", 18080) is not None
         ruleset = node.host.sh("nft", "list", "ruleset").stdout
         assert "18080" in ruleset and "dport 18080" not in ruleset  # an element of qiao's map
-        assert not sh("pgrep", "-f", "docker-proxy", check=False).stdout
+        assert not sh("pgrep", "-P", str(node.docker.pid), "-f", "docker-proxy", check=False).stdout  # none of this dockerd's
         # (`docker port` shows nothing: dockerd reads typed port maps of its built-in drivers only)
     finally:
         proc.kill()

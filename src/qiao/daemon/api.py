@@ -130,7 +130,8 @@ class Api:
     def _network_json(self, ref: str) -> dict[str, Any]:
         with self.engine.lock:
             net = self.engine.networks.get(ref)
-            return docker_json.network(net, self.engine.networks.endpoints_of(net.id), self.engine.containers.by_id)
+            endpoints = self.engine.networks.endpoints_of(net.id)
+            return docker_json.network(net, endpoints, self.engine.containers.by_id, self.engine.attachments.shown_as())
 
     @route("GET", "/networks")
     def network_list(self, req: Request) -> tuple[int, Any]:

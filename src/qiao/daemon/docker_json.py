@@ -12,7 +12,10 @@ from qiao.engine.models import Container, Endpoint, Network
 from qiao.units import human_duration
 
 
-def network(net: Network, endpoints: list[Endpoint], containers: dict[str, Container]) -> dict[str, Any]:
+def network(
+    net: Network, endpoints: list[Endpoint], containers: dict[str, Container], shown_as: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """``shown_as``: other engines' container ids for endpoint owners (CNI, dockerd attachments)."""
     config: list[dict[str, str]] = []
     if net.subnet:
         entry = {"Subnet": net.cluster_subnet or net.subnet}  # overlay: the range shared by all hosts
@@ -25,7 +28,7 @@ def network(net: Network, endpoints: list[Endpoint], containers: dict[str, Conta
     attached = {}
     for ep in endpoints:
         ctr = containers.get(ep.owner)
-        attached[ep.owner] = {
+        attached[(shown_as or {}).get(ep.owner, ep.owner)] = {
             "Name": ctr.name if ctr else (ep.dns_names[0] if ep.dns_names else ""),  # else: a CNI pod's name
             "EndpointID": ep.id,
             "MacAddress": ep.mac,

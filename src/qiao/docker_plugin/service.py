@@ -470,7 +470,8 @@ class NameFinder:
                              if n.get("EndpointID") == ours), {})  # fmt: skip
             aliases = [a for a in settings.get("Aliases") or [] if ids.DNS_NAME_RE.match(a) and a not in (name, cid[:12])]
             names = [n for n in (name, cid[:12]) if ids.DNS_NAME_RE.match(n)]
-            self.plugin.engine.attachments.update(self.plugin._key(network_id, endpoint_id), dns_names=names + aliases, aliases=aliases)
+            key = self.plugin._key(network_id, endpoint_id)
+            self.plugin.engine.attachments.update(key, dns_names=names + aliases, aliases=aliases, shown_as=cid)
             return True
         return False
 

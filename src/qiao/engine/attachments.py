@@ -92,6 +92,11 @@ class Attachments:
         att = next((a for a in self.by_name.values() if a.id == ep.owner), None)
         return att is None or self.host.namespace_id(att.sandbox) == att.sandbox_inode
 
+    def shown_as(self) -> dict[str, str]:
+        """Endpoint owner (attachment id) -> the runtime's container id, for `network inspect`."""
+        with self.lock:
+            return {a.id: a.shown_as or a.container_id for a in self.by_name.values()}
+
     def describe(self, owner: str) -> str:
         att = next((a for a in self.by_name.values() if a.id == owner), None)
         return f"{att.runtime} attachment {att.container_id}/{att.ifname}" if att else ""
@@ -218,12 +223,22 @@ class Attachments:
             self._store(changed)
             teardown.report()
 
-    def update(self, name: str, sandbox: str | None = None, dns_names: list[str] | None = None, aliases: list[str] | None = None) -> None:
-        """What the runtime told later: the sandbox it moved the interface into, the names it gave the container."""
+    def update(
+        self,
+        name: str,
+        sandbox: str | None = None,
+        dns_names: list[str] | None = None,
+        aliases: list[str] | None = None,
+        shown_as: str | None = None,
+    ) -> None:
+        """What the runtime told later: the sandbox it moved the interface into,
+        the container's id and the names it gave it."""
         with self.lock:
             att, ep = self._attached(name)
             if sandbox is not None:
                 att = dataclasses.replace(att, sandbox=sandbox)
+            if shown_as is not None:
+                att = dataclasses.replace(att, shown_as=shown_as)
             if dns_names is not None or aliases is not None:
                 ep = dataclasses.replace(ep, dns_names=list(dns_names or ep.dns_names), aliases=list(aliases or ep.aliases))
             with self.store.transaction() as tx:

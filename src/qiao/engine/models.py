@@ -133,6 +133,7 @@ class Attachment:
     sandbox: str  # the path qiao uses: the runtime's, or qiao's pin of it (``pinned``)
     sandbox_inode: int = 0  # the namespace the sandbox path named at ADD (/proc/PID/ns/net paths are reused)
     pinned: bool = False  # ``sandbox`` is ROOT/run/netns/cni-ID, bound by qiao: the runtime's path is not visible to qiaod
+    shown_as: str = ""  # the runtime's id of the container, as `network inspect` lists it (dockerd's, once learned)
     ports: list[dict[str, Any]] = field(default_factory=list)  # PortMapping fields
     created: str = ""
 
