@@ -1,5 +1,5 @@
 # qiao: `make demo` and `make test` work on a fresh machine (as root).
-.PHONY: setup test unit lint demo bench bench-peers bench-ports bench-soak bench-cni clean
+.PHONY: setup test unit lint demo bench bench-peers bench-ports bench-soak bench-cni bench-docker clean
 
 setup:
 	@scripts/setup.sh
@@ -31,6 +31,9 @@ bench-soak: setup
 
 bench-cni: setup
 	.venv/bin/python -m bench.cni
+
+bench-docker: setup
+	.venv/bin/python -m bench.docker
 
 clean:
 	rm -rf .venv build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

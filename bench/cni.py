@@ -258,24 +258,8 @@ class Lab:
         return path
 
     def start_qiaod(self, peer: Peer) -> None:
-        from qiao.cli.client import Client
-        from qiao.paths import Root
-
         self.qiao_root = os.path.join(self.tmp, "qiao-root")
-        log_path = os.path.join(self.tmp, "qiaod.log")
-
-        def tail() -> str:
-            with contextlib.suppress(OSError):
-                return Path(log_path).read_text(errors="replace")[-1500:]
-            return ""
-
-        with open(log_path, "ab") as logf, netns.entered(peer.ns_path):
-            # A session of its own: a Ctrl-C reaches the benchmark, which stops qiaod in order.
-            self.daemon = subprocess.Popen(
-                [QIAOD, "--root", self.qiao_root], stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True
-            )
-        api = Client(Root.resolve(self.qiao_root), autostart=False)
-        common.wait_for_qiaod(self.daemon, lambda: api.request("GET", "/_ping"), tail)
+        self.daemon = common.start_qiaod(QIAOD, self.qiao_root, peer.ns_path, os.path.join(self.tmp, "qiaod.log"))
 
     def cleanup(self) -> dict[str, Any]:
         """DEL every pod still attached, then remove everything; what was found on the way."""
@@ -311,7 +295,7 @@ class Lab:
         for name in sorted(names, key=lambda n: n in self.inodes):
             if name.startswith(f"{RUN}-"):
                 netns.destroy(f"{netns.NETNS_RUN_DIR}/{name}")
-        out["namespaces_gone"] = namespaces_gone(self.inodes)
+        out["namespaces_gone"] = common.namespaces_gone(self.inodes, f"{RUN}-")
         root_rules = iptables_rules()  # this thread is back in the machine's own namespace
         out["root_iptables_rules_naming_run"] = None if root_rules is None else sum(1 for line in root_rules if RUN in line)
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -333,27 +317,6 @@ def leftovers(peer: str) -> dict[str, Any]:
             maps = [o["map"] for o in json.loads(table)["nftables"] if "map" in o]
             left["port_map_elements"] = sum(len(m.get("elem", [])) for m in maps if m["name"].startswith("published"))
     return left
-
-
-def namespaces_gone(inodes: dict[str, int]) -> dict[str, Any]:
-    """Once the namespace files are gone: whether any process or mount still holds a peer namespace
-    (if none does, the kernel frees it, and its iptables and nftables rules with it)."""
-    held: dict[str, list[str]] = {}
-    wanted = {f"net:[{ino}]": ns for ns, ino in inodes.items()}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                ns = wanted.get(os.readlink(f"/proc/{entry}/ns/net"))
-                if ns:
-                    held.setdefault(ns, []).append(f"pid {entry}")
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            ns = wanted.get(fields[3])
-            if ns:
-                held.setdefault(ns, []).append(f"mount {fields[4]}")
-    named = [n for n in os.listdir(netns.NETNS_RUN_DIR) if n.startswith(f"{RUN}-")] if os.path.isdir(netns.NETNS_RUN_DIR) else []
-    return {"ok": not held and not named, "held": held, "still_named": named}
 
 
 def iptables_rules() -> list[str] | None:

@@ -165,7 +165,112 @@ def mounts_under(directory: str) -> list[str]:
     return out
 
 
+def rss_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of one process in KiB (VmRSS of /proc/PID/status, Pss of smaps_rollup); 0 for a process gone."""
+    rss = pss = 0
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                pss = int(line.split()[1])
+    return rss, pss
+
+
+def children(pid: int, comm: str | None = None) -> list[int]:
+    """The processes whose parent is ``pid`` (those named ``comm`` only, when given)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                name, _, rest = stat.partition(" (")[2].rpartition(")")
+                if int(rest.split()[1]) == pid and (comm is None or name == comm):
+                    out.append(int(entry))
+    return out
+
+
+def namespaces_gone(inodes: dict[str, int], prefix: str) -> dict[str, Any]:
+    """Once a run's namespace files (``inodes``: name -> inode) are deleted: whether any
+    process or mount still holds one of them (if none does, the kernel frees it, and its
+    iptables and nftables rules with it), and the names in /run/netns still starting with ``prefix``."""
+    from qiao.kernel import netns
+
+    held: dict[str, list[str]] = {}
+    wanted = {f"net:[{ino}]": ns for ns, ino in inodes.items()}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                ns = wanted.get(os.readlink(f"/proc/{entry}/ns/net"))
+                if ns:
+                    held.setdefault(ns, []).append(f"pid {entry}")
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            ns = wanted.get(fields[3])
+            if ns:
+                held.setdefault(ns, []).append(f"mount {fields[4]}")
+    run_dir = netns.NETNS_RUN_DIR
+    named = [n for n in os.listdir(run_dir) if n.startswith(prefix)] if os.path.isdir(run_dir) else []
+    return {"ok": not held and not named, "held": held, "still_named": named}
+
+
+def machine_firewall() -> dict[str, str]:
+    """The firewall and forwarding switches of this thread's network namespace (the
+    machine's own, at a benchmark's start and end): ``nft list ruleset``, the
+    ``*-save`` of iptables and ip6tables (nft and legacy back-ends; without the
+    comment lines, which carry the time, nor the chains' packet counters), ``ip_forward`` and the bridge's netfilter switch.
+    Equal snapshots before and after a run: the run changed none of it."""
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    out: dict[str, str] = {}
+    for name, argv in (
+        ("nft", ["nft", "list", "ruleset"]),
+        ("iptables", ["iptables-save"]),
+        ("ip6tables", ["ip6tables-save"]),
+        ("iptables-legacy", ["iptables-legacy-save"]),
+        ("ip6tables-legacy", ["ip6tables-legacy-save"]),
+    ):
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+            lines = (line.split(" [")[0] if line.startswith(":") else line for line in proc.stdout.splitlines())  # no counters
+            out[name] = "\n".join(line for line in lines if not line.startswith("#"))
+        except (OSError, subprocess.SubprocessError) as exc:
+            out[name] = f"({type(exc).__name__})"
+    for key in ("ipv4/ip_forward", "bridge/bridge-nf-call-iptables"):
+        try:
+            out[key] = Path(f"/proc/sys/net/{key}").read_text().strip()
+        except OSError:
+            out[key] = "(none)"
+    return out
+
+
 # -- a qiao root of the benchmark's own ------------------------------------------
+
+
+def start_qiaod(qiaod: str, root: str, ns_path: str, log_path: str) -> subprocess.Popen[bytes]:
+    """Start ``qiaod --root ROOT`` in the network namespace ``ns_path``, in a session of
+    its own (a Ctrl-C reaches the benchmark, which stops qiaod in order), its output
+    appended to ``log_path``; return once it answers on its API socket."""
+    from qiao.cli.client import Client
+    from qiao.kernel import netns
+    from qiao.paths import Root
+
+    def tail() -> str:
+        with contextlib.suppress(OSError):
+            return Path(log_path).read_text(errors="replace")[-1500:]
+        return ""
+
+    with open(log_path, "ab") as logf, netns.entered(ns_path):
+        daemon = subprocess.Popen([qiaod, "--root", root], stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True)
+    api = Client(Root.resolve(root), autostart=False)
+    try:
+        wait_for_qiaod(daemon, lambda: api.request("GET", "/_ping"), tail)
+    except BaseException:
+        stop(daemon, 10)
+        raise
+    return daemon
 
 
 def kill_qiaod(root: str) -> None:

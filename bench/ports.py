@@ -142,20 +142,6 @@ def nsrun(ns: str, *args: str, check: bool = True, timeout: float = 120, **kw: A
     return common.run(["nsenter", f"--net={ns_path(ns)}", "--", *args], check=check, timeout=timeout, **kw)
 
 
-def rss_kib(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) of one process in KiB."""
-    rss = pss = 0
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                pss = int(line.split()[1])
-    return rss, pss
-
-
 # -- the lab: everything made here, and its removal ---------------------------
 
 
@@ -396,7 +382,7 @@ class QiaoBench:
             "add_nft_ms": common.stats(self.nft_add),
             "del_nft_ms": common.stats(self.nft_del),
             "latency_ms": common.stats(self.lat),
-            "qiaod_rss_kib": rss_kib(pid)[0],
+            "qiaod_rss_kib": common.rss_kib(pid)[0],
             "qiaod_fds": len(os.listdir(f"/proc/{pid}/fd")),
             "newest": {"id": self.newest, "ip": self.newest_ip, "port": self.newest_port},
             "raw": {"add_cli_ms": self.cli_ms, "add_api_ms": self.api_ms, "add_nft_ms": self.nft_add, "latency_ms": self.lat},
@@ -448,7 +434,7 @@ class ProxyBench:
         count = qb.n if qb.n <= self.args.proxy_max else 1
         first = len(self.start_ms)
         procs = [self.start(qb.host.ns, PROXY_BASE + k, qb.newest_ip, 80) for k in range(count)]
-        mem = [rss_kib(p.pid) for p in procs]
+        mem = [common.rss_kib(p.pid) for p in procs]
         lat = latency(qb.client_ns, qb.addr, PROXY_BASE + count - 1, self.args.lat_reps)
         return {
             "proxies_running": count,

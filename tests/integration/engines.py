@@ -82,7 +82,7 @@ import tarfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tests.integration.conftest import RUN, Namespace, sh, wait_for
 
@@ -123,6 +123,14 @@ exec "$@"
 PathLike = str | os.PathLike[str]
 
 
+class NetnsHost(Protocol):
+    """What an engine needs of its host: the path of a network namespace file (a
+    test's ``Namespace``, or a benchmark's own)."""
+
+    @property
+    def path(self) -> str: ...
+
+
 def private_dirs_argv(netns: str, layers: PathLike, dirs: Mapping[str, PathLike], argv: Sequence[str]) -> list[str]:
     """``argv`` run in the network namespace ``netns`` and a private mount
     namespace where each key of ``dirs`` (a path the engine hardcodes) is the
@@ -139,12 +147,16 @@ class PrivateMounts:
     """One long-lived mount namespace of ``private_dirs_argv`` for an engine
     whose commands must share it (Podman keeps its network namespaces as bind
     mounts under /run/netns, made by one command and used by the next): a
-    ``sleep`` holds it, every ``argv`` enters it.  ``close`` ends the holder."""
+    ``sleep`` holds it, every ``argv`` enters it.  ``close`` ends the holder.
+    ``new_session``: the holder runs in a session of its own (a Ctrl-C at the
+    terminal does not reach it)."""
 
-    def __init__(self, netns: str, layers: PathLike, dirs: Mapping[str, PathLike]):
+    def __init__(self, netns: str, layers: PathLike, dirs: Mapping[str, PathLike], *, new_session: bool = False):
         self.netns = netns
         own = os.stat("/proc/self/ns/mnt").st_ino
-        self.holder = subprocess.Popen(private_dirs_argv(netns, layers, dirs, ["sleep", "infinity"]), stdin=subprocess.DEVNULL)
+        self.holder = subprocess.Popen(
+            private_dirs_argv(netns, layers, dirs, ["sleep", "infinity"]), stdin=subprocess.DEVNULL, start_new_session=new_session
+        )
 
         def ready() -> bool:
             if self.holder.poll() is not None:
@@ -747,11 +759,18 @@ class Dockerd:
     and its dirs (not a ``plugin_dir`` given by the test).  Never raises; safe
     to call twice and after any failure.  Close it before a plugin server it
     uses (see above: a plugin gone can cost 15 s per call).
+
+    ``args`` come after the harness's own flags, and for dockerd the last of a
+    repeated flag wins: ``args=["--iptables=true", "--userland-proxy=true"]``
+    turns Docker's defaults back on (its iptables rules then stay in the test
+    host's namespace).  ``new_session`` starts dockerd and the mount namespace's
+    holder in sessions of their own, so that a Ctrl-C at the terminal reaches
+    only the caller (a benchmark), which then closes the Dockerd in order.
     """
 
     def __init__(
         self,
-        host: Namespace,
+        host: NetnsHost,
         dir: PathLike,
         *,
         plugin_dir: PathLike | None = None,
@@ -762,8 +781,10 @@ class Dockerd:
         docker: str = DOCKER,
         dockerd: str = DOCKERD,
         start_timeout: float = 30,
+        new_session: bool = False,
     ):
         self.netns = host.path
+        self.new_session = new_session
         self.name = name or f"{os.path.basename(host.path)}-dockerd"
         self.args = list(args)
         self.live_restore = live_restore
@@ -797,7 +818,7 @@ class Dockerd:
         self.plugin_dir.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text("{}\n")
         try:
-            self.mounts = PrivateMounts(self.netns, self.layers, private)
+            self.mounts = PrivateMounts(self.netns, self.layers, private, new_session=new_session)
             self._start(start_timeout)
         except BaseException:
             self.close()
@@ -829,7 +850,9 @@ class Dockerd:
     def _start(self, timeout: float) -> None:
         assert self.mounts is not None
         with open(self.log, "ab") as log:
-            self.daemon = subprocess.Popen(self.mounts.argv(self.dockerd_argv()), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            self.daemon = subprocess.Popen(
+                self.mounts.argv(self.dockerd_argv()), stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=self.new_session
+            )
 
         def up() -> bool:
             if self.daemon is not None and self.daemon.poll() is not None:
