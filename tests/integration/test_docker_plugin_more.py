@@ -96,8 +96,10 @@ class Node:
         return json.loads(self.host.qiao("network", "inspect", f"docker-{docker_id[:12]}").stdout)[0]  # type: ignore[no-any-return]
 
     def state(self) -> dict[str, Any]:
-        """What qiao holds for dockerd: attachment rows (with their ports), host veths, guard elements."""
-        return {"attachments": store_rows(self.host.root, "attachments"), "veths": veths(self.host), "guards": guards(self.host)}
+        """What qiao holds for dockerd: attachments (which, on which network, with which ports), host
+        veths, guard elements.  (Not the names, which qiaod learns from dockerd's events at its pace.)"""
+        rows = [{k: r[k] for k in ("name", "network_id", "endpoint_id", "ports")} for r in store_rows(self.host.root, "attachments")]
+        return {"attachments": rows, "veths": veths(self.host), "guards": guards(self.host)}
 
 
 def store_rows(root: str, table: str) -> list[dict[str, Any]]:

@@ -297,8 +297,6 @@ class DockerPlugin:
             raise NotFound(f"no endpoint {req.EndpointID[:12]}")
         _att, ep, net = got
         self.engine.attachments.update(key, sandbox=req.SandboxKey)
-        if self.names is not None:
-            self.names.look_up(req.NetworkID, req.EndpointID)
         answer: dict[str, Any] = {"InterfaceName": {"SrcName": ep.ifname, "DstPrefix": "eth"}}
         if net.internal or not net.gateway:
             answer["DisableGatewayService"] = True
@@ -420,60 +418,63 @@ class NetworkMaps:
 
 
 class NameFinder:
-    """Learns a Docker container's name and aliases for its endpoint from
-    dockerd's own API (the remote driver protocol carries neither), so that
-    qiao's resolver (and an overlay's other hosts) answer them.  Asked from a
-    thread of its own, never inside a dockerd call (dockerd may hold its
-    locks while it waits for the plugin)."""
+    """Learns a Docker container's id, name and aliases for its endpoint from
+    dockerd's own API (the remote driver protocol carries none of them), so
+    that ``network inspect``, qiao's resolver and an overlay's other hosts
+    know them.  It follows dockerd's event stream (``network connect``
+    events name the container) and asks for that one container: the cost
+    per container does not grow with the network.  A thread of its own,
+    never inside a dockerd call (dockerd may hold its locks while it waits
+    for the plugin); a lost stream is opened again."""
+
+    FILTERS = '{"type":["network"],"event":["connect"]}'
 
     def __init__(self, plugin: DockerPlugin, docker_host: str):
         self.plugin = plugin
         self.socket = docker_host.removeprefix("unix://")
-        self.queue: list[tuple[str, str, float]] = []
-        self.cond = threading.Condition()
-        threading.Thread(target=self._loop, name="docker-names", daemon=True).start()
+        self.since = int(time.time()) - 1
+        threading.Thread(target=self._follow, name="docker-names", daemon=True).start()
 
-    def look_up(self, network_id: str, endpoint_id: str) -> None:
-        with self.cond:
-            self.queue.append((network_id, endpoint_id, time.monotonic() + 10))
-            self.cond.notify()
+    def _follow(self) -> None:
+        import socket
+        import urllib.parse
 
-    def _loop(self) -> None:
         while True:
-            with self.cond:
-                while not self.queue:
-                    self.cond.wait()
-                pending, self.queue = self.queue, []
-            retry = []
-            for network_id, endpoint_id, deadline in pending:
-                try:
-                    if not self._apply(network_id, endpoint_id) and time.monotonic() < deadline:
-                        retry.append((network_id, endpoint_id, deadline))
-                except Exception as exc:  # dockerd away, an endpoint gone meanwhile: logged, not fatal
-                    log.info("names of endpoint %s: %s", endpoint_id[:12], exc)
-            if retry:
-                time.sleep(0.2)
-                with self.cond:
-                    self.queue.extend(retry)
+            # since: dockerd replays what happened while the stream was not open (before it, or while dockerd restarted)
+            path = f"/events?since={self.since}&filters=" + urllib.parse.quote(self.FILTERS)
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.connect(self.socket)
+                    s.sendall(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+                    stream = s.makefile("rb")
+                    if b" 200 " not in stream.readline():
+                        raise OSError("dockerd refused its event stream")
+                    while stream.readline().strip():  # the rest of the head
+                        pass
+                    for line in stream:
+                        if line.strip():
+                            event = json.loads(line)
+                            self.since = max(self.since, int(event.get("time", 0)))
+                            self._connected(event)
+            except Exception as exc:  # dockerd restarting or away: follow it again
+                log.debug("dockerd's event stream: %s", exc)
+            time.sleep(1)
 
-    def _apply(self, network_id: str, endpoint_id: str) -> bool:
-        network = self._get(f"/networks/{network_id}")
-        ours = endpoint_id.removeprefix("ep-")  # what dockerd lists (it may pass its plugins "ep-ID")
-        for cid, entry in (network.get("Containers") or {}).items():
-            if entry.get("EndpointID") != ours:
+    def _connected(self, event: dict[str, Any]) -> None:
+        actor = event.get("Actor") or {}
+        docker_net, cid = str(actor.get("ID", "")), str((actor.get("Attributes") or {}).get("container", ""))
+        if not cid or self.plugin.maps.get(docker_net) is None:
+            return
+        container = self._get(f"/containers/{cid}/json")
+        name = str(container.get("Name", "")).lstrip("/")
+        for settings in (container.get("NetworkSettings", {}).get("Networks") or {}).values():
+            if settings.get("NetworkID") != docker_net or not settings.get("EndpointID"):
                 continue
-            container = self._get(f"/containers/{cid}/json")
-            name = str(container.get("Name", "")).lstrip("/")
-            if not name:  # listed before its container is (an "ep-ID" entry): ask again
-                return False
-            settings: dict[str, Any] = next((n for n in (container.get("NetworkSettings", {}).get("Networks") or {}).values()
-                             if n.get("EndpointID") == ours), {})  # fmt: skip
             aliases = [a for a in settings.get("Aliases") or [] if ids.DNS_NAME_RE.match(a) and a not in (name, cid[:12])]
-            names = [n for n in (name, cid[:12]) if ids.DNS_NAME_RE.match(n)]
-            key = self.plugin._key(network_id, endpoint_id)
-            self.plugin.engine.attachments.update(key, dns_names=names + aliases, aliases=aliases, shown_as=cid)
-            return True
-        return False
+            names = [n for n in (name, cid[:12]) if n and ids.DNS_NAME_RE.match(n)]
+            key = self.plugin._key(docker_net, settings["EndpointID"])
+            if self.plugin.engine.attachments.get(key) is not None:
+                self.plugin.engine.attachments.update(key, dns_names=names + aliases, aliases=aliases, shown_as=cid)
 
     def _get(self, path: str) -> dict[str, Any]:
         import socket
@@ -489,4 +490,3 @@ class NameFinder:
         if b" 200 " not in head.split(b"\r\n")[0]:
             return {}
         return json.loads(payload)  # type: ignore[no-any-return]
-
