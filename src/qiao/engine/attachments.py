@@ -239,13 +239,16 @@ class Attachments:
                 att = dataclasses.replace(att, sandbox=sandbox)
             if shown_as is not None:
                 att = dataclasses.replace(att, shown_as=shown_as)
+            renamed = None
             if dns_names is not None or aliases is not None:
-                ep = dataclasses.replace(ep, dns_names=list(dns_names or ep.dns_names), aliases=list(aliases or ep.aliases))
+                renamed = dataclasses.replace(ep, dns_names=list(dns_names or ep.dns_names), aliases=list(aliases or ep.aliases))
             with self.store.transaction() as tx:
                 tx.put("attachments", to_dict(att))
-                tx.put("endpoints", to_dict(ep))
+                if renamed is not None:
+                    tx.put("endpoints", to_dict(renamed))
             self.by_name[name] = att
-            self.networks.adopt(ep)  # the DNS zone (and an overlay's name records) follow
+            if renamed is not None and (renamed.dns_names, renamed.aliases) != (ep.dns_names, ep.aliases):
+                self.networks.adopt(renamed)  # the DNS zone (and an overlay's name records) follow; not for a sandbox alone
 
     def _attached(self, name: str) -> tuple[Attachment, Endpoint]:
         att = self.by_name.get(name)
