@@ -505,7 +505,7 @@ disabled_plugins = [
         for cid in ids:
             with contextlib.suppress(Exception):
                 self.ctr("tasks", "kill", "--signal", "SIGKILL", "--all", cid, check=False, timeout=timeout)
-        self._end_clients(timeout)
+        _end_clients(self._clients, timeout)
         for cid in ids:
             with contextlib.suppress(Exception):
                 self.ctr("tasks", "rm", "--force", cid, check=False, timeout=timeout)
@@ -524,7 +524,7 @@ disabled_plugins = [
         if self.daemon is not None and self.daemon.poll() is None:
             self.remove_containers(timeout)
         else:
-            self._end_clients(0)
+            _end_clients(self._clients, 0)
         self._stop_daemon(timeout)
         with contextlib.suppress(Exception):
             self._end_shims(timeout)
@@ -534,16 +534,6 @@ disabled_plugins = [
             for mountpoint in reversed(_mounts_under(self.dir)):
                 sh("umount", "-l", mountpoint, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def _end_clients(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        for proc in self._clients:
-            with contextlib.suppress(subprocess.TimeoutExpired, ValueError):  # ValueError: the caller read its pipes
-                proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        self._clients.clear()
 
     def _stop_daemon(self, timeout: float) -> None:
         if self.daemon is None:
@@ -617,6 +607,19 @@ def _remove_cgroups(name: str, timeout: float = 5) -> None:
         return not any(os.path.exists(top) for top in tops)
 
     wait_for(f"the cgroups of {name} to empty", removed, timeout=timeout, interval=0.05)
+
+
+def _end_clients(clients: list[subprocess.Popen[str]], timeout: float) -> None:
+    """Let the CLI clients a harness started end within ``timeout`` (a foreground
+    ``ctr run`` then runs its DEL), then kill what is left, by the Popen's PID."""
+    deadline = time.monotonic() + timeout
+    for proc in clients:
+        with contextlib.suppress(subprocess.TimeoutExpired, ValueError):  # ValueError: the caller read its pipes
+            proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    clients.clear()
 
 
 def _goarch() -> str:
@@ -977,7 +980,7 @@ class Dockerd:
         for cid in ids:
             with contextlib.suppress(Exception):
                 self.api("DELETE", f"/containers/{cid}?force=1&v=1", timeout=timeout)
-        self._end_clients(timeout)
+        _end_clients(self._clients, timeout)
 
     def close(self, timeout: float = 15) -> None:
         """``remove_containers``, stop dockerd (SIGTERM, then SIGKILL, by its pid),
@@ -992,7 +995,7 @@ class Dockerd:
         if self.daemon is not None and self.daemon.poll() is None:
             self.remove_containers(timeout)
         else:
-            self._end_clients(0)
+            _end_clients(self._clients, 0)
         for step in (
             lambda: self._stop_daemon(timeout),
             lambda: _kill_shims(self.containerd_address, timeout),
@@ -1008,16 +1011,6 @@ class Dockerd:
             for mountpoint in reversed(_mounts_under(self.dir)):
                 sh("umount", "-l", mountpoint, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def _end_clients(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        for proc in self._clients:
-            with contextlib.suppress(subprocess.TimeoutExpired, ValueError):  # ValueError: the caller read its pipes
-                proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        self._clients.clear()
 
     def _stop_daemon(self, timeout: float) -> None:
         """dockerd: SIGTERM, SIGKILL after ``timeout``; then its containerd, should
