@@ -575,12 +575,7 @@ def report(res: dict[str, Any]) -> str:
         rules = f"; {g['iptables_rules']} iptables rules in its namespace" if g.get("iptables_rules") is not None else ""
         lines.append(f"set-up, {g['peer']}: grown to {g['size']} pods in {g['seconds']:.1f} s{rules}")
     res["targets"] = targets(res)
-    lines += ["", "targets:"]
-    for t in res["targets"]:
-        mark = "PASS" if t.get("pass") is True else "FAIL" if t.get("pass") is False else "----"
-        lines.append(f"  {mark}  {t['target']}: {t['detail']}")
-    if res["skipped"]:
-        lines += ["", "skipped:"] + [f"  {k}: {v}" for k, v in res["skipped"].items()]
+    lines += common.verdict_lines(res["targets"], res["skipped"])
     c = res.get("cleanup") or {}
     if c:
         lines += ["", "clean-up:"]

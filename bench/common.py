@@ -305,3 +305,14 @@ def kill_containers(root: str) -> None:
                     os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(shim, signal.SIGKILL)
+
+
+def verdict_lines(targets: list[dict[str, Any]], skipped: dict[str, str]) -> list[str]:
+    """A benchmark's targets (PASS, FAIL, or ---- when not judged) and what it skipped, as report lines."""
+    lines = ["", "targets:"]
+    for t in targets:
+        mark = "PASS" if t.get("pass") is True else "FAIL" if t.get("pass") is False else "----"
+        lines.append(f"  {mark}  {t['target']}: {t['detail']}")
+    if skipped:
+        lines += ["", "skipped:"] + [f"  {k}: {v}" for k, v in skipped.items()]
+    return lines

@@ -811,12 +811,7 @@ def report(res: dict[str, Any]) -> str:
                 what += f", rm -f of all {k} {m[side]['rm_all_ms']:.0f} ms"
                 lines.append(f"  {side}: {what}{extra}")
     res["targets"] = targets(res)
-    lines += ["", "targets:"]
-    for t in res["targets"]:
-        mark = "PASS" if t.get("pass") is True else "FAIL" if t.get("pass") is False else "----"
-        lines.append(f"  {mark}  {t['target']}: {t['detail']}")
-    if res["skipped"]:
-        lines += ["", "skipped:"] + [f"  {k}: {v}" for k, v in res["skipped"].items()]
+    lines += common.verdict_lines(res["targets"], res["skipped"])
     c = res.get("cleanup") or {}
     if c:
         lines += ["", "clean-up:"]
