@@ -19,7 +19,7 @@ import pytest
 
 from qiao.cli.client import Client
 from qiao.daemon import wire
-from qiao.daemon.http import MAX_BODY, MAX_HEADERS, MAX_REQUEST_LINE, Raw, Request, Server, WorkerPool, parse_head, route
+from qiao.daemon.http import MAX_BODY, MAX_HEADERS, MAX_REQUEST_LINE, Hijacked, Raw, Request, Server, Streamed, WorkerPool, parse_head, route
 from qiao.engine.errors import InvalidParameter, NotFound
 from qiao.paths import Root
 
@@ -85,6 +85,26 @@ class FakeApi:
     @route("GET", "/bigreply")
     def bigreply(self, req: Request) -> tuple[int, Any]:
         return 200, Raw(b"x" * (4 << 20))
+
+    @route("GET", "/ticks")
+    def ticks(self, req: Request) -> tuple[int, Any]:
+        def chunks() -> Iterator[bytes]:
+            try:
+                for n in range(int(req.query.get("n", "3"))):
+                    yield f"tick {n}\n".encode()
+                    time.sleep(float(req.query.get("pause", "0")))
+            finally:
+                self.started.append("ticks closed")
+
+        return 200, Streamed(chunks(), "text/plain")
+
+    @route("POST", "/echo-raw")
+    def echo_raw(self, req: Request) -> tuple[int, Any]:
+        def run(sock: socket.socket) -> None:
+            while data := sock.recv(4096):
+                sock.sendall(data.upper())
+
+        return 101, Hijacked(run)
 
     @route("GET", "/boom")
     def boom(self, req: Request) -> tuple[int, Any]:
@@ -170,6 +190,44 @@ def post(path: str, body: bytes, extra: str = "") -> bytes:
 
 
 # -- well-formed requests ------------------------------------------------------
+
+
+def test_streamed_body_without_length_ends_at_close(served):
+    with served.connect() as sock:
+        sock.sendall(b"GET /ticks?n=3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 ") and b"content-length" not in head.lower()
+    assert body == b"tick 0\ntick 1\ntick 2\n"
+    wait_until("the producer closed", lambda: "ticks closed" in served.api.started)
+
+
+def test_streamed_producer_learns_that_the_client_left(served):
+    with served.connect() as sock:
+        sock.sendall(b"GET /ticks?n=100000&pause=0.01 HTTP/1.1\r\n\r\n")
+        assert b"tick 0" in sock.recv(65536) + sock.recv(65536)
+    wait_until("the producer closed", lambda: "ticks closed" in served.api.started)
+
+
+@pytest.mark.parametrize("upgrade", [True, False])
+def test_hijacked_connection_is_the_handlers(served, upgrade):
+    with served.connect() as sock:
+        extra = b"Connection: Upgrade\r\nUpgrade: tcp\r\n" if upgrade else b""
+        sock.sendall(b"POST /echo-raw HTTP/1.1\r\nContent-Length: 0\r\n" + extra + b"\r\n")
+        raw = b""
+        while b"\r\n\r\n" not in raw:
+            raw += sock.recv(4096)
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 UPGRADED" if upgrade else b"HTTP/1.1 200 OK")
+        assert (b"Upgrade: tcp" in head) == upgrade
+        sock.sendall(b"hello")
+        while len(rest) < 5:
+            rest += sock.recv(4096)
+        assert rest == b"HELLO"
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(4096) == b""
 
 
 def test_ping_and_friends(served):

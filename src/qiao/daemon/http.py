@@ -30,6 +30,12 @@ followed by one byte carrying the client's stdin, stdout and stderr
 with no copying through the daemon (qiao's equivalent of Docker's attach).
 The event loop reads with ``recvmsg`` so those descriptors are never lost,
 and waits for that byte as part of the request.
+
+Long answers: a handler returns ``Streamed`` (a body without a length,
+written as produced, ended by the close: ``logs -f``, ``/events``) or
+``Hijacked`` (the raw connection after ``101 UPGRADED``: Docker's attach and
+exec). Both run in the handler's worker, which stops counting against
+``WORKERS`` after ``LONG_REQUEST``.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -121,6 +127,29 @@ def routes_of(api: object) -> list[Route]:
 
 class Raw(bytes):
     """A response body sent as is (logs)."""
+
+
+@dataclass
+class Streamed:
+    """A body written as it is produced (``logs -f``, ``/events``, ``wait``):
+    the head goes out at once, without a length, then each chunk as the
+    iterator yields it; the connection's close ends the body. If the client
+    leaves, the iterator is closed (its ``finally`` runs), so a producer
+    learns it at its next ``yield``."""
+
+    chunks: Iterator[bytes]
+    content_type: str = "application/json"
+
+
+@dataclass
+class Hijacked:
+    """The raw connection for ``attach`` and ``exec start``: after the
+    upgrade head (``101 UPGRADED``, ``Upgrade: tcp``, as dockerd sends; a
+    client that asked for no upgrade gets ``200 OK``), ``run`` gets the socket
+    (blocking, no timeout) and owns the conversation until it returns."""
+
+    run: Callable[[socket.socket], None]
+    content_type: str = "application/vnd.docker.raw-stream"
 
 
 class HttpError(Exception):
@@ -784,7 +813,12 @@ class Server:
             req.close_fds()
         log.debug("%s %s -> %d", head.method, head.target[:200], status)
         try:
-            send_all(conn.sock, response(status, payload, head_only=head.method == "HEAD"))
+            if isinstance(payload, Streamed):
+                _send_stream(conn.sock, status, payload)
+            elif isinstance(payload, Hijacked):
+                _hand_over(conn.sock, head, payload)
+            else:
+                send_all(conn.sock, response(status, payload, head_only=head.method == "HEAD"))
         except OSError as exc:  # BrokenPipeError, ConnectionResetError, TimeoutError: the client's doing
             log.debug("client went away before its answer to %s %s: %s", head.method, conn.path, exc)
         finally:
@@ -821,6 +855,30 @@ def send_all(sock: socket.socket, data: bytes) -> None:
         view = view[sock.send(view[: 1 << 20]) :]
 
 
+def _send_stream(sock: socket.socket, status: int, payload: Streamed) -> None:
+    try:
+        send_all(sock, _head(status, payload.content_type, None))
+        for chunk in payload.chunks:
+            if chunk:
+                send_all(sock, chunk)
+    finally:
+        close = getattr(payload.chunks, "close", None)
+        if close is not None:
+            close()
+
+
+def _hand_over(sock: socket.socket, head: Head, payload: Hijacked) -> None:
+    if head.headers.get("upgrade", "").lower() == "tcp":
+        extra = {"Connection": "Upgrade", "Upgrade": "tcp"}
+        first = "HTTP/1.1 101 UPGRADED"
+    else:
+        extra, first = {}, "HTTP/1.1 200 OK"
+    lines = [first, f"Content-Type: {payload.content_type}", *(f"{k}: {v}" for k, v in extra.items()), f"Api-Version: {API_VERSION}"]
+    send_all(sock, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    sock.settimeout(None)
+    payload.run(sock)
+
+
 def _open_files_limit() -> int:
     """The soft RLIMIT_NOFILE: client connections may take a quarter of it (the
     daemon also holds a socket per published port, netlink sockets, files)."""
@@ -837,6 +895,11 @@ def response(status: int, payload: Any, headers: dict[str, str] | None = None, h
         data, ctype = b"", "application/json"
     else:
         data, ctype = json.dumps(payload).encode(), "application/json"
+    return _head(status, ctype, len(data), headers) + (b"" if head_only else data)
+
+
+def _head(status: int, ctype: str, length: int | None, headers: dict[str, str] | None = None) -> bytes:
+    """An HTTP/1.0 head; without ``length`` the body ends at the connection's close."""
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
@@ -844,10 +907,10 @@ def response(status: int, payload: Any, headers: dict[str, str] | None = None, h
     lines = [
         f"HTTP/1.0 {status} {reason}",
         f"Content-Type: {ctype}",
-        f"Content-Length: {len(data)}",
+        *([f"Content-Length: {length}"] if length is not None else []),
         f"Api-Version: {API_VERSION}",
         f"Server: qiaod/{__version__}",
         "Connection: close",
         *(f"{k}: {v}" for k, v in (headers or {}).items()),
     ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else data)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
