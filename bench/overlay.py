@@ -901,8 +901,10 @@ def main(argv: list[str] | None = None) -> int:
         if "cost" not in skip:
             res["start_cost"] = start_cost(b)
             c = res["start_cost"]
-            say(f"  (d) {c['starts']} starts on host1, {c['hosts']} hosts: {c['reads_per_start_per_host']:.2f} etcd reads "
-                f"and {c['events_per_start_per_host']:.2f} watch events per start on each other host")
+            say(
+                f"  (d) {c['starts']} starts on host1, {c['hosts']} hosts: {c['reads_per_start_per_host']:.2f} etcd reads "
+                f"and {c['events_per_start_per_host']:.2f} watch events per start on each other host"
+            )
     except (KeyboardInterrupt, Interrupted) as exc:
         failed = f"interrupted ({exc or 'Ctrl-C'})"
     except Exception as exc:

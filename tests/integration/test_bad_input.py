@@ -596,6 +596,7 @@ QUERY_CASES = [
 
 CASES = HTTP_CASES + CREATE_CASES + NETWORK_CASES + CONNECT_CASES + QUERY_CASES
 
+
 def params() -> list[Any]:
     ids = [c.id for c in CASES]
     assert len(ids) == len(set(ids)), "case ids are unique"

@@ -283,7 +283,7 @@ def test_overlay_with_containerd_on_two_lab_hosts(lab2: Lab) -> None:
         name = engines["host1"].cni_id("srv")
         # as a runtime does with the result's dns: the network's resolver on this host (its gateway)
         fetch = (
-            'echo "nameserver $(ip route | awk \'/default/ {print $3}\')" > /etc/resolv.conf; '
+            "echo \"nameserver $(ip route | awk '/default/ {print $3}')\" > /etc/resolv.conf; "
             f"timeout 10 wget -q -O - http://{address.split('/')[0]}/ && timeout 10 wget -q -O - http://{name}/"
         )
         got = engines["host2"].ctr("run", "--cni", "--rm", ref, "cli", "sh", "-c", fetch)

@@ -220,7 +220,9 @@ tmp_dir = "{base}/tmp"
         assert " 10.89.0." in first.stdout
         podman("run", "-d", "--name", "pa", "--network", NETWORK, "localhost/bbp:local", "httpd", "-f", "-p", "80", "-h", "/www")
         assert "pa" in node.attached()  # Podman passes K8S_POD_NAME: the container's name
-        got = podman("run", "--rm", "--network", NETWORK, "--dns", GATEWAY, "localhost/bbp:local", "timeout", "10", "wget", "-qO-", "http://pa/")
+        got = podman(
+            "run", "--rm", "--network", NETWORK, "--dns", GATEWAY, "localhost/bbp:local", "timeout", "10", "wget", "-qO-", "http://pa/"
+        )
         assert got.stdout == "hello from podman\n"
     finally:
         try:

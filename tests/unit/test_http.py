@@ -19,7 +19,19 @@ import pytest
 
 from qiao.cli.client import Client
 from qiao.daemon import wire
-from qiao.daemon.http import MAX_BODY, MAX_HEADERS, MAX_REQUEST_LINE, Hijacked, Raw, Request, Server, Streamed, WorkerPool, parse_head, route
+from qiao.daemon.http import (
+    MAX_BODY,
+    MAX_HEADERS,
+    MAX_REQUEST_LINE,
+    Hijacked,
+    Raw,
+    Request,
+    Server,
+    Streamed,
+    WorkerPool,
+    parse_head,
+    route,
+)
 from qiao.engine.errors import InvalidParameter, NotFound
 from qiao.paths import Root
 

@@ -500,6 +500,8 @@ def test_join_keeps_dns_names(nets):
     with Steps() as steps:
         ep = nets.join(steps, create(nets, "web"), SANDBOX, "eth0", "c" * 64, dns_names=["box", "c" * 12])
     assert ep.dns_names == ["box", "c" * 12]
+
+
 def test_join_guards_the_port_with_the_endpoints_addresses_and_leave_unguards(nets, dual):
     v4 = join_and_adopt(nets, nets.get("bridge"))
     v6 = join_and_adopt(nets, dual, ifname="eth1")

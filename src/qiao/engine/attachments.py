@@ -160,9 +160,7 @@ class Attachments:
             with Steps(self.fault) as steps:
                 if pin:  # the runtime's path names another namespace here (its own mount namespace): pin the one it passed
                     steps.run("pin-sandbox", lambda: self.host.pin_netns(spec.sandbox_source, pin), lambda: self.host.destroy_netns(pin))
-                ep = self.networks.join(
-                    steps, net, att.sandbox, spec.ifname, att.id, spec.endpoint, spec.default_route, spec.dns_names
-                )
+                ep = self.networks.join(steps, net, att.sandbox, spec.ifname, att.id, spec.endpoint, spec.default_route, spec.dns_names)
                 mappings = self.ports.publish(steps, att.id, wanted, ep.address)
                 att.endpoint_id, att.ports = ep.id, [dataclasses.asdict(m) for m in mappings]
 

@@ -383,5 +383,3 @@ class Networks:
 
 def _guard(ep: Endpoint) -> EndpointGuard:
     return EndpointGuard(ep.host_ifname, tuple(a for a in (ep.address, ep.address6) if a))
-
-

@@ -462,4 +462,3 @@ class OverlayManager:
             self._held_back.clear()
             for name in names:
                 self._program_peers(name)
-

@@ -162,5 +162,3 @@ class ClusterStore:
 
     def lease(self, ttl: int) -> Any:
         return self.client.lease(ttl)
-
-
