@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from qiao.engine.errors import InvalidParameter
+from qiao.engine.errors import InvalidParameter, NotFound
 from qiao.engine.specs import ContainerSpec, EndpointSpec, NetworkSpec, PortBinding
 
 Map = dict[str, str]
@@ -161,8 +161,8 @@ class ContainerCreate(Struct):
     NetworkingConfig: NetworkingConfig | None = None
     User: str = ""
     WorkingDir: str = ""
-    # Not implemented by qiao: refused unless zero.
     Image: str = ""
+    # Not implemented by qiao: refused unless zero.
     Entrypoint: list[str] | str | None = None
     Volumes: dict[str, Any] | None = None
     Healthcheck: dict[str, Any] | None = None
@@ -193,7 +193,6 @@ _UNSUPPORTED_HOST = {
     "Runtime": "--runtime",
 }
 _UNSUPPORTED_CONFIG = {
-    "Image": "an image (qiao runs commands from the host's filesystem)",
     "Entrypoint": "--entrypoint",
     "Volumes": "volumes",
     "Healthcheck": "--health-cmd",
@@ -275,8 +274,19 @@ def endpoint_spec(settings: EndpointSettings | None) -> EndpointSpec:
     return EndpointSpec(tuple(settings.Aliases or ()), ipam.IPv4Address, ipam.IPv6Address, settings.MacAddress)
 
 
+# The image Docker's clients name to get qiao's image-less mode: the
+# command runs from the host's filesystem, as ``qiao run`` does.
+HOST_IMAGE = "qiao/host"
+
+
+def _image_less(image: str) -> bool:
+    return image in ("", HOST_IMAGE, HOST_IMAGE + ":latest")
+
+
 def container_spec(name: str | None, body: bytes) -> ContainerSpec:
     req: ContainerCreate = _decode(body, ContainerCreate)
+    if not _image_less(req.Image):
+        raise NotFound(f"No such image: {req.Image}")
     host = req.HostConfig or HostConfig()
     _refuse(req, _UNSUPPORTED_CONFIG)
     _refuse(host, _UNSUPPORTED_HOST)
