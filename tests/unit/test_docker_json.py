@@ -32,7 +32,8 @@ DOCKER_STATE_KEYS = [
 ]  # fmt: skip
 DOCKER_CONFIG_KEYS = [
     "Hostname", "Domainname", "User", "AttachStdin", "AttachStdout", "AttachStderr", "ExposedPorts", "Tty", "OpenStdin",
-    "StdinOnce", "Env", "Cmd", "Healthcheck", "ArgsEscaped", "Image", "Volumes", "WorkingDir", "Entrypoint",
+    "StdinOnce", "Env", "Cmd", "Healthcheck", "ArgsEscaped", "Image", "Volumes", "WorkingDir", "Entrypoint", "NetworkDisabled",
+    "MacAddress", "OnBuild", "Labels", "StopSignal", "StopTimeout", "Shell",
 ]  # fmt: skip
 DOCKER_HOSTCONFIG_KEYS = [
     "Binds", "ContainerIDFile", "LogConfig", "NetworkMode", "PortBindings", "RestartPolicy", "AutoRemove", "VolumeDriver",
@@ -226,9 +227,14 @@ def test_container_key_order_and_values():
     assert doc["HostConfig"] == {
         "NetworkMode": "web",
         "PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]},
+        "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
         "AutoRemove": False,
         "CapAdd": None,
         "CapDrop": None,
+        "Dns": [],
+        "DnsOptions": [],
+        "DnsSearch": [],
+        "ExtraHosts": None,
         "Links": None,
         "Privileged": False,
         "PublishAllPorts": False,

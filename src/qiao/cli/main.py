@@ -84,6 +84,15 @@ def _add_run(sub: Any) -> None:
     run.add_argument("--cap-add", action="append", default=[], help="add a capability (NET_ADMIN, CAP_SYS_TIME, ALL, ...)")
     run.add_argument("--cap-drop", action="append", default=[], help="drop a capability (ALL too)")
     run.add_argument("--privileged", action="store_true", help="every capability, no no_new_privs (qiao's root stays hidden)")
+    run.add_argument("--env-file", action="append", default=[], help="KEY=VALUE lines (# comments), before -e")
+    run.add_argument("--domainname", default="", help="the container's NIS domain name")
+    run.add_argument("--restart", default="", help="no, always, unless-stopped or on-failure[:N]: qiaod restarts it on exit")
+    run.add_argument("--stop-signal", default="", help="what stop sends first (default SIGTERM)")
+    run.add_argument("--stop-timeout", type=int, default=None, help="seconds stop waits before SIGKILL (default 10, -1: for ever)")
+    run.add_argument("--dns", action="append", default=[], help="a nameserver (on user networks: where qiao's resolver forwards)")
+    run.add_argument("--dns-search", action="append", default=[], help="a search domain ('.': none)")
+    run.add_argument("--dns-option", action="append", default=[], help="a resolver option (ndots:2, ...)")
+    run.add_argument("--add-host", action="append", default=[], help="NAME:IP in /etc/hosts (IP may be host-gateway)")
     run.add_argument("cmd", nargs=argparse.REMAINDER)
 
 
@@ -121,9 +130,50 @@ def _add_logs(sub: Any) -> None:
 
 
 def _add_stop(sub: Any) -> None:
-    stop = sub.add_parser("stop", help="SIGTERM, then SIGKILL after a grace period")
-    stop.add_argument("-t", "--time", type=int, default=10, help="seconds to wait before SIGKILL")
+    stop = sub.add_parser("stop", help="the stop signal (SIGTERM), then SIGKILL after a grace period")
+    stop.add_argument("-t", "--time", "--timeout", type=int, default=None, help="seconds before SIGKILL (default: the container's, 10)")
+    stop.add_argument("-s", "--signal", default=None, help="the signal to send first (default: the container's stop signal)")
     stop.add_argument("names", nargs="+")
+
+
+def _add_restart(sub: Any) -> None:
+    restart = sub.add_parser("restart", help="stop, then start containers")
+    restart.add_argument("-t", "--time", "--timeout", type=int, default=None, help="seconds to wait before SIGKILL")
+    restart.add_argument("-s", "--signal", default=None, help="the signal to stop with")
+    restart.add_argument("names", nargs="+")
+
+
+def _add_rename(sub: Any) -> None:
+    rename = sub.add_parser("rename", help="rename a container")
+    rename.add_argument("container")
+    rename.add_argument("new_name")
+
+
+def _add_top(sub: Any) -> None:
+    top = sub.add_parser("top", help="a container's processes (ps -ef, or aux)")
+    top.add_argument("container")
+    top.add_argument("ps_args", nargs=argparse.REMAINDER, help="-ef (default), -e, aux or ax")
+
+
+def _add_stats(sub: Any) -> None:
+    stats = sub.add_parser("stats", help="CPU, memory, network I/O and processes of containers")
+    stats.add_argument("-a", "--all", action="store_true", help="all containers (default: running)")
+    stats.add_argument("--no-stream", action="store_true", help="one table, then exit")
+    stats.add_argument("names", nargs="*")
+
+
+def _add_pause(sub: Any) -> None:
+    sub.add_parser("pause", help="freeze containers' processes (cgroup freezer)").add_argument("names", nargs="+")
+
+
+def _add_unpause(sub: Any) -> None:
+    sub.add_parser("unpause", help="thaw paused containers").add_argument("names", nargs="+")
+
+
+def _add_container(sub: Any) -> None:
+    ctr = sub.add_parser("container", help="manage containers: qiao container prune")
+    csub = ctr.add_subparsers(dest="container_command", parser_class=Parser, required=True)
+    csub.add_parser("prune", help="remove every stopped container").add_argument("-f", "--force", action="store_true")
 
 
 def _add_start(sub: Any) -> None:
@@ -194,6 +244,13 @@ COMMANDS = {
     "port": _add_port,
     "logs": _add_logs,
     "stop": _add_stop,
+    "restart": _add_restart,
+    "rename": _add_rename,
+    "top": _add_top,
+    "stats": _add_stats,
+    "pause": _add_pause,
+    "unpause": _add_unpause,
+    "container": _add_container,
     "start": _add_start,
     "kill": _add_kill,
     "rm": _add_rm,
@@ -268,10 +325,17 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
         "IPAMConfig": {"IPv4Address": a.ip, "IPv6Address": a.ip6},
         "MacAddress": a.mac_address,
     }
+    env = []
+    for path in a.env_file:
+        with open(path) as f:
+            env += output.env_file(f.read(), dict(os.environ), path)
     body = {
         "Hostname": a.hostname or "",
-        "Env": a.env,
+        "Domainname": a.domainname,
+        "Env": env + output.env_items(a.env, dict(os.environ)),
         "Cmd": cmd,
+        "StopSignal": a.stop_signal,
+        "StopTimeout": a.stop_timeout,
         "ExposedPorts": exposed,
         "User": a.user,
         "WorkingDir": a.workdir,
@@ -284,6 +348,11 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
             "CapAdd": a.cap_add,
             "CapDrop": a.cap_drop,
             "Privileged": a.privileged,
+            "RestartPolicy": output.restart_policy(a.restart),
+            "Dns": a.dns,
+            "DnsSearch": a.dns_search,
+            "DnsOptions": a.dns_option,
+            "ExtraHosts": a.add_host,
         },
         "NetworkingConfig": {"EndpointsConfig": {net: (first if i == 0 else {}) for i, net in enumerate(networks)}},
     }
@@ -456,6 +525,42 @@ def cmd_network(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_top(c: Client, a: argparse.Namespace) -> int:
+    found = c.request("GET", f"/containers/{quote(a.container)}/top", {"ps_args": " ".join(a.ps_args) or None})
+    print(output.table(found["Titles"], found["Processes"] or []), end="")
+    return 0
+
+
+def cmd_stats(c: Client, a: argparse.Namespace) -> int:
+    """Docker's table: one sample of each container, another a second later, CPU %
+    from the pair (one-shot samples: one second in all, however many containers)."""
+    names = a.names or [r["Id"] for r in c.request("GET", "/containers/json", {"all": 1 if a.all else None})]
+
+    def sample() -> list[dict[str, Any]]:
+        return [c.request("GET", f"/containers/{quote(n)}/stats", {"stream": 0, "one-shot": 1}) for n in names]
+
+    before = sample()
+    while True:
+        time.sleep(1)
+        now = sample()
+        text = output.stats_table([output.stats_row(n, b) for n, b in zip(now, before, strict=True)])
+        if a.no_stream:
+            print(text, end="")
+            return 0
+        if sys.stdout.isatty():
+            print("\033[2J\033[H", end="")  # as docker stats: redraw in place
+        print(text, end="", flush=True)
+        before = now
+
+
+def cmd_container(c: Client, a: argparse.Namespace) -> int:
+    deleted = c.request("POST", "/containers/prune")["ContainersDeleted"] or []
+    if deleted:
+        print("Deleted Containers:\n" + "\n".join(deleted) + "\n")
+    print("Total reclaimed space: 0B")
+    return 0
+
+
 def cmd_daemon(c: Client, a: argparse.Namespace) -> int:
     c.autostart = False
     try:
@@ -549,7 +654,20 @@ def _main(argv: list[str] | None) -> int:
         if cmd == "logs":
             return cmd_logs(c, a)
         if cmd == "stop":
-            return _each(c, a.names, "POST", "/containers/{}/stop", {"t": a.time})
+            return _each(c, a.names, "POST", "/containers/{}/stop", {"t": a.time, "signal": a.signal})
+        if cmd == "restart":
+            return _each(c, a.names, "POST", "/containers/{}/restart", {"t": a.time, "signal": a.signal})
+        if cmd == "rename":
+            c.request("POST", f"/containers/{quote(a.container)}/rename", {"name": a.new_name})
+            return 0
+        if cmd == "top":
+            return cmd_top(c, a)
+        if cmd == "stats":
+            return cmd_stats(c, a)
+        if cmd in ("pause", "unpause"):
+            return _each(c, a.names, "POST", "/containers/{}/" + cmd)
+        if cmd == "container":
+            return cmd_container(c, a)
         if cmd == "start":
             return _each(c, a.names, "POST", "/containers/{}/start")
         if cmd == "kill":

@@ -248,3 +248,112 @@ def ipam_config(subnets: list[str], gateways: list[str], ip_range: str | None) -
     if ip_range and not subnets:
         out.append({"IPRange": ip_range})
     return out
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """A left-aligned table (``docker top`` prints its daemon's titles and rows so)."""
+    return _table(headers, rows)
+
+
+def _custom_size(size: float, base: float, units: tuple[str, ...], precision: int) -> str:
+    """go-units' CustomSize: divide by ``base`` while it fits, then ``%.<precision>g<unit>``."""
+    i = 0
+    while size >= base and i < len(units) - 1:
+        size /= base
+        i += 1
+    return f"{size:.{precision}g}{units[i]}"
+
+
+def bytes_size(size: float) -> str:
+    """go-units' BytesSize: binary units (``1.5MiB``), as ``docker stats`` shows memory."""
+    return _custom_size(size, 1024.0, ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"), 4)
+
+
+def human_size(size: float, precision: int = 3) -> str:
+    """go-units' HumanSizeWithPrecision: decimal units (``1.2kB``), as ``docker stats`` shows I/O."""
+    return _custom_size(size, 1000.0, ("B", "kB", "MB", "GB", "TB", "PB", "EB"), precision)
+
+
+def cpu_percent(now: dict[str, Any], before: dict[str, Any] | None = None) -> float:
+    """The Docker CLI's calculateCPUPercentUnix: the container's share of the machine
+    between two samples (``before``, or the sample's own ``precpu_stats``), times the CPUs."""
+    cpu = now.get("cpu_stats") or {}
+    pre = (before or {}).get("cpu_stats") if before else now.get("precpu_stats")
+    pre = pre or {}
+    cpu_delta = cpu.get("cpu_usage", {}).get("total_usage", 0) - pre.get("cpu_usage", {}).get("total_usage", 0)
+    system_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
+    if system_delta > 0 and cpu_delta > 0:
+        return cpu_delta / system_delta * (cpu.get("online_cpus") or 1) * 100.0
+    return 0.0
+
+
+def memory_usage(stats: dict[str, Any]) -> int:
+    """The Docker CLI's calculateMemUsageUnixNoCache: usage without the inactive page cache."""
+    mem = stats.get("memory_stats") or {}
+    usage, detail = mem.get("usage", 0), mem.get("stats") or {}
+    for key in ("total_inactive_file", "inactive_file"):
+        if key in detail and detail[key] < usage:
+            return int(usage - detail[key])
+    return int(usage)
+
+
+def stats_row(stats: dict[str, Any], before: dict[str, Any] | None = None) -> list[str]:
+    """One line of ``docker stats``."""
+    mem = stats.get("memory_stats") or {}
+    usage, limit = memory_usage(stats), mem.get("limit", 0)
+    nets = (stats.get("networks") or {}).values()
+    rx, tx = sum(n.get("rx_bytes", 0) for n in nets), sum(n.get("tx_bytes", 0) for n in nets)
+    blkio = (stats.get("blkio_stats") or {}).get("io_service_bytes_recursive") or []
+    read = sum(e.get("value", 0) for e in blkio if e.get("op", "").lower() == "read")
+    write = sum(e.get("value", 0) for e in blkio if e.get("op", "").lower() == "write")
+    return [
+        stats.get("id", "")[:12],
+        stats.get("name", "").lstrip("/"),
+        f"{cpu_percent(stats, before):.2f}%",
+        f"{bytes_size(usage)} / {bytes_size(limit)}",
+        f"{usage * 100.0 / limit if limit else 0.0:.2f}%",
+        f"{human_size(rx)} / {human_size(tx)}",
+        f"{human_size(read)} / {human_size(write)}",
+        str((stats.get("pids_stats") or {}).get("current", 0)),
+    ]
+
+
+def stats_table(rows: list[list[str]]) -> str:
+    return _table(["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O", "BLOCK I/O", "PIDS"], rows)
+
+
+def restart_policy(text: str) -> dict[str, Any]:
+    """``--restart no|always|unless-stopped|on-failure[:N]`` -> HostConfig.RestartPolicy (the daemon checks the name)."""
+    name, sep, count = text.partition(":")
+    if sep and not (count.isascii() and count.lstrip("-").isdigit()):
+        raise ValueError(f"invalid restart policy {text!r}: maximum retry count must be an integer")
+    return {"Name": name, "MaximumRetryCount": int(count) if sep else 0}
+
+
+def env_items(items: list[str], environ: dict[str, str]) -> list[str]:
+    """``-e KEY=VALUE`` as given; ``-e KEY`` takes the caller's value, or stays a bare KEY
+    (which unsets it), as the Docker CLI's ValidateEnv."""
+    out = []
+    for item in items:
+        if "=" not in item and item in environ:
+            item = f"{item}={environ[item]}"
+        out.append(item)
+    return out
+
+
+def env_file(text: str, environ: dict[str, str], path: str = "") -> list[str]:
+    """An ``--env-file`` (the Docker CLI's ParseEnvFile): ``KEY=VALUE`` lines, ``#`` comments
+    and blank lines skipped, a bare ``KEY`` takes the caller's value or is left out."""
+    out = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.lstrip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, _value = line.partition("=")
+        if not key or any(c.isspace() for c in key):
+            raise ValueError(f"invalid environment variable {key!r} in {path or 'the env file'} line {number}: it contains whitespace")
+        if sep:
+            out.append(line)
+        elif key in environ:
+            out.append(f"{key}={environ[key]}")
+    return out

@@ -6,7 +6,6 @@ the route handlers.  The server itself (parsing, limits, workers) is in
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -14,12 +13,14 @@ from qiao import __version__, cni
 from qiao.cni.service import CniService
 from qiao.daemon import docker_json, wire
 from qiao.daemon.http import API_VERSION, Raw, Request, route
+from qiao.daemon.lifecycle_api import LifecycleRoutes, stop_signal, stop_timeout
+from qiao.engine import signals
 from qiao.engine.containers import StartFailed
 from qiao.engine.engine import Engine
 from qiao.engine.errors import InvalidParameter
 
 
-class Api:
+class Api(LifecycleRoutes):
     """The route handlers; each returns (status, body)."""
 
     def __init__(self, engine: Engine, shutdown: Callable[[], None]):
@@ -97,19 +98,12 @@ class Api:
 
     @route("POST", "/containers/(?P<ref>[^/]+)/stop")
     def container_stop(self, req: Request, ref: str) -> tuple[int, Any]:
-        self.engine.containers.stop(ref, req.number("t", 10))
+        self.engine.containers.stop(ref, stop_timeout(req), stop_signal(req))
         return 204, None
 
     @route("POST", "/containers/(?P<ref>[^/]+)/kill")
     def container_kill(self, req: Request, ref: str) -> tuple[int, Any]:
-        name = req.query.get("signal", "SIGKILL").upper()
-        try:
-            sig = int(name) if name.isascii() and name.isdigit() else signal.Signals[name if name.startswith("SIG") else "SIG" + name]
-        except KeyError:
-            raise InvalidParameter(f"invalid signal: {name}") from None
-        if not 0 < sig <= signal.SIGRTMAX:  # as Docker: no 0 (a no-op) and nothing the kernel would refuse
-            raise InvalidParameter(f"invalid signal: {name}")
-        self.engine.containers.kill(ref, sig)
+        self.engine.containers.kill(ref, signals.parse(req.query.get("signal") or "SIGKILL"))
         return 204, None
 
     @route("POST", "/containers/(?P<ref>[^/]+)/wait")

@@ -112,10 +112,10 @@ def container(view: ContainerView) -> dict[str, Any]:
         "Path": ctr.cmd[0] if ctr.cmd else "",
         "Args": ctr.cmd[1:],
         "State": {
-            "Status": ctr.status,
-            "Running": ctr.running,
-            "Paused": False,
-            "Restarting": False,
+            "Status": state(ctr),
+            "Running": ctr.running or ctr.restarting,  # as dockerd: a restarting container counts as running
+            "Paused": ctr.paused,
+            "Restarting": ctr.restarting,
             "OOMKilled": False,
             "Dead": False,
             "Pid": ctr.pid if ctr.running else 0,
@@ -130,25 +130,33 @@ def container(view: ContainerView) -> dict[str, Any]:
         "HostsPath": files.get("hosts", ""),
         "LogPath": files.get("log", ""),
         "Name": "/" + ctr.name,
+        "RestartCount": ctr.restart_count,
         "HostConfig": {
             "NetworkMode": ctr.network_mode,
             "PortBindings": port_bindings(ctr),
+            "RestartPolicy": {"Name": ctr.restart_policy or "no", "MaximumRetryCount": ctr.restart_retries},
             "AutoRemove": ctr.auto_remove,
             "CapAdd": list(ctr.cap_add) or None,
             "CapDrop": list(ctr.cap_drop) or None,
+            "Dns": list(ctr.dns),
+            "DnsOptions": list(ctr.dns_options),
+            "DnsSearch": list(ctr.dns_search),
+            "ExtraHosts": list(ctr.extra_hosts) or None,
             "Links": links or None,
             "Privileged": ctr.privileged,
             "PublishAllPorts": ctr.publish_all,
         },
         "Config": {
             "Hostname": ctr.hostname,
-            "Domainname": "",
+            "Domainname": ctr.domainname,
             "User": ctr.user,
             "ExposedPorts": {key: {} for key in ctr.exposed_ports} or None,
             "Env": list(ctr.env),
             "Cmd": list(ctr.cmd),
             "Image": "",
             "WorkingDir": ctr.workdir,
+            **({"StopSignal": ctr.stop_signal} if ctr.stop_signal else {}),
+            **({"StopTimeout": ctr.stop_timeout} if ctr.stop_timeout is not None else {}),
         },
         "NetworkSettings": {
             "Bridge": "",
@@ -180,10 +188,18 @@ def _since(stamp: str) -> float:
         return 0.0
 
 
+def state(ctr: Container) -> str:
+    """Docker's one-word state: created, running, paused, restarting, exited."""
+    return "paused" if ctr.running and ctr.paused else ctr.status
+
+
 def status_text(ctr: Container, link_notes: dict[str, str] | None = None) -> str:
     if ctr.running:
         notes = sorted({note.split(" ", 1)[0].rstrip(":") for note in (link_notes or {}).values()})
-        return "Up " + human_duration(_since(ctr.started_at)) + (f" (link {', '.join(notes)})" if notes else "")
+        paused = " (Paused)" if ctr.paused else ""
+        return "Up " + human_duration(_since(ctr.started_at)) + paused + (f" (link {', '.join(notes)})" if notes else "")
+    if ctr.restarting:
+        return f"Restarting ({ctr.exit_code}) {human_duration(_since(ctr.finished_at))} ago"
     if ctr.status == "exited":
         return f"Exited ({ctr.exit_code}) {human_duration(_since(ctr.finished_at))} ago"
     return "Created"
@@ -199,7 +215,7 @@ def container_summary(view: ContainerView) -> dict[str, Any]:
         "Command": " ".join(ctr.cmd),
         "Created": int(time.time() - _since(ctr.created)),
         "Ports": _summary_ports(ctr),
-        "State": ctr.status,
+        "State": state(ctr),
         "Status": status_text(ctr, view.link_notes),
         "HostConfig": {"NetworkMode": ctr.network_mode},
         "NetworkSettings": {"Networks": {name: _endpoint_settings(ep, ctr, name != "bridge") for name, ep in endpoints}},

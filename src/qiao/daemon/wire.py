@@ -122,14 +122,15 @@ class HostConfig(Struct):
     CapAdd: list[str] | None = None
     CapDrop: list[str] | None = None
     Privileged: bool = False
-    # Sent by clients, not implemented by qiao: refused unless zero (see _UNSUPPORTED).
-    Binds: list[str] | None = None
-    Mounts: list[Any] | None = None
-    VolumesFrom: list[str] | None = None
     Dns: list[str] | None = None
     DnsOptions: list[str] | None = None
     DnsSearch: list[str] | None = None
     ExtraHosts: list[str] | None = None
+    RestartPolicy: RestartPolicy | None = None
+    # Sent by clients, not implemented by qiao: refused unless zero (see _UNSUPPORTED).
+    Binds: list[str] | None = None
+    Mounts: list[Any] | None = None
+    VolumesFrom: list[str] | None = None
     Memory: int = 0
     NanoCpus: int = 0
     CpuShares: int = 0
@@ -144,7 +145,6 @@ class HostConfig(Struct):
     SecurityOpt: list[str] | None = None
     Init: bool | None = None
     Runtime: str = ""
-    RestartPolicy: RestartPolicy | None = None
 
 
 class NetworkingConfig(Struct):
@@ -162,6 +162,8 @@ class ContainerCreate(Struct):
     User: str = ""
     WorkingDir: str = ""
     Image: str = ""
+    StopSignal: str = ""
+    StopTimeout: int | None = None
     # Not implemented by qiao: refused unless zero.
     Entrypoint: list[str] | str | None = None
     Volumes: dict[str, Any] | None = None
@@ -173,10 +175,6 @@ _UNSUPPORTED_HOST = {
     "Binds": "volumes (-v)",
     "Mounts": "--mount",
     "VolumesFrom": "--volumes-from",
-    "Dns": "--dns",
-    "DnsOptions": "--dns-option",
-    "DnsSearch": "--dns-search",
-    "ExtraHosts": "--add-host",
     "Memory": "--memory",
     "NanoCpus": "--cpus",
     "CpuShares": "--cpu-shares",
@@ -189,14 +187,13 @@ _UNSUPPORTED_HOST = {
     "Tmpfs": "--tmpfs",
     "Devices": "--device",
     "SecurityOpt": "--security-opt",
-    "Init": "--init",
+    "Init": "--init (containers share the host's PID namespace; the shim already reaps orphans)",
     "Runtime": "--runtime",
 }
 _UNSUPPORTED_CONFIG = {
     "Entrypoint": "--entrypoint",
     "Volumes": "volumes",
     "Healthcheck": "--health-cmd",
-    "Domainname": "--domainname",
 }
 
 
@@ -290,8 +287,7 @@ def container_spec(name: str | None, body: bytes) -> ContainerSpec:
     host = req.HostConfig or HostConfig()
     _refuse(req, _UNSUPPORTED_CONFIG)
     _refuse(host, _UNSUPPORTED_HOST)
-    if host.RestartPolicy and host.RestartPolicy.Name not in ("", "no"):
-        raise InvalidParameter("qiao does not support --restart")
+    restart = host.RestartPolicy or RestartPolicy()
     cmd = [req.Cmd] if isinstance(req.Cmd, str) else list(req.Cmd or [])
     mode = host.NetworkMode or "default"
     bindings = {
@@ -315,6 +311,15 @@ def container_spec(name: str | None, body: bytes) -> ContainerSpec:
         cap_add=tuple(host.CapAdd or ()),
         cap_drop=tuple(host.CapDrop or ()),
         privileged=host.Privileged,
+        restart_policy=restart.Name,
+        restart_retries=restart.MaximumRetryCount,
+        stop_signal=req.StopSignal,
+        stop_timeout=req.StopTimeout,
+        domainname=req.Domainname,
+        dns=tuple(host.Dns or ()),
+        dns_search=tuple(host.DnsSearch or ()),
+        dns_options=tuple(host.DnsOptions or ()),
+        extra_hosts=tuple(host.ExtraHosts or ()),
     )
 
 

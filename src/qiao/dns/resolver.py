@@ -46,6 +46,11 @@ class Zone:
     internal: bool = False
     names: dict[str, list[str]] = field(default_factory=dict)  # lower-case name -> addresses (v4 and v6)
     reverse: dict[str, str] = field(default_factory=dict)  # in-addr.arpa / ip6.arpa name -> name
+    upstreams: dict[str, list[str]] = field(default_factory=dict)  # client address -> its own resolvers (--dns)
+
+    def upstreams_of(self, client: str) -> list[str] | None:
+        """A container's ``--dns`` servers (Docker's embedded DNS forwards to them); None: the host's."""
+        return self.upstreams.get(client.split("%")[0])
 
     def allows(self, client: str) -> bool:
         addr = ipaddress.ip_address(client.split("%")[0])
@@ -54,9 +59,16 @@ class Zone:
         return any(addr in net for net in self.subnets)
 
 
-def build_zone(gateways: list[str], subnets: list[str], internal: bool, records: Iterable[tuple[list[str], list[str]]]) -> Zone:
-    """``records``: (names, addresses) per endpoint; a name may map to several endpoints."""
-    zone = Zone(gateways, [ipaddress.ip_network(s) for s in subnets], internal)
+def build_zone(
+    gateways: list[str],
+    subnets: list[str],
+    internal: bool,
+    records: Iterable[tuple[list[str], list[str]]],
+    upstreams: dict[str, list[str]] | None = None,
+) -> Zone:
+    """``records``: (names, addresses) per endpoint; a name may map to several endpoints.
+    ``upstreams``: per client address, the resolvers its queries for other names go to."""
+    zone = Zone(gateways, [ipaddress.ip_network(s) for s in subnets], internal, upstreams=dict(upstreams or {}))
     for names, addresses in records:
         for name in names:
             zone.names.setdefault(name.lower().rstrip("."), []).extend(addresses)
@@ -183,13 +195,13 @@ class Resolver:
             return  # not a client of this network: no answer at all
         reply = self.answer(zone, data)
         if reply is None:
-            self._pool.submit(self._forward_udp, sock, addr, data)
+            self._pool.submit(self._forward_udp, sock, addr, data, zone.upstreams_of(addr[0]))
         elif reply:
             sock.sendto(reply, addr)
 
-    def _forward_udp(self, sock: socket.socket, addr: tuple, data: bytes) -> None:
+    def _forward_udp(self, sock: socket.socket, addr: tuple, data: bytes, servers: list[str] | None) -> None:
         with contextlib.suppress(OSError):
-            sock.sendto(self.forward(data), addr)
+            sock.sendto(self.forward(data, servers), addr)
 
     def _tcp(self, conn: socket.socket, addr: tuple, network_id: str) -> None:
         with conn:
@@ -205,7 +217,7 @@ class Resolver:
                 data = conn.recv(length, socket.MSG_WAITALL)
                 reply = self.answer(zone, data)
                 if reply is None:
-                    reply = self.forward(data)
+                    reply = self.forward(data, zone.upstreams_of(addr[0]))
                 if reply:
                     conn.sendall(struct.pack("!H", len(reply)) + reply)
             except OSError:
@@ -238,9 +250,9 @@ class Resolver:
                 reply.add_answer(RR(q.qname, QTYPE.AAAA, rdata=AAAA(address), ttl=TTL))
         return reply.pack()  # no matching record type: NOERROR with no answer (NODATA)
 
-    def forward(self, data: bytes) -> bytes:
-        """Ask every upstream at once; the first answer wins (SERVFAIL after the timeout)."""
-        servers = self.upstreams.servers()
+    def forward(self, data: bytes, servers: list[str] | None = None) -> bytes:
+        """Ask every upstream (the host's, or ``servers``) at once; the first answer wins (SERVFAIL after the timeout)."""
+        servers = servers if servers is not None else self.upstreams.servers()
         socks = []
         try:
             for server in servers:

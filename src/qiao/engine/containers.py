@@ -12,6 +12,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import datetime
+import ipaddress
+import logging
 import os
 import shutil
 import signal
@@ -22,7 +25,7 @@ from collections.abc import Set
 from dataclasses import dataclass, field
 from typing import Any
 
-from qiao.engine import etcfiles, ids, ports
+from qiao.engine import etcfiles, ids, ports, restart, signals
 from qiao.engine.errors import Conflict, InvalidParameter, NotFound, QiaoError
 from qiao.engine.models import Container, Endpoint, Network, from_dict, now, to_dict
 from qiao.engine.names import random_name
@@ -31,6 +34,7 @@ from qiao.engine.specs import ContainerSpec, EndpointSpec
 from qiao.engine.steps import Fault, Steps, Teardown
 from qiao.engine.store import Store
 from qiao.kernel import linux, netns
+from qiao.kernel.cgroup import Cgroups, NoCgroups
 from qiao.kernel.firewall import PortMapping
 from qiao.kernel.host import Host
 from qiao.paths import Root
@@ -38,12 +42,62 @@ from qiao.proc import alive
 from qiao.runtime import security
 from qiao.runtime.supervisor import StartError, Supervisor, end_leftovers
 
+log = logging.getLogger("qiao.containers")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def _etc_mounts(files: dict[str, str]) -> list[list[str]]:
     """qiao's /etc/hosts, /etc/resolv.conf and /etc/hostname over the host's."""
     return [[files[name], "/etc/" + name] for name in ("hosts", "resolv.conf", "hostname")]
+
+
+def _check_options(spec: ContainerSpec) -> restart.Policy:
+    """The lifecycle and /etc options of a create, checked as dockerd checks them."""
+    rule = restart.policy(spec.restart_policy, spec.restart_retries)
+    if spec.auto_remove and not rule.none:
+        raise InvalidParameter("can't create 'AutoRemove' container with restart policy")
+    if spec.stop_signal:
+        signals.parse(spec.stop_signal)
+    if spec.stop_timeout is not None and spec.stop_timeout < -1:
+        raise InvalidParameter(f"invalid stop timeout {spec.stop_timeout}: seconds, or -1 to wait for ever")
+    if spec.domainname and not ids.DNS_NAME_RE.match(spec.domainname):
+        raise InvalidParameter(f"invalid domainname {spec.domainname!r}: not a DNS name")
+    for server in spec.dns:
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            raise InvalidParameter(f"{server} is not an ip address (--dns)") from None
+    for domain in spec.dns_search:
+        if domain != "." and not ids.DNS_NAME_RE.match(domain.removesuffix(".")):
+            raise InvalidParameter(f"{domain} is not a valid domain (--dns-search)")
+    for option in spec.dns_options:
+        if not option or any(c.isspace() for c in option) or "\0" in option:
+            raise InvalidParameter(f"invalid DNS option {option!r} (--dns-option)")
+    for entry in spec.extra_hosts:
+        address, name = etcfiles.extra_host(entry, "0.0.0.0")
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise InvalidParameter(f"invalid IP address in add-host: {address!r}") from None
+        if not name or not ids.DNS_NAME_RE.match(name.removesuffix(".")):
+            raise InvalidParameter(f"bad format for add-host: {entry!r}")
+    return rule
+
+
+def _seconds(stamp: str) -> float:
+    """A stored timestamp (RFC 3339) as seconds since the epoch; 0 for Docker's zero time or garbage."""
+    try:
+        return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 @dataclass
@@ -97,8 +151,11 @@ class Containers:
         fault: Fault | None = None,
         resolv_conf: str = "",
         publisher: ports.Publisher | None = None,
+        cgroups: Cgroups | None = None,
     ):
         self.root, self.store, self.networks, self.host, self.lock, self.fault = root, store, networks, host, lock, fault
+        self.cgroups = cgroups or NoCgroups("qiaod was started without cgroups")
+        self.restarts = restart.Restarts(self._restart_due)
         self.firewall = networks.firewall
         self.ports = publisher or ports.Publisher(self.firewall, host, self.describe)
         self.resolv_conf = resolv_conf or etcfiles.default_resolv_conf()  # the host's resolvers (qiaod --resolv-conf)
@@ -127,6 +184,7 @@ class Containers:
                         with contextlib.suppress(OSError):  # the command is gone: its shim is about to exit
                             netns.adopt(ctr.sandbox_key, ctr.pid)  # we run in another mount namespace now
                     self.ports.adopt(ctr.id, [PortMapping(**m) for m in ctr.ports])
+                    ctr.paused = self.cgroups.frozen(ctr.id)  # the kernel's word: the freezer outlives the daemon
                     self.supervisor.watch(ctr.id, ctr.shim_pid)
                 else:
                     self._finish(ctr)
@@ -146,11 +204,26 @@ class Containers:
             for ctr in self.by_id.values():
                 if not ctr.running:
                     self._kill_orphan_shim(ctr)
+                    with contextlib.suppress(OSError):  # made by a start that a crash cut short
+                        self.cgroups.remove(ctr.id)
+            self._restart_at_start()
             keys = {c.sandbox_key for c in self.by_id.values() if c.running and c.sandbox_key} | keep_sandboxes
             for entry in os.listdir(self.root.netns_dir):
                 path = os.path.join(self.root.netns_dir, entry)
                 if path not in keys:
                     self.host.destroy_netns(path)
+
+    def _restart_at_start(self) -> None:
+        """What dockerd restarts when it starts: every container, once started, that
+        its policy would restart now (``always`` even when the user stopped it),
+        and those that were waiting for a restart when the last daemon went away."""
+        for ctr in self.by_id.values():
+            if ctr.running or ctr.started_at.startswith("0001-"):
+                continue
+            rule = restart.Policy(ctr.restart_policy or "no", ctr.restart_retries)
+            if ctr.restarting or restart.should_restart(rule, ctr.exit_code, ctr.manually_stopped, ctr.restart_count):
+                ctr.status = "restarting"
+                self.restarts.schedule(ctr.id)
 
     # -- lookup ----------------------------------------------------------
 
@@ -200,15 +273,15 @@ class Containers:
     def views(self, all_: bool) -> list[ContainerView]:
         with self.lock:
             ctrs = sorted(self.by_id.values(), key=lambda c: c.created, reverse=True)
-            return [self.view(c) for c in ctrs if all_ or c.running]
+            return [self.view(c) for c in ctrs if all_ or c.running or c.restarting]  # dockerd counts restarting as running
 
     # -- create ----------------------------------------------------------
 
     def create(self, spec: ContainerSpec) -> Container:
         if not spec.cmd:
             raise InvalidParameter("no command specified")
-        for item in spec.env:
-            if "=" not in item or item.startswith("=") or "\0" in item:
+        for item in spec.env:  # a bare KEY (a CLI's `-e KEY` of a variable it does not have) unsets it, as in dockerd
+            if not item or item.startswith("=") or "\0" in item:
                 raise InvalidParameter(f"invalid environment variable {item!r}: expected KEY=VALUE")
         if any("\0" in arg for arg in spec.cmd):
             raise InvalidParameter("invalid command: an argument holds a NUL byte")
@@ -221,19 +294,28 @@ class Containers:
             process = security.check_process(spec.user, spec.workdir, list(spec.cap_add), list(spec.cap_drop), spec.privileged)
         except security.SecurityError as exc:
             raise InvalidParameter(str(exc)) from None
+        _check_options(spec)
         mode, hostname = spec.network_mode or "bridge", spec.hostname
         with self.lock:
-            name = self._new_name(spec.name)
+            name = self.new_name(spec.name)
             cid = ids.new_id()
             if mode.startswith("container:"):
                 if hostname:
                     raise InvalidParameter("conflicting options: hostname and the network mode")
                 if bindings or spec.publish_all:
                     raise InvalidParameter("conflicting options: port publishing and the container type network mode")
+                if spec.dns or spec.dns_search or spec.dns_options:
+                    raise InvalidParameter("conflicting options: dns and the network mode")
+                if spec.extra_hosts:
+                    raise InvalidParameter("conflicting options: custom host-to-IP mapping and the network mode")
+                if spec.domainname:
+                    raise InvalidParameter("conflicting options: domainname and the network mode")
                 target = self.get(mode.split(":", 1)[1])
                 mode = "container:" + target.id
                 hostname = target.hostname
             elif mode == "host":
+                if spec.domainname:
+                    raise InvalidParameter("conflicting options: domainname and the network mode (host mode has the host's UTS namespace)")
                 hostname = hostname or socket.gethostname()
             attachments: list[dict[str, Any]] = []
             links: list[list[str]] = []
@@ -268,6 +350,15 @@ class Containers:
                 publish_all=spec.publish_all,
                 attachments=attachments,
                 links=links,
+                restart_policy=spec.restart_policy if spec.restart_policy not in ("", "no") else "",
+                restart_retries=spec.restart_retries,
+                stop_signal=spec.stop_signal,
+                stop_timeout=spec.stop_timeout,
+                domainname=spec.domainname,
+                dns=list(spec.dns),
+                dns_search=list(spec.dns_search),
+                dns_options=list(spec.dns_options),
+                extra_hosts=list(spec.extra_hosts),
                 **process,
             )
             with self.store.transaction() as tx:
@@ -275,7 +366,7 @@ class Containers:
             self.by_id[cid] = ctr
             return ctr
 
-    def _new_name(self, name: str | None) -> str:
+    def new_name(self, name: str | None) -> str:
         if name is None:
             return random_name({c.name for c in self.by_id.values()})
         name = name.lstrip("/")
@@ -316,6 +407,29 @@ class Containers:
             ctr = self.get(ref)
             if ctr.running:
                 return ctr
+            # A start by the user: a fresh restart manager, as dockerd's (RestartCount back to 0).
+            self.restarts.reset(ctr.id)
+            ctr.restart_count, ctr.manually_stopped = 0, False
+            return self._start_or_record(ctr, stdio)
+
+    def _restart_due(self, cid: str) -> None:
+        """A restart policy's wait is over (on the timer's thread)."""
+        with self.lock:
+            ctr = self.by_id.get(cid)
+            if ctr is None or not ctr.restarting:
+                return  # stopped, killed, removed or started meanwhile
+            try:
+                self._start_or_record(ctr, None)
+            except Exception as exc:  # as dockerd: a restart that fails leaves the container stopped
+                log.warning("restarting container %s failed: %s", ctr.name, exc)
+                if ctr.restarting:
+                    ctr.status = "exited"
+                    with self.store.transaction() as tx:
+                        tx.put("containers", to_dict(ctr))
+                    self.changed.notify_all()
+
+    def _start_or_record(self, ctr: Container, stdio: tuple[int, int, int] | None) -> Container:
+        with self.lock:
             try:
                 return self._start(ctr, stdio)
             except StartFailed as exc:
@@ -353,6 +467,8 @@ class Containers:
         mappings: list[PortMapping] = []
         sandbox = ""
         with Steps(self.fault) as steps:
+            cgroup = steps.run("create-cgroup", lambda: self.cgroups.create(ctr.id), lambda: self.cgroups.remove(ctr.id))
+            spec.update(cgroup=cgroup, domainname=ctr.domainname)
             target = None
             if ctr.joined_to:
                 target = self.by_id.get(ctr.joined_to)
@@ -364,7 +480,11 @@ class Containers:
                     owner = self.by_id[owner.joined_to]
                 mounts = None if owner.network_mode == "host" else _etc_mounts(self.files(owner))  # host mode: the host's
                 spec.update(netns=sandbox, join_uts_pid=target.pid, mounts=mounts)
-            elif ctr.network_mode != "host":
+            elif ctr.network_mode == "host":
+                if ctr.dns or ctr.dns_search or ctr.dns_options or ctr.extra_hosts:  # else the host's own files
+                    steps.run("write-etc-files", lambda: self._write_host_mode_etc(ctr))
+                    spec.update(mounts=_etc_mounts(files)[:2])
+            else:
                 sandbox = os.path.join(self.root.netns_dir, ctr.id[:12])
                 steps.run("create-sandbox", lambda: self.host.create_netns(sandbox), lambda: self.host.destroy_netns(sandbox))
                 if ctr.network_mode == "none":
@@ -411,8 +531,30 @@ class Containers:
         """What a network's resolver answers for this container: name, short id, aliases (as Docker's DNSNames)."""
         return [ctr.name, ctr.id[:12], *att["aliases"]]
 
+    def _extra_hosts(self, ctr: Container) -> list[tuple[str, str]]:
+        """``--add-host`` lines; ``host-gateway`` is the default bridge's gateway, as dockerd's default."""
+        bridge = next((n for n in self.networks.by_id.values() if n.name == "bridge"), None)
+        return [etcfiles.extra_host(entry, (bridge.gateway if bridge else "") or "") for entry in ctr.extra_hosts]
+
+    def _resolv_conf(self, ctr: Container, resolvers: list[str]) -> str:
+        """On a user network qiao's resolver answers (and forwards to ``--dns``); else ``--dns`` or the host's."""
+        text = etcfiles.resolv_conf(self.resolv_conf, nameservers=resolvers or ctr.dns)
+        return etcfiles.override(text, ctr.dns_search, ctr.dns_options, ctr.dns if resolvers else [])
+
+    def _write_host_mode_etc(self, ctr: Container) -> None:
+        """Host mode with --dns or --add-host: the host's files with those changes (Docker copies them too)."""
+        hosts = _read_text("/etc/hosts") or etcfiles.HOSTS_HEADER
+        hosts = hosts.rstrip("\n") + "\n" + "".join(f"{a}\t{n}\n" for a, n in self._extra_hosts(ctr))
+        resolv = _read_text(self.resolv_conf)
+        if ctr.dns:  # host mode reaches the host's loopback resolvers: nothing else is filtered
+            kept = [line + "\n" for line in resolv.splitlines() if line.split()[:1] != ["nameserver"]]
+            resolv = "".join(f"nameserver {s}\n" for s in ctr.dns) + "".join(kept)
+        resolv = etcfiles.override(resolv, ctr.dns_search, ctr.dns_options, [])
+        etcfiles.write(self.root.container_dir(ctr.id), {"hosts": hosts, "resolv.conf": resolv})
+
     def _write_etc(self, ctr: Container, endpoints: list[Endpoint]) -> None:
-        entries = [(a, ctr.hostname) for ep in endpoints for a in (ep.address, ep.address6) if a]
+        own = etcfiles.own_names(ctr.hostname, ctr.domainname)
+        entries = self._extra_hosts(ctr) + [(a, own) for ep in endpoints for a in (ep.address, ep.address6) if a]
         for target_id, alias in ctr.links:
             target = self.by_id.get(target_id)
             address = next((ep.address for _n, ep in self.endpoints(target)), "") if target else ""
@@ -424,7 +566,7 @@ class Containers:
             self.root.container_dir(ctr.id),
             {
                 "hosts": etcfiles.hosts(entries),
-                "resolv.conf": etcfiles.resolv_conf(self.resolv_conf, nameservers=resolvers[:3]),
+                "resolv.conf": self._resolv_conf(ctr, resolvers[:3]),
                 "hostname": ctr.hostname + "\n",
             },
         )
@@ -448,8 +590,8 @@ class Containers:
                 key = f"{prefix}_PORT_{port}_{proto.upper()}"
                 env.update({key: url, f"{key}_ADDR": address, f"{key}_PORT": str(port), f"{key}_PROTO": proto})
             for item in target.env:
-                k, _, v = item.partition("=")
-                if k not in ("HOME", "PATH"):
+                k, sep, v = item.partition("=")
+                if sep and k not in ("HOME", "PATH"):
                     env[f"{prefix}_ENV_{k}"] = v
         return env
 
@@ -470,8 +612,11 @@ class Containers:
         if tty_maybe and os.environ.get("TERM"):
             env["TERM"] = os.environ["TERM"]
         for item in ctr.env:
-            key, _, value = item.partition("=")
-            env[key] = value
+            key, sep, value = item.partition("=")
+            if sep:
+                env[key] = value
+            else:  # `-e KEY` of a variable the client does not have: unset (dockerd's ReplaceOrAppendEnvValues)
+                env.pop(key, None)
         env.setdefault("HOME", "/root")
         return env
 
@@ -522,8 +667,15 @@ class Containers:
                 ctr.exit_code = int(f.read().strip())
         except (OSError, ValueError):
             ctr.exit_code, ctr.error = 255, "container shim exited without recording an exit code"
-        ctr.status, ctr.pid, ctr.finished_at = "exited", 0, now()
-        if ctr.auto_remove:
+        ctr.status, ctr.pid, ctr.finished_at, ctr.paused = "exited", 0, now(), False
+        rule = restart.Policy(ctr.restart_policy or "no", ctr.restart_retries)
+        ran_for = _seconds(ctr.finished_at) - _seconds(ctr.started_at)
+        if self.restarts.after_exit(ctr.id, rule, ctr.exit_code, ctr.manually_stopped, ctr.restart_count, ran_for):
+            ctr.status = "restarting"
+            ctr.restart_count += 1
+            with self.store.transaction() as tx:
+                tx.put("containers", to_dict(ctr))
+        elif ctr.auto_remove:
             self._forget(ctr)
         else:
             with self.store.transaction() as tx:
@@ -542,6 +694,7 @@ class Containers:
         if ctr.sandbox_key and not ctr.joined_to:
             sandbox = ctr.sandbox_key
             teardown.run("destroy-sandbox", lambda: self.host.destroy_netns(sandbox))
+        teardown.run("remove-cgroup", lambda: self.cgroups.remove(ctr.id))
         endpoint_ids = ctr.endpoint_ids
         ctr.sandbox_key, ctr.endpoint_ids, ctr.ports = "", [], []
         with self.store.transaction() as tx:
@@ -554,6 +707,7 @@ class Containers:
         with self.store.transaction() as tx:
             tx.delete("containers", ctr.id)
         self.by_id.pop(ctr.id, None)
+        self.restarts.forget(ctr.id)
         shutil.rmtree(self.root.container_dir(ctr.id), ignore_errors=True)
         self.removed_exit_codes[ctr.id] = ctr.exit_code
         while len(self.removed_exit_codes) > 1024:
@@ -575,33 +729,82 @@ class Containers:
             return ctr.exit_code
 
     def kill(self, ref: str, sig: int = signal.SIGKILL) -> None:
+        """As dockerd's kill: the user stopped it (``unless-stopped`` will not restart
+        it); SIGKILL or the stop signal (any signal, without one) also cancels a
+        restart and thaws a paused container, so that the signal arrives."""
         with self.lock:
             ctr = self.get(ref)
+            if ctr.restarting:  # nothing runs to be signalled: the pending restart is what ends
+                self._cancel_restart(ctr)
+                return
             if not ctr.running:
                 raise Conflict(f"container {ctr.id} is not running")
+            final = sig == signal.SIGKILL or not ctr.stop_signal or sig == signals.parse(ctr.stop_signal)
+            if final:
+                self.restarts.cancel(ctr.id)
+            self._mark_stopped(ctr)
             pid = ctr.pid
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
+        if final:
+            self._thaw(ctr)
 
-    def stop(self, ref: str, timeout: float = 10) -> None:
+    def stop(self, ref: str, timeout: int | None = None, sig: int | None = None) -> None:
+        """The stop signal (``--stop-signal``, default SIGTERM; ``sig`` overrides it), then
+        SIGKILL after ``timeout`` seconds (``--stop-timeout``, default 10; -1: never)."""
         with self.lock:
             ctr = self.get(ref)
+            if ctr.restarting:
+                self._cancel_restart(ctr)
+                return
             if not ctr.running:
                 return
+            if sig is None:
+                sig = signals.parse(ctr.stop_signal) if ctr.stop_signal else signal.SIGTERM
+            if timeout is None:
+                timeout = ctr.stop_timeout if ctr.stop_timeout is not None else 10
+            self.restarts.cancel(ctr.id)
+            self._mark_stopped(ctr)
             pid = ctr.pid
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, sig)
+        self._thaw(ctr)
         with self.lock:
-            self._wait_exit(ctr, timeout)
+            self._wait_exit(ctr, None if timeout < 0 else timeout)
             if ctr.running:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 self._wait_exit(ctr, 30)
 
-    def _wait_exit(self, ctr: Container, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while ctr.running and time.monotonic() < deadline:
-            self.changed.wait(deadline - time.monotonic())
+    def _mark_stopped(self, ctr: Container) -> None:
+        if not ctr.manually_stopped:
+            ctr.manually_stopped = True
+            with self.store.transaction() as tx:
+                tx.put("containers", to_dict(ctr))
+
+    def _cancel_restart(self, ctr: Container) -> None:
+        """A restarting container that is stopped, killed or removed stays exited."""
+        self.restarts.cancel(ctr.id)
+        ctr.status, ctr.manually_stopped = "exited", True
+        with self.store.transaction() as tx:
+            tx.put("containers", to_dict(ctr))
+        self.changed.notify_all()
+
+    def _thaw(self, ctr: Container) -> None:
+        """Let a paused container's processes take the signal they were sent."""
+        if ctr.paused:
+            with contextlib.suppress(OSError):
+                self.cgroups.freeze(ctr.id, False)
+            with self.lock:
+                if ctr.paused and ctr.id in self.by_id:
+                    ctr.paused = False
+                    with self.store.transaction() as tx:
+                        tx.put("containers", to_dict(ctr))
+
+    def _wait_exit(self, ctr: Container, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while ctr.running and (deadline is None or time.monotonic() < deadline):
+            self.changed.wait(None if deadline is None else deadline - time.monotonic())
 
     def remove(self, ref: str, force: bool = False) -> None:
         with self.lock:
@@ -616,12 +819,17 @@ class Containers:
                 raise Conflict(
                     f"cannot remove container {ctr.name}: container {joined[0]} shares its network namespace; stop it first or use -f"
                 )
-            if ctr.running and not force:
+            if ctr.paused and not force:
+                raise Conflict(f'cannot remove container "/{ctr.name}": container is paused and must be unpaused first')
+            if (ctr.running or ctr.restarting) and not force:
+                state = "running" if ctr.running else "restarting"
                 raise Conflict(
-                    f'cannot remove container "/{ctr.name}": container is running: stop the container before removing or force remove'
+                    f'cannot remove container "/{ctr.name}": container is {state}: stop the container before removing or force remove'
                 )
+            self.restarts.cancel(ctr.id)
             if ctr.running:
                 self._kill_now(ctr.pid)
+                self._thaw(ctr)
                 self._wait_exit(ctr, 30)
             if ctr.id in self.by_id:
                 self._kill_orphan_shim(ctr)  # a start a crash cut short, a shim that outlived the wait

@@ -21,11 +21,13 @@ from qiao.drivers.null import NullDriver
 from qiao.engine.attachments import Attachments
 from qiao.engine.containers import Containers
 from qiao.engine.events import Event, Events
+from qiao.engine.lifecycle import Lifecycle
 from qiao.engine.models import Network
 from qiao.engine.networks import Networks
 from qiao.engine.ports import Publisher
 from qiao.engine.steps import Fault
 from qiao.engine.store import Store
+from qiao.kernel.cgroup import Cgroups
 from qiao.kernel.firewall import Firewall
 from qiao.kernel.host import Host
 from qiao.paths import Root
@@ -48,6 +50,7 @@ class Engine:
         resolver: Resolver | None = None,
         resolv_conf: str | None = None,
         drivers: list | None = None,
+        cgroups: Cgroups | None = None,
     ):
         root.ensure()
         self.root = root
@@ -58,7 +61,8 @@ class Engine:
         self.drivers = Drivers(drivers if drivers is not None else builtin_drivers(host, firewall, resolv_conf or ""))
         self.networks = Networks(self.store, self.drivers, firewall, self.lock, self.events, fault)
         self.ports = Publisher(firewall, host, self._describe_owner)
-        self.containers = Containers(root, self.store, self.networks, host, self.lock, fault, resolv_conf or "", self.ports)
+        self.containers = Containers(root, self.store, self.networks, host, self.lock, fault, resolv_conf or "", self.ports, cgroups)
+        self.lifecycle = Lifecycle(self.containers, host)
         self.attachments = Attachments(self.store, self.networks, host, self.ports, self.lock, root.netns_dir, fault)
         self.resolver = resolver
         self.events.subscribe(self._dns_follows)
@@ -114,10 +118,16 @@ class Engine:
         if not net.user_defined or net.id not in self.networks.by_id:
             self.resolver.drop_zone(net.id)
             return
-        records = [(ep.dns_names, [a for a in (ep.address, ep.address6) if a]) for ep in self.networks.endpoints_of(net.id) if ep.dns_names]
+        endpoints = self.networks.endpoints_of(net.id)
+        records = [(ep.dns_names, [a for a in (ep.address, ep.address6) if a]) for ep in endpoints if ep.dns_names]
+        upstreams = {}  # a container's --dns: what its queries for other names go to
+        for ep in endpoints:
+            ctr = self.containers.by_id.get(ep.owner)
+            if ctr is not None and ctr.dns:
+                upstreams.update({a: list(ctr.dns) for a in (ep.address, ep.address6) if a})
         records += self.networks.driver(net).dns_records(net)
         gateways = [g for g in (net.gateway, net.gateway6) if g]
         subnets = [s for s in (net.subnet, net.subnet6) if s]
         if net.cluster_subnet:
             subnets.append(net.cluster_subnet)  # containers on every host may ask this host's resolver
-        self.resolver.set_zone(net.id, build_zone(gateways, subnets, net.internal, records))
+        self.resolver.set_zone(net.id, build_zone(gateways, subnets, net.internal, records, upstreams))

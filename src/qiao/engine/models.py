@@ -105,10 +105,30 @@ class Container:
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
     privileged: bool = False
+    # Lifecycle: the restart policy (qiao.engine.restart), how `stop` ends it, and its
+    # state: a restarting container waits for its next start; a paused one is frozen.
+    restart_policy: str = ""
+    restart_retries: int = 0
+    restart_count: int = 0
+    manually_stopped: bool = False  # by stop or kill: unless-stopped does not restart it
+    stop_signal: str = ""
+    stop_timeout: int | None = None
+    paused: bool = False
+    # What the container's /etc files and UTS namespace say beyond qiao's defaults.
+    domainname: str = ""
+    dns: list[str] = field(default_factory=list)
+    dns_search: list[str] = field(default_factory=list)
+    dns_options: list[str] = field(default_factory=list)
+    extra_hosts: list[str] = field(default_factory=list)  # NAME:IP as asked (host-gateway resolved at start)
 
     @property
     def running(self) -> bool:
         return self.status == "running"
+
+    @property
+    def restarting(self) -> bool:
+        """Exited, waiting for the restart its policy asks (Docker shows it as running)."""
+        return self.status == "restarting"
 
     @property
     def joined_to(self) -> str | None:

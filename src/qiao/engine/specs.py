@@ -62,6 +62,17 @@ class ContainerSpec:
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     privileged: bool = False
+    # Lifecycle (Docker's --restart, --stop-signal, --stop-timeout) and the /etc files
+    # (--domainname, --dns, --dns-search, --dns-option, --add-host).
+    restart_policy: str = ""  # "" | no | always | unless-stopped | on-failure
+    restart_retries: int = 0  # on-failure's maximum, 0: no limit
+    stop_signal: str = ""  # a signal name or number; "" is SIGTERM
+    stop_timeout: int | None = None  # seconds; None is 10
+    domainname: str = ""
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    dns_options: tuple[str, ...] = ()
+    extra_hosts: tuple[str, ...] = ()  # NAME:IP (IP may be host-gateway)
 
 
 @dataclass(frozen=True)

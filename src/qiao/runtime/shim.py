@@ -26,6 +26,9 @@ all after any crash; the shim removes it when it has nothing left running.
 It answers ``ok <pid>`` or ``error <message>`` on the control socket; when
 that answer cannot be delivered (the daemon died during the start), nobody
 will own the container, so it kills the command and leaves.
+The command joins the container's cgroup (``spec["cgroup"]``, made by the
+daemon) in the child, before anything else: the shim itself stays outside,
+so a paused (frozen) container's exit is still noticed and recorded.
 Standard library only, so it starts in a few milliseconds.
 """
 
@@ -63,6 +66,8 @@ def _enter(spec: dict) -> bool:
     elif spec.get("hostname"):
         linux.unshare(linux.CLONE_NEWUTS)
         linux.sethostname(spec["hostname"])
+        if spec.get("domainname"):
+            linux.setdomainname(spec["domainname"])
     mounts, hide = spec.get("mounts"), spec.get("hide") or []
     if mounts is None and not hide:
         return False
@@ -131,13 +136,18 @@ def _answer(control: socket.socket, text: str) -> bool:
         return False
 
 
-def _child(spec: dict, ready_w: int) -> None:
+def _child(spec: dict, ready_w: int, cgroup_fd: int | None) -> None:
     """In the forked child: become the container's process and exec the command."""
     for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
     cmd = spec["cmd"]
     code = 126
     try:
+        if cgroup_fd is not None:  # first, while we may still move ourselves: all we start is inside
+            try:
+                os.write(cgroup_fd, b"0")
+            except OSError as exc:
+                raise security.SecurityError(f"cannot join the container's cgroup: {exc.strerror}") from None
         if "caps" in spec:  # qiaod always sends it (a spec without it, as in the unit tests, keeps the shim's own)
             security.enter(
                 spec.get("cwd") or "/",
@@ -211,9 +221,11 @@ def main() -> int:
     files.write(files.pid_name, f"{me} 0 0 0 {boot}")  # first: a daemon that dies before storing us can still find us
     linux.set_child_subreaper()
     try:
+        # The cgroup's member list, opened before the mount namespace hides /sys/fs/cgroup.
+        cgroup_fd = os.open(os.path.join(spec["cgroup"], "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC) if spec.get("cgroup") else None
         own_mounts = _enter(spec)
     except OSError as exc:
-        _answer(control, f"error cannot enter the container's namespaces: {exc}")
+        _answer(control, f"error cannot enter the container's namespaces or cgroup: {exc}")
         files.done(None)
         return 1
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
@@ -221,8 +233,10 @@ def main() -> int:
     if pid == 0:
         os.close(ready_r)
         control.close()
-        _child(spec, ready_w)
+        _child(spec, ready_w, cgroup_fd)
     os.close(ready_w)
+    if cgroup_fd is not None:
+        os.close(cgroup_fd)
     mnt = os.stat("/proc/self/ns/mnt").st_ino if own_mounts else 0
     files.write(files.pid_name, f"{me} {pid} {proc.start_time(pid)} {mnt} {boot}")
     failure = os.read(ready_r, 4096).decode()  # empty once exec succeeded
