@@ -218,3 +218,12 @@ def test_upstreams_exclude_defaults_to_nothing(tmp_path):
 
 def test_module_reads_nameservers_through_etcfiles():
     assert resolver.host_nameservers.__module__ == "qiao.engine.etcfiles"
+
+
+def test_a_containers_own_upstreams_replace_the_hosts(dns):
+    """--dns on a user network: that container's queries for other names go to its servers only."""
+    zone = build_zone(["10.1.0.1"], ["10.1.0.0/24"], False, [(["web"], ["10.1.0.2"])], {"10.1.0.2": ["192.0.2.53"]})
+    assert zone.upstreams_of("10.1.0.2") == ["192.0.2.53"] and zone.upstreams_of("10.1.0.3") is None
+    dns.upstreams = Upstreams("/nonexistent/resolv.conf", set())
+    query = DNSRecord.question("example.com", "A")
+    assert DNSRecord.parse(dns.forward(query.pack(), [])).header.rcode == RCODE.SERVFAIL
