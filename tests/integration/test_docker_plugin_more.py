@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -366,6 +367,35 @@ def test_qiaod_killed_in_the_middle_of_a_dockerd_call(node: Node, nets: dict[str
     assert node.run("after", a, SLEEP)["NetworkSettings"]["Networks"][a]["IPAddress"] == "10.90.0.2"  # the next run works
     node.docker.docker("rm", "-f", "after")
     assert node.state() == empty
+
+
+def plugin_call(node: Node, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One call of Docker's plugin protocol to qiaod, as dockerd makes it."""
+    data = json.dumps(body).encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(node.plugin_socket))
+        s.sendall(f"POST /{name} HTTP/1.1\r\nHost: plugin\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return json.loads(answer.partition(b"\r\n\r\n")[2])  # type: ignore[no-any-return]
+
+
+def test_an_endpoint_dockerd_never_learned_of_is_detached_at_the_next_start(node: Node, nets: dict[str, str]) -> None:
+    """What `kill -9` of qiaod right after CreateEndpoint leaves (qiao made the endpoint, dockerd never read
+    the answer, so it will never delete it) is detached at qiaod's next start: its veth, guard and address go."""
+    a = nets["A"]
+    empty = node.state()
+    docker_id = json.loads(node.docker.docker("network", "inspect", a).stdout)[0]["Id"]
+    lost = {"NetworkID": docker_id, "EndpointID": "d" * 64, "Interface": {"Address": "10.90.0.77/24"}}
+    assert "Err" not in plugin_call(node, "NetworkDriver.CreateEndpoint", lost)
+    assert len(node.state()["attachments"]) == 1
+    node.host.stop_daemon(signal.SIGKILL)
+    node.host.start_daemon()
+    wait_for("qiaod to detach the endpoint dockerd does not know", lambda: node.state() == empty)
+    assert node.run("reuse", a, SLEEP, "--ip", "10.90.0.77")["NetworkSettings"]["Networks"][a]["IPAddress"] == "10.90.0.77"
+    node.docker.docker("rm", "-f", "reuse")
 
 
 def test_create_while_qiaod_is_down_fails_within_seconds(node: Node) -> None:
