@@ -37,7 +37,7 @@ from typing import Any, TypeVar, cast
 import pytest
 
 from tests.integration.conftest import RUN, Host, Namespace, sh, wait_for
-from tests.integration.engines import BUSYBOX, DOCKER, Dockerd
+from tests.integration.engines import BUSYBOX, DOCKER, Dockerd, qiao_serving_dockerd
 from tests.integration.test_overlay import Lab, down_and_check, lab_up
 from tests.integration.test_user_networks import dns_query, in_netns
 
@@ -122,31 +122,10 @@ def guards(ns: Namespace) -> str:
     return json.dumps(sorted((s["name"], sorted(map(json.dumps, s.get("elem", [])))) for s in sets))
 
 
-def start_node(name: str, tmp: Path, *, live_restore: bool = False) -> tuple[Host, Dockerd]:
-    """A test host whose qiaod serves the plugin (ROOT/daemon.json) and a dockerd that uses it."""
-    plugins = tmp / "plugins"
-    plugins.mkdir()
-    host = Host(name, start=False)
-    docker: Dockerd | None = None
-    try:
-        docker_sock = tmp / "docker" / "docker.sock"  # where the harness puts dockerd's API socket
-        Path(host.root, "daemon.json").write_text(
-            json.dumps({"docker-plugin": str(plugins / "qiao.sock"), "docker-host": f"unix://{docker_sock}"})
-        )
-        host.start_daemon()
-        docker = Dockerd(host, tmp, plugin_dir=plugins, live_restore=live_restore)
-        return host, docker
-    except BaseException:
-        if docker is not None:
-            docker.close()
-        host.cleanup()
-        raise
-
-
 @pytest.fixture(scope="module")
 def node() -> Iterator[Node]:
     tmp = Path(tempfile.mkdtemp(prefix=f"{RUN}-dqm-"))
-    host, docker = start_node("dqm", tmp, live_restore=True)
+    host, docker = qiao_serving_dockerd("dqm", tmp, live_restore=True)
     try:
         host.add_outside("out", subnet="198.51.100")
         yield Node(host, docker, docker.import_busybox(), tmp / "plugins" / "qiao.sock")
