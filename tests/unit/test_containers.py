@@ -361,7 +361,8 @@ def test_start_several_networks_the_default_route_follows_dockers_order(c, web, 
     assert read(c, ctr, "resolv.conf").startswith("nameserver 10.9.0.1\nnameserver 10.8.0.1\n")
     assert c.changes == [("join", web.id), ("join", dual.id)]
     networks = inspect(c, "box")["NetworkSettings"]["Networks"]
-    assert (networks["web"]["Gateway"], networks["dual"]["Gateway"]) == ("", "10.8.0.1")
+    # dockerd shows each network's gateway, whichever carries the default route
+    assert (networks["web"]["Gateway"], networks["dual"]["Gateway"]) == ("10.9.0.1", "10.8.0.1")
 
     other = started(c, "box2", "web", "bridge")  # both IPv4 only: by name
     assert (eps(c, other)["bridge"].gateway, eps(c, other)["web"].gateway) == ("172.17.0.1", "")
