@@ -224,6 +224,7 @@ def served(tmp_path) -> Iterator[tuple[str, EventLog]]:
 
 
 def raw(path: str, request: str, timeout: float = 10) -> tuple[str, bytes]:
+    """The head and the body (chunks joined) of one answer."""
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(timeout)
         s.connect(path)
@@ -232,6 +233,12 @@ def raw(path: str, request: str, timeout: float = 10) -> tuple[str, bytes]:
         while chunk := s.recv(65536):
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
+    if b"Transfer-Encoding: chunked" in head:
+        joined = b""
+        while body:
+            size, _, rest = body.partition(b"\r\n")
+            joined, body = joined + rest[: int(size, 16)], rest[int(size, 16) + 2 :]
+        body = joined
     return head.decode(), body
 
 
@@ -262,7 +269,7 @@ def test_events_replay_until_ends_the_stream(served):
     log.record("network", "create", "n", {"name": "web", "type": "bridge"})
     now = time.time()
     head, body = raw(sock, f"GET /events?since={int(now) - 5}&until={now:.9f} HTTP/1.1\r\n\r\n")
-    assert head.startswith("HTTP/1.0 200") and "Content-Type: application/json" in head
+    assert head.startswith("HTTP/1.1 200") and "Content-Type: application/json" in head
     assert [json.loads(line)["Action"] for line in body.splitlines()] == ["create", "create"]
     filters = urllib.parse.quote(json.dumps({"type": ["network"]}))
     head, body = raw(sock, f"GET /events?since={int(now) - 5}&until={now:.9f}&filters={filters} HTTP/1.1\r\n\r\n")
@@ -286,7 +293,7 @@ def test_a_client_leaving_an_idle_stream_ends_it(served):
         s.connect(sock)
         s.sendall(b"GET /events HTTP/1.1\r\n\r\n")
         s.settimeout(5)
-        assert s.recv(4096).startswith(b"HTTP/1.0 200")
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
         deadline = time.monotonic() + 5
         while log.readers != 1 and time.monotonic() < deadline:
             time.sleep(0.01)

@@ -31,8 +31,9 @@ with no copying through the daemon (qiao's equivalent of Docker's attach).
 The event loop reads with ``recvmsg`` so those descriptors are never lost,
 and waits for that byte as part of the request.
 
-Long answers: a handler returns ``Streamed`` (a body without a length,
-written as produced, ended by the close: ``logs -f``, ``/events``) or
+Long answers: a handler returns ``Streamed`` (a body written as produced,
+in HTTP/1.1 chunks to an HTTP/1.1 client, as dockerd does: docker-py reads
+a stream only so; ended by the close for HTTP/1.0: ``logs -f``, ``/events``) or
 ``Hijacked`` (the raw connection after ``101 UPGRADED``: Docker's attach and
 exec). Both run in the handler's worker, which stops counting against
 ``WORKERS`` after ``LONG_REQUEST``.
@@ -143,7 +144,8 @@ class Raw(bytes):
 class Streamed:
     """A body written as it is produced (``logs -f``, ``/events``, ``wait``):
     the head goes out at once, without a length, then each chunk as the
-    iterator yields it; the connection's close ends the body. If the client
+    iterator yields it (an HTTP/1.1 chunk each, for an HTTP/1.1 client); the
+    iterator's end (and the connection's close) ends the body. If the client
     leaves, the iterator is closed (its ``finally`` runs), so a producer
     learns it at its next ``yield``."""
 
@@ -848,7 +850,7 @@ class Server:
         log.debug("%s %s -> %d", head.method, head.target[:200], status)
         try:
             if isinstance(payload, Streamed):
-                _send_stream(conn.sock, status, payload)
+                _send_stream(conn.sock, status, payload, chunked=head.version >= (1, 1))
             elif isinstance(payload, Hijacked):
                 _hand_over(conn.sock, head, payload)
             else:
@@ -889,16 +891,18 @@ def send_all(sock: socket.socket, data: bytes) -> None:
         view = view[sock.send(view[: 1 << 20]) :]
 
 
-def _send_stream(sock: socket.socket, status: int, payload: Streamed) -> None:
+def _send_stream(sock: socket.socket, status: int, payload: Streamed, chunked: bool = False) -> None:
     """An empty chunk sends nothing: it is the producer's heartbeat, when the
     client's hang-up is noticed though there was nothing to write."""
     try:
-        send_all(sock, _head(status, payload.content_type, None))
+        send_all(sock, _head(status, payload.content_type, None, {"Transfer-Encoding": "chunked"} if chunked else None, chunked))
         for chunk in payload.chunks:
             if chunk:
-                send_all(sock, chunk)
+                send_all(sock, b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
             elif _hung_up(sock):
                 raise ConnectionResetError("the client closed the connection")
+        if chunked:
+            send_all(sock, b"0\r\n\r\n")
     finally:
         close = getattr(payload.chunks, "close", None)
         if close is not None:
@@ -951,14 +955,14 @@ def response(status: int, payload: Any, headers: dict[str, str] | None = None, h
     return _head(status, ctype, len(data), headers) + (b"" if head_only else data)
 
 
-def _head(status: int, ctype: str, length: int | None, headers: dict[str, str] | None = None) -> bytes:
-    """An HTTP/1.0 head; without ``length`` the body ends at the connection's close."""
+def _head(status: int, ctype: str, length: int | None, headers: dict[str, str] | None = None, http11: bool = False) -> bytes:
+    """An HTTP/1.0 head (HTTP/1.1 for a chunked body); without ``length`` the body ends at the connection's close."""
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
         reason = "Unknown"
     lines = [
-        f"HTTP/1.0 {status} {reason}",
+        f"HTTP/1.{1 if http11 else 0} {status} {reason}",
         f"Content-Type: {ctype}",
         *([f"Content-Length: {length}"] if length is not None else []),
         f"Api-Version: {API_VERSION}",
