@@ -107,10 +107,10 @@ class Api(SystemRoutes, ListRoutes):
             net = self.engine.networks.get(ref)
             endpoints = self.engine.networks.endpoints_of(net.id)
             joined = {ep.owner for ep in endpoints}
-            waiting = [
+            waiting = [  # created, never started: listed (dockerd lists none); see docker_json.network
                 c
                 for c in self.engine.containers.by_id.values()
-                if c.id not in joined and any(a["network"] == net.id for a in c.attachments)
+                if c.status == "created" and c.id not in joined and any(a["network"] == net.id for a in c.attachments)
             ]
             return docker_json.network(net, endpoints, self.engine.containers.by_id, self.engine.attachments.shown_as(), waiting)
 

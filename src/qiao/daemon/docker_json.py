@@ -21,7 +21,7 @@ def network(
     waiting: Iterable[Container] = (),
 ) -> dict[str, Any]:
     """``shown_as``: other engines' container ids for endpoint owners (CNI, dockerd attachments).
-    ``waiting``: containers not running that will join the network when started: listed with
+    ``waiting``: created containers that will join the network when started: listed with
     empty addresses (dockerd lists endpoints only; qiao shows what keeps the network in use)."""
     config: list[dict[str, str]] = []
     if net.subnet:
@@ -192,7 +192,7 @@ def container(view: ContainerView) -> dict[str, Any]:
             "AttachStdin": False,
             "AttachStdout": False,
             "AttachStderr": False,
-            "ExposedPorts": {key: {} for key in ctr.exposed_ports} or None,
+            **({"ExposedPorts": {key: {} for key in ctr.exposed_ports}} if ctr.exposed_ports else {}),  # omitempty, as dockerd
             "Tty": False,
             "OpenStdin": False,
             "StdinOnce": False,
