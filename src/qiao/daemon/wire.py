@@ -162,6 +162,7 @@ class ContainerCreate(Struct):
     User: str = ""
     WorkingDir: str = ""
     Image: str = ""
+    Labels: Map | None = None
     # Not implemented by qiao: refused unless zero.
     Entrypoint: list[str] | str | None = None
     Volumes: dict[str, Any] | None = None
@@ -315,6 +316,8 @@ def container_spec(name: str | None, body: bytes) -> ContainerSpec:
         cap_add=tuple(host.CapAdd or ()),
         cap_drop=tuple(host.CapDrop or ()),
         privileged=host.Privileged,
+        labels=dict(req.Labels or {}),
+        image=req.Image,
     )
 
 

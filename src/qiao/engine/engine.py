@@ -20,6 +20,7 @@ from qiao.drivers.host import HostDriver
 from qiao.drivers.null import NullDriver
 from qiao.engine.attachments import Attachments
 from qiao.engine.containers import Containers
+from qiao.engine.eventlog import EventLog
 from qiao.engine.events import Event, Events
 from qiao.engine.models import Endpoint, Network
 from qiao.engine.networks import Networks
@@ -56,13 +57,17 @@ class Engine:
         self.lock = threading.RLock()
         self.store = Store(root.store)
         self.events = Events()
+        self.eventlog = EventLog()  # what `docker events` shows (containers record theirs; networks' come from `events`)
         self.drivers = Drivers(drivers if drivers is not None else builtin_drivers(host, firewall, resolv_conf or ""))
         self.networks = Networks(self.store, self.drivers, firewall, self.lock, self.events, fault)
         self.ports = Publisher(firewall, host, self._describe_owner)
-        self.containers = Containers(root, self.store, self.networks, host, self.lock, fault, resolv_conf or "", self.ports)
+        self.containers = Containers(
+            root, self.store, self.networks, host, self.lock, fault, resolv_conf or "", self.ports, eventlog=self.eventlog
+        )
         self.attachments = Attachments(self.store, self.networks, host, self.ports, self.lock, root.netns_dir, fault)
         self.resolver = resolver
         self.events.subscribe(self._dns_follows)
+        self.events.subscribe(self._log_network)
 
     def start(self) -> None:
         with self.lock:
@@ -98,6 +103,12 @@ class Engine:
     def _describe_owner(self, owner: str) -> str:
         """Who holds a host port, for a conflict's message."""
         return self.attachments.describe(owner) or self.containers.describe(owner)
+
+    def _log_network(self, event: Event) -> None:
+        """A network's create and removal, as `docker events` shows them."""
+        if event.kind == "network":
+            action = {"create": "create", "delete": "destroy"}[event.action]
+            self.eventlog.record("network", action, event.network.id, {"name": event.network.name, "type": event.network.driver})
 
     # -- DNS: a zone per user network, from its endpoints' names ----------
 

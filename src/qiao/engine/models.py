@@ -105,6 +105,9 @@ class Container:
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
     privileged: bool = False
+    # What Docker's clients see of it: Config.Labels, and Config.Image as they named it ("" for qiao's own CLI).
+    labels: dict[str, str] = field(default_factory=dict)
+    image: str = ""
 
     @property
     def running(self) -> bool:

@@ -186,12 +186,14 @@ class Networks:
             teardown.report()
             self.events.publish(Event("network", "delete", net))
 
-    def prune(self) -> list[str]:
+    def prune(self, keep: Callable[[Network], bool] = lambda net: False) -> list[str]:
+        """Remove the unused local networks but those ``keep`` (the caller's
+        filters and whatever else refers to a network) says to keep."""
         removed = []
         with self.lock:
             for net in list(self.by_id.values()):
                 # Global networks are the cluster's: `network rm` removes them on every host.
-                if not net.builtin and net.scope == "local" and not self.by_network.get(net.id):
+                if not net.builtin and net.scope == "local" and not self.by_network.get(net.id) and not keep(net):
                     self.drop(net)
                     removed.append(net.name)
         return removed

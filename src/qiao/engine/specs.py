@@ -62,6 +62,8 @@ class ContainerSpec:
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     privileged: bool = False
+    labels: dict[str, str] = field(default_factory=dict)  # Config.Labels
+    image: str = ""  # Config.Image, as the client named it
 
 
 @dataclass(frozen=True)
