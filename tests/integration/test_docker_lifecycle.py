@@ -194,18 +194,26 @@ def api(host: Host, method: str, path: str) -> dict:
 # -- pause, unpause ------------------------------------------------------------
 
 
-def frozen(pid: int) -> bool:
-    """The kernel's word: the process's cgroup (v2) reports itself frozen."""
+def cgroup_of(pid: int) -> Path:
+    """The process's cgroup (v2) directory: the container's own, ``<mount>/qiao/<id>``."""
     relative = Path(f"/proc/{pid}/cgroup").read_text().splitlines()[-1].split("::", 1)[1]
     mount = v2_mount()
     assert mount and relative.startswith("/qiao/")
-    return "frozen 1" in Path(mount + relative, "cgroup.events").read_text()
+    return Path(mount + relative)
+
+
+def frozen(pid: int) -> bool:
+    """The kernel's word: the process's cgroup reports itself frozen."""
+    return "frozen 1" in (cgroup_of(pid) / "cgroup.events").read_text()
 
 
 @pytest.mark.skipif(v2_mount() is None, reason="no cgroup v2 hierarchy")
 def test_docker_pause_freezes_and_unpause_thaws(docker, host):
     docker("run", "-d", "--name", "pz", "qiao/host", "sh", "-c", "sleep 300 & exec sleep 301")
-    pid = state(docker, "pz")["State"]["Pid"]
+    doc = state(docker, "pz")
+    pid = doc["State"]["Pid"]
+    cgroup = cgroup_of(pid)
+    assert cgroup.name == doc["Id"] and len((cgroup / "cgroup.procs").read_text().split()) == 2  # both sleeps, not the shim
     docker("pause", "pz")
     doc = state(docker, "pz")["State"]
     assert (doc["Status"], doc["Paused"], doc["Running"]) == ("paused", True, True)
@@ -219,6 +227,7 @@ def test_docker_pause_freezes_and_unpause_thaws(docker, host):
     docker("stop", "-t", "5", "pz")  # the signal is delivered: the container is thawed for it
     doc = state(docker, "pz")["State"]
     assert (doc["Status"], doc["Paused"]) == ("exited", False)
+    assert not cgroup.exists()  # removed with the container's end
     assert "is not running" in one_line_error_of(docker("pause", "pz", check=False))
 
 
@@ -228,13 +237,16 @@ def test_docker_pause_freezes_and_unpause_thaws(docker, host):
 def test_docker_container_prune_removes_stopped_ones(docker, host):
     done = docker("run", "-d", "--name", "done", "qiao/host", "true").stdout.strip()
     made = docker("create", "--name", "made", "qiao/host", "true").stdout.strip()
+    kept = docker("create", "--name", "kept", "--label", "keep=yes", "qiao/host", "true").stdout.strip()
     docker("run", "-d", "--name", "live", *SLEEP)
     wait_state(docker, "done", lambda d: d["State"]["Status"] == "exited", "done to exit")
-    assert "label" in one_line_error_of(docker("container", "prune", "-f", "--filter", "label=x", check=False))
-    out = docker("container", "prune", "-f").stdout
+    out = docker("container", "prune", "-f", "--filter", "label!=keep=yes").stdout
     assert out.startswith("Deleted Containers:\n") and "Total reclaimed space: 0B" in out
     assert sorted(out.split()[2:4]) == sorted([done, made])
+    assert sorted(docker("ps", "-a", "--format", "{{.Names}}").stdout.split()) == ["kept", "live"]
+    assert kept in docker("container", "prune", "-f").stdout
     assert docker("ps", "-a", "--format", "{{.Names}}").stdout.split() == ["live"]
+    assert "invalid filter 'colour'" in one_line_error_of(docker("container", "prune", "-f", "--filter", "colour=red", check=False))
 
 
 # -- --restart -----------------------------------------------------------------

@@ -8,7 +8,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from qiao.daemon import docker_stats, wire
+from qiao.daemon import docker_stats
+from qiao.daemon.filters import Prune
 from qiao.daemon.http import Request, Streamed, route
 from qiao.engine import signals
 from qiao.engine.containers import ContainerView
@@ -40,13 +41,10 @@ def _false(text: str) -> bool:
     return text.strip().lower() in ("", "0", "no", "false", "none")
 
 
-def prune_filter(text: str) -> Callable[[ContainerView], bool]:
-    """The ``filters`` of ``POST /containers/prune``.  Filter parsing is
-    ``qiao.daemon.filters``' job; until it is there, only an empty filter is taken."""
-    given = sorted(key for key, value in (wire.json_object(text.encode()) if text else {}).items() if value)
-    if given:
-        raise InvalidParameter(f"qiao does not support container prune filters yet: {', '.join(given)}")
-    return lambda _view: True
+def prune_filter(text: str | None) -> Callable[[ContainerView], bool]:
+    """The ``filters`` of ``POST /containers/prune`` (``until``, ``label``, ``label!``), as dockerd's."""
+    rule = Prune.parse(text, time.time_ns())
+    return lambda view: rule.matches(view.container.labels, view.container.created)
 
 
 class LifecycleRoutes:
@@ -83,7 +81,7 @@ class LifecycleRoutes:
 
     @route("POST", "/containers/prune")
     def container_prune(self, req: Request) -> tuple[int, Any]:
-        deleted = self.engine.lifecycle.prune(prune_filter(req.query.get("filters", "")))
+        deleted = self.engine.lifecycle.prune(prune_filter(req.query.get("filters")))
         return 200, {"ContainersDeleted": deleted or None, "SpaceReclaimed": 0}
 
     @route("GET", "/containers/(?P<ref>[^/]+)/stats")

@@ -162,6 +162,7 @@ class ContainerCreate(Struct):
     User: str = ""
     WorkingDir: str = ""
     Image: str = ""
+    Labels: Map | None = None
     StopSignal: str = ""
     StopTimeout: int | None = None
     # Not implemented by qiao: refused unless zero.
@@ -311,6 +312,8 @@ def container_spec(name: str | None, body: bytes) -> ContainerSpec:
         cap_add=tuple(host.CapAdd or ()),
         cap_drop=tuple(host.CapDrop or ()),
         privileged=host.Privileged,
+        labels=dict(req.Labels or {}),
+        image=req.Image,
         restart_policy=restart.Name,
         restart_retries=restart.MaximumRetryCount,
         stop_signal=req.StopSignal,

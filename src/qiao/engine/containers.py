@@ -27,6 +27,7 @@ from typing import Any
 
 from qiao.engine import etcfiles, ids, ports, restart, signals
 from qiao.engine.errors import Conflict, InvalidParameter, NotFound, QiaoError
+from qiao.engine.eventlog import EventLog
 from qiao.engine.models import Container, Endpoint, Network, from_dict, now, to_dict
 from qiao.engine.names import random_name
 from qiao.engine.networks import Networks
@@ -109,6 +110,7 @@ class ContainerView:
     files: dict[str, str]
     links: list[str]
     link_notes: dict[str, str] = field(default_factory=dict)  # endpoint id -> what happened to its link behind qiao's back
+    network_names: dict[str, str] = field(default_factory=dict)  # network id -> name, of every network it is attached to
 
 
 class StartFailed(QiaoError):
@@ -151,9 +153,11 @@ class Containers:
         fault: Fault | None = None,
         resolv_conf: str = "",
         publisher: ports.Publisher | None = None,
+        eventlog: EventLog | None = None,
         cgroups: Cgroups | None = None,
     ):
         self.root, self.store, self.networks, self.host, self.lock, self.fault = root, store, networks, host, lock, fault
+        self.eventlog = eventlog or EventLog()  # what `docker events` shows
         self.cgroups = cgroups or NoCgroups("qiaod was started without cgroups")
         self.restarts = restart.Restarts(self._restart_due)
         self.firewall = networks.firewall
@@ -262,9 +266,11 @@ class Containers:
     def view(self, ctr: Container) -> ContainerView:
         """What the API shows of a container (under the lock: a consistent snapshot)."""
         links = [f"/{self.by_id[t].name}:/{ctr.name}/{alias}" for t, alias in ctr.links if t in self.by_id]
-        endpoints = self.endpoints(ctr)
+        # As dockerd shows them: every network's own gateway, not only the one carrying the default route.
+        endpoints = [(name, _carrying_route(ep, self.networks.by_id[ep.network_id])) for name, ep in self.endpoints(ctr)]
         notes = {ep.id: self.networks.link_notes[ep.id] for _n, ep in endpoints if ep.id in self.networks.link_notes}
-        return ContainerView(dataclasses.replace(ctr), endpoints, self.files(ctr), links, notes)
+        names = {a["network"]: self.networks.by_id[a["network"]].name for a in ctr.attachments if a["network"] in self.networks.by_id}
+        return ContainerView(dataclasses.replace(ctr), endpoints, self.files(ctr), links, notes, names)
 
     def inspect(self, ref: str) -> ContainerView:
         with self.lock:
@@ -350,6 +356,8 @@ class Containers:
                 publish_all=spec.publish_all,
                 attachments=attachments,
                 links=links,
+                labels=dict(spec.labels),
+                image=spec.image,
                 restart_policy=spec.restart_policy if spec.restart_policy not in ("", "no") else "",
                 restart_retries=spec.restart_retries,
                 stop_signal=spec.stop_signal,
@@ -364,6 +372,7 @@ class Containers:
             with self.store.transaction() as tx:
                 tx.put("containers", to_dict(ctr))
             self.by_id[cid] = ctr
+            self.tell(ctr, "create")
             return ctr
 
     def new_name(self, name: str | None) -> str:
@@ -524,6 +533,8 @@ class Containers:
                 raise
         for ep in endpoints:
             self.networks.adopt(ep)
+            self._tell_network(ep.network_id, "connect", ctr.id)
+        self.tell(ctr, "start")
         return ctr
 
     @staticmethod
@@ -661,6 +672,7 @@ class Containers:
         """End what a killed shim left, release the network (best effort, complete),
         then record the exit, or auto-remove."""
         self._kill_orphan_shim(ctr)
+        left = [ep.network_id for _n, ep in self.endpoints(ctr)]
         self._release(ctr)
         try:
             with open(self.files(ctr)["exit"]) as f:
@@ -668,6 +680,9 @@ class Containers:
         except (OSError, ValueError):
             ctr.exit_code, ctr.error = 255, "container shim exited without recording an exit code"
         ctr.status, ctr.pid, ctr.finished_at, ctr.paused = "exited", 0, now(), False
+        self.tell(ctr, "die", exitCode=str(ctr.exit_code))
+        for network_id in left:  # as dockerd: die, then each network's disconnect
+            self._tell_network(network_id, "disconnect", ctr.id)
         rule = restart.Policy(ctr.restart_policy or "no", ctr.restart_retries)
         ran_for = _seconds(ctr.finished_at) - _seconds(ctr.started_at)
         if self.restarts.after_exit(ctr.id, rule, ctr.exit_code, ctr.manually_stopped, ctr.restart_count, ran_for):
@@ -708,10 +723,26 @@ class Containers:
             tx.delete("containers", ctr.id)
         self.by_id.pop(ctr.id, None)
         self.restarts.forget(ctr.id)
+        self.tell(ctr, "destroy")
         shutil.rmtree(self.root.container_dir(ctr.id), ignore_errors=True)
         self.removed_exit_codes[ctr.id] = ctr.exit_code
         while len(self.removed_exit_codes) > 1024:
             self.removed_exit_codes.popitem(last=False)
+
+    # -- what `docker events` shows ----------------------------------------
+
+    def tell(self, ctr: Container, action: str, **extra: str) -> None:
+        """A container event, with the attributes dockerd gives it: ``extra``
+        (exitCode, signal, oldName), the labels, ``image`` and ``name``."""
+        attributes = {**ctr.labels, **extra, "name": ctr.name}
+        if ctr.image:
+            attributes["image"] = ctr.image
+        self.eventlog.record("container", action, ctr.id, attributes)
+
+    def _tell_network(self, network_id: str, action: str, container_id: str) -> None:
+        net = self.networks.by_id.get(network_id)
+        if net is not None:
+            self.eventlog.record("network", action, net.id, {"container": container_id, "name": net.name, "type": net.driver})
 
     # -- stop / kill / wait / remove ------------------------------------
 
@@ -744,6 +775,7 @@ class Containers:
                 self.restarts.cancel(ctr.id)
             self._mark_stopped(ctr)
             pid = ctr.pid
+            self.tell(ctr, "kill", signal=str(int(sig)))
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
         if final:
@@ -766,15 +798,18 @@ class Containers:
             self.restarts.cancel(ctr.id)
             self._mark_stopped(ctr)
             pid = ctr.pid
+            self.tell(ctr, "kill", signal=str(int(sig)))
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
         self._thaw(ctr)
         with self.lock:
             self._wait_exit(ctr, None if timeout < 0 else timeout)
             if ctr.running:
+                self.tell(ctr, "kill", signal=str(int(signal.SIGKILL)))
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 self._wait_exit(ctr, 30)
+            self.tell(ctr, "stop")
 
     def _mark_stopped(self, ctr: Container) -> None:
         if not ctr.manually_stopped:
@@ -828,6 +863,7 @@ class Containers:
                 )
             self.restarts.cancel(ctr.id)
             if ctr.running:
+                self.tell(ctr, "kill", signal=str(int(signal.SIGKILL)))
                 self._kill_now(ctr.pid)
                 self._thaw(ctr)
                 self._wait_exit(ctr, 30)
@@ -886,6 +922,7 @@ class Containers:
             if demoted:
                 self.networks.adopt(demoted)
             self._write_etc(ctr, [e for _n, e in self.endpoints(ctr)])
+            self._tell_network(net.id, "connect", ctr.id)
 
     def disconnect(self, ref: str, net_ref: str, force: bool = False) -> None:
         with self.lock:
@@ -929,6 +966,7 @@ class Containers:
                 self.networks.leave(ep, teardown)
                 teardown.report()
                 self._write_etc(ctr, [e for _n, e in self.endpoints(ctr)])
+            self._tell_network(net.id, "disconnect", ctr.id)  # as dockerd, also for a container not running
 
     def _gateway_heir(self, ctr: Container, leaving: Endpoint) -> Endpoint | None:
         """When the endpoint with the default route leaves, the route moves to

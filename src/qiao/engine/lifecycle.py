@@ -38,6 +38,8 @@ class Lifecycle:
             with self.lock:
                 ctr.auto_remove = auto_remove
         self.containers.start(ctr.id)
+        with self.lock:
+            self.containers.tell(ctr, "restart")
 
     def rename(self, ref: str, name: str) -> None:
         """A new name; on user networks the DNS answers to it at once (and no longer to the old one)."""
@@ -59,6 +61,7 @@ class Lifecycle:
             ctr.name = new
             for ep in renamed:
                 self.containers.networks.adopt(ep)  # the DNS zones (and an overlay's publisher) follow
+            self.containers.tell(ctr, "rename", oldName="/" + old)
 
     # -- pause, unpause --------------------------------------------------
 
@@ -93,6 +96,7 @@ class Lifecycle:
             ctr.paused = frozen
             with self.containers.store.transaction() as tx:
                 tx.put("containers", to_dict(ctr))
+            self.containers.tell(ctr, "pause" if frozen else "unpause")
 
     # -- prune -----------------------------------------------------------
 
@@ -110,6 +114,7 @@ class Lifecycle:
                 except Conflict:
                     continue
                 removed.append(view.container.id)
+            self.containers.eventlog.record("container", "prune", "", {"reclaimed": "0"})
         return removed
 
     # -- top, stats ------------------------------------------------------
@@ -132,7 +137,9 @@ class Lifecycle:
     def top(self, ref: str, ps_args: str = "") -> tuple[list[str], list[list[str]]]:
         top.ps_format(ps_args)  # bad arguments: a 400 before anything is read
         with self.lock:
-            pids = self._pids(self._running(ref))
+            ctr = self._running(ref)
+            pids = self._pids(ctr)
+            self.containers.tell(ctr, "top")
         clock = top.Clock(time.time(), processes.uptime(), processes.memory_total())
         return top.table(processes.read_all(pids), ps_args, clock, processes.user_names())
 

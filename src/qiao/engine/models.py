@@ -105,6 +105,9 @@ class Container:
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
     privileged: bool = False
+    # What Docker's clients see of it: Config.Labels, and Config.Image as they named it ("" for qiao's own CLI).
+    labels: dict[str, str] = field(default_factory=dict)
+    image: str = ""
     # Lifecycle: the restart policy (qiao.engine.restart), how `stop` ends it, and its
     # state: a restarting container waits for its next start; a paused one is frozen.
     restart_policy: str = ""

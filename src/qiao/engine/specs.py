@@ -62,6 +62,8 @@ class ContainerSpec:
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     privileged: bool = False
+    labels: dict[str, str] = field(default_factory=dict)  # Config.Labels
+    image: str = ""  # Config.Image, as the client named it
     # Lifecycle (Docker's --restart, --stop-signal, --stop-timeout) and the /etc files
     # (--domainname, --dns, --dns-search, --dns-option, --add-host).
     restart_policy: str = ""  # "" | no | always | unless-stopped | on-failure
