@@ -441,3 +441,23 @@ def test_qiao_cli_lifecycle_commands(host):
     out = host.qiao("container", "prune", "-f").stdout
     assert "Deleted Containers:" in out and host.ps_ids() == []
     assert "invalid restart policy" in one_line_error(host.qiao("run", "--restart", "sometimes", "--", "true", check=False))
+
+
+def test_lifecycle_events_are_dockerds(docker, host):
+    docker("run", "-d", "--name", "ev", *SLEEP)
+    cid = state(docker, "ev")["Id"]
+    docker("rename", "ev", "ev2")
+    docker("top", "ev2")
+    if v2_mount() is not None:
+        docker("pause", "ev2")
+        docker("unpause", "ev2")
+    docker("restart", "-t", "5", "ev2")  # sleep ends on SIGTERM: one kill
+    until = str(time.time() + 1)
+    out = docker(
+        "events", "--since", "0", "--until", until, "--filter", f"container={cid}", "--format", "{{.Action}} {{json .Actor.Attributes}}"
+    )
+    actions = [line.split(" ", 1)[0] for line in out.stdout.splitlines()]
+    pause = ["pause", "unpause"] if v2_mount() is not None else []
+    assert actions == ["create", "start", "rename", "top", *pause, "kill", "die", "stop", "start", "restart"], actions
+    rename = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("rename")).split(" ", 1)[1])
+    assert (rename["name"], rename["oldName"]) == ("ev2", "/ev")

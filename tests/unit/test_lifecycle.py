@@ -303,6 +303,8 @@ def test_dns_on_a_user_network_is_forwarded_by_qiaos_resolver(c):
         ({"ExtraHosts": ["db"]}, "invalid IP address in add-host"),
         ({"ExtraHosts": ["db:not-an-ip"]}, "invalid IP address in add-host"),
         ({"ExtraHosts": [":192.0.2.1"]}, "bad format for add-host"),
+        ({"ExtraHosts": ["a b:192.0.2.1"]}, "bad format for add-host"),
+        ({"ExtraHosts": ["a\nb:192.0.2.1"]}, "bad format for add-host"),
         ({"Domainname": "bad domain"}, "invalid domainname"),
         ({"Dns": ["192.0.2.1"], "NetworkMode": "container:x"}, "conflicting options: dns and the network mode"),
         ({"ExtraHosts": ["a:192.0.2.1"], "NetworkMode": "container:x"}, "conflicting options: custom host-to-IP mapping"),
