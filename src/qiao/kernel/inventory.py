@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from qiao.kernel import netns
+from qiao.kernel import netns, rtdump
 
 NETNS_RUN_DIR = "/run/netns"
 NUD_STATES = {
@@ -133,42 +133,11 @@ class Inventory(Protocol):
     def route_get(self, path: str, dst: str, src: str = "", iif: str = "") -> dict[str, Any]: ...
 
 
-def _link(msg: Any, addresses: dict[int, list[str]]) -> Link:
-    info = msg.get_attr("IFLA_LINKINFO")
-    kind, data, port = "", None, None
-    if info is not None:
-        kind = info.get_attr("IFLA_INFO_KIND") or ""
-        data = info.get_attr("IFLA_INFO_DATA")
-        port = info.get_attr("IFLA_INFO_SLAVE_DATA")
-    get = getattr(data, "get_attr", lambda _k: None)
-    nsid = msg.get_attr("IFLA_LINK_NETNSID")
-    return Link(
-        index=msg["index"],
-        name=msg.get_attr("IFLA_IFNAME") or "",
-        kind=kind,
-        mac=msg.get_attr("IFLA_ADDRESS") or "",
-        mtu=msg.get_attr("IFLA_MTU") or 0,
-        up=bool(msg["flags"] & 1),
-        master=msg.get_attr("IFLA_MASTER") or 0,
-        alias=msg.get_attr("IFLA_IFALIAS") or "",
-        peer_index=(msg.get_attr("IFLA_LINK") or 0) if kind == "veth" else 0,
-        peer_nsid=nsid if nsid is not None else -1,
-        isolated=bool(getattr(port, "get_attr", lambda _k: None)("IFLA_BRPORT_ISOLATED")),
-        vni=(get("IFLA_VXLAN_ID") or 0) if kind == "vxlan" else 0,
-        local=(get("IFLA_VXLAN_LOCAL") or "") if kind == "vxlan" else "",
-        port=(get("IFLA_VXLAN_PORT") or 0) if kind == "vxlan" else 0,
-        addresses=tuple(addresses.get(msg["index"], [])),
-    )
-
-
-def _addresses(ipr: Any) -> dict[int, list[str]]:
-    out: dict[int, list[str]] = {}
-    for family in (socket.AF_INET, socket.AF_INET6):
-        for a in ipr.get_addr(family=family):
-            address = a.get_attr("IFA_ADDRESS")
-            if address and not (family == socket.AF_INET6 and address.startswith("fe80:")):
-                out.setdefault(a["index"], []).append(f"{address}/{a['prefixlen']}")
-    return out
+def _links(path: str = "") -> list[Link]:
+    """Every link of the namespace at ``path`` ("": the calling thread's), with its addresses."""
+    with netns.entered(path) if path else contextlib.nullcontext():
+        links, addresses = rtdump.read()
+    return [Link(**fields, addresses=tuple(addresses.get(fields["index"], []))) for fields in links]
 
 
 def _routes(ipr: Any, names: dict[int, str]) -> list[Route]:
@@ -215,22 +184,16 @@ class LinuxInventory:
             return self._IPRoute(groups=0)
 
     def snapshot(self, sandboxes: list[str]) -> Snapshot:
+        links = _links()
+        names = {link.index: link.name for link in links}
+        snap = Snapshot(links=links)
         ipr = self._open()
         try:
-            addresses = _addresses(ipr)
-            links = [_link(m, addresses) for m in ipr.get_links()]
-            names = {link.index: link.name for link in links}
-            snap = Snapshot(links=links, routes=_routes(ipr, names))
+            snap.routes = _routes(ipr, names)
             for vx in (link for link in links if link.kind == "vxlan"):
                 for n in ipr.get_neighbours(ifindex=vx.index, family=socket.AF_INET):
-                    snap.neighbours.append(
-                        Neighbour(
-                            n.get_attr("NDA_DST") or "",
-                            n.get_attr("NDA_LLADDR") or "",
-                            NUD_STATES.get(n["state"], str(n["state"])),
-                            vx.name,
-                        )
-                    )
+                    state = NUD_STATES.get(n["state"], str(n["state"]))
+                    snap.neighbours.append(Neighbour(n.get_attr("NDA_DST") or "", n.get_attr("NDA_LLADDR") or "", state, vx.name))
                 for f in ipr.fdb("dump", ifindex=vx.index):
                     if f.get_attr("NDA_DST"):
                         snap.fdb.append(Fdb(f.get_attr("NDA_LLADDR") or "", f.get_attr("NDA_DST"), vx.name))
@@ -244,15 +207,9 @@ class LinuxInventory:
 
     def sandbox(self, path: str) -> Sandbox:
         try:
-            ipr = self._open(path)
+            return Sandbox(path, _links(path))
         except OSError as exc:
             return Sandbox(path, error=exc.strerror or str(exc))
-        try:
-            addresses = _addresses(ipr)
-            links = [_link(m, addresses) for m in ipr.get_links()]
-            return Sandbox(path, links, _routes(ipr, {link.index: link.name for link in links}))
-        finally:
-            ipr.close()
 
     @staticmethod
     def _named_namespaces(ipr: Any) -> dict[int, str]:
@@ -317,9 +274,9 @@ class LinuxInventory:
         ipr = self._open()
         try:
             oif = next((r.get_attr("RTA_OIF") for r in ipr.get_routes(family=socket.AF_INET, table=254) if r["dst_len"] == 0), None)
-            if not oif:
+            link = next((lk for lk in _links() if lk.index == oif), None) if oif else None
+            if link is None:
                 return Uplink()
-            link = _link(ipr.get_links(oif)[0], _addresses(ipr))
             up = Uplink(link.name, next((a.split("/")[0] for a in link.addresses if ":" not in a), ""))
             if link.kind != "veth" or link.peer_nsid < 0:
                 return up
@@ -335,42 +292,60 @@ class LinuxInventory:
     def route_get(self, path: str, dst: str, src: str = "", iif: str = "") -> dict[str, Any]:
         """The route the kernel picks for ``dst`` in the namespace at ``path`` ("" the daemon's), from
         ``src`` coming in on ``iif``, and the neighbour entry of its next hop:
-        ``{"dst", "gateway", "dev", "prefsrc", "route", "neighbour": {...}, "fdb": ...}`` or ``{"error"}``."""
-        ipr = self._open(path)
-        try:
-            names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-            query: dict[str, Any] = {"dst": dst}
-            if src:
-                query["src"] = src
-            if iif:
-                index = next((i for i, n in names.items() if n == iif), None)
-                if index is not None:
-                    query["iif"] = index
+        ``{"dst", "gateway", "dev", "prefsrc", "route", "neighbour": {...}, "fdb": ...}`` or ``{"dst", "error"}``."""
+        with netns.entered(path) if path else contextlib.nullcontext():
+            ipr = self._IPRoute(groups=0)
             try:
-                got = ipr.route("get", **query)[0]
-            except Exception as exc:
-                code = getattr(exc, "code", 0)
-                return {"dst": dst, "error": os.strerror(code) if code else str(exc)}
-            oif = got.get_attr("RTA_OIF") or 0
-            gateway = got.get_attr("RTA_GATEWAY") or ""
-            out: dict[str, Any] = {"dst": dst, "gateway": gateway, "dev": names.get(oif, ""), "prefsrc": got.get_attr("RTA_PREFSRC") or ""}
-            if got["type"] == 2:  # RTN_LOCAL
-                out["local"] = True
-                return out
-            entry = longest_match(_routes(ipr, names), dst)
-            if entry is not None:
-                out["route"] = entry.dst + (f" via {entry.gateway}" if entry.gateway else "") + f" dev {entry.dev}"
-            hop = gateway or dst
-            for n in ipr.get_neighbours(ifindex=oif, family=socket.AF_INET):
-                if n.get_attr("NDA_DST") == hop:
-                    mac = n.get_attr("NDA_LLADDR") or ""
-                    out["neighbour"] = {"address": hop, "mac": mac, "state": NUD_STATES.get(n["state"], str(n["state"]))}
-                    for f in ipr.fdb("dump", ifindex=oif) if mac else ():
-                        if f.get_attr("NDA_LLADDR") == mac and f.get_attr("NDA_DST"):
-                            out["fdb"] = {"mac": mac, "dst": f.get_attr("NDA_DST")}
+                return self._route_get(ipr, dst, src, iif)
+            finally:
+                ipr.close()
+
+    @staticmethod
+    def _route_get(ipr: Any, dst: str, src: str, iif: str) -> dict[str, Any]:
+        def name(index: int) -> str:
+            try:
+                return socket.if_indextoname(index)
+            except OSError:
+                return str(index)
+
+        query: dict[str, Any] = {"dst": dst}
+        if src:
+            query["src"] = src
+        if iif:
+            with contextlib.suppress(OSError):
+                query["iif"] = socket.if_nametoindex(iif)
+        try:
+            got = ipr.route("get", **query)[0]
+        except Exception as exc:
+            code = getattr(exc, "code", 0)
+            return {"dst": dst, "error": os.strerror(code) if code else str(exc)}
+        oif = got.get_attr("RTA_OIF") or 0
+        gateway = got.get_attr("RTA_GATEWAY") or ""
+        out: dict[str, Any] = {
+            "dst": dst,
+            "gateway": gateway,
+            "dev": name(oif) if oif else "",
+            "prefsrc": got.get_attr("RTA_PREFSRC") or "",
+        }
+        if got["type"] == 2:  # RTN_LOCAL
+            out["local"] = True
             return out
-        finally:
-            ipr.close()
+        routes = [
+            Route(f"{r.get_attr('RTA_DST') or '0.0.0.0'}/{r['dst_len']}", r.get_attr("RTA_GATEWAY") or "", name(r.get_attr("RTA_OIF") or 0))
+            for r in ipr.get_routes(family=socket.AF_INET, table=254)
+        ]
+        entry = longest_match(routes, dst)
+        if entry is not None:
+            out["route"] = entry.dst + (f" via {entry.gateway}" if entry.gateway else "") + f" dev {entry.dev}"
+        hop = gateway or dst
+        for n in ipr.get_neighbours(ifindex=oif, family=socket.AF_INET):
+            if n.get_attr("NDA_DST") == hop:
+                mac = n.get_attr("NDA_LLADDR") or ""
+                out["neighbour"] = {"address": hop, "mac": mac, "state": NUD_STATES.get(n["state"], str(n["state"]))}
+                for f in ipr.fdb("dump", ifindex=oif) if mac else ():
+                    if f.get_attr("NDA_LLADDR") == mac and f.get_attr("NDA_DST"):
+                        out["fdb"] = {"mac": mac, "dst": f.get_attr("NDA_DST")}
+        return out
 
 
 def _element_key(elem: Any) -> str:
