@@ -31,6 +31,11 @@ def _fit(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
 
+def _words(text: str, first: str, rest: str, width: int = WIDTH) -> list[str]:
+    """``text`` wrapped at spaces on lines that start with ``first`` (then ``rest``)."""
+    return _wrap(text.split(" "), first, rest, width, sep=" ")
+
+
 def _wrap(items: list[str], first: str, rest: str, width: int = WIDTH, sep: str = " · ") -> list[str]:
     """``items`` joined by ``sep`` on lines that start with ``first`` (then ``rest``), within ``width``."""
     lines: list[str] = []
@@ -65,7 +70,7 @@ class _Text:
 
     def drift(self, prefix: str, items: list[dict[str, str]]) -> None:
         for d in items:
-            for line in _wrap([f"{d['what']} -> {d['fix']}"], prefix + "! ", prefix + "    "):
+            for line in _words(f"{d['what']} -> {d['fix']}", prefix + "! ", prefix + "    "):
                 self.add(line, "drift")
 
 
@@ -87,7 +92,8 @@ def _host_text(out: _Text, model: dict[str, Any], label: str = "") -> None:
     out.add(f"host {label or host['name']} · {_uplink_text(host)} · table {model['firewall']['table']}")
     out.drift("", model["firewall"]["drift"])
     for note in model["firewall"]["foreign"]:
-        out.add(f"  (foreign) {note}", "foreign")
+        for line in _words(note, "  (foreign) ", "      "):
+            out.add(line, "foreign")
     containers = _by_owner(model)
     sections: list[tuple[str, Any]] = [("net", n) for n in model["networks"]]
     hosted = [c for c in model["containers"] if c["mode"] == "host"]
@@ -160,22 +166,27 @@ def _vxlan_text(out: _Text, vx: dict[str, Any], branch: str, cont: str) -> None:
 
 
 def _port_text(out: _Text, port: dict[str, Any], ctr: dict[str, Any] | None, branch: str, cont: str) -> None:
-    line = f"{branch}{port['veth']} ══ {port['ifname']} {port['address']:<18} {port['mac']}  "
-    out.add(line + _fit(port["owner"], max(8, WIDTH - len(line))), "drift" if port["drift"] else "")
+    """Two lines: the veth pair with the container's end (name, address), then its MAC, namespace, ports, sharers."""
+    head = f"{branch}{port['veth']} ══ {port['ifname']} "
+    tail = f"  {port['address']}"
+    out.add(head + _fit(port["owner"], WIDTH - len(head) - len(tail)) + tail, "drift" if port["drift"] else "")
     out.drift(cont, port["drift"])
-    if ctr is None:
-        return
-    iface = next((i for i in ctr["interfaces"] if i["veth"] == port["veth"]), None)
-    details = [f"ns {ctr['namespace']}"] if ctr["namespace"] else []
-    if iface and iface.get("address6"):
-        details.append(iface["address6"])
-    address = port["address"].split("/")[0]
-    details += [p for p in ctr["ports"] if not iface or iface is ctr["interfaces"][0] or address in p]
-    if ctr["sharers"]:
-        details.append("shared by " + ", ".join(ctr["sharers"]))
+    details = [port["mac"]]
+    iface = None
+    if ctr is not None:
+        iface = next((i for i in ctr["interfaces"] if i["veth"] == port["veth"]), None)
+        details += [f"ns {ctr['namespace']}"] if ctr["namespace"] else []
+        if iface and iface.get("address6"):
+            details.append(iface["address6"])
+        first = not iface or iface is ctr["interfaces"][0]
+        details += [p for p in ctr["ports"] if first]
+        if ctr["sharers"]:
+            details.append("shared by " + ", ".join(ctr["sharers"]))
     for line in _wrap(details, cont + "     ", cont + "     "):
         out.add(line)
-    out.drift(cont + "     ", (iface["drift"] if iface else []) + (ctr["drift"] if not iface or iface is ctr["interfaces"][0] else []))
+    if ctr is not None:
+        first = not iface or iface is ctr["interfaces"][0]
+        out.drift(cont + "     ", (iface["drift"] if iface else []) + (ctr["drift"] if first else []))
 
 
 def topology_text(view: dict[str, Any], color: bool = False) -> str:
@@ -228,14 +239,10 @@ class _Svg:
         return h
 
 
-def _drift_lines(items: list[dict[str, str]]) -> list[tuple[str, str]]:
-    out = []
-    for d in items:
-        text = f"! {d['what']} -> {d['fix']}"
-        while text:
-            out.append((text[:CHARS], "drift"))
-            text = "  " + text[CHARS:] if len(text) > CHARS else ""
-    return out
+def _drift_lines(items: list[dict[str, str]], width: float = BOX_W - 30) -> list[tuple[str, str]]:
+    """Drift notes as box lines, wrapped to the box's width."""
+    chars = int((width - 16) / 7.3)
+    return [(line, "drift") for d in items for line in _words(f"! {d['what']} -> {d['fix']}", "", "  ", chars)]
 
 
 def _port_lines(port: dict[str, Any], ctr: dict[str, Any] | None) -> list[tuple[str, str]]:
@@ -266,9 +273,10 @@ def _host_svg(svg: _Svg, model: dict[str, Any], x0: float, y0: float, label: str
     if isolated:
         columns.append(("none", isolated))
     width = max(1, len(columns)) * COL_W + PAD
-    extra = [*_drift_lines(model["firewall"]["drift"]), *[(f"(foreign) {n}", "foreign") for n in model["firewall"]["foreign"]]]
-    extra += _drift_lines(model.get("stale", []))
-    top = 78 + LINE_H * len(extra)  # the title, the uplink, the notes
+    wide = max(1, len(columns)) * COL_W - 20
+    extra = [*_drift_lines(model["firewall"]["drift"], wide), *[(f"(foreign) {n}", "foreign") for n in model["firewall"]["foreign"]]]
+    extra += _drift_lines(model.get("stale", []), wide)
+    top = 92 + LINE_H * len(extra)  # the title, the uplink, the notes
     inner = _Svg()  # the columns first, to know the host's height before its box is drawn under them
     bottom = y0 + top + 40
     for i, (kind, item) in enumerate(columns):
@@ -279,14 +287,14 @@ def _host_svg(svg: _Svg, model: dict[str, Any], x0: float, y0: float, label: str
         title = "host network" if kind == "host" else "network none (lo only)"
         cy += inner.box(cx, cy, [(title, "name")], "bridge") + 20
         for c in item:
-            lines = [(c["name"], "name"), (f"netns {c['namespace']}", "dim"), *_drift_lines(c["drift"])]
+            lines = [(c["name"], "name"), (f"netns {c['namespace']}", "dim"), *_drift_lines(c["drift"], BOX_W)]
             cy += inner.box(cx, cy, lines, "drift" if c["drift"] else "ns") + 10
         bottom = max(bottom, cy)
     height = bottom - y0 + PAD
     svg.rect(x0, y0, width, height, "host", 10)
     svg.text(x0 + 12, y0 + 22, f"host {label or model['host']['name']} · table {model['firewall']['table']}", "title")
     for i, (text, cls) in enumerate(extra):
-        svg.text(x0 + 12, y0 + 40 + i * LINE_H, text, cls)
+        svg.text(x0 + 12, y0 + 56 + i * LINE_H, text, cls)
     up = model["host"].get("uplink")
     up_x = x0 + width / 2
     if up:
@@ -314,21 +322,21 @@ def _network_svg(svg: _Svg, net: dict[str, Any], containers: dict[str, dict[str,
         (kind + (" of " + net["cluster_subnet"] if net.get("cluster_subnet") else ""), "t"),
     ]
     lines.append((", ".join(net["flags"]) or "bridge", "dim"))
-    lines += _drift_lines(net["drift"])
+    lines += _drift_lines(net["drift"], BOX_W)
     h = svg.box(x, y, lines, "drift" if net["drift"] else "bridge")
     bus_x, bus_top = x + 14, y + h
     y += h + 16
     vx = net.get("vxlan")
     if vx:
-        svg.line(x + BOX_W - 30, y - 16, x + BOX_W - 30, y, "route")
+        svg.line(x + BOX_W / 2, y - 16, x + BOX_W / 2, y, "route")
         vlines = [(f"VXLAN {vx['dev']} {vx.get('address', '')}", "name"), (f"VNI {vx['vni']} {vx['local']}:{vx['port']}", "dim")]
-        vlines += _drift_lines(vx["drift"])
+        vlines += _drift_lines(vx["drift"], BOX_W)
         for p in vx["peers"]:
             vlines.append((f"-> {p['host'] or '?'} {p['subnet']}", "drift" if p["drift"] else "t"))
-            vlines += _drift_lines(p["drift"])
+            vlines += _drift_lines(p["drift"], BOX_W)
         if not vx["peers"]:
             vlines.append(("no remote hosts yet", "dim"))
-        y += svg.box(x + 30, y, vlines, "drift" if vx["drift"] else "vxlan", BOX_W - 30) + 16
+        y += svg.box(x, y, vlines, "drift" if vx["drift"] else "vxlan") + 16
     last = bus_top
     for f in net["foreign"]:
         h = svg.box(x + 30, y, [(f["name"], "name"), (f"foreign {f['kind']}: not qiao's", "foreign")], "foreign", BOX_W - 30)

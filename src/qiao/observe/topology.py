@@ -131,7 +131,7 @@ def build(rec: Records, snap: Snapshot, host: str) -> dict[str, Any]:
     for link in snap.links:
         owner = link.alias[len(ALIAS_PREFIX) :] if link.alias.startswith(ALIAS_PREFIX) else None
         if owner is not None and owner not in known_owners:
-            model["stale"].append(_drift(f"{link.kind or 'link'} {link.name} tagged {link.alias}: no record owns it", FIX_STALE))
+            model["stale"].append(_drift(f"{link.kind or 'link'} {link.name} tagged qiao:{owner[:12]}: no record owns it", FIX_STALE))
     return model
 
 

@@ -51,6 +51,8 @@ def parse_destination(text: str) -> tuple[str, int, str]:
     if not m:
         raise InvalidParameter(f"invalid destination {text!r}: expected NAME[:PORT][/tcp|udp]")
     port = int(m["port"]) if m["port"] else 0
+    if m["port"] is not None and not 1 <= port <= 65535:
+        raise InvalidParameter(f"invalid port in {text!r}: 1-65535")
     proto = m["proto"] or ("tcp" if port else "icmp")
     if proto not in ("tcp", "udp", "icmp"):
         raise InvalidParameter(f"invalid protocol {proto!r} in {text!r}: tcp or udp")
