@@ -272,15 +272,12 @@ def test_topology_svg_golden_and_well_formed(model: dict) -> None:
 def test_lab_view_svg_and_text_show_the_underlay(model: dict) -> None:
     second = json.loads(json.dumps(model))
     model["label"], second["label"] = "host1", "host2"
-    view = {
-        "hosts": [model, second],
-        "underlay": {"lab": "0badcafe", "bridge": "ul0", "address": "10.250.0.1/24", "namespace": "qlab-0badcafe-ul", "etcd": "10.250.0.1:2379",
-                     "hosts": [{"label": "host1", "address": "10.250.0.11"}, {"label": "host2", "address": "10.250.0.12"}]},
-    }  # fmt: skip
+    hosts = [{"label": "host1", "address": "10.250.0.11"}, {"label": "host2", "address": "10.250.0.12"}]
+    underlay = {"lab": "0badcafe", "bridge": "ul0", "address": "10.250.0.1/24", "namespace": "qlab-0badcafe-ul", "etcd": "10.250.0.1:2379"}
+    view = {"hosts": [model, second], "underlay": underlay | {"hosts": hosts}}
     text = netview.topology_text(view)
-    assert text.startswith(
-        "lab 0badcafe · underlay ul0 10.250.0.1/24 in qlab-0badcafe-ul\netcd 10.250.0.1:2379 · hosts: host1 10.250.0.11, host2 10.250.0.12\n"
-    )
+    first = "lab 0badcafe · underlay ul0 10.250.0.1/24 in qlab-0badcafe-ul\n"
+    assert text.startswith(first + "etcd 10.250.0.1:2379 · hosts: host1 10.250.0.11, host2 10.250.0.12\n")
     assert "host host1 ·" in text and "host host2 ·" in text
     svg = netview.topology_svg(view)
     xml.dom.minidom.parseString(svg)
@@ -359,8 +356,9 @@ def test_rules_are_written_back_as_nft_text() -> None:
     assert rule_text([dnat]) == "dnat ip to meta l4proto . th dport map @published_any"
     established = [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": None}]
     assert rule_text(established) == "ct state established,related accept"
+    saddr = {"payload": {"protocol": "ip", "field": "saddr"}}
     masq = [{"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": "br-y"}},
-            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.2.0.0", "len": 24}}}},
+            {"match": {"op": "==", "left": saddr, "right": {"prefix": {"addr": "10.2.0.0", "len": 24}}}},
             {"masquerade": None}]  # fmt: skip
     assert rule_text(masq) == 'oifname != "br-y" ip saddr 10.2.0.0/24 masquerade'
     assert rule_text(
@@ -392,8 +390,8 @@ def test_bad_destinations_are_refused_in_one_sentence(text: str) -> None:
 
 # -- reading recorded traces -----------------------------------------------------------
 
-A, B, INT, NOICC = (NetInfo("a", "br-a", "10.61.1.0/24"), NetInfo("b", "br-b", "10.61.2.0/24"),
-                    NetInfo("int", "br-int", "10.61.3.0/24", internal=True), NetInfo("noicc", "br-n", "10.61.4.0/24", icc=False))  # fmt: skip
+A, B = NetInfo("a", "br-a", "10.61.1.0/24"), NetInfo("b", "br-b", "10.61.2.0/24")
+INT, NOICC = NetInfo("int", "br-int", "10.61.3.0/24", internal=True), NetInfo("noicc", "br-n", "10.61.4.0/24", icc=False)
 WHERE = Where(
     networks={n.bridge: n for n in (A, B, INT, NOICC)},
     ports={
