@@ -82,6 +82,7 @@ class End:
     container: Container | None = None
     endpoints: list[tuple[Network, Endpoint]] = field(default_factory=list)
     note: str = ""  # how it sends (a sharer of another's namespace, a host-network container)
+    pinned: bool = False  # a destination given by its address: the probe goes there, whoever has it
 
 
 @dataclass
@@ -96,6 +97,17 @@ class Plan:
     where: Where
     hops: list[dict[str, Any]] = field(default_factory=list)  # before the probe: the resolver, the published port used
     name_failure: str = ""
+
+
+def _source_address(endpoints: list[tuple[Network, Endpoint]], daddr: str) -> str:
+    """The address a container's kernel would send from to ``daddr``: the one on its
+    network, else the one on the network of its default route (the guard on each
+    veth lets a container send only from that veth's own address)."""
+    target = ipaddress.IPv4Address(daddr)
+    for net, ep in endpoints:
+        if net.subnet and target in ipaddress.IPv4Network(net.subnet):
+            return ep.address
+    return next((ep.address for _n, ep in endpoints if ep.gateway), endpoints[0][1].address)
 
 
 def _ports_text(ctr: Container) -> list[str]:
@@ -302,6 +314,7 @@ class Tracer:
         if _is_address(ref):
             found = self._owner_of(ref)
             if found is not None:
+                found.pinned = True
                 return found, ""
             return End(ref, "address", address=ref), ""
         answer, zone_note = self._resolve(ref, src)
@@ -345,7 +358,13 @@ class Tracer:
         return [], f"resolver {gateways}: {name} not found (NXDOMAIN)"
 
     def _aim(self, src: End, dst: End, port: int, proto: str, hops: list[dict[str, Any]]) -> tuple[str, int]:
-        """The address and port the probe is sent to, and the source address it is sent from."""
+        """The address and port the probe is sent to; the source's address follows it."""
+        daddr, dport = self._target(src, dst, port, proto, hops)
+        if src.kind == "container" and src.endpoints and daddr:
+            src.address = _source_address(src.endpoints, daddr)
+        return daddr, dport
+
+    def _target(self, src: End, dst: End, port: int, proto: str, hops: list[dict[str, Any]]) -> tuple[str, int]:
         if dst.kind == "host":
             if src.kind == "container":
                 gw = next((ep.gateway for _n, ep in src.endpoints if ep.gateway), "") or next(
@@ -355,7 +374,7 @@ class Tracer:
             if src.kind == "outside":
                 return self.uplink().address, port
             return "127.0.0.1", port
-        if dst.kind != "container":
+        if dst.kind != "container" or dst.pinned:
             return dst.address, port
         shared = [(n, ep) for n, ep in dst.endpoints if any(n.id == s.id for s, _e in src.endpoints)]
         if shared:

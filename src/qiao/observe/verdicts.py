@@ -417,6 +417,14 @@ def _result(capture: Capture, r: _Reading, where: Where, intent: Intent, lookups
         }
     if not capture.events:
         src_lookup = lookups.get("source", {})
+        shared = [n for n in intent.src_networks if not n.icc and any(d.bridge == n.bridge for d in intent.dst_networks)]
+        unresolved = src_lookup.get("neighbour", {}).get("state", "INCOMPLETE") in ("INCOMPLETE", "FAILED")
+        if shared and not src_lookup.get("gateway") and unresolved:
+            return {
+                "status": "dropped",
+                "reason": ICC,
+                "detail": f"network {shared[0].name} has enable_icc=false: bridge port isolation keeps even ARP from {intent.dst}",
+            }
         neigh = src_lookup.get("neighbour", {})
         hint = f" (neighbour {neigh['address']} is {neigh['state']})" if neigh and neigh.get("state") in ("FAILED", "INCOMPLETE") else ""
         return {"status": "no answer", "reason": "", "detail": f"the packet never reached the host's chains{hint}"}
