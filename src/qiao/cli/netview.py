@@ -296,7 +296,7 @@ def _host_svg(svg: _Svg, model: dict[str, Any], x0: float, y0: float, label: str
     for i, (text, cls) in enumerate(extra):
         svg.text(x0 + 12, y0 + 56 + i * LINE_H, text, cls)
     up = model["host"].get("uplink")
-    up_x = x0 + width / 2
+    up_x = x0 + width - 120  # at the right: the title is at the left
     if up:
         up_lines = [(f"{up['dev']} (uplink)", "name"), (" ".join(a for a in up["addresses"] if ":" not in a) or "no address", "t")]
     else:
@@ -328,15 +328,20 @@ def _network_svg(svg: _Svg, net: dict[str, Any], containers: dict[str, dict[str,
     y += h + 16
     vx = net.get("vxlan")
     if vx:
-        svg.line(x + BOX_W / 2, y - 16, x + BOX_W / 2, y, "route")
-        vlines = [(f"VXLAN {vx['dev']} {vx.get('address', '')}", "name"), (f"VNI {vx['vni']} {vx['local']}:{vx['port']}", "dim")]
-        vlines += _drift_lines(vx["drift"], BOX_W)
+        svg.line(x + BOX_W - 20, y - 16, x + BOX_W - 20, y, "route")
+        vlines = [
+            (f"VXLAN {vx['dev']}", "name"),
+            (f"{vx.get('address', '')} VNI {vx['vni']}", "dim"),
+            (f"{vx['local']}:{vx['port']}", "dim"),
+        ]
+        vlines += _drift_lines(vx["drift"])
         for p in vx["peers"]:
-            vlines.append((f"-> {p['host'] or '?'} {p['subnet']}", "drift" if p["drift"] else "t"))
-            vlines += _drift_lines(p["drift"], BOX_W)
+            vlines.append((f"-> {p['host'] or '?'}", "drift" if p["drift"] else "t"))
+            vlines.append((f"   {p['subnet']}", "drift" if p["drift"] else "dim"))
+            vlines += _drift_lines(p["drift"])
         if not vx["peers"]:
             vlines.append(("no remote hosts yet", "dim"))
-        y += svg.box(x, y, vlines, "drift" if vx["drift"] else "vxlan") + 16
+        y += svg.box(x + 30, y, vlines, "drift" if vx["drift"] else "vxlan", BOX_W - 30) + 16
     last = bus_top
     for f in net["foreign"]:
         h = svg.box(x + 30, y, [(f["name"], "name"), (f"foreign {f['kind']}: not qiao's", "foreign")], "foreign", BOX_W - 30)

@@ -189,6 +189,7 @@ class Tracer:
     # -- the plan ----------------------------------------------------------
 
     def plan(self, source: str, destination: str, port: int, proto: str) -> Plan:
+        self.uplink()  # kernel I/O, once: not under the engine lock
         with self.engine.lock:
             where = self._where()
             src = self._source(source)

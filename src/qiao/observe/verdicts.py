@@ -352,13 +352,17 @@ def _drop_reason(r: _Reading, where: Where, intent: Intent) -> tuple[str, str]:
 
 
 def _result(capture: Capture, r: _Reading, where: Where, intent: Intent, lookups: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    port = f"{intent.port}/{intent.proto}" if intent.proto in ("tcp", "udp") else intent.proto
+    port = f"{intent.port}/{intent.proto}" if intent.proto in ("tcp", "udp") else "an ICMP echo"
     if r.drop is not None:
         reason, detail = _drop_reason(r, where, intent)
         return {"status": "dropped", "reason": reason, "detail": detail, "rule": f"{r.drop.family} {r.drop.table} {r.drop.chain}"}
     outcome = capture.outcome
     if outcome in ("connected", "answered"):
-        return {"status": "delivered", "reason": "", "detail": f"{intent.dst} answered on {port}: {capture.detail}"}
+        return {
+            "status": "delivered",
+            "reason": "",
+            "detail": f"{intent.dst} answered {'on ' if intent.port else ''}{port}: {capture.detail}",
+        }
     if outcome == "refused":
         if intent.dst_container and r.ended == "host" and not r.dnat:
             ports = f"; it publishes {', '.join(intent.dst_ports)}" if intent.dst_ports else "; it publishes none"
