@@ -304,9 +304,10 @@ def _host_svg(svg: _Svg, model: dict[str, Any], x0: float, y0: float, label: str
     svg.box(up_x - 100, y0 + 26 - LINE_H * len(up_lines), up_lines, "uplink", 200)
     bus_y = y0 + top - 12
     if columns:
-        svg.line(x0 + PAD + BOX_W / 2, bus_y, x0 + PAD + (len(columns) - 1) * COL_W + BOX_W / 2, bus_y, "route")
+        last_col = x0 + PAD + (len(columns) - 1) * COL_W + BOX_W / 2
+        svg.line(x0 + PAD + BOX_W / 2, bus_y, max(last_col, up_x), bus_y, "route")
         svg.line(up_x, y0 + 36, up_x, bus_y, "route")
-        svg.text(up_x + 6, bus_y - 4, "routed (ip_forward=1)", "dim")
+        svg.text(up_x - 160, bus_y - 4, "routed (ip_forward=1)", "dim")
     for i in range(len(columns)):
         cx = x0 + PAD + i * COL_W
         svg.line(cx + BOX_W / 2, bus_y, cx + BOX_W / 2, y0 + top + 4, "route")
