@@ -174,8 +174,20 @@ def _add_network(sub: Any) -> None:
     nsub.add_parser("prune").add_argument("-f", "--force", action="store_true")
 
 
+def _add_topology(sub: Any) -> None:
+    top = sub.add_parser("topology", help="draw the network as it is now: bridges, veth pairs, containers, overlay peers")
+    top.add_argument("--format", choices=["text", "svg", "dot", "json"], default="text")
+
+
+def _add_trace(sub: Any) -> None:
+    tr = sub.add_parser("trace", help="send one traced packet and show its path hop by hop, and why it stops")
+    tr.add_argument("--json", action="store_true", help="the hops and the result as JSON")
+    tr.add_argument("source", help="a container (name or id), host, outside (across the uplink, in a lab) or an address")
+    tr.add_argument("destination", help="DST[:PORT][/tcp|udp]: a container, host, outside or an address; no port: an ICMP echo")
+
+
 def _add_lab(sub: Any) -> None:
-    sub.add_parser("lab", help="simulated hosts on one kernel: qiao lab up|exec|status|down (see qiao lab --help)", add_help=False)
+    sub.add_parser("lab", help="simulated hosts on one kernel: qiao lab up|exec|status|topology|down (see qiao lab --help)", add_help=False)
 
 
 def _add_cni(sub: Any) -> None:
@@ -198,6 +210,8 @@ COMMANDS = {
     "kill": _add_kill,
     "rm": _add_rm,
     "network": _add_network,
+    "topology": _add_topology,
+    "trace": _add_trace,
     "lab": _add_lab,
     "cni": _add_cni,
     "daemon": _add_daemon,
@@ -456,6 +470,31 @@ def cmd_network(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_topology(c: Client, a: argparse.Namespace) -> int:
+    from qiao.cli import netview
+
+    model = c.request("GET", "/qiao/topology")
+    if a.format == "json":
+        print(json.dumps(model, indent=2))
+        return 0
+    view = {"hosts": [model]}
+    draw = {"svg": netview.topology_svg, "dot": netview.topology_dot}.get(a.format)
+    sys.stdout.write(draw(view) if draw else netview.topology_text(view, color=sys.stdout.isatty()))
+    return 0
+
+
+def cmd_trace(c: Client, a: argparse.Namespace) -> int:
+    """Exit status 0 when the probe was delivered, 1 when not (as ping)."""
+    from qiao.cli import netview
+
+    result = c.request("POST", "/qiao/trace", body={"Source": a.source, "Destination": a.destination})
+    if a.json:
+        print(json.dumps(result, indent=2))
+    else:
+        sys.stdout.write(netview.trace_text(result, color=sys.stdout.isatty()))
+    return 0 if result["result"]["status"] == "delivered" else 1
+
+
 def cmd_daemon(c: Client, a: argparse.Namespace) -> int:
     c.autostart = False
     try:
@@ -558,6 +597,10 @@ def _main(argv: list[str] | None) -> int:
             return _each(c, a.names, "DELETE", "/containers/{}", {"force": 1 if a.force else None})
         if cmd == "network":
             return cmd_network(c, a)
+        if cmd == "topology":
+            return cmd_topology(c, a)
+        if cmd == "trace":
+            return cmd_trace(c, a)
         if cmd == "daemon":
             return cmd_daemon(c, a)
         raise UsageError(f"unknown command {cmd}")

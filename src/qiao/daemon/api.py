@@ -15,13 +15,14 @@ from qiao.cni.service import CniService
 from qiao.daemon import docker_json, wire
 from qiao.daemon.http import Raw, Request, route
 from qiao.daemon.lists import ListRoutes
+from qiao.daemon.observe_api import ObserveApi
 from qiao.daemon.system import SystemRoutes
 from qiao.engine.containers import StartFailed
 from qiao.engine.engine import Engine
 from qiao.engine.errors import InvalidParameter
 
 
-class Api(SystemRoutes, ListRoutes):
+class Api(SystemRoutes, ListRoutes, ObserveApi):
     """The route handlers; each returns (status, body)."""
 
     def __init__(self, engine: Engine, shutdown: Callable[[], None]):

@@ -43,6 +43,7 @@ class NetworkDriver(Protocol):
     def restore(self, nets: Sequence[Network]) -> None: ...
     def firewall_rules(self, net: Network) -> BridgeRules | None: ...
     def dns_records(self, net: Network) -> list[tuple[list[str], list[str]]]: ...
+    def layout(self, net: Network) -> dict[str, Any]: ...  # its kernel objects on this host, for `qiao topology`
     def status(self) -> dict[str, Any]: ...
 
 
@@ -83,6 +84,12 @@ class Base:
     def dns_records(self, net: Network) -> list[tuple[list[str], list[str]]]:
         """Names of endpoints this host does not hold (an overlay's other hosts)."""
         return []
+
+    def layout(self, net: Network) -> dict[str, Any]:
+        """The kernel objects the network has on this host (``qiao topology``):
+        ``{"bridge": NAME}`` for a bridge, plus ``"vxlan"`` for a device that
+        carries it to other hosts; {} for none."""
+        return {}
 
     def status(self) -> dict[str, Any]:
         """What ``GET /info`` shows of the driver."""

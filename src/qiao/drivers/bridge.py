@@ -233,6 +233,9 @@ class BridgeDriver:
     def dns_records(self, net: Network) -> list[tuple[list[str], list[str]]]:
         return []
 
+    def layout(self, net: Network) -> dict[str, Any]:
+        return {"bridge": bridge_of(net)}
+
     def status(self) -> dict[str, Any]:
         return {}
 

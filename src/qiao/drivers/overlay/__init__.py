@@ -121,5 +121,12 @@ class OverlayDriver(BridgeDriver):
     def dns_records(self, net: Network) -> list[tuple[list[str], list[str]]]:
         return self.manager.records(net) if self.manager else []
 
+    def layout(self, net: Network) -> dict[str, Any]:
+        """The bridge, and the VXLAN device with the peers etcd's leases say it should have."""
+        st = net.driver_state
+        vxlan = {"dev": st["vxlan"], "vni": st["vni"], "local": st["local_ip"], "port": st["port"], "underlay": st["underlay"]}
+        vxlan["peers"] = self.manager.peers(net) if self.manager else []
+        return super().layout(net) | {"vxlan": vxlan}
+
     def status(self) -> dict[str, Any]:
         return self.manager.status() if self.manager else {"ClusterStore": None}

@@ -172,6 +172,16 @@ class OverlayManager:
             if rec.get("Host") != self.public_ip
         ]
 
+    def peers(self, net: Network) -> list[dict[str, Any]]:
+        """The other hosts' leases in this network, as :meth:`_program_peers` programs them
+        (read without the manager's lock: the caller may hold the engine lock)."""
+        leases = dict(self.leases.get(net.name, {}))
+        return [
+            {"host": v["PublicIP"], "subnet": s, "vtep": str(ipaddress.IPv4Network(s).network_address), "mac": v["BackendData"]["VtepMAC"]}
+            for s, v in sorted(leases.items())
+            if v.get("PublicIP") != self.public_ip
+        ]
+
     def status(self) -> dict[str, Any]:
         """For ``GET /info``: what the control plane costs (reads are full reads; events are watched keys)."""
         return {"ClusterStore": self.store.url, "PublicIP": self.public_ip, "Reads": self.store.reads, "Events": self.events}
