@@ -13,6 +13,7 @@ from typing import Any
 from qiao import cni
 from qiao.cni.service import CniService
 from qiao.daemon import docker_json, wire
+from qiao.daemon.explain_api import ExplainApi
 from qiao.daemon.http import Raw, Request, route
 from qiao.daemon.lists import ListRoutes
 from qiao.daemon.observe_api import ObserveApi
@@ -22,7 +23,7 @@ from qiao.engine.engine import Engine
 from qiao.engine.errors import InvalidParameter
 
 
-class Api(SystemRoutes, ListRoutes, ObserveApi):
+class Api(SystemRoutes, ListRoutes, ObserveApi, ExplainApi):
     """The route handlers; each returns (status, body)."""
 
     def __init__(self, engine: Engine, shutdown: Callable[[], None]):

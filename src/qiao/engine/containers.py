@@ -109,7 +109,10 @@ class Containers:
         self.by_id: dict[str, Container] = {}
         self.changed = threading.Condition(lock)
         self.removed_exit_codes: collections.OrderedDict[str, int] = collections.OrderedDict()
-        self.supervisor = Supervisor(self._on_exit, tag=root.base or root.data)
+        self.supervisor = self._supervisor()
+
+    def _supervisor(self) -> Supervisor:
+        return Supervisor(self._on_exit, tag=self.root.base or self.root.data)
 
     # -- start-up --------------------------------------------------------
 
@@ -502,8 +505,7 @@ class Containers:
             os.close(log_fd)
             os.close(null_fd)
 
-    @staticmethod
-    def _kill_now(pid: int) -> None:
+    def _kill_now(self, pid: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
