@@ -17,6 +17,7 @@ own root, because ``ip`` names namespaces only there.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shlex
@@ -43,6 +44,14 @@ QUIET_STEPS = {
     "start-up": "qiaod's first start on this host.",
 }
 
+# Calls made outside the engine's named steps (by a driver's control loop), labelled by what they are.
+OUTSIDE_STEPS = {
+    ("vxlan", "set_peer"): "vxlan-peer",
+    ("vxlan", "del_peer"): "vxlan-peer",
+    ("process", "needs"): "start-up",
+    **{("cluster", m): "etcd" for m in ("lease", "create", "replace_if", "put", "delete", "delete_prefix")},
+}
+
 
 def explain(engine: Engine, operations: Sequence[Operation], fresh: bool = False, networks: Iterable[str] = (),
             containers: Iterable[str] = ()) -> list[dict[str, Any]]:  # fmt: skip
@@ -65,13 +74,15 @@ def steps(calls: Sequence[Call]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, call in enumerate(calls):
         if call.port == "step":
-            if i + 1 == len(calls) or calls[i + 1].port == "step":
+            own = itertools.takewhile(lambda c: c.port != "step", calls[i + 1 :])
+            if all((c.port, c.method) in OUTSIDE_STEPS for c in own):
                 why = QUIET_STEPS.get(call.method, f"qiaod's own bookkeeping ({call.method}); no kernel change.")
                 out.append(_entry(call.method, "qiaod", why, []))
             continue
+        step = OUTSIDE_STEPS.get((call.port, call.method), call.step)
         for kind, why, commands in RENDER[(call.port, call.method)](call):
             if kind != "kernel" or commands:
-                out.append(_entry(call.step, kind, why, commands))
+                out.append(_entry(step, kind, why, commands))
     return out
 
 
@@ -265,7 +276,7 @@ def _reset(c: Call) -> Rendered:
 def _add_network(c: Call) -> Rendered:
     r = c.args["rules"]
     parts = [f"NAT and isolation for {r.bridge}, in one transaction: a forward chain that lets in only replies, published ports"]
-    parts.append(f" and traffic from {r.bridge} itself" if r.icc else " (not traffic between its containers: icc is off)")
+    parts.append(f" and traffic from {r.bridge} itself" if r.icc else f" and nothing from {r.bridge} itself (icc off: its containers cannot talk)")
     if r.internal:
         parts.append(f"; nothing may leave {r.bridge} (an internal network)")
     elif r.masquerade:
@@ -378,12 +389,12 @@ def _cluster(c: Call) -> Rendered:
     a = c.args
     value = json.dumps(a.get("value"), sort_keys=True, separators=(",", ":"))
     whys = {
-        "lease": f"etcd: take a lease of {a.get('ttl')} s that qiaod keeps alive; this host's subnets and names hang on it.",
-        "create": f"etcd: create {a.get('key')} (only if it does not exist yet): {value}",
-        "replace_if": f"etcd: keep {a.get('key')}, under this daemon's lease: {value}",
-        "put": f"etcd: put {a.get('key')}: {value}",
-        "delete": f"etcd: delete {a.get('key')}",
-        "delete_prefix": f"etcd: delete everything under {a.get('key')}",
+        "lease": f"Take a lease of {a.get('ttl')} s in etcd that qiaod keeps alive; this host's subnets and names hang on it.",
+        "create": f"Create {a.get('key')} in etcd (only if it does not exist yet): {value}",
+        "replace_if": f"Keep {a.get('key')} in etcd, under this daemon's lease: {value}",
+        "put": f"Put {a.get('key')} in etcd: {value}",
+        "delete": f"Delete {a.get('key')} from etcd.",
+        "delete_prefix": f"Delete everything under {a.get('key')} from etcd.",
     }
     return [("cluster", whys[c.method], [])]
 

@@ -194,6 +194,13 @@ def _add_cni(sub: Any) -> None:
     sub.add_parser("cni", help="qiao as a CNI plugin: qiao cni install|uninstall (see qiao cni --help)", add_help=False)
 
 
+def _add_explain(sub: Any) -> None:
+    ex = sub.add_parser("explain", help="what a command would do, as ip/nft/sysctl commands; changes nothing")
+    ex.add_argument("--json", action="store_true", help="the steps as JSON")
+    ex.add_argument("--from-scratch", action="store_true", help="as a shell script for a host where qiao never ran")
+    ex.add_argument("explained", nargs=argparse.REMAINDER, metavar="COMMAND", help="run, start, rm or network create|rm|connect|...")
+
+
 def _add_daemon(sub: Any) -> None:
     sub.add_parser("daemon", help="show or stop qiaod").add_argument("action", choices=["status", "stop"])
 
@@ -215,6 +222,7 @@ COMMANDS = {
     "lab": _add_lab,
     "cni": _add_cni,
     "daemon": _add_daemon,
+    "explain": _add_explain,
 }
 
 
@@ -264,7 +272,8 @@ def _discard(c: Client, cid: str) -> None:
         c.request("DELETE", f"/containers/{quote(cid)}", {"force": 1})
 
 
-def cmd_run(c: Client, a: argparse.Namespace) -> int:
+def run_body(a: argparse.Namespace) -> dict[str, Any]:
+    """``run``'s ``POST /containers/create`` body (its usage errors raised here)."""
     cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
     if not cmd:
         raise UsageError("qiao run: no command given (qiao run [OPTIONS] -- COMMAND [ARG...])")
@@ -282,7 +291,7 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
         "IPAMConfig": {"IPv4Address": a.ip, "IPv6Address": a.ip6},
         "MacAddress": a.mac_address,
     }
-    body = {
+    return {
         "Hostname": a.hostname or "",
         "Env": a.env,
         "Cmd": cmd,
@@ -301,6 +310,10 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
         },
         "NetworkingConfig": {"EndpointsConfig": {net: (first if i == 0 else {}) for i, net in enumerate(networks)}},
     }
+
+
+def cmd_run(c: Client, a: argparse.Namespace) -> int:
+    body = run_body(a)
     # Until the start has answered, SIGTERM and SIGHUP end the run as Ctrl-C does:
     # through the clean-up below, not with a "Created" container left behind.
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -422,20 +435,32 @@ def _each(c: Client, names: list[str], method: str, path: str, query: dict[str, 
     return status
 
 
+def network_create_body(a: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "Name": a.name,
+        "Driver": a.driver,
+        "Options": _kv(a.opt, "option"),
+        "Labels": _kv(a.label, "label"),
+        "Internal": a.internal,
+        "Attachable": a.attachable,
+        "EnableIPv6": a.ipv6,
+        "IPAM": {"Driver": "default", "Config": output.ipam_config(a.subnet, a.gateway, a.ip_range)},
+    }
+
+
+def connect_body(a: argparse.Namespace) -> dict[str, Any]:
+    cfg = {"Aliases": a.alias, "IPAMConfig": {"IPv4Address": a.ip, "IPv6Address": a.ip6}}
+    return {"Container": a.container, "EndpointConfig": cfg}
+
+
+def disconnect_body(a: argparse.Namespace) -> dict[str, Any]:
+    return {"Container": a.container, "Force": a.force}
+
+
 def cmd_network(c: Client, a: argparse.Namespace) -> int:
     sub = a.network_command
     if sub == "create":
-        body = {
-            "Name": a.name,
-            "Driver": a.driver,
-            "Options": _kv(a.opt, "option"),
-            "Labels": _kv(a.label, "label"),
-            "Internal": a.internal,
-            "Attachable": a.attachable,
-            "EnableIPv6": a.ipv6,
-            "IPAM": {"Driver": "default", "Config": output.ipam_config(a.subnet, a.gateway, a.ip_range)},
-        }
-        print(c.request("POST", "/networks/create", body=body)["Id"])
+        print(c.request("POST", "/networks/create", body=network_create_body(a))["Id"])
     elif sub == "ls":
         nets = output.by_name(c.request("GET", "/networks"))
         if a.quiet:
@@ -457,10 +482,9 @@ def cmd_network(c: Client, a: argparse.Namespace) -> int:
         print(json.dumps(found, indent=4))
         return status
     elif sub == "connect":
-        cfg = {"Aliases": a.alias, "IPAMConfig": {"IPv4Address": a.ip, "IPv6Address": a.ip6}}
-        c.request("POST", f"/networks/{quote(a.network)}/connect", body={"Container": a.container, "EndpointConfig": cfg})
+        c.request("POST", f"/networks/{quote(a.network)}/connect", body=connect_body(a))
     elif sub == "disconnect":
-        c.request("POST", f"/networks/{quote(a.network)}/disconnect", body={"Container": a.container, "Force": a.force})
+        c.request("POST", f"/networks/{quote(a.network)}/disconnect", body=disconnect_body(a))
     elif sub == "rm":
         return _each(c, a.names, "DELETE", "/networks/{}")
     elif sub == "prune":
@@ -603,6 +627,10 @@ def _main(argv: list[str] | None) -> int:
             return cmd_trace(c, a)
         if cmd == "daemon":
             return cmd_daemon(c, a)
+        if cmd == "explain":
+            from qiao.cli.explain import cmd_explain
+
+            return cmd_explain(c, a)
         raise UsageError(f"unknown command {cmd}")
     except ValueError as exc:  # a -p / --expose that does not parse
         print(f"qiao: {exc}", file=sys.stderr)

@@ -125,6 +125,7 @@ class DryContainers(Containers):
         return Started(NO_SUCH_PID, NO_SUCH_PID, 0)
 
     def _kill_now(self, pid: int) -> None:
+        self._recorder.step("kill-process")
         self._recorder.record("process", "kill", pid=pid)
 
     def _kill_orphan_shim(self, ctr: Container) -> None:
