@@ -276,7 +276,7 @@ def _reset(c: Call) -> Rendered:
 def _add_network(c: Call) -> Rendered:
     r = c.args["rules"]
     parts = [f"NAT and isolation for {r.bridge}, in one transaction: a forward chain that lets in only replies, published ports"]
-    parts.append(f" and traffic from {r.bridge} itself" if r.icc else f" and nothing from {r.bridge} itself (icc off: its containers cannot talk)")
+    parts.append(f" and traffic from {r.bridge} itself" if r.icc else f" and nothing from {r.bridge} itself (icc off)")
     if r.internal:
         parts.append(f"; nothing may leave {r.bridge} (an internal network)")
     elif r.masquerade:

@@ -149,6 +149,7 @@ def op(name: str, target: str = "", **kw: Any) -> ExplainOp:
     return ExplainOp(name, target=target, **kw)  # type: ignore[arg-type]
 
 
+V6 = "fd00:1::/64"
 PORT_8080 = {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}
 
 
@@ -191,7 +192,7 @@ def test_golden_run_on_a_user_network_with_a_port(q, real_ports):
     golden("explain_run.txt", q.text(argv, steps))
     kernel = [s["step"] for s in steps if s["kind"] == "kernel"]
     # the order a reader of Docker's networking notes knows: sandbox, veth pair + eth0, address, route, port map
-    assert kernel == ["create-sandbox", "add-guards", "create-veth", "create-veth", "configure-sandbox", "configure-sandbox", "publish-ports"]
+    assert kernel == ["create-sandbox", "add-guards", *["create-veth"] * 2, *["configure-sandbox"] * 2, "publish-ports"]
 
 
 def test_golden_run_from_scratch_is_a_script(q, real_ports):
@@ -204,7 +205,8 @@ def test_golden_run_from_scratch_is_a_script(q, real_ports):
 
 def test_golden_network_create_connect_and_rm(q, real_ports):
     web = q.run("web", ports=PORT_8080)
-    out = q.text(["network", "create", "--subnet", "10.88.0.0/24", "mynet"], q.explain(op("network-create", body={"Name": "mynet", "IPAM": {"Config": [{"Subnet": "10.88.0.0/24"}]}})))
+    create = op("network-create", body={"Name": "mynet", "IPAM": {"Config": [{"Subnet": "10.88.0.0/24"}]}})
+    out = q.text(["network", "create", "--subnet", "10.88.0.0/24", "mynet"], q.explain(create))
     q.engine.networks.create(NetworkSpec("mynet", subnet="10.88.0.0/24"))
     out += q.text(["network", "connect", "mynet", "web"], q.explain(op("network-connect", "mynet", body={"Container": "web"})))
     out += q.text(["rm", "-f", "web"], q.explain(op("rm", "web", force=True)))
@@ -247,7 +249,7 @@ def test_no_step_falls_back_to_the_generic_sentence(q, real_ports):
         op("network-connect", "bridge", body={"Container": "x"}),
         op("network-disconnect", "mynet", body={"Container": "x", "Force": True}),
         op("rm", "web", force=True),
-        op("network-create", body={"Name": "n2", "EnableIPv6": True, "IPAM": {"Config": [{"Subnet": "10.89.0.0/24"}, {"Subnet": "fd00:1::/64"}]}}),
+        op("network-create", body={"Name": "n2", "EnableIPv6": True, "IPAM": {"Config": [{"Subnet": "10.89.0.0/24"}, {"Subnet": V6}]}}),
         op("network-connect", "n2", body={"Container": "x"}),
         op("network-rm", "mynet"),
     )
@@ -345,7 +347,8 @@ def test_from_scratch_leaves_the_hosts_containers_out_but_brings_what_the_comman
 def test_every_recorded_call_has_its_commands():
     rec = Recorder(StubHost(), StubFirewall())
     h, fw, vx = rec.host, rec.firewall, rec.vxlan(StubVxlan({}))
-    rules, guard, mapping = BridgeRules("br-x", "10.1.0.0/24", member_dev="qv1", cluster="10.1.0.0/16"), EndpointGuard("veth1", ("10.1.0.2",)), PortMapping("udp", "0.0.0.0", 53, "10.1.0.2", 53)
+    rules = BridgeRules("br-x", "10.1.0.0/24", member_dev="qv1", cluster="10.1.0.0/16")
+    guard, mapping = EndpointGuard("veth1", ("10.1.0.2",)), PortMapping("udp", "0.0.0.0", 53, "10.1.0.2", 53)
     h.ensure_bridge("br-x", "10.1.0.1", 24, 1500, ("fd00::1", 64), owner="net:1")
     h.create_netns("/r/netns/a")
     h.pin_netns("/proc/1/ns/net", "/r/netns/b")
@@ -485,6 +488,9 @@ def test_cli_sends_what_the_real_command_sends(daemon, capsys):
     assert "1. create-sandbox: Make the sandbox.\n      ip netns add 0123456789ab\n 2. store: Record it." in out
 
 
+IPAM = {"IPv4Address": "10.0.0.5", "IPv6Address": ""}
+
+
 @pytest.mark.parametrize(
     "argv, ops",
     [
@@ -492,10 +498,13 @@ def test_cli_sends_what_the_real_command_sends(daemon, capsys):
         (["rm", "-f", "a"], [{"op": "rm", "target": "a", "force": True}]),
         (["network", "rm", "n"], [{"op": "network-rm", "target": "n"}]),
         (["network", "prune", "-f"], [{"op": "network-prune"}]),
-        (["network", "disconnect", "-f", "n", "a"], [{"op": "network-disconnect", "target": "n", "body": {"Container": "a", "Force": True}}]),
+        (
+            ["network", "disconnect", "-f", "n", "a"],
+            [{"op": "network-disconnect", "target": "n", "body": {"Container": "a", "Force": True}}],
+        ),
         (
             ["network", "connect", "--ip", "10.0.0.5", "n", "a"],
-            [{"op": "network-connect", "target": "n", "body": {"Container": "a", "EndpointConfig": {"Aliases": [], "IPAMConfig": {"IPv4Address": "10.0.0.5", "IPv6Address": ""}}}}],
+            [{"op": "network-connect", "target": "n", "body": {"Container": "a", "EndpointConfig": {"Aliases": [], "IPAMConfig": IPAM}}}],
         ),
     ],
 )
@@ -510,7 +519,8 @@ def test_cli_json_and_script(daemon, capsys):
     assert main(["--root", daemon.root, "explain", "--json", "network", "create", "n"]) == 0
     assert json.loads(capsys.readouterr().out) == {"command": ["qiao", "network", "create", "n"], "fromScratch": False, "steps": STEPS}
     assert main(["--root", daemon.root, "explain", "--from-scratch", "network", "create", "n"]) == 0
-    assert capsys.readouterr().out.endswith("set -e\n\n# create-sandbox: Make the sandbox.\nip netns add 0123456789ab\n\n# store: Record it.\n")
+    script = capsys.readouterr().out
+    assert script.endswith("set -e\n\n# create-sandbox: Make the sandbox.\nip netns add 0123456789ab\n\n# store: Record it.\n")
 
 
 @pytest.mark.parametrize(

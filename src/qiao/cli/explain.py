@@ -72,6 +72,11 @@ def cmd_explain(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+def _wrap(text: str, width: int, first: str, rest: str) -> list[str]:
+    """Lines of at most ``width``, names and addresses kept whole (br-0123..., a JSON value)."""
+    return textwrap.wrap(text, width, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False, break_long_words=False)
+
+
 def _width() -> int:
     try:
         return max(60, min(int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(1).columns, 120))
@@ -85,7 +90,7 @@ def text(argv: list[str], steps: list[dict[str, Any]], width: int | None = None)
     out = [f"qiao {shlex.join(argv)}", f"would take these {len(steps)} steps (a dry run: nothing was changed)", ""]
     for number, step in enumerate(steps, 1):
         label = f"{number:>2}. {step['step']}: " if step["step"] else f"{number:>2}. "
-        out += textwrap.wrap(step["why"], width, initial_indent=label, subsequent_indent="    ", break_on_hyphens=False, break_long_words=False)
+        out += _wrap(step["why"], width, label, "    ")
         out += ["      " + line for command in step["commands"] for line in command.splitlines()]
     out += ["", "Generated names (container and endpoint ids, veth names, the bridge's MAC) are drawn again when it runs."]
     return "\n".join(out) + "\n"
@@ -103,6 +108,6 @@ def script(argv: list[str], steps: list[dict[str, Any]]) -> str:
     for step in steps:
         out.append("")
         label = f"{step['step']}: " if step["step"] else ""
-        out += textwrap.wrap(label + step["why"], 100, initial_indent="# ", subsequent_indent="#   ", break_on_hyphens=False, break_long_words=False)
+        out += _wrap(label + step["why"], 100, "# ", "#   ")
         out += step["commands"]
     return "\n".join(out) + "\n"
