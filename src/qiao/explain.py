@@ -9,7 +9,8 @@ Named steps that made no kernel call (an address taken from the pool, the
 store written) keep a sentence and no command.
 
 The commands do what qiao's netlink and libnftables calls do, so that a
-script of them (``--from-scratch``) builds the same kernel state.  One
+script of them (``--from-scratch``) builds the same kernel state (hence
+``proto static`` on routes: what pyroute2 gives a route qiao adds).  One
 liberty: a sandbox is made with ``ip netns add <id12>`` (a bind mount under
 /run/netns) where qiao bind-mounts the same kind of namespace file under its
 own root, because ``ip`` names namespaces only there.
@@ -230,9 +231,9 @@ def _configure_sandbox(c: Call) -> Rendered:
     ]
     routes = []
     if iface.gateway:
-        routes.append(f"ip -n {name} route add default via {iface.gateway}")
+        routes.append(f"ip -n {name} route add default via {iface.gateway} proto static")
     if iface.gateway6:
-        routes.append(f"ip -n {name} -6 route add default via {iface.gateway6}")
+        routes.append(f"ip -n {name} -6 route add default via {iface.gateway6} proto static")
     if routes:
         gateways = " and ".join(g for g in (iface.gateway, iface.gateway6) if g)
         why = f"The container's default route: everything not on its own subnet goes to the gateway {gateways}, the bridge."
@@ -242,9 +243,9 @@ def _configure_sandbox(c: Call) -> Rendered:
 
 def _set_default_route(c: Call) -> Rendered:
     name, a = ns(c.args["netns"]), c.args
-    cmds = [f"ip -n {name} route replace default via {a['gateway']}"]
+    cmds = [f"ip -n {name} route replace default via {a['gateway']} proto static"]
     if a["gateway6"]:
-        cmds.append(f"ip -n {name} -6 route replace default via {a['gateway6']}")
+        cmds.append(f"ip -n {name} -6 route replace default via {a['gateway6']} proto static")
     why = f"Move the container's default route to {a['gateway']}: of its networks, this one comes first in Docker's order."
     return [("kernel", why, cmds)]
 
@@ -345,8 +346,8 @@ def _set_peer(c: Call) -> Rendered:
     )
     cmds = [
         f"ip neigh replace {a['vtep_ip']} lladdr {a['mac']} dev {a['dev']} nud permanent",
-        f"bridge fdb append {a['mac']} dev {a['dev']} dst {a['public_ip']}",
-        f"ip route replace {a['subnet']} via {a['vtep_ip']} dev {a['dev']} onlink",
+        f"bridge fdb append {a['mac']} dev {a['dev']} dst {a['public_ip']} permanent",
+        f"ip route replace {a['subnet']} via {a['vtep_ip']} dev {a['dev']} onlink proto static",
     ]
     return [("kernel", why, cmds)]
 

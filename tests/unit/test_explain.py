@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import pathlib
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +26,7 @@ from qiao.cli.client import Client, DaemonError
 from qiao.cli.main import main
 from qiao.daemon import wire
 from qiao.daemon.api import Api
-from qiao.daemon.explain_api import ExplainOp, Planned
+from qiao.daemon.explain_api import ExplainOp, Planned, StartRefused
 from qiao.daemon.http import Server
 from qiao.drivers.overlay import OverlayDriver
 from qiao.drivers.overlay import manager as manager_module
@@ -326,8 +327,10 @@ def test_refusals_are_the_real_ones(q, real_ports, ask):
 
 def test_a_port_held_by_another_container_is_refused_by_name(q, real_ports):
     q.run("web", ports=PORT_8080)
-    with pytest.raises(Conflict, match=r"Bind for 0.0.0.0:8080/tcp failed: port is already allocated to container web \([0-9a-f]{12}\)"):
+    with pytest.raises(StartRefused) as info:  # the start of the run, as the real one
         q.explain(run_op("x", ports=PORT_8080))
+    assert isinstance(info.value.error, Conflict)
+    assert re.fullmatch(r"Bind for 0.0.0.0:8080/tcp failed: port is already allocated to container web \([0-9a-f]{12}\)", str(info.value))
 
 
 def test_from_scratch_leaves_the_hosts_containers_out_but_brings_what_the_command_names(q, real_ports):
@@ -448,6 +451,21 @@ def test_route_refuses_bad_bodies(served, doc, status, fragment):
     with pytest.raises(DaemonError) as info:
         served.request("POST", "/qiao/explain", body=doc)
     assert info.value.status == status and fragment in str(info.value)
+
+
+def test_route_says_when_runs_start_fails(served, q, real_ports):
+    """As the real run: a refused create is the daemon's error, a refused start is said as the start's."""
+    q.run("web", ports=PORT_8080)
+    ask = {"ops": [{"op": "run", "body": {"Cmd": ["true"], "HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": "8080"}]}}}}]}
+    with pytest.raises(DaemonError) as info:
+        served.request("POST", "/qiao/explain", body=ask)
+    assert info.value.status == 409 and info.value.body["Phase"] == "start" and "already allocated" in str(info.value)
+
+
+def test_cli_reports_a_refused_start_as_run_does(daemon, capsys):
+    daemon.reply("POST", "/qiao/explain", 400, {"message": "exec: nope: no such file", "Phase": "start", "ExitCode": 127})
+    assert main(["--root", daemon.root, "explain", "run", "--", "nope"]) == 127
+    assert capsys.readouterr().err == "qiao: exec: nope: no such file\n"
 
 
 def test_route_answers_steps(served, real_ports):

@@ -60,9 +60,12 @@ def cmd_explain(c: Client, a: argparse.Namespace) -> int:
     ops = operations(inner)
     try:
         steps = c.request("POST", "/qiao/explain", body={"ops": ops, "fresh": a.from_scratch})["steps"]
-    except DaemonError as exc:
+    except DaemonError as exc:  # in the real command's words and exit status
+        if exc.body.get("Phase") == "start":
+            print(f"qiao: {exc}", file=sys.stderr)
+            return int(exc.body.get("ExitCode", 125))
         print(f"qiao: Error response from daemon: {exc}", file=sys.stderr)
-        return 125 if inner.command == "run" else 1  # as the real command would
+        return 125 if inner.command == "run" else 1
     if a.json:
         print(json.dumps({"command": ["qiao", *argv], "fromScratch": a.from_scratch, "steps": steps}, indent=2))
     elif a.from_scratch:

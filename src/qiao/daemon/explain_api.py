@@ -7,8 +7,10 @@ real request would carry (``run`` is a create plus a start)::
 
 Each body goes through the same parsing (:mod:`qiao.daemon.wire`) and the
 same engine methods as the real route, in a dry run (:mod:`qiao.explain`),
-so a command that would fail fails here with the same answer.  The reply is
-``{"steps": [{"step", "kind", "why", "commands"}, ...]}``.
+so a command that would fail fails here with the same answer (a ``run``
+whose start fails says so: ``"Phase": "start"``, and its ``ExitCode``, as
+the start route answers).  The reply is ``{"steps": [{"step", "kind", "why",
+"commands"}, ...]}``.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import msgspec
 from qiao import explain
 from qiao.daemon import wire
 from qiao.daemon.http import Request, route
+from qiao.engine.containers import StartFailed
 from qiao.engine.dryrun import DryEngine
 from qiao.engine.engine import Engine
-from qiao.engine.errors import InvalidParameter
+from qiao.engine.errors import InvalidParameter, QiaoError
 
 OpName = Literal["run", "start", "rm", "network-create", "network-rm", "network-connect", "network-disconnect", "network-prune"]
 
@@ -39,6 +42,14 @@ class ExplainOp(msgspec.Struct, forbid_unknown_fields=True):
 class ExplainRequest(msgspec.Struct, forbid_unknown_fields=True):
     ops: list[ExplainOp]
     fresh: bool = False  # --from-scratch: on a host where qiao never ran
+
+
+class StartRefused(Exception):
+    """``run``'s start failed (not its create): the CLI reports that as ``run`` does."""
+
+    def __init__(self, error: QiaoError):
+        super().__init__(str(error))
+        self.error = error
 
 
 class Planned:
@@ -60,7 +71,15 @@ class Planned:
                 self.networks.append(mode)
             self.networks += list(spec.networks)
             self.containers += [link.partition(":")[0] for link in spec.links]
-            self.run = lambda dry: dry.containers.start(dry.containers.create(spec).id)
+
+            def run(dry: DryEngine) -> None:
+                ctr = dry.containers.create(spec)
+                try:
+                    dry.containers.start(ctr.id)
+                except QiaoError as exc:
+                    raise StartRefused(exc) from None
+
+            self.run = run
         elif op.op == "start":
             self.containers.append(op.target)
             self.run = lambda dry: dry.containers.start(op.target)
@@ -106,4 +125,9 @@ class ExplainApi:
         planned = [Planned(op) for op in ask.ops]
         networks = [ref for p in planned for ref in p.networks]
         containers = [ref for p in planned for ref in p.containers]
-        return 200, {"steps": explain.explain(self.engine, planned, ask.fresh, networks, containers)}
+        try:
+            return 200, {"steps": explain.explain(self.engine, planned, ask.fresh, networks, containers)}
+        except StartRefused as refused:  # as POST /containers/{id}/start answers
+            error = refused.error
+            extra = {"ExitCode": error.exit_code} if isinstance(error, StartFailed) else {}
+            return error.status, {"message": str(error), "Phase": "start", **extra}

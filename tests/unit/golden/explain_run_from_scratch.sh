@@ -142,7 +142,7 @@ ip -n 060606060606 link set eth0 up
 
 # configure-sandbox: The container's default route: everything not on its own subnet goes to the
 #   gateway 172.17.0.1, the bridge.
-ip -n 060606060606 route add default via 172.17.0.1
+ip -n 060606060606 route add default via 172.17.0.1 proto static
 
 # reserve-ports: qiaod binds a socket on each published host port and holds it, so no other program
 #   can take the port; the traffic itself is forwarded by a map element, with no proxy process.
