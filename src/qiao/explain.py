@@ -59,8 +59,12 @@ def explain(engine: Engine, operations: Sequence[Operation], fresh: bool = False
     """Run ``operations`` dry against a copy of ``engine``'s state (or, ``fresh``,
     on an empty host that first gets the ``networks`` and ``containers`` named)
     and return the plan.  Raises what the real operations would raise."""
-    hidden = [n.subnet for n in engine.networks.by_id.values() if n.subnet] if fresh else []
-    recorder = Recorder(engine.host, engine.networks.firewall, fresh, hidden)
+    with engine.lock:  # what a fresh host lacks: qiao's links (bridges, their member devices, veths) and subnets
+        rules = engine.networks.firewall_rules()
+        ours = {r.bridge for r in rules} | {r.member_dev for r in rules if r.member_dev}
+        ours |= {ep.host_ifname for ep in engine.networks.endpoints.values() if ep.host_ifname}
+        subnets = [n.subnet for n in engine.networks.by_id.values() if n.subnet]
+    recorder = Recorder(engine.host, engine.networks.firewall, fresh, ours, subnets)
     with DryEngine(engine, recorder) as dry:
         if fresh:
             dry.start_fresh(networks, containers)

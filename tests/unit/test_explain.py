@@ -414,7 +414,7 @@ def test_a_fresh_host_has_none_of_qiaos_links_but_the_hosts_own():
     real = StubHost()
     real.links["qiao0"] = {"kind": "bridge", "owner": "net:1"}
     real.links["eth0"] = {"kind": ""}
-    fresh = Recorder(real, StubFirewall(), fresh=True).host
+    fresh = Recorder(real, StubFirewall(), fresh=True, ours={"qiao0"}).host
     assert (fresh.link_kind("qiao0"), fresh.link_kind("eth0"), fresh.owned_links()) == (None, "", {})
     assert fresh.ensure_bridge("qiao0", "172.17.0.1", 16, 1500) is True
     assert fresh.link_kind("qiao0") == "bridge"

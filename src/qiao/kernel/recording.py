@@ -49,11 +49,12 @@ class Call:
 class Recorder:
     """The calls of one dry run, and the recording ports that make them."""
 
-    def __init__(self, host: Host, firewall: Firewall, fresh: bool = False, hidden_subnets: Sequence[str] = ()):
+    def __init__(self, host: Host, firewall: Firewall, fresh: bool = False, ours: Iterable[str] = (), our_subnets: Sequence[str] = ()):
+        """``ours``, ``our_subnets``: the links qiao made here and its networks' subnets, which a fresh host lacks."""
         self.fresh = fresh
         self.calls: list[Call] = []
         self._step = ""
-        self.host = RecordingHost(self, host, hidden_subnets)
+        self.host = RecordingHost(self, host, ours if fresh else (), our_subnets if fresh else ())
         self.firewall = RecordingFirewall(self, firewall)
 
     def step(self, name: str) -> None:
@@ -71,21 +72,14 @@ class Recorder:
 class RecordingHost:
     """:class:`qiao.kernel.host.Host`, recorded."""
 
-    def __init__(self, recorder: Recorder, real: Host, hidden_subnets: Sequence[str] = ()):
+    def __init__(self, recorder: Recorder, real: Host, hidden_links: Iterable[str] = (), hidden_subnets: Sequence[str] = ()):
         self._rec, self._real = recorder, real
-        self._hidden = {IPv4Network(s) for s in hidden_subnets}  # fresh: routes of qiao's own bridges are not there
+        self._hidden = {IPv4Network(s) for s in hidden_subnets}  # routes of qiao's own bridges (not on a fresh host)
         self._made: dict[str, str] = {}  # links this dry run made: name -> kind
-        self._gone: set[str] = set()  # links this dry run deleted
-        self._ours: set[str] | None = None  # fresh: the links qiao made on the real host (absent on a fresh one)
+        self._gone = set(hidden_links)  # links this dry run deleted, and qiao's own (not on a fresh host)
 
     def _absent(self, name: str) -> bool:
-        if name in self._gone:
-            return True
-        if not self._rec.fresh:
-            return False
-        if self._ours is None:
-            self._ours = set(self._real.owned_links())
-        return name in self._ours
+        return name in self._gone
 
     # -- questions: the real kernel's answers (read only) --------------------
 
