@@ -12,9 +12,11 @@ from typing import Any
 from qiao import cni
 from qiao.cni.service import CniService
 from qiao.daemon import docker_json, wire
+from qiao.daemon.explain_api import ExplainApi
 from qiao.daemon.http import Raw, Request, route
 from qiao.daemon.lifecycle_api import LifecycleRoutes, stop_signal, stop_timeout
 from qiao.daemon.lists import ListRoutes
+from qiao.daemon.observe_api import ObserveApi
 from qiao.daemon.system import SystemRoutes
 from qiao.engine import signals
 from qiao.engine.containers import StartFailed
@@ -22,7 +24,7 @@ from qiao.engine.engine import Engine
 from qiao.engine.errors import InvalidParameter
 
 
-class Api(SystemRoutes, ListRoutes, LifecycleRoutes):
+class Api(SystemRoutes, ListRoutes, ObserveApi, ExplainApi, LifecycleRoutes):
     """The route handlers; each returns (status, body)."""
 
     def __init__(self, engine: Engine, shutdown: Callable[[], None]):

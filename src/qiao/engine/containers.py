@@ -166,7 +166,10 @@ class Containers:
         self.by_id: dict[str, Container] = {}
         self.changed = threading.Condition(lock)
         self.removed_exit_codes: collections.OrderedDict[str, int] = collections.OrderedDict()
-        self.supervisor = Supervisor(self._on_exit, tag=root.base or root.data)
+        self.supervisor = self._supervisor()
+
+    def _supervisor(self) -> Supervisor:
+        return Supervisor(self._on_exit, tag=self.root.base or self.root.data)
 
     # -- start-up --------------------------------------------------------
 
@@ -476,8 +479,10 @@ class Containers:
         mappings: list[PortMapping] = []
         sandbox = ""
         with Steps(self.fault) as steps:
-            cgroup = steps.run("create-cgroup", lambda: self.cgroups.create(ctr.id), lambda: self.cgroups.remove(ctr.id))
-            spec.update(cgroup=cgroup, domainname=ctr.domainname)
+            if self.cgroups.available:  # else none (a dry run's containers have none either)
+                cgroup = steps.run("create-cgroup", lambda: self.cgroups.create(ctr.id), lambda: self.cgroups.remove(ctr.id))
+                spec.update(cgroup=cgroup)
+            spec.update(domainname=ctr.domainname)
             target = None
             if ctr.joined_to:
                 target = self.by_id.get(ctr.joined_to)
@@ -647,8 +652,7 @@ class Containers:
             os.close(log_fd)
             os.close(null_fd)
 
-    @staticmethod
-    def _kill_now(pid: int) -> None:
+    def _kill_now(self, pid: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
@@ -709,7 +713,8 @@ class Containers:
         if ctr.sandbox_key and not ctr.joined_to:
             sandbox = ctr.sandbox_key
             teardown.run("destroy-sandbox", lambda: self.host.destroy_netns(sandbox))
-        teardown.run("remove-cgroup", lambda: self.cgroups.remove(ctr.id))
+        if self.cgroups.available:
+            teardown.run("remove-cgroup", lambda: self.cgroups.remove(ctr.id))
         endpoint_ids = ctr.endpoint_ids
         ctr.sandbox_key, ctr.endpoint_ids, ctr.ports = "", [], []
         with self.store.transaction() as tx:
