@@ -448,9 +448,9 @@ class ChunkedReader(BodyStream):
         data = bytes(self._buf[: min(n, self._chunk_left)])
         del self._buf[: len(data)]
         self._chunk_left -= len(data)
-        if self._chunk_left == 0:
-            if self._line(2) != b"\r\n":  # strict here: a lone LF would make "3\r\nhi\r\n" a chunk
-                raise InvalidParameter("malformed chunked body: chunk data not followed by CRLF")
+        # Strict here: a lone LF accepted would make "3\r\nhi\r\n" a chunk.
+        if self._chunk_left == 0 and self._line(2) != b"\r\n":
+            raise InvalidParameter("malformed chunked body: chunk data not followed by CRLF")
         return data
 
     def _fill(self) -> None:
