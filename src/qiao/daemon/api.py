@@ -14,12 +14,13 @@ from qiao import __version__, cni
 from qiao.cni.service import CniService
 from qiao.daemon import docker_json, wire
 from qiao.daemon.http import API_VERSION, Raw, Request, route
+from qiao.daemon.images_api import ImagesApi
 from qiao.engine.containers import StartFailed
 from qiao.engine.engine import Engine
 from qiao.engine.errors import InvalidParameter
 
 
-class Api:
+class Api(ImagesApi):
     """The route handlers; each returns (status, body)."""
 
     def __init__(self, engine: Engine, shutdown: Callable[[], None]):

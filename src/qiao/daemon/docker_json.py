@@ -9,6 +9,7 @@ from typing import Any
 
 from qiao.engine.containers import ContainerView
 from qiao.engine.models import Container, Endpoint, Network
+from qiao.images.reference import HOST_IMAGE
 from qiao.units import human_duration
 
 
@@ -109,8 +110,8 @@ def container(view: ContainerView) -> dict[str, Any]:
     return {
         "Id": ctr.id,
         "Created": ctr.created,
-        "Path": ctr.cmd[0] if ctr.cmd else "",
-        "Args": ctr.cmd[1:],
+        "Path": ctr.argv[0] if ctr.argv else "",
+        "Args": ctr.argv[1:],
         "State": {
             "Status": ctr.status,
             "Running": ctr.running,
@@ -124,7 +125,7 @@ def container(view: ContainerView) -> dict[str, Any]:
             "StartedAt": ctr.started_at,
             "FinishedAt": ctr.finished_at,
         },
-        "Image": "",
+        "Image": ctr.image_id,
         "ResolvConfPath": files.get("resolv.conf", ""),
         "HostnamePath": files.get("hostname", ""),
         "HostsPath": files.get("hosts", ""),
@@ -146,9 +147,10 @@ def container(view: ContainerView) -> dict[str, Any]:
             "User": ctr.user,
             "ExposedPorts": {key: {} for key in ctr.exposed_ports} or None,
             "Env": list(ctr.env),
-            "Cmd": list(ctr.cmd),
-            "Image": "",
+            "Cmd": list(ctr.cmd) or None,
+            "Image": ctr.image,
             "WorkingDir": ctr.workdir,
+            "Entrypoint": list(ctr.entrypoint) or None,
         },
         "NetworkSettings": {
             "Bridge": "",
@@ -195,8 +197,9 @@ def container_summary(view: ContainerView) -> dict[str, Any]:
     return {
         "Id": ctr.id,
         "Names": ["/" + ctr.name],
-        "Image": "",
-        "Command": " ".join(ctr.cmd),
+        "Image": ctr.image or HOST_IMAGE,
+        "ImageID": ctr.image_id,
+        "Command": " ".join(ctr.argv),
         "Created": int(time.time() - _since(ctr.created)),
         "Ports": _summary_ports(ctr),
         "State": ctr.status,

@@ -26,6 +26,7 @@ from qiao.engine.networks import Networks
 from qiao.engine.ports import Publisher
 from qiao.engine.steps import Fault
 from qiao.engine.store import Store
+from qiao.images.registry import Images
 from qiao.kernel.firewall import Firewall
 from qiao.kernel.host import Host
 from qiao.paths import Root
@@ -58,7 +59,9 @@ class Engine:
         self.drivers = Drivers(drivers if drivers is not None else builtin_drivers(host, firewall, resolv_conf or ""))
         self.networks = Networks(self.store, self.drivers, firewall, self.lock, self.events, fault)
         self.ports = Publisher(firewall, host, self._describe_owner)
-        self.containers = Containers(root, self.store, self.networks, host, self.lock, fault, resolv_conf or "", self.ports)
+        self.images = Images(root, self.store, self.lock)
+        self.containers = Containers(root, self.store, self.networks, host, self.lock, fault, resolv_conf or "", self.ports, self.images)
+        self.images.users = self._image_users
         self.attachments = Attachments(self.store, self.networks, host, self.ports, self.lock, root.netns_dir, fault)
         self.resolver = resolver
         self.events.subscribe(self._dns_follows)
@@ -67,6 +70,7 @@ class Engine:
         with self.lock:
             self.networks.load()
             self.containers.load()
+            self.images.load()  # after the containers: an image's files stay while one uses them
             self.attachments.load()
             self.networks.restore_kernel(self.containers.published() + self.attachments.published())
             self.networks.ensure_builtin()
@@ -93,6 +97,11 @@ class Engine:
                     log.warning("endpoint %s: its link %s had been deleted by hand; plugged again", ep.id[:12], ep.host_ifname)
             except Exception:
                 log.exception("link resync failed")
+
+    def _image_users(self, image_id: str) -> list[tuple[str, bool]]:
+        """The containers made from an image: (id, running), running ones first."""
+        users = [(c.id, c.running) for c in self.containers.by_id.values() if c.image_id == image_id]
+        return sorted(users, key=lambda u: not u[1])
 
     def _describe_owner(self, owner: str) -> str:
         """Who holds a host port, for a conflict's message."""

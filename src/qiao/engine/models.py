@@ -105,10 +105,20 @@ class Container:
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
     privileged: bool = False
+    # Its image (qiao.images): Config.Image as given ("" or "qiao/host": the host's filesystem), the
+    # image's ID ("sha256:..."; "" without one) and Config.Entrypoint (``cmd`` is Config.Cmd).
+    image: str = ""
+    image_id: str = ""
+    entrypoint: list[str] = field(default_factory=list)
 
     @property
     def running(self) -> bool:
         return self.status == "running"
+
+    @property
+    def argv(self) -> list[str]:
+        """What runs: the entrypoint, then the command (Docker's Path and Args)."""
+        return [*self.entrypoint, *self.cmd]
 
     @property
     def joined_to(self) -> str | None:

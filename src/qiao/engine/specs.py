@@ -62,6 +62,10 @@ class ContainerSpec:
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     privileged: bool = False
+    # The image (qiao.images): its name as given ("" or "qiao/host": the host's filesystem),
+    # and the entrypoint (None: not given, the image's counts; ``cmd`` follows it).
+    image: str = ""
+    entrypoint: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
