@@ -426,24 +426,14 @@ def apply_layer(source: Readable, root: str, budget: Budget) -> str:
         except tarfile.ReadError as exc:
             raise UnsafeArchive(f"not a tar archive: {exc}") from None
         try:
-            for member in _members(tar):
+            while (member := tar.next()) is not None:
                 layer.apply(tar, member)
             layer.finish()
+        except (tarfile.TarError, EOFError) as exc:  # bad headers, or an archive cut short
+            raise UnsafeArchive(f"invalid tar archive: {exc}") from None
         finally:
             tar.close()
         stream.drain()
     finally:
         tree.close()
     return "sha256:" + stream.sha256.hexdigest()
-
-
-def _members(tar: tarfile.TarFile) -> Any:
-    """The members, with a broken archive (truncated, bad headers) as a 400."""
-    while True:
-        try:
-            member = tar.next()
-        except (tarfile.TarError, EOFError) as exc:
-            raise UnsafeArchive(f"invalid tar archive: {exc}") from None
-        if member is None:
-            return
-        yield member
