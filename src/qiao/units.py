@@ -1,5 +1,6 @@
-"""Docker's ``units.HumanDuration`` (go-units), shared by the daemon's
-``Status`` texts and the CLI's ``CREATED`` column.  Standard library only."""
+"""Docker's ``units.HumanDuration`` and ``HumanSize`` (go-units), shared by
+the daemon's ``Status`` texts and the CLI's ``CREATED`` and ``SIZE``
+columns.  Standard library only."""
 
 from __future__ import annotations
 
@@ -30,3 +31,13 @@ def human_duration(seconds: float) -> str:
     if h < 24 * 365 * 2:
         return f"{h // 24 // 30} months"
     return f"{int(seconds / 3600) // 24 // 365} years"
+
+
+def human_size(size: float) -> str:
+    """Decimal units, three significant digits, as ``docker images`` prints sizes (``1.98MB``)."""
+    units = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
+    i = 0
+    while size >= 1000 and i < len(units) - 1:
+        size /= 1000
+        i += 1
+    return f"{size:.3g}{units[i]}"

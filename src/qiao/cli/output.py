@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from qiao.units import human_duration
+from qiao.units import human_duration, human_size
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up time)
 if TYPE_CHECKING:
@@ -28,9 +28,17 @@ def _command(cmd: str, width: int = 20) -> str:
 
 def ps_table(rows: list[dict[str, Any]]) -> str:
     return _table(
-        ["CONTAINER ID", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
+        ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
         [
-            [r["Id"][:12], _command(r["Command"]), _ago(r["Created"]), r["Status"], ports_text(r["Ports"]), r["Names"][0].lstrip("/")]
+            [
+                r["Id"][:12],
+                r.get("Image") or "",
+                _command(r["Command"]),
+                _ago(r["Created"]),
+                r["Status"],
+                ports_text(r["Ports"]),
+                r["Names"][0].lstrip("/"),
+            ]
             for r in rows
         ],
     )
@@ -43,7 +51,7 @@ def ps_json(r: dict[str, Any]) -> dict[str, Any]:
         "Command": _command(r["Command"]),
         "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", created),
         "ID": r["Id"][:12],
-        "Image": "",
+        "Image": r.get("Image") or "",
         "Labels": "",
         "LocalVolumes": "0",
         "Mounts": "",
@@ -54,6 +62,44 @@ def ps_json(r: dict[str, Any]) -> dict[str, Any]:
         "Size": "0B",
         "State": r["State"],
         "Status": r["Status"],
+    }
+
+
+def image_rows(images: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(repository, tag, image) per tag, as ``docker images`` lists them (``<none>`` for an untagged image)."""
+    rows = []
+    for img in images:
+        for ref in img.get("RepoTags") or ["<none>:<none>"]:
+            repo, _, tag = ref.rpartition(":")
+            rows.append((repo, tag, img))
+    return rows
+
+
+def image_table(images: list[dict[str, Any]]) -> str:
+    return _table(
+        ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
+        [
+            [repo, tag, img["Id"].removeprefix("sha256:")[:12], _ago(img["Created"]), human_size(img["Size"])]
+            for repo, tag, img in image_rows(images)
+        ],
+    )
+
+
+def image_json_line(repo: str, tag: str, img: dict[str, Any]) -> dict[str, Any]:
+    """One line of ``docker images --format json``."""
+    created = time.gmtime(img["Created"])
+    return {
+        "Containers": "N/A",
+        "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", created),
+        "CreatedSince": _ago(img["Created"]),
+        "Digest": "<none>",
+        "ID": img["Id"].removeprefix("sha256:")[:12],
+        "Repository": repo,
+        "SharedSize": "N/A",
+        "Size": human_size(img["Size"]),
+        "Tag": tag,
+        "UniqueSize": "N/A",
+        "VirtualSize": human_size(img["Size"]),
     }
 
 
