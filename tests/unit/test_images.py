@@ -446,6 +446,13 @@ def test_rmi_by_id_of_an_image_with_several_tags(images):
     assert images.remove(img.hex, force=True) == [{"Untagged": "x:1"}, {"Untagged": "x:2"}, {"Deleted": img.id}]
 
 
+def test_rmi_of_a_name_that_is_also_hex_is_by_name(images):
+    img = images.import_tar(io.BytesIO(BASE), "beef", "", [], "")
+    images.tag("beef", "cafe", "")
+    assert images.remove("beef") == [{"Untagged": "beef:latest"}]  # not "referenced in multiple repositories"
+    assert images.remove("cafe") == [{"Untagged": "cafe:latest"}, {"Deleted": img.id}]
+
+
 def test_unix_time_reads_go_timestamps():
     assert unix_time("2024-05-06T07:08:09.123456789Z") == 1714979289
     assert unix_time("2024-05-06T07:08:09+02:00") == 1714972089 and unix_time("bad") == 0

@@ -268,9 +268,10 @@ class Images:
             img = self.get(ref)
             users = self.users(img.id)
             records: list[dict[str, str]] = []
-            by_id = reference.is_id_prefix(ref.strip()) and img.hex.startswith(ref.strip().removeprefix("sha256:"))
-            if not by_id:
+            tag = ""
+            with contextlib.suppress(InvalidParameter):
                 tag = reference.familiar(ref)
+            if tag in img.repo_tags:  # named by a tag (not by an ID prefix that also parses as a name, as "beef")
                 if not force and len(img.repo_tags) == 1 and users:
                     raise Conflict(
                         f'conflict: unable to remove repository reference "{ref}" (must force) - '
@@ -292,7 +293,7 @@ class Images:
                     raise Conflict(f"{why} (must be forced) - image is referenced in multiple repositories")
                 if not force and users:
                     raise Conflict(f"{why} (must be forced) - image is being used by stopped container {users[0][0][:12]}")
-                records += [{"Untagged": tag} for tag in img.repo_tags]
+                records += [{"Untagged": t} for t in img.repo_tags]
             with self.store.transaction() as tx:
                 tx.delete("images", img.id)
             del self.by_id[img.id]
