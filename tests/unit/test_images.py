@@ -417,7 +417,8 @@ def test_records_survive_a_restart(images, tmp_path):
 
 def test_rmi_follows_docker(images):
     users: Users = images.users  # type: ignore[assignment]
-    img = images.import_tar(io.BytesIO(BASE), "a", "", [], "")
+    archived = docker_archive([BASE], {}, ["a:latest"])
+    [(img, _tags)] = images.load_archive(io.BytesIO(archived))
     images.tag("a", "b", "")
     assert images.remove("b") == [{"Untagged": "b:latest"}]  # one of several tags: only untagged
     users.by_image[img.id] = [("c" * 64, False)]
@@ -433,6 +434,10 @@ def test_rmi_follows_docker(images):
     users.by_image[img.id] = [("c" * 64, False)]
     assert images.remove(img.id, force=True) == [{"Deleted": img.id}]  # a stopped user: gone, its files stay for it
     assert os.path.isdir(images.rootfs(img.id))
+    inode = os.stat(images.rootfs(img.id)).st_ino
+    [(again, _tags)] = images.load_archive(io.BytesIO(archived))  # the same image again, while its old files are in use
+    assert again.id == img.id and os.stat(images.rootfs(img.id)).st_ino == inode  # kept: they may be a lower layer now
+    images.remove("a", force=True)
     users.by_image.clear()
     images.release(img.id)  # the container went
     assert not os.path.exists(os.path.dirname(images.rootfs(img.id)))

@@ -205,16 +205,19 @@ class Images:
         return work
 
     def _record(self, work: str, raw: bytes, tags: list[str], size: int) -> Image:
-        """Move the unpacked image into place and record it (or, when another
-        load got there first, keep that one), then give it ``tags``."""
+        """Move the unpacked image into place and record it, then give it
+        ``tags``.  Files already in place (another load got there first, or
+        the image was removed while a container still uses them: they may be
+        its lower layer right now) are kept, and ours dropped: the same ID is
+        the same content."""
         cfg = image_config.parse(raw)
         image_id = "sha256:" + hashlib.sha256(raw).hexdigest()
         stamp = now()
         with self.lock:
             target = os.path.dirname(self.rootfs(image_id))
-            if image_id not in self.by_id or not os.path.isdir(target):
-                shutil.rmtree(target, ignore_errors=True)  # files of a removed image nobody uses now
+            if not os.path.isdir(target):
                 os.rename(work, target)
+            if image_id not in self.by_id:
                 img = Image(image_id, image_id, raw.decode(), [], size, cfg.created or stamp, stamp)
                 self._put([img])
                 self.by_id[image_id] = img
