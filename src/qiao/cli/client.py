@@ -12,6 +12,7 @@ import _socket
 import fcntl
 import json
 import os
+import stat
 import sys
 import time
 
@@ -122,14 +123,26 @@ class Client:
         body: Any = None,
         fds: list[int] | None = None,
         timeout: float | None = None,
+        upload: int | None = None,
+        raw: bool = False,
     ) -> Any:
         """One request and its decoded answer; ``timeout``: seconds without progress
-        before giving up (None: wait as long as qiaod works)."""
-        params = "&".join(f"{k}={quote(str(v))}" for k, v in (query or {}).items() if v is not None)
+        before giving up (None: wait as long as qiaod works).  ``upload``: a file
+        descriptor whose content is the body (a file with its length, anything else
+        chunked); ``raw``: the body undecoded (Docker's JSON message streams).
+        Query values may be lists (a parameter repeated)."""
+        params = "&".join(
+            f"{k}={quote(str(item))}" for k, v in (query or {}).items() if v is not None for item in (v if isinstance(v, list) else [v])
+        )
         if params:
             path += "?" + params
         data = b"" if body is None else json.dumps(body).encode()
-        head = f"{method} {path} HTTP/1.0\r\nHost: qiaod\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+        if upload is None:
+            head = f"{method} {path} HTTP/1.0\r\nHost: qiaod\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+        else:
+            size = _file_size(upload)
+            framing = "Transfer-Encoding: chunked" if size is None else f"Content-Length: {size}"
+            head = f"{method} {path} HTTP/1.1\r\nHost: qiaod\r\nConnection: close\r\nContent-Type: application/x-tar\r\n{framing}\r\n"
         if fds:
             head += "X-Qiao-Stdio: 1\r\n"
         sock = self._connect()
@@ -139,6 +152,8 @@ class Client:
             try:
                 # MSG_NOSIGNAL: a daemon gone away is an error here, not a SIGPIPE (which means a closed stdout)
                 sock.sendall(head.encode() + b"\r\n" + data, _socket.MSG_NOSIGNAL)
+                if upload is not None:
+                    _send_body(sock, upload, chunked=size is None)
                 if fds:
                     ancillary = (_socket.SOL_SOCKET, _socket.SCM_RIGHTS, b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))
                     sock.sendmsg([b"F"], [ancillary], _socket.MSG_NOSIGNAL)
@@ -158,10 +173,26 @@ class Client:
             raise Unreachable(f"lost the connection to qiaod during {method} {path}: {exc.strerror or exc}") from None
         finally:
             sock.close()
-        return _answer(method, path, b"".join(chunks))
+        return _answer(method, path, b"".join(chunks), raw)
 
 
-def _answer(method: str, path: str, raw: bytes) -> Any:
+def _file_size(fd: int) -> int | None:
+    """What is left of a regular file; None for a pipe or a terminal (sent chunked)."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return st.st_size - os.lseek(fd, 0, os.SEEK_CUR)
+
+
+def _send_body(sock: _socket.socket, fd: int, chunked: bool) -> None:
+    """The body from ``fd``: as is, or in chunks of what each read returns."""
+    while data := os.read(fd, 1 << 20):
+        sock.sendall(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data, _socket.MSG_NOSIGNAL)
+    if chunked:
+        sock.sendall(b"0\r\n\r\n", _socket.MSG_NOSIGNAL)
+
+
+def _answer(method: str, path: str, raw: bytes, undecoded: bool = False) -> Any:
     """The decoded body of qiaod's answer; raises DaemonError for an error
     status, Unreachable when the connection ended before a complete answer
     and BadAnswer when the answer makes no sense."""
@@ -191,7 +222,7 @@ def _answer(method: str, path: str, raw: bytes) -> Any:
                 f"qiaod closed the connection before its answer to {what} was complete ({len(payload)} of {int(length)} bytes)"
             )
         payload = payload[: int(length)]
-    is_json = b"application/json" in headers.get(b"content-type", b"").lower()
+    is_json = b"application/json" in headers.get(b"content-type", b"").lower() and not (undecoded and status < 400)
     decoded: Any = payload if not is_json else None
     if is_json and payload:
         try:

@@ -93,6 +93,8 @@ def _add_run(sub: Any) -> None:
     run.add_argument("--dns-search", action="append", default=[], help="a search domain ('.': none)")
     run.add_argument("--dns-option", action="append", default=[], help="a resolver option (ndots:2, ...)")
     run.add_argument("--add-host", action="append", default=[], help="NAME:IP in /etc/hosts (IP may be host-gateway)")
+    run.add_argument("--image", default="", help="run in this image's root filesystem (qiao image ls); default: the host's")
+    run.add_argument("--entrypoint", default=None, help='replace the image\'s entrypoint ("" clears it)')
     run.add_argument("cmd", nargs=argparse.REMAINDER)
 
 
@@ -192,6 +194,29 @@ def _add_rm(sub: Any) -> None:
     rm.add_argument("names", nargs="+")
 
 
+def _add_image(sub: Any) -> None:
+    image = sub.add_parser("image", help="manage images: import, load, ls, inspect, tag, rm")
+    isub = image.add_subparsers(dest="image_command", parser_class=Parser, required=True)
+    imp = isub.add_parser("import", help="a root filesystem tar (gzip, bzip2 or xz too) as an image")
+    imp.add_argument("-c", "--change", action="append", default=[], help='a Dockerfile instruction: CMD ["sh"], ENV A=1, ...')
+    imp.add_argument("-m", "--message", default="")
+    imp.add_argument("file", help="the tar, or - for standard input")
+    imp.add_argument("reference", nargs="?", default="", help="REPOSITORY[:TAG]")
+    load = isub.add_parser("load", help="the images of a docker save archive or an OCI image layout")
+    load.add_argument("-i", "--input", default="-", help="the archive (default: standard input)")
+    load.add_argument("-q", "--quiet", action="store_true")
+    ls = isub.add_parser("ls", help="list images")
+    ls.add_argument("-q", "--quiet", action="store_true")
+    ls.add_argument("--format", choices=["table", "json"], default="table")
+    isub.add_parser("inspect").add_argument("names", nargs="+")
+    tag = isub.add_parser("tag", help="give an image another name")
+    tag.add_argument("source")
+    tag.add_argument("target")
+    rm = isub.add_parser("rm", help="remove images")
+    rm.add_argument("-f", "--force", action="store_true")
+    rm.add_argument("names", nargs="+")
+
+
 def _add_network(sub: Any) -> None:
     net = sub.add_parser("network", help="manage networks")
     nsub = net.add_subparsers(dest="network_command", parser_class=Parser, required=True)
@@ -273,6 +298,7 @@ COMMANDS = {
     "start": _add_start,
     "kill": _add_kill,
     "rm": _add_rm,
+    "image": _add_image,
     "network": _add_network,
     "topology": _add_topology,
     "trace": _add_trace,
@@ -332,7 +358,7 @@ def _discard(c: Client, cid: str) -> None:
 def run_body(a: argparse.Namespace) -> dict[str, Any]:
     """``run``'s ``POST /containers/create`` body (its usage errors raised here)."""
     cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
-    if not cmd:
+    if not cmd and not a.image:  # an image may bring its own
         raise UsageError("qiao run: no command given (qiao run [OPTIONS] -- COMMAND [ARG...])")
     bindings: dict[str, list[dict[str, str]]] = {}
     for spec in a.publish:
@@ -359,6 +385,8 @@ def run_body(a: argparse.Namespace) -> dict[str, Any]:
         "Cmd": cmd,
         "StopSignal": a.stop_signal,
         "StopTimeout": a.stop_timeout,
+        "Image": a.image,
+        **({} if a.entrypoint is None else {"Entrypoint": [a.entrypoint]}),
         "ExposedPorts": exposed,
         "User": a.user,
         "WorkingDir": a.workdir,
@@ -429,16 +457,16 @@ def cmd_ps(c: Client, a: argparse.Namespace) -> int:
 def cmd_inspect(c: Client, a: argparse.Namespace) -> int:
     found, status = [], 0
     for name in a.names:
-        try:
-            found.append(c.request("GET", f"/containers/{quote(name)}/json"))
-        except DaemonError as exc:
-            if exc.status != 404:
-                raise
+        for path in (f"/containers/{quote(name)}/json", f"/networks/{quote(name)}", f"/images/{quote(name)}/json"):
             try:
-                found.append(c.request("GET", f"/networks/{quote(name)}"))
-            except DaemonError:
-                print(f"qiao: Error: No such object: {name}", file=sys.stderr)
-                status = 1
+                found.append(c.request("GET", path))
+                break
+            except DaemonError as exc:
+                if exc.status != 404:
+                    raise
+        else:
+            print(f"qiao: Error: No such object: {name}", file=sys.stderr)
+            status = 1
     print(json.dumps(found, indent=4))
     return status
 
@@ -624,6 +652,64 @@ def cmd_trace(c: Client, a: argparse.Namespace) -> int:
     return 0 if result["result"]["status"] == "delivered" else 1
 
 
+def _messages(raw: bytes) -> list[dict[str, Any]]:
+    """Docker's JSON message stream (one object per line)."""
+    return [json.loads(line) for line in raw.splitlines() if line.strip()]
+
+
+def _upload(path: str) -> int:
+    """A file's descriptor, or standard input's for ``-``."""
+    return 0 if path == "-" else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def cmd_image(c: Client, a: argparse.Namespace) -> int:
+    sub = a.image_command
+    if sub == "import":
+        query = {"fromSrc": "-", "repo": a.reference or None, "message": a.message or None, "changes": a.change}
+        for msg in _messages(c.request("POST", "/images/create", query, upload=_upload(a.file), raw=True)):
+            print(msg.get("status", ""))
+    elif sub == "load":
+        for msg in _messages(c.request("POST", "/images/load", {"quiet": 1 if a.quiet else 0}, upload=_upload(a.input), raw=True)):
+            print(msg.get("stream", "").rstrip("\n"))
+    elif sub == "ls":
+        images = c.request("GET", "/images/json")
+        if a.quiet:
+            for img in images:
+                print(img["Id"].removeprefix("sha256:")[:12])
+        elif a.format == "json":
+            for repo, tag, img in output.image_rows(images):
+                print(json.dumps(output.image_json_line(repo, tag, img)))
+        else:
+            print(output.image_table(images), end="")
+    elif sub == "inspect":
+        found, status = [], 0
+        for name in a.names:
+            try:
+                found.append(c.request("GET", f"/images/{quote(name)}/json"))
+            except DaemonError as exc:
+                print(f"qiao: Error response from daemon: {exc}", file=sys.stderr)
+                status = 1
+        print(json.dumps(found, indent=4))
+        return status
+    elif sub == "tag":
+        repo, tag = a.target, ""
+        if ":" in a.target.rpartition("/")[2]:
+            repo, _, tag = a.target.rpartition(":")
+        c.request("POST", f"/images/{quote(a.source)}/tag", {"repo": repo, "tag": tag or None})
+    elif sub == "rm":
+        status = 0
+        for name in a.names:
+            try:
+                for record in c.request("DELETE", f"/images/{quote(name)}", {"force": 1 if a.force else None}):
+                    for key, value in record.items():
+                        print(f"{key}: {value}")
+            except DaemonError as exc:
+                print(f"qiao: Error response from daemon: {exc}", file=sys.stderr)
+                status = 1
+        return status
+    return 0
+
+
 def cmd_daemon(c: Client, a: argparse.Namespace) -> int:
     c.autostart = False
     try:
@@ -743,6 +829,8 @@ def _main(argv: list[str] | None) -> int:
             return cmd_topology(c, a)
         if cmd == "trace":
             return cmd_trace(c, a)
+        if cmd == "image":
+            return cmd_image(c, a)
         if cmd == "daemon":
             return cmd_daemon(c, a)
         if cmd == "explain":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from qiao.units import human_duration
+from qiao.units import bytes_size, human_duration, human_size
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up time)
 if TYPE_CHECKING:
@@ -28,9 +28,17 @@ def _command(cmd: str, width: int = 20) -> str:
 
 def ps_table(rows: list[dict[str, Any]]) -> str:
     return _table(
-        ["CONTAINER ID", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
+        ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
         [
-            [r["Id"][:12], _command(r["Command"]), _ago(r["Created"]), r["Status"], ports_text(r["Ports"]), r["Names"][0].lstrip("/")]
+            [
+                r["Id"][:12],
+                r.get("Image") or "",
+                _command(r["Command"]),
+                _ago(r["Created"]),
+                r["Status"],
+                ports_text(r["Ports"]),
+                r["Names"][0].lstrip("/"),
+            ]
             for r in rows
         ],
     )
@@ -43,7 +51,7 @@ def ps_json(r: dict[str, Any]) -> dict[str, Any]:
         "Command": _command(r["Command"]),
         "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", created),
         "ID": r["Id"][:12],
-        "Image": "",
+        "Image": r.get("Image") or "",
         "Labels": "",
         "LocalVolumes": "0",
         "Mounts": "",
@@ -54,6 +62,44 @@ def ps_json(r: dict[str, Any]) -> dict[str, Any]:
         "Size": "0B",
         "State": r["State"],
         "Status": r["Status"],
+    }
+
+
+def image_rows(images: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(repository, tag, image) per tag, as ``docker images`` lists them (``<none>`` for an untagged image)."""
+    rows = []
+    for img in images:
+        for ref in img.get("RepoTags") or ["<none>:<none>"]:
+            repo, _, tag = ref.rpartition(":")
+            rows.append((repo, tag, img))
+    return rows
+
+
+def image_table(images: list[dict[str, Any]]) -> str:
+    return _table(
+        ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
+        [
+            [repo, tag, img["Id"].removeprefix("sha256:")[:12], _ago(img["Created"]), human_size(img["Size"])]
+            for repo, tag, img in image_rows(images)
+        ],
+    )
+
+
+def image_json_line(repo: str, tag: str, img: dict[str, Any]) -> dict[str, Any]:
+    """One line of ``docker images --format json``."""
+    created = time.gmtime(img["Created"])
+    return {
+        "Containers": "N/A",
+        "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", created),
+        "CreatedSince": _ago(img["Created"]),
+        "Digest": "<none>",
+        "ID": img["Id"].removeprefix("sha256:")[:12],
+        "Repository": repo,
+        "SharedSize": "N/A",
+        "Size": human_size(img["Size"]),
+        "Tag": tag,
+        "UniqueSize": "N/A",
+        "VirtualSize": human_size(img["Size"]),
     }
 
 
@@ -253,25 +299,6 @@ def ipam_config(subnets: list[str], gateways: list[str], ip_range: str | None) -
 def table(headers: list[str], rows: list[list[str]]) -> str:
     """A left-aligned table (``docker top`` prints its daemon's titles and rows so)."""
     return _table(headers, rows)
-
-
-def _custom_size(size: float, base: float, units: tuple[str, ...], precision: int) -> str:
-    """go-units' CustomSize: divide by ``base`` while it fits, then ``%.<precision>g<unit>``."""
-    i = 0
-    while size >= base and i < len(units) - 1:
-        size /= base
-        i += 1
-    return f"{size:.{precision}g}{units[i]}"
-
-
-def bytes_size(size: float) -> str:
-    """go-units' BytesSize: binary units (``1.5MiB``), as ``docker stats`` shows memory."""
-    return _custom_size(size, 1024.0, ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"), 4)
-
-
-def human_size(size: float, precision: int = 3) -> str:
-    """go-units' HumanSizeWithPrecision: decimal units (``1.2kB``), as ``docker stats`` shows I/O."""
-    return _custom_size(size, 1000.0, ("B", "kB", "MB", "GB", "TB", "PB", "EB"), precision)
 
 
 def cpu_percent(now: dict[str, Any], before: dict[str, Any] | None = None) -> float:

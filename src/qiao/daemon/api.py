@@ -14,6 +14,7 @@ from qiao.cni.service import CniService
 from qiao.daemon import docker_json, wire
 from qiao.daemon.explain_api import ExplainApi
 from qiao.daemon.http import Raw, Request, route
+from qiao.daemon.images_api import ImagesApi
 from qiao.daemon.lifecycle_api import LifecycleRoutes, stop_signal, stop_timeout
 from qiao.daemon.lists import ListRoutes
 from qiao.daemon.observe_api import ObserveApi
@@ -24,7 +25,7 @@ from qiao.engine.engine import Engine
 from qiao.engine.errors import InvalidParameter
 
 
-class Api(SystemRoutes, ListRoutes, ObserveApi, ExplainApi, LifecycleRoutes):
+class Api(SystemRoutes, ListRoutes, ObserveApi, ExplainApi, LifecycleRoutes, ImagesApi):
     """The route handlers; each returns (status, body)."""
 
     def __init__(self, engine: Engine, shutdown: Callable[[], None]):

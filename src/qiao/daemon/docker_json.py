@@ -10,6 +10,7 @@ from typing import Any
 
 from qiao.engine.containers import ContainerView
 from qiao.engine.models import Container, Endpoint, Network
+from qiao.images.reference import HOST_IMAGE
 from qiao.units import human_duration
 
 
@@ -154,8 +155,8 @@ def container(view: ContainerView) -> dict[str, Any]:
     return {
         "Id": ctr.id,
         "Created": ctr.created,
-        "Path": ctr.cmd[0] if ctr.cmd else "",
-        "Args": ctr.cmd[1:],
+        "Path": ctr.argv[0] if ctr.argv else "",
+        "Args": ctr.argv[1:],
         "State": {
             "Status": state(ctr),
             "Running": ctr.running or ctr.restarting,  # as dockerd: a restarting container counts as running
@@ -169,7 +170,7 @@ def container(view: ContainerView) -> dict[str, Any]:
             "StartedAt": ctr.started_at,
             "FinishedAt": ctr.finished_at,
         },
-        "Image": "",
+        "Image": ctr.image_id,
         "ResolvConfPath": files.get("resolv.conf", ""),
         "HostnamePath": files.get("hostname", ""),
         "HostsPath": files.get("hosts", ""),
@@ -197,11 +198,11 @@ def container(view: ContainerView) -> dict[str, Any]:
             "OpenStdin": False,
             "StdinOnce": False,
             "Env": list(ctr.env),
-            "Cmd": list(ctr.cmd),
+            "Cmd": list(ctr.cmd) or None,
             "Image": ctr.image,
             "Volumes": None,
             "WorkingDir": ctr.workdir,
-            "Entrypoint": None,
+            "Entrypoint": list(ctr.entrypoint) or None,
             "OnBuild": None,
             "Labels": dict(ctr.labels),
             **({"StopSignal": ctr.stop_signal} if ctr.stop_signal else {}),
@@ -334,9 +335,9 @@ def container_summary(view: ContainerView, size: bool = False) -> dict[str, Any]
     return {
         "Id": ctr.id,
         "Names": ["/" + ctr.name],
-        "Image": ctr.image,
-        "ImageID": "",
-        "Command": command_text(ctr.cmd),
+        "Image": ctr.image or HOST_IMAGE,
+        "ImageID": ctr.image_id,
+        "Command": command_text(ctr.argv),
         "Created": int(time.time() - _since(ctr.created)),
         "Ports": _summary_ports(ctr),
         **({"SizeRw": 0, "SizeRootFs": 0} if size else {}),

@@ -20,8 +20,9 @@ from typing import Any
 
 import msgspec
 
-from qiao.engine.errors import InvalidParameter, NotFound
+from qiao.engine.errors import InvalidParameter
 from qiao.engine.specs import ContainerSpec, EndpointSpec, NetworkSpec, PortBinding
+from qiao.images.reference import HOST_IMAGE as HOST_IMAGE  # the image-less mode's name for Docker's clients
 
 Map = dict[str, str]
 
@@ -165,8 +166,8 @@ class ContainerCreate(Struct):
     Labels: Map | None = None
     StopSignal: str = ""
     StopTimeout: int | None = None
-    # Not implemented by qiao: refused unless zero.
     Entrypoint: list[str] | str | None = None
+    # Not implemented by qiao: refused unless zero.
     Volumes: dict[str, Any] | None = None
     Healthcheck: dict[str, Any] | None = None
 
@@ -192,7 +193,6 @@ _UNSUPPORTED_HOST = {
     "Runtime": "--runtime",
 }
 _UNSUPPORTED_CONFIG = {
-    "Entrypoint": "--entrypoint",
     "Volumes": "volumes",
     "Healthcheck": "--health-cmd",
 }
@@ -277,24 +277,14 @@ def endpoint_spec(settings: EndpointSettings | None) -> EndpointSpec:
     return EndpointSpec(tuple(settings.Aliases or ()), ipam.IPv4Address, ipam.IPv6Address, settings.MacAddress)
 
 
-# The image Docker's clients name to get qiao's image-less mode: the
-# command runs from the host's filesystem, as ``qiao run`` does.
-HOST_IMAGE = "qiao/host"
-
-
-def _image_less(image: str) -> bool:
-    return image in ("", HOST_IMAGE, HOST_IMAGE + ":latest")
-
-
 def container_spec(name: str | None, body: bytes) -> ContainerSpec:
     req: ContainerCreate = _decode(body, ContainerCreate)
-    if not _image_less(req.Image):
-        raise NotFound(f"No such image: {req.Image}")
     host = req.HostConfig or HostConfig()
     _refuse(req, _UNSUPPORTED_CONFIG)
     _refuse(host, _UNSUPPORTED_HOST)
     restart = host.RestartPolicy or RestartPolicy()
     cmd = [req.Cmd] if isinstance(req.Cmd, str) else list(req.Cmd or [])
+    entrypoint = [req.Entrypoint] if isinstance(req.Entrypoint, str) else req.Entrypoint  # None: not given
     mode = host.NetworkMode or "default"
     bindings = {
         key: tuple(PortBinding(b.HostIp, b.HostPort) for b in entries or [HostPort()]) for key, entries in (host.PortBindings or {}).items()
@@ -319,6 +309,7 @@ def container_spec(name: str | None, body: bytes) -> ContainerSpec:
         privileged=host.Privileged,
         labels=dict(req.Labels or {}),
         image=req.Image,
+        entrypoint=None if entrypoint is None else tuple(entrypoint),
         restart_policy=restart.Name,
         restart_retries=restart.MaximumRetryCount,
         stop_signal=req.StopSignal,

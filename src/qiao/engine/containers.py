@@ -34,6 +34,9 @@ from qiao.engine.networks import Networks
 from qiao.engine.specs import ContainerSpec, EndpointSpec
 from qiao.engine.steps import Fault, Steps, Teardown
 from qiao.engine.store import Store
+from qiao.images import config as image_config
+from qiao.images import reference
+from qiao.images.registry import Images
 from qiao.kernel import linux, netns
 from qiao.kernel.cgroup import Cgroups, NoCgroups
 from qiao.kernel.firewall import PortMapping
@@ -155,11 +158,13 @@ class Containers:
         publisher: ports.Publisher | None = None,
         eventlog: EventLog | None = None,
         cgroups: Cgroups | None = None,
+        images: Images | None = None,
     ):
         self.root, self.store, self.networks, self.host, self.lock, self.fault = root, store, networks, host, lock, fault
         self.eventlog = eventlog or EventLog()  # what `docker events` shows
         self.cgroups = cgroups or NoCgroups("qiaod was started without cgroups")
         self.restarts = restart.Restarts(self._restart_due)
+        self.images = images or Images(root, store, lock)
         self.firewall = networks.firewall
         self.ports = publisher or ports.Publisher(self.firewall, host, self.describe)
         self.resolv_conf = resolv_conf or etcfiles.default_resolv_conf()  # the host's resolvers (qiaod --resolv-conf)
@@ -287,20 +292,24 @@ class Containers:
     # -- create ----------------------------------------------------------
 
     def create(self, spec: ContainerSpec) -> Container:
-        if not spec.cmd:
+        image = None if reference.is_host(spec.image) else self.images.get(spec.image)
+        spec = image_config.merge(spec, image_config.process(image.parsed()) if image else image_config.ProcessConfig())
+        if not spec.entrypoint and not spec.cmd:
             raise InvalidParameter("no command specified")
         for item in spec.env:  # a bare KEY (a CLI's `-e KEY` of a variable it does not have) unsets it, as in dockerd
             if not item or item.startswith("=") or "\0" in item:
                 raise InvalidParameter(f"invalid environment variable {item!r}: expected KEY=VALUE")
-        if any("\0" in arg for arg in spec.cmd):
+        if any("\0" in arg for arg in (*(spec.entrypoint or ()), *spec.cmd)):
             raise InvalidParameter("invalid command: an argument holds a NUL byte")
         if spec.hostname and not ids.DNS_NAME_RE.match(spec.hostname):
             raise InvalidParameter(f"invalid hostname {spec.hostname!r}: not a DNS name")
         bindings = {ports.key(key): [dataclasses.asdict(b) for b in entries] for key, entries in spec.port_bindings.items()}
         exposed = list(dict.fromkeys([ports.key(k) for k in spec.exposed_ports] + list(bindings)))  # Docker exposes what it publishes
         ports.requests(bindings, exposed, spec.publish_all)  # validate now: a bad -p changes nothing
-        try:  # user, working directory, capabilities: checked now too
-            process = security.check_process(spec.user, spec.workdir, list(spec.cap_add), list(spec.cap_drop), spec.privileged)
+        try:  # user (against the host's files; an image's own are read at start), working directory, capabilities
+            process = security.check_process(
+                spec.user, spec.workdir, list(spec.cap_add), list(spec.cap_drop), spec.privileged, check_user=image is None
+            )
         except security.SecurityError as exc:
             raise InvalidParameter(str(exc)) from None
         _check_options(spec)
@@ -350,6 +359,9 @@ class Containers:
                 name=name,
                 created=now(),
                 cmd=list(spec.cmd),
+                entrypoint=list(spec.entrypoint or ()),
+                image=spec.image,
+                image_id=image.id if image else "",
                 env=list(spec.env),
                 hostname=hostname or cid[:12],
                 network_mode=mode,
@@ -360,7 +372,6 @@ class Containers:
                 attachments=attachments,
                 links=links,
                 labels=dict(spec.labels),
-                image=spec.image,
                 restart_policy=spec.restart_policy if spec.restart_policy not in ("", "no") else "",
                 restart_retries=spec.restart_retries,
                 stop_signal=spec.stop_signal,
@@ -462,19 +473,22 @@ class Containers:
         files = self.files(ctr)
         os.makedirs(self.root.container_dir(ctr.id), mode=0o700, exist_ok=True)
         spec: dict[str, Any] = {
-            "cmd": ctr.cmd,
+            "cmd": ctr.argv,
             "env": self._env(ctr, stdio is not None),
             "exit_file": files["exit"],
             "pid_file": os.path.join(self.root.container_dir(ctr.id), "shim.pid"),
         }
-        try:  # who the process is and what it may do; what it must not see (qiao's root)
-            process = security.process_spec(ctr.user, ctr.workdir, ctr.cap_add, ctr.cap_drop, ctr.privileged)
-        except security.SecurityError as exc:
-            raise StartFailed(str(exc), 126) from None
-        home = process.pop("home")
-        if not any(item.startswith("HOME=") for item in ctr.env):
-            spec["env"]["HOME"] = home
-        spec.update(process, hide=security.hidden_paths(self.root))
+        if ctr.image_id:  # its own root filesystem: the shim resolves its user in there
+            spec.update(security.process_spec(ctr.user, ctr.workdir, ctr.cap_add, ctr.cap_drop, ctr.privileged, in_image=True))
+        else:
+            try:  # who the process is and what it may do; what it must not see (qiao's root)
+                process = security.process_spec(ctr.user, ctr.workdir, ctr.cap_add, ctr.cap_drop, ctr.privileged)
+            except security.SecurityError as exc:
+                raise StartFailed(str(exc), 126) from None
+            home = process.pop("home")
+            if not any(item.startswith("HOME=") for item in ctr.env):
+                spec["env"]["HOME"] = home
+            spec.update(process, hide=security.hidden_paths(self.root))
         endpoints: list[Endpoint] = []
         mappings: list[PortMapping] = []
         sandbox = ""
@@ -516,6 +530,8 @@ class Containers:
                 spec["env"].update(link_env)
                 steps.run("write-etc-files", lambda: self._write_etc(ctr, endpoints))
                 spec.update(netns=sandbox, hostname=ctr.hostname, mounts=_etc_mounts(files))
+            if ctr.image_id:
+                self._image_rootfs(ctr, spec)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(files["exit"])
             started = steps.run("spawn-process", lambda: self._spawn(ctr, spec, files, stdio), lambda: self._kill_now(started.pid))
@@ -541,6 +557,37 @@ class Containers:
             self._tell_network(ep.network_id, "connect", ctr.id)
         self.tell(ctr, "start")
         return ctr
+
+    def _image_rootfs(self, ctr: Container, spec: dict[str, Any]) -> None:
+        """The shim's ``rootfs`` key (qiao.runtime.rootfs): the image below, the
+        container's layer above (``fs/upper``, kept across restarts), and the
+        /etc files the image-less mode bind-mounts over the host's (in host mode,
+        copies of the host's, written now: a container may not write the host's)."""
+        lower = self.images.rootfs(ctr.image_id)
+        if not os.path.isdir(lower):
+            raise StartFailed(f"the files of image {ctr.image_id[7:19]} are gone", 126)
+        layer = os.path.join(self.root.container_dir(ctr.id), "fs")
+        for part in ("upper", "work", "root"):
+            os.makedirs(os.path.join(layer, part), mode=0o755, exist_ok=True)
+        mounts = spec.pop("mounts", None)
+        if mounts is None:  # host mode (or joined to a host-mode container): copies of the host's files
+            files = self.files(ctr)
+            copies = {"hostname": ctr.hostname + "\n"}
+            for name in ("hosts", "resolv.conf"):
+                with contextlib.suppress(OSError), open("/etc/" + name) as f:
+                    copies[name] = f.read()
+            etcfiles.write(self.root.container_dir(ctr.id), {"hosts": "", "resolv.conf": "", **copies})
+            mounts = _etc_mounts(files)
+        spec["rootfs"] = {
+            "lower": lower,
+            "upper": os.path.join(layer, "upper"),
+            "work": os.path.join(layer, "work"),
+            "target": os.path.join(layer, "root"),
+            "etc": mounts,
+            "privileged": ctr.privileged,
+        }
+        if "PATH" not in {item.partition("=")[0] for item in ctr.env}:
+            spec["env"]["PATH"] = DEFAULT_PATH  # not the daemon's: the image's directories
 
     @staticmethod
     def _dns_names(ctr: Container, att: dict[str, Any]) -> list[str]:
@@ -633,7 +680,8 @@ class Containers:
                 env[key] = value
             else:  # `-e KEY` of a variable the client does not have: unset (dockerd's ReplaceOrAppendEnvValues)
                 env.pop(key, None)
-        env.setdefault("HOME", "/root")
+        if not ctr.image_id:  # an image's container: HOME from its /etc/passwd, by the shim
+            env.setdefault("HOME", "/root")
         return env
 
     def _spawn(self, ctr: Container, spec: dict[str, Any], files: dict[str, str], stdio: tuple[int, int, int] | None) -> Any:
@@ -730,6 +778,8 @@ class Containers:
         self.restarts.forget(ctr.id)
         self.tell(ctr, "destroy")
         shutil.rmtree(self.root.container_dir(ctr.id), ignore_errors=True)
+        if ctr.image_id:
+            self.images.release(ctr.image_id)  # its files, if the image was removed (forced) while this one used it
         self.removed_exit_codes[ctr.id] = ctr.exit_code
         while len(self.removed_exit_codes) > 1024:
             self.removed_exit_codes.popitem(last=False)

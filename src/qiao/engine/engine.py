@@ -28,6 +28,7 @@ from qiao.engine.networks import Networks
 from qiao.engine.ports import Publisher
 from qiao.engine.steps import Fault
 from qiao.engine.store import Store
+from qiao.images.registry import Images
 from qiao.kernel.cgroup import Cgroups
 from qiao.kernel.firewall import Firewall
 from qiao.kernel.host import Host
@@ -64,9 +65,12 @@ class Engine:
         self.drivers = Drivers(drivers if drivers is not None else builtin_drivers(host, firewall, resolv_conf or ""))
         self.networks = Networks(self.store, self.drivers, firewall, self.lock, self.events, fault)
         self.ports = Publisher(firewall, host, self._describe_owner)
+        self.images = Images(root, self.store, self.lock)
         self.containers = Containers(
-            root, self.store, self.networks, host, self.lock, fault, resolv_conf or "", self.ports, eventlog=self.eventlog, cgroups=cgroups
-        )
+            root, self.store, self.networks, host, self.lock, fault, resolv_conf or "", self.ports,
+            eventlog=self.eventlog, cgroups=cgroups, images=self.images,
+        )  # fmt: skip
+        self.images.users = self._image_users
         self.lifecycle = Lifecycle(self.containers, host)
         self.attachments = Attachments(self.store, self.networks, host, self.ports, self.lock, root.netns_dir, fault)
         self.resolver = resolver
@@ -77,6 +81,7 @@ class Engine:
         with self.lock:
             self.networks.load()
             self.containers.load()
+            self.images.load()  # after the containers: an image's files stay while one uses them
             self.attachments.load()
             self.networks.restore_kernel(self.containers.published() + self.attachments.published())
             self.networks.ensure_builtin()
@@ -103,6 +108,11 @@ class Engine:
                     log.warning("endpoint %s: its link %s had been deleted by hand; plugged again", ep.id[:12], ep.host_ifname)
             except Exception:
                 log.exception("link resync failed")
+
+    def _image_users(self, image_id: str) -> list[tuple[str, bool]]:
+        """The containers made from an image: (id, running), running ones first."""
+        users = [(c.id, c.running) for c in self.containers.by_id.values() if c.image_id == image_id]
+        return sorted(users, key=lambda u: not u[1])
 
     def _describe_owner(self, owner: str) -> str:
         """Who holds a host port, for a conflict's message."""

@@ -105,9 +105,13 @@ class Container:
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
     privileged: bool = False
-    # What Docker's clients see of it: Config.Labels, and Config.Image as they named it ("" for qiao's own CLI).
+    # What Docker's clients see of it: Config.Labels; its image (qiao.images): Config.Image as given
+    # ("" or "qiao/host": the host's filesystem), the image's ID ("sha256:..."; "" without one) and
+    # Config.Entrypoint (``cmd`` is Config.Cmd).
     labels: dict[str, str] = field(default_factory=dict)
     image: str = ""
+    image_id: str = ""
+    entrypoint: list[str] = field(default_factory=list)
     # Lifecycle: the restart policy (qiao.engine.restart), how `stop` ends it, and its
     # state: a restarting container waits for its next start; a paused one is frozen.
     restart_policy: str = ""
@@ -132,6 +136,11 @@ class Container:
     def restarting(self) -> bool:
         """Exited, waiting for the restart its policy asks (Docker shows it as running)."""
         return self.status == "restarting"
+
+    @property
+    def argv(self) -> list[str]:
+        """What runs: the entrypoint, then the command (Docker's Path and Args)."""
+        return [*self.entrypoint, *self.cmd]
 
     @property
     def joined_to(self) -> str | None:

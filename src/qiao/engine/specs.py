@@ -63,7 +63,10 @@ class ContainerSpec:
     cap_drop: tuple[str, ...] = ()
     privileged: bool = False
     labels: dict[str, str] = field(default_factory=dict)  # Config.Labels
-    image: str = ""  # Config.Image, as the client named it
+    # The image (qiao.images): its name as given ("" or "qiao/host": the host's filesystem),
+    # and the entrypoint (None: not given, the image's counts; ``cmd`` follows it).
+    image: str = ""
+    entrypoint: tuple[str, ...] | None = None
     # Lifecycle (Docker's --restart, --stop-signal, --stop-timeout) and the /etc files
     # (--domainname, --dns, --dns-search, --dns-option, --add-host).
     restart_policy: str = ""  # "" | no | always | unless-stopped | on-failure

@@ -10,7 +10,11 @@ and mount namespaces (hostname; /etc/hosts, /etc/resolv.conf and
 root covered by an empty read-only tmpfs), forks the command and stays as
 its parent to record the exit code in a file.  The child takes the
 container's user, capabilities and working directory
-(:mod:`qiao.runtime.security`) just before exec.
+(:mod:`qiao.runtime.security`) just before exec.  A container with an
+image (spec key ``rootfs``) gets a PID namespace instead of the mount
+namespace: its command is pid 1 there, and makes its own mount namespace
+and root filesystem (:mod:`qiao.runtime.rootfs`), then resolves its user
+against the image's /etc/passwd, as runc does.
 Because the shim, not the daemon, waits for the command, containers and
 their exit codes outlive a daemon restart.
 
@@ -44,7 +48,7 @@ import time
 
 from qiao import proc
 from qiao.kernel import linux
-from qiao.runtime import security
+from qiao.runtime import rootfs, security
 
 HIDE_FLAGS = linux.MS_RDONLY | linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
 
@@ -68,6 +72,9 @@ def _enter(spec: dict) -> bool:
         linux.sethostname(spec["hostname"])
         if spec.get("domainname"):
             linux.setdomainname(spec["domainname"])
+    if spec.get("rootfs"):
+        linux.unshare(linux.CLONE_NEWPID)  # for the child: pid 1 of its own; it makes its mount namespace itself
+        return False
     mounts, hide = spec.get("mounts"), spec.get("hide") or []
     if mounts is None and not hide:
         return False
@@ -148,6 +155,8 @@ def _child(spec: dict, ready_w: int, cgroup_fd: int | None) -> None:
                 os.write(cgroup_fd, b"0")
             except OSError as exc:
                 raise security.SecurityError(f"cannot join the container's cgroup: {exc.strerror}") from None
+        if spec.get("rootfs"):
+            _enter_rootfs(spec)
         if "caps" in spec:  # qiaod always sends it (a spec without it, as in the unit tests, keeps the shim's own)
             security.enter(
                 spec.get("cwd") or "/",
@@ -159,7 +168,7 @@ def _child(spec: dict, ready_w: int, cgroup_fd: int | None) -> None:
             )
         code = 127
         os.execvpe(cmd[0], cmd, spec["env"])
-    except security.SecurityError as exc:
+    except (security.SecurityError, rootfs.RootfsError) as exc:
         message = str(exc)
     except FileNotFoundError:
         message = f'exec: "{cmd[0]}": executable file not found in $PATH'
@@ -168,6 +177,21 @@ def _child(spec: dict, ready_w: int, cgroup_fd: int | None) -> None:
         code = 126
     os.write(ready_w, message.encode())
     os._exit(code)
+
+
+def _enter_rootfs(spec: dict) -> None:
+    """An image's container: its root filesystem, then its user as the image's
+    /etc/passwd and /etc/group name it (HOME from there unless set), and its
+    working directory made if missing (as Docker makes it, root's, 0755)."""
+    rootfs.enter(spec["rootfs"])
+    who = security.resolve_user(spec.get("user") or "")
+    spec.update(uid=who.uid, gid=who.gid, groups=who.groups)
+    spec["env"].setdefault("HOME", who.home)
+    cwd = spec.get("cwd") or "/"
+    try:
+        os.makedirs(cwd, 0o755, exist_ok=True)
+    except OSError as exc:
+        raise security.SecurityError(f'cannot make the working directory "{cwd}": {exc.strerror}') from None
 
 
 def _wait(pid: int) -> int:
@@ -241,6 +265,10 @@ def main() -> int:
     files.write(files.pid_name, f"{me} {pid} {proc.start_time(pid)} {mnt} {boot}")
     failure = os.read(ready_r, 4096).decode()  # empty once exec succeeded
     os.close(ready_r)
+    if not failure and spec.get("rootfs"):  # the child made its own mount namespace: that one is the container's
+        with contextlib.suppress(OSError):
+            mnt = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+            files.write(files.pid_name, f"{me} {pid} {proc.start_time(pid)} {mnt} {boot}")
     if failure:
         code = os.waitstatus_to_exitcode(_wait(pid))
         _end_descendants()
