@@ -224,9 +224,11 @@ def test_container_key_order_and_values():
     assert doc["Config"]["Hostname"] == "cccccccccccc" and doc["Config"]["Env"] == ["A=1"] and doc["Config"]["Cmd"] == ["sleep", "60"]
     assert doc["Config"]["ExposedPorts"] == {"80/tcp": {}}
     assert doc["HostConfig"] == {
+        "LogConfig": {"Type": "json-file", "Config": {}},
         "NetworkMode": "web",
         "PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]},
         "AutoRemove": False,
+        "ConsoleSize": [0, 0],
         "CapAdd": None,
         "CapDrop": None,
         "Links": None,

@@ -14,13 +14,15 @@ from qiao import __version__, cni
 from qiao.cni.service import CniService
 from qiao.daemon import docker_json, wire
 from qiao.daemon.http import API_VERSION, Raw, Request, route
+from qiao.daemon.streams import StreamsApi
 from qiao.engine.containers import StartFailed
 from qiao.engine.engine import Engine
 from qiao.engine.errors import InvalidParameter
 
 
-class Api:
-    """The route handlers; each returns (status, body)."""
+class Api(StreamsApi):
+    """The route handlers; each returns (status, body).  Mixins add route groups:
+    ``StreamsApi`` (attach, wait, logs, exec)."""
 
     def __init__(self, engine: Engine, shutdown: Callable[[], None]):
         self.engine = engine
@@ -111,14 +113,6 @@ class Api:
             raise InvalidParameter(f"invalid signal: {name}")
         self.engine.containers.kill(ref, sig)
         return 204, None
-
-    @route("POST", "/containers/(?P<ref>[^/]+)/wait")
-    def container_wait(self, req: Request, ref: str) -> tuple[int, Any]:
-        return 200, {"StatusCode": self.engine.containers.wait(ref), "Error": None}
-
-    @route("GET", "/containers/(?P<ref>[^/]+)/logs")
-    def container_logs(self, req: Request, ref: str) -> tuple[int, Any]:
-        return 200, Raw(self.engine.containers.logs(ref))
 
     @route("DELETE", "/containers/(?P<ref>[^/]+)")
     def container_remove(self, req: Request, ref: str) -> tuple[int, Any]:

@@ -48,6 +48,7 @@ import json
 import logging
 import os
 import re
+import select
 import selectors
 import socket
 import threading
@@ -135,7 +136,9 @@ class Streamed:
     the head goes out at once, without a length, then each chunk as the
     iterator yields it; the connection's close ends the body. If the client
     leaves, the iterator is closed (its ``finally`` runs), so a producer
-    learns it at its next ``yield``."""
+    learns it at its next ``yield``.  A producer with nothing to send for a
+    while yields ``b""`` now and then: nothing is sent, but a client that
+    has closed its connection is noticed then."""
 
     chunks: Iterator[bytes]
     content_type: str = "application/json"
@@ -861,10 +864,20 @@ def _send_stream(sock: socket.socket, status: int, payload: Streamed) -> None:
         for chunk in payload.chunks:
             if chunk:
                 send_all(sock, chunk)
+            elif hung_up(sock):
+                return
     finally:
         close = getattr(payload.chunks, "close", None)
         if close is not None:
             close()
+
+
+def hung_up(sock: socket.socket) -> bool:
+    """Whether the client has closed its connection (POLLHUP: both directions; a
+    client that only shut down its sending side still reads the answer)."""
+    poller = select.poll()
+    poller.register(sock.fileno(), 0)
+    return any(events & (select.POLLHUP | select.POLLERR) for _fd, events in poller.poll(0))
 
 
 def _hand_over(sock: socket.socket, head: Head, payload: Hijacked) -> None:

@@ -21,6 +21,7 @@ from qiao.drivers.null import NullDriver
 from qiao.engine.attachments import Attachments
 from qiao.engine.containers import Containers
 from qiao.engine.events import Event, Events
+from qiao.engine.execs import Execs
 from qiao.engine.models import Network
 from qiao.engine.networks import Networks
 from qiao.engine.ports import Publisher
@@ -60,6 +61,7 @@ class Engine:
         self.ports = Publisher(firewall, host, self._describe_owner)
         self.containers = Containers(root, self.store, self.networks, host, self.lock, fault, resolv_conf or "", self.ports)
         self.attachments = Attachments(self.store, self.networks, host, self.ports, self.lock, root.netns_dir, fault)
+        self.execs = Execs(self.containers)
         self.resolver = resolver
         self.events.subscribe(self._dns_follows)
 
