@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the fixture ``c`` comes from test_containers and is named by each test
 """The engine's side of a container's streams, over the kernel stubs: what
 the shim is told (held streams, TTY, stdin), Docker's wait conditions, the
 clients waiting for a start, and the request bodies of exec."""
@@ -15,7 +16,7 @@ from qiao.daemon import wire
 from qiao.engine import attach
 from qiao.engine.containers import StartFailed
 from qiao.engine.errors import InvalidParameter, NotFound
-from tests.unit.test_containers import FakeSupervisor, body, c, create  # noqa: F401 - c is a fixture
+from tests.unit.test_containers import FakeSupervisor, body, c, create  # noqa: F401
 
 
 def test_start_holds_the_streams_with_a_log_and_an_attach_socket(c):
@@ -34,7 +35,8 @@ def test_inspect_shows_the_stream_settings(c):
     doc["HostConfig"]["ConsoleSize"] = [50, 132]
     shown = docker_json.container(c.inspect(create(c, "shown", doc).id))
     config = shown["Config"]
-    assert (config["Tty"], config["OpenStdin"], config["StdinOnce"], config["AttachStdin"], config["AttachStderr"]) == (True, True, True, True, False)
+    flags = ("Tty", "OpenStdin", "StdinOnce", "AttachStdin", "AttachStderr")
+    assert [config[k] for k in flags] == [True, True, True, True, False]
     assert shown["HostConfig"]["ConsoleSize"] == [50, 132] and shown["HostConfig"]["LogConfig"]["Type"] == "json-file"
 
 
@@ -82,7 +84,7 @@ def test_waiting_clients_go_on_waiting_when_the_start_fails(c, monkeypatch):
 
 
 def test_wait_conditions(c):
-    ctr = c.start(create(c, "cond", body()).id)
+    c.start(create(c, "cond", body()).id)
     cid, ends = c.wait_target("cond")
     assert c.wait_until(cid, "not-running", ends, 0.01) is None
     assert c.wait_until(cid, "next-exit", ends, 0.01) is None
