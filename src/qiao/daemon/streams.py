@@ -57,6 +57,7 @@ class StreamsApi:
     @route("POST", "/containers/(?P<ref>[^/]+)/attach")
     def container_attach(self, req: Request, ref: str) -> tuple[int, Any]:
         keys = attach.detach_keys(req.query.get("detachKeys", ""))
+        replay, stream = req.flag("logs"), req.flag("stream")
         containers = self.engine.containers
         with containers.lock:
             ctr = containers.get(ref)
@@ -64,7 +65,8 @@ class StreamsApi:
             opts = attach.Options(
                 tty, req.flag("stdin") and ctr.open_stdin, req.flag("stdout"), req.flag("stderr"), close_stdin=ctr.stdin_once, keys=keys
             )
-        replay, stream = req.flag("logs"), req.flag("stream")
+            # Now, not once the client has the upgrade: `docker run` starts the container as soon as it has it.
+            pending = containers.waiting.add(cid) if stream and not ctr.running else None
 
         def run(sock: socket.socket) -> None:
             if replay and (opts.stdout or opts.stderr):
@@ -72,21 +74,17 @@ class StreamsApi:
                     sock.sendall(chunk)
             if not stream:
                 return
-            channel = self._channel(cid, sock)
+            channel = self._channel(cid, sock, pending)
             if channel is not None:
                 attach.relay(sock, channel, opts)
 
         return 101, Hijacked(run, _content_type(tty))
 
-    def _channel(self, cid: str, client: socket.socket) -> socket.socket | None:
-        """A connection to the container's shim: now if it runs, else at its
-        next start; None if it ends, is removed or the client leaves first."""
+    def _channel(self, cid: str, client: socket.socket, pending: attach.Pending | None) -> socket.socket | None:
+        """A connection to the container's shim: now if it runs (``pending``
+        None), else at its next start; None if it ends, is removed or the
+        client leaves first."""
         containers = self.engine.containers
-        with containers.lock:
-            ctr = containers.by_id.get(cid)
-            if ctr is None:
-                return None
-            pending = None if ctr.running else containers.waiting.add(cid)
         if pending is None:
             try:
                 return console.connect(containers.root.container_dir(cid), attach.SOCKET, timeout=5)
