@@ -367,10 +367,11 @@ def test_shim_keeps_streams_apart_logs_them_and_serves_input(sup, tmp_path) -> N
 
 
 def test_shim_terminal_has_its_size_a_controlling_tty_and_resizes(sup, tmp_path) -> None:
-    script = "stty size; tty >/dev/null && echo is-a-tty; read x; stty size; exit 4"
+    script = "read x; stty size; tty >/dev/null && echo is-a-tty; read x; stty size; exit 4"
     sup.spawn("t", held_spec(tmp_path, ["sh", "-c", script], tty=True, stdin=True, size=[33, 99]), [])
     wait_file(tmp_path / attach.SOCKET)
     sock = console.connect(str(tmp_path), attach.SOCKET, timeout=10)
+    sock.sendall(frames.frame(frames.STDIN, b"start\r"))  # output before we were attached would only be in the log
     decoder, seen = frames.Decoder(), b""
     while b"is-a-tty" not in seen:
         seen += b"".join(data for _kind, data in decoder.feed(sock.recv(65536)))
@@ -378,7 +379,7 @@ def test_shim_terminal_has_its_size_a_controlling_tty_and_resizes(sup, tmp_path)
     got = read_frames(sock)
     assert got[-1] == (frames.EXIT, b"4")
     log = b"".join(d for _s, _t, d in read_all(tmp_path / "container.log"))
-    assert log == b"33 99\r\nis-a-tty\r\ngo\r\n40 120\r\n"
+    assert log == b"start\r\n33 99\r\nis-a-tty\r\ngo\r\n40 120\r\n"
 
 
 def test_shim_process_never_waits_for_a_connection_that_does_not_read(sup, tmp_path, monkeypatch) -> None:

@@ -45,9 +45,18 @@ def parse_tail(text: str) -> int:
     return int(text)
 
 
-def stamp(ns: int) -> bytes:
-    """RFC 3339 with nanoseconds, fixed width (Docker's ``RFC3339NanoFixed``), UTC."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)).encode() + b".%09dZ" % (ns % 10**9)
+class Stamps:
+    """RFC 3339 with nanoseconds, fixed width (Docker's ``RFC3339NanoFixed``), UTC;
+    the seconds' part is formatted once per second (logs come in runs)."""
+
+    def __init__(self) -> None:
+        self._second, self._text = -1, b""
+
+    def __call__(self, ns: int) -> bytes:
+        second, fraction = divmod(ns, 10**9)
+        if second != self._second:
+            self._second, self._text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+        return self._text + b".%09dZ" % fraction
 
 
 def body(path: str, query: Query, tty: bool, running: Callable[[], bool]) -> Iterator[bytes]:
@@ -62,11 +71,14 @@ def body(path: str, query: Query, tty: bool, running: Callable[[], bool]) -> Ite
             return
         offset = logfile.tail_offset(f, query.tail, query.since, query.until)
         line_start = {frames.STDOUT: True, frames.STDERR: True}
+        stamp = Stamps()
         wanted = {s for s, on in ((frames.STDOUT, query.stdout), (frames.STDERR, query.stderr)) if on}
         while True:
             stopped = query.follow and not running()  # before reading: what it wrote before it stopped is there
+            # Records of one stream in a row go out as one frame (a line each would cost a client a frame each).
             out: list[bytes] = []
-            size = 0
+            run: list[bytes] = []
+            run_stream = size = 0
             for stream, ns, data, after in logfile.records(f, offset):
                 offset = after
                 if stream not in wanted or (query.since and ns < query.since) or (query.until and ns > query.until):
@@ -75,14 +87,26 @@ def body(path: str, query: Query, tty: bool, running: Callable[[], bool]) -> Ite
                     if line_start[stream]:
                         data = stamp(ns) + b" " + data
                     line_start[stream] = data.endswith(b"\n")
-                out.append(data if tty else frames.frame(stream, data))
-                size += len(out[-1])
+                if stream != run_stream and run:
+                    out.append(_frame(run_stream, run, tty))
+                    run = []
+                run_stream = stream
+                run.append(data)
+                size += len(data)
                 if size >= CHUNK:
+                    out.append(_frame(run_stream, run, tty))
                     yield b"".join(out)
-                    out, size = [], 0
+                    out, run, size = [], [], 0
+            if run:
+                out.append(_frame(run_stream, run, tty))
             if out:
                 yield b"".join(out)
             if not query.follow or stopped or (query.until and time.time_ns() > query.until):
                 return
             time.sleep(FOLLOW_POLL)
             yield b""
+
+
+def _frame(stream: int, parts: list[bytes], tty: bool) -> bytes:
+    data = b"".join(parts)
+    return data if tty else frames.frame(stream, data)

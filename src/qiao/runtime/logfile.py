@@ -89,23 +89,23 @@ def records(f: BinaryIO, offset: int) -> Iterator[tuple[int, int, bytes, int]]:
     again from the last ``next_offset``)."""
     offset = max(offset, len(MAGIC))
     f.seek(offset)
-    buf = b""
-    pos = 0
+    buf, pos, size = b"", 0, 0
     while True:
-        if len(buf) - pos < HEAD.size or len(buf) - pos < OVERHEAD + HEAD.unpack_from(buf, pos)[0]:
-            more = f.read(READ_BLOCK)
-            if not more:
-                return
-            buf = buf[pos:] + more
-            pos = 0
-            continue
-        length, stream, _flags, _zero, stamp = HEAD.unpack_from(buf, pos)
-        data = buf[pos + HEAD.size : pos + HEAD.size + length]
-        if TAIL.unpack_from(buf, pos + HEAD.size + length)[0] != length:
-            return  # not a record: never written so by a writer; stop rather than show garbage
-        pos += OVERHEAD + length
-        offset += OVERHEAD + length
-        yield stream, stamp, data, offset
+        if size - pos >= HEAD.size:
+            length, stream, _flags, _zero, stamp = HEAD.unpack_from(buf, pos)
+            end = pos + OVERHEAD + length
+            if end <= size:
+                if TAIL.unpack_from(buf, end - TAIL.size)[0] != length:
+                    return  # not a record: never written so by a writer; stop rather than show garbage
+                offset += end - pos
+                yield stream, stamp, buf[pos + HEAD.size : end - TAIL.size], offset
+                pos = end
+                continue
+        more = f.read(READ_BLOCK)
+        if not more:
+            return
+        buf = buf[pos:] + more
+        pos, size = 0, len(buf)
 
 
 def tail_offset(f: BinaryIO, lines: int, since: int = 0, until: int = 0) -> int:
