@@ -1,5 +1,5 @@
 # qiao: `make demo` and `make test` work on a fresh machine (as root).
-.PHONY: setup test unit lint demo bench bench-peers bench-ports bench-soak bench-cni bench-docker clean
+.PHONY: setup test unit lint demo bench bench-peers bench-ports bench-soak bench-cni bench-docker bench-plugin clean
 
 setup:
 	@scripts/setup.sh
@@ -34,6 +34,9 @@ bench-cni: setup
 
 bench-docker: setup
 	.venv/bin/python -m bench.docker
+
+bench-plugin: setup
+	.venv/bin/python -m bench.plugin_calls
 
 clean:
 	rm -rf .venv build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

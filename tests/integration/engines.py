@@ -84,7 +84,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from tests.integration.conftest import RUN, Namespace, sh, wait_for
+from tests.integration.conftest import RUN, Host, Namespace, sh, wait_for
 
 BUSYBOX = "/bin/busybox"
 BUSYBOX_REF = "localhost/busybox:local"
@@ -1092,3 +1092,26 @@ def _has_overlayfs() -> bool:
     with contextlib.suppress(OSError):
         return any(line.split()[-1] == "overlay" for line in Path("/proc/filesystems").read_text().splitlines() if line.strip())
     return False
+
+
+def qiao_serving_dockerd(name: str, tmp: Path, *, live_restore: bool = False) -> tuple[Host, Dockerd]:
+    """A test host whose qiaod serves Docker's plugin protocol (set in ROOT/daemon.json, as a user
+    would: ``docker-plugin``, ``docker-host``) and a dockerd that uses it; close the dockerd first."""
+    plugins = tmp / "plugins"
+    plugins.mkdir()
+    host = Host(name, start=False)
+    docker: Dockerd | None = None
+    try:
+        docker_sock = tmp / "docker" / "docker.sock"  # where the harness puts dockerd's API socket
+        Path(host.root, "daemon.json").write_text(
+            json.dumps({"docker-plugin": str(plugins / "qiao.sock"), "docker-host": f"unix://{docker_sock}"})
+        )
+        host.start_daemon()
+        docker = Dockerd(host, tmp, plugin_dir=plugins, live_restore=live_restore)
+        assert Path(docker.socket) == docker_sock
+        return host, docker
+    except BaseException:
+        if docker is not None:
+            docker.close()
+        host.cleanup()
+        raise

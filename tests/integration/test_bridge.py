@@ -18,7 +18,7 @@ def test_default_bridge_is_qiao0_with_first_free_pool(host: Host) -> None:
     assert 'oifname != "qiao0" ip saddr 172.17.0.0/16 masquerade' in ruleset
     net = json.loads(host.qiao("network", "inspect", "bridge").stdout)[0]
     assert list(net) == [
-        "Name", "Id", "Created", "Scope", "Driver", "EnableIPv6", "IPAM", "Internal", "Attachable",
+        "Name", "Id", "Created", "Scope", "Driver", "EnableIPv4", "EnableIPv6", "IPAM", "Internal", "Attachable",
         "Ingress", "ConfigFrom", "ConfigOnly", "Containers", "Options", "Labels",
     ]  # fmt: skip
     assert net["IPAM"]["Config"] == [{"Subnet": "172.17.0.0/16", "Gateway": "172.17.0.1"}]

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import RUN, Host, sh, wait_for
-from tests.integration.engines import BUSYBOX, DOCKER, Dockerd
+from tests.integration.engines import BUSYBOX, DOCKER, Dockerd, qiao_serving_dockerd
 from tests.integration.test_user_networks import PY, SERVER, in_netns, probe
 
 pytestmark = [
@@ -51,23 +51,11 @@ class Node:
 @pytest.fixture(scope="module")
 def node() -> Iterator[Node]:
     tmp = Path(tempfile.mkdtemp(prefix=f"{RUN}-dq-"))
-    plugins = tmp / "plugins"
-    plugins.mkdir()
-    host = Host("dq", start=False)
-    docker: Dockerd | None = None
+    host, docker = qiao_serving_dockerd("dq", tmp)
     try:
-        docker_sock = tmp / "docker" / "docker.sock"  # where the harness puts dockerd's API socket
-        Path(host.root, "daemon.json").write_text(
-            json.dumps({"docker-plugin": str(plugins / "qiao.sock"), "docker-host": f"unix://{docker_sock}"})
-        )
-        host.start_daemon()
-        docker = Dockerd(host, tmp, plugin_dir=plugins)
-        assert Path(docker.socket) == docker_sock
-        ref = docker.import_busybox()
-        yield Node(host, docker, ref)
+        yield Node(host, docker, docker.import_busybox())
     finally:
-        if docker is not None:
-            docker.close()  # before qiaod: a plugin gone costs dockerd 15 s per call
+        docker.close()  # before qiaod: a plugin gone costs dockerd 15 s per call
         host.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -36,7 +37,7 @@ from typing import Any, TypeVar, cast
 import pytest
 
 from tests.integration.conftest import RUN, Host, Namespace, sh, wait_for
-from tests.integration.engines import BUSYBOX, DOCKER, Dockerd
+from tests.integration.engines import BUSYBOX, DOCKER, Dockerd, qiao_serving_dockerd
 from tests.integration.test_overlay import Lab, down_and_check, lab_up
 from tests.integration.test_user_networks import dns_query, in_netns
 
@@ -121,31 +122,10 @@ def guards(ns: Namespace) -> str:
     return json.dumps(sorted((s["name"], sorted(map(json.dumps, s.get("elem", [])))) for s in sets))
 
 
-def start_node(name: str, tmp: Path, *, live_restore: bool = False) -> tuple[Host, Dockerd]:
-    """A test host whose qiaod serves the plugin (ROOT/daemon.json) and a dockerd that uses it."""
-    plugins = tmp / "plugins"
-    plugins.mkdir()
-    host = Host(name, start=False)
-    docker: Dockerd | None = None
-    try:
-        docker_sock = tmp / "docker" / "docker.sock"  # where the harness puts dockerd's API socket
-        Path(host.root, "daemon.json").write_text(
-            json.dumps({"docker-plugin": str(plugins / "qiao.sock"), "docker-host": f"unix://{docker_sock}"})
-        )
-        host.start_daemon()
-        docker = Dockerd(host, tmp, plugin_dir=plugins, live_restore=live_restore)
-        return host, docker
-    except BaseException:
-        if docker is not None:
-            docker.close()
-        host.cleanup()
-        raise
-
-
 @pytest.fixture(scope="module")
 def node() -> Iterator[Node]:
     tmp = Path(tempfile.mkdtemp(prefix=f"{RUN}-dqm-"))
-    host, docker = start_node("dqm", tmp, live_restore=True)
+    host, docker = qiao_serving_dockerd("dqm", tmp, live_restore=True)
     try:
         host.add_outside("out", subnet="198.51.100")
         yield Node(host, docker, docker.import_busybox(), tmp / "plugins" / "qiao.sock")
@@ -366,6 +346,35 @@ def test_qiaod_killed_in_the_middle_of_a_dockerd_call(node: Node, nets: dict[str
     assert node.run("after", a, SLEEP)["NetworkSettings"]["Networks"][a]["IPAddress"] == "10.90.0.2"  # the next run works
     node.docker.docker("rm", "-f", "after")
     assert node.state() == empty
+
+
+def plugin_call(node: Node, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One call of Docker's plugin protocol to qiaod, as dockerd makes it."""
+    data = json.dumps(body).encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(node.plugin_socket))
+        s.sendall(f"POST /{name} HTTP/1.1\r\nHost: plugin\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return json.loads(answer.partition(b"\r\n\r\n")[2])  # type: ignore[no-any-return]
+
+
+def test_an_endpoint_dockerd_never_learned_of_is_detached_at_the_next_start(node: Node, nets: dict[str, str]) -> None:
+    """What `kill -9` of qiaod right after CreateEndpoint leaves (qiao made the endpoint, dockerd never read
+    the answer, so it will never delete it) is detached at qiaod's next start: its veth, guard and address go."""
+    a = nets["A"]
+    empty = node.state()
+    docker_id = json.loads(node.docker.docker("network", "inspect", a).stdout)[0]["Id"]
+    lost = {"NetworkID": docker_id, "EndpointID": "d" * 64, "Interface": {"Address": "10.90.0.77/24"}}
+    assert "Err" not in plugin_call(node, "NetworkDriver.CreateEndpoint", lost)
+    assert len(node.state()["attachments"]) == 1
+    node.host.stop_daemon(signal.SIGKILL)
+    node.host.start_daemon()
+    wait_for("qiaod to detach the endpoint dockerd does not know", lambda: node.state() == empty)
+    assert node.run("reuse", a, SLEEP, "--ip", "10.90.0.77")["NetworkSettings"]["Networks"][a]["IPAddress"] == "10.90.0.77"
+    node.docker.docker("rm", "-f", "reuse")
 
 
 def test_create_while_qiaod_is_down_fails_within_seconds(node: Node) -> None:

@@ -19,7 +19,7 @@ from tests.integration.conftest import RUN, Host, one_line_error
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 INSPECT_KEYS = [
-    "Name", "Id", "Created", "Scope", "Driver", "EnableIPv6", "IPAM", "Internal", "Attachable",
+    "Name", "Id", "Created", "Scope", "Driver", "EnableIPv4", "EnableIPv6", "IPAM", "Internal", "Attachable",
     "Ingress", "ConfigFrom", "ConfigOnly", "Containers", "Options", "Labels",
 ]  # fmt: skip
 LS_JSON_KEYS = ["CreatedAt", "Driver", "ID", "IPv4", "IPv6", "Internal", "Labels", "Name", "Scope"]

@@ -510,7 +510,7 @@ def test_connect_and_disconnect_a_running_container(h: Host) -> None:
     assert h.exec("peer", "getent", "hosts", "api").stdout.split()[0] == "10.62.2.50"
     back = h.inspect("app")["NetworkSettings"]["Networks"]["back"]
     assert (back["IPAddress"], back["Aliases"], back["Gateway"]) == ("10.62.2.50", ["api"], "10.62.2.1")
-    assert h.inspect("app")["NetworkSettings"]["Networks"]["front"]["Gateway"] == ""
+    assert h.inspect("app")["NetworkSettings"]["Networks"]["front"]["Gateway"] == "10.62.1.1"  # each network's own, as dockerd
     assert back["IPAMConfig"] == {"IPv4Address": "10.62.2.50"}
     assert in_netns(peer_ns, icmp_once, "10.62.2.50", 0, 2.0) == "pong"
 
@@ -551,7 +551,7 @@ def test_run_on_two_networks_with_static_ip_ip6_and_mac(h: Host) -> None:
     one, two = nets["one"], nets["two"]
     assert (one["IPAddress"], one["GlobalIPv6Address"], one["MacAddress"]) == ("10.62.3.77", "fd00:62:3::77", "02:00:00:aa:bb:cc")
     assert (one["Gateway"], one["IPv6Gateway"]) == ("10.62.3.1", "fd00:62:3::1")
-    assert (two["IPAddress"], two["Gateway"]) == ("10.62.4.2", "")
+    assert (two["IPAddress"], two["Gateway"]) == ("10.62.4.2", "10.62.4.1")  # each network's own gateway, as dockerd
     links = {link["ifname"]: link for link in ip_json(h, "multi", "addr")}
     assert links["eth0"]["address"] == "02:00:00:aa:bb:cc"
     assert {(a["local"], a["prefixlen"]) for a in links["eth0"]["addr_info"] if a.get("scope") == "global"} == {

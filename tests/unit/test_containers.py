@@ -361,7 +361,8 @@ def test_start_several_networks_the_default_route_follows_dockers_order(c, web, 
     assert read(c, ctr, "resolv.conf").startswith("nameserver 10.9.0.1\nnameserver 10.8.0.1\n")
     assert c.changes == [("join", web.id), ("join", dual.id)]
     networks = inspect(c, "box")["NetworkSettings"]["Networks"]
-    assert (networks["web"]["Gateway"], networks["dual"]["Gateway"]) == ("", "10.8.0.1")
+    # dockerd shows each network's gateway, whichever carries the default route
+    assert (networks["web"]["Gateway"], networks["dual"]["Gateway"]) == ("10.9.0.1", "10.8.0.1")
 
     other = started(c, "box2", "web", "bridge")  # both IPv4 only: by name
     assert (eps(c, other)["bridge"].gateway, eps(c, other)["web"].gateway) == ("172.17.0.1", "")
@@ -695,3 +696,45 @@ def test_start_keeps_a_home_the_container_sets(c):
     b = {**body(), "User": "nobody", "Env": ["HOME=/srv"]}
     ctr = c.start(create(c, "home", b).id)
     assert c.supervisor.specs[ctr.id]["env"]["HOME"] == "/srv"
+
+
+# -- what `docker events` shows ------------------------------------------------------
+
+
+def logged(c: Containers) -> list[tuple[str, str, dict]]:
+    records, _ = c.eventlog.snapshot()
+    return [(r.type, r.action, dict(r.attributes)) for r in records]
+
+
+def test_events_of_a_life_in_dockerds_order(c, web, monkeypatch):
+    """create, connect, start; disconnect of a stopped container; die (exitCode), then disconnect; destroy."""
+    ctr = create(c, "box", {**body("web"), "Image": "qiao/host", "Labels": {"tier": "db", "name": "not this"}})
+    assert ctr.labels == {"tier": "db", "name": "not this"} and ctr.image == "qiao/host"
+    c.start(ctr.id)
+    kill_reports_exit(c, ctr, monkeypatch)
+    c.remove("box", force=True)
+    attrs = {"tier": "db", "name": "box", "image": "qiao/host"}  # the labels, then image and name over them
+    net = {"container": ctr.id, "name": "web", "type": "bridge"}
+    assert logged(c) == [
+        ("container", "create", attrs),
+        ("network", "connect", net),
+        ("container", "start", attrs),
+        ("container", "kill", {**attrs, "signal": "9"}),
+        ("container", "die", {**attrs, "exitCode": "255"}),  # the fake supervisor records no exit code
+        ("network", "disconnect", net),
+        ("container", "destroy", attrs),
+    ]
+
+
+def test_events_of_kill_connect_and_disconnect(c, web, dual):
+    ctr = started(c, "box", "web")
+    before = len(logged(c))
+    c.kill("box", 15)
+    c.connect("box", "dual", EndpointSpec())
+    c.disconnect("box", "dual")
+    assert [(t, a, attrs.get("signal", attrs.get("name"))) for t, a, attrs in logged(c)[before:]] == [
+        ("container", "kill", "15"),
+        ("network", "connect", "dual"),
+        ("network", "disconnect", "dual"),
+    ]
+    assert all(r[2].get("container", ctr.id) == ctr.id for r in logged(c)[before:])

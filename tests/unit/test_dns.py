@@ -80,6 +80,38 @@ def test_build_zone_strips_trailing_dot_and_keeps_first_reverse():
     assert zone.internal is True
 
 
+def test_zone_put_and_remove_touch_one_record(zone):
+    zone.put("new", ["api", "store.local"], ["10.1.0.9"])
+    assert zone.names["api"] == ["10.1.0.9"]
+    assert zone.names["store.local"] == ["10.1.0.3", "10.1.0.4", "10.1.0.9"]
+    assert zone.reverse["9.0.1.10.in-addr.arpa"] == "api"
+    zone.put("new", ["api2"], ["10.1.0.9"])  # renamed in place
+    assert "api" not in zone.names and zone.names["store.local"] == ["10.1.0.3", "10.1.0.4"]
+    assert zone.reverse["9.0.1.10.in-addr.arpa"] == "api2"
+    zone.remove("new")
+    zone.remove("new")  # twice: nothing to do
+    assert "api2" not in zone.names and "9.0.1.10.in-addr.arpa" not in zone.reverse
+
+
+def test_zone_shared_address_reverse_passes_to_the_next_endpoint():
+    zone = build_zone(["10.1.0.1"], ["10.1.0.0/24"], False, [])
+    zone.put("a", ["first"], ["10.1.0.2"])
+    zone.put("b", ["second"], ["10.1.0.2"])
+    assert zone.reverse["2.0.1.10.in-addr.arpa"] == "first"
+    zone.remove("a")
+    assert zone.reverse["2.0.1.10.in-addr.arpa"] == "second" and zone.names == {"second": ["10.1.0.2"]}
+
+
+def test_zone_replaces_a_group_by_difference():
+    zone = build_zone(["10.1.0.1"], ["10.1.0.0/24"], False, [])
+    zone.put("local", ["web"], ["10.1.0.2"])
+    zone.replace_group("remote", [(["r1"], ["10.1.1.2"]), (["r2"], ["10.1.1.3"])])
+    zone.replace_group("remote", [(["r2"], ["10.1.1.3"]), (["r3"], ["10.1.1.4"])])
+    assert zone.names == {"web": ["10.1.0.2"], "r2": ["10.1.1.3"], "r3": ["10.1.1.4"]}
+    zone.replace_group("remote", [])
+    assert zone.names == {"web": ["10.1.0.2"]}
+
+
 def test_build_zone_empty():
     zone = build_zone(["10.1.0.1"], ["10.1.0.0/24"], False, [])
     assert (zone.names, zone.reverse) == ({}, {})

@@ -32,12 +32,19 @@ DOCKER_STATE_KEYS = [
 ]  # fmt: skip
 DOCKER_CONFIG_KEYS = [
     "Hostname", "Domainname", "User", "AttachStdin", "AttachStdout", "AttachStderr", "ExposedPorts", "Tty", "OpenStdin",
-    "StdinOnce", "Env", "Cmd", "Healthcheck", "ArgsEscaped", "Image", "Volumes", "WorkingDir", "Entrypoint",
+    "StdinOnce", "Env", "Cmd", "Healthcheck", "ArgsEscaped", "Image", "Volumes", "WorkingDir", "Entrypoint", "NetworkDisabled",
+    "MacAddress", "OnBuild", "Labels", "StopSignal", "StopTimeout", "Shell",
 ]  # fmt: skip
 DOCKER_HOSTCONFIG_KEYS = [
     "Binds", "ContainerIDFile", "LogConfig", "NetworkMode", "PortBindings", "RestartPolicy", "AutoRemove", "VolumeDriver",
     "VolumesFrom", "ConsoleSize", "Annotations", "CapAdd", "CapDrop", "CgroupnsMode", "Dns", "DnsOptions", "DnsSearch",
     "ExtraHosts", "GroupAdd", "IpcMode", "Cgroup", "Links", "OomScoreAdj", "PidMode", "Privileged", "PublishAllPorts",
+    "ReadonlyRootfs", "SecurityOpt", "StorageOpt", "Tmpfs", "UTSMode", "UsernsMode", "ShmSize", "Sysctls", "Runtime", "Isolation",
+    "CpuShares", "Memory", "NanoCpus", "CgroupParent", "BlkioWeight", "BlkioWeightDevice", "BlkioDeviceReadBps",
+    "BlkioDeviceWriteBps", "BlkioDeviceReadIOps", "BlkioDeviceWriteIOps", "CpuPeriod", "CpuQuota", "CpuRealtimePeriod",
+    "CpuRealtimeRuntime", "CpusetCpus", "CpusetMems", "Devices", "DeviceCgroupRules", "DeviceRequests", "KernelMemoryTCP",
+    "MemoryReservation", "MemorySwap", "MemorySwappiness", "OomKillDisable", "PidsLimit", "Ulimits", "CpuCount", "CpuPercent",
+    "IOMaximumIOps", "IOMaximumBandwidth", "Mounts", "MaskedPaths", "ReadonlyPaths", "Init",
 ]  # fmt: skip
 DOCKER_NETWORK_SETTINGS_KEYS = [
     "Bridge", "SandboxID", "SandboxKey", "Ports", "HairpinMode", "LinkLocalIPv6Address", "LinkLocalIPv6PrefixLen",
@@ -128,7 +135,7 @@ def container(**kw) -> Container:
 def test_network_key_order_and_values():
     doc = docker_json.network(bridge_net(), [endpoint()], {CID: container()})
     assert list(doc) == [
-        "Name", "Id", "Created", "Scope", "Driver", "EnableIPv6", "IPAM", "Internal", "Attachable", "Ingress",
+        "Name", "Id", "Created", "Scope", "Driver", "EnableIPv4", "EnableIPv6", "IPAM", "Internal", "Attachable", "Ingress",
         "ConfigFrom", "ConfigOnly", "Containers", "Options", "Labels",
     ]  # fmt: skip
     assert in_docker_order(doc, DOCKER_NETWORK_KEYS)
@@ -223,18 +230,19 @@ def test_container_key_order_and_values():
     )
     assert doc["Config"]["Hostname"] == "cccccccccccc" and doc["Config"]["Env"] == ["A=1"] and doc["Config"]["Cmd"] == ["sleep", "60"]
     assert doc["Config"]["ExposedPorts"] == {"80/tcp": {}}
-    assert doc["HostConfig"] == {
-        "LogConfig": {"Type": "json-file", "Config": {}},
+    host = doc["HostConfig"]
+    assert {k: host[k] for k in ("NetworkMode", "PortBindings", "AutoRemove", "CapAdd", "CapDrop", "Links", "Privileged")} == {
         "NetworkMode": "web",
         "PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]},
         "AutoRemove": False,
-        "ConsoleSize": [0, 0],
         "CapAdd": None,
         "CapDrop": None,
         "Links": None,
         "Privileged": False,
-        "PublishAllPorts": False,
     }
+    assert host["PublishAllPorts"] is False and host["LogConfig"] == {"Type": "json-file", "Config": {}}
+    assert host["RestartPolicy"] == {"Name": "no", "MaximumRetryCount": 0}
+    assert (doc["Mounts"], doc["Config"]["Labels"], doc["Config"]["Tty"], doc["Config"]["Image"]) == ([], {}, False, "")
     assert (doc["Config"]["User"], doc["Config"]["WorkingDir"]) == ("", "")
     ns = doc["NetworkSettings"]
     assert ns["SandboxID"] == CID and ns["SandboxKey"] == "/run/qiao/netns/" + CID
@@ -277,7 +285,7 @@ def test_container_exposed_port_without_binding_is_null():
     ctr = container(status="running", exposed_ports=["53/udp", "80/tcp"])
     assert docker_json.ports(ctr) == {"53/udp": None, "80/tcp": None}
     assert inspect(ctr, [], {})["Config"]["ExposedPorts"] == {"53/udp": {}, "80/tcp": {}}
-    assert inspect(container(), [], {})["Config"]["ExposedPorts"] is None
+    assert "ExposedPorts" not in inspect(container(), [], {})["Config"]  # omitempty, as dockerd
 
 
 def test_container_summary():

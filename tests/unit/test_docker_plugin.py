@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from qiao.docker_plugin.service import DockerPlugin
+from qiao.docker_plugin.service import DockerPlugin, DockerWatch
 from qiao.engine import etcfiles
 from qiao.engine.engine import Engine
 from qiao.kernel.firewall import PortMapping, StubFirewall
@@ -129,3 +129,37 @@ def test_an_empty_body_is_refused_never_read_as_an_empty_request(plugin):
         assert got == 400 and set(answer) == {"Err"} and "empty request" in answer["Err"], (name, answer)
     assert plugin.call("Plugin.Activate", b"") == (200, {"Implements": ["NetworkDriver", "IpamDriver"]})
     assert plugin.call("IpamDriver.RequestPool", b"{}")[0] == 200  # a real empty request still chooses a pool
+
+
+class FakeDockerd(DockerWatch):
+    """dockerd's answers to the watch's GETs: network id -> its endpoint ids (absent: 404; None: no answer)."""
+
+    def __init__(self, plugin: DockerPlugin, networks: dict[str, list[str] | None]):
+        super().__init__(plugin, "unix:///nowhere")
+        self.networks = networks
+
+    def _get(self, path: str) -> dict[str, Any] | None:
+        docker_id = path.removeprefix("/networks/")
+        if docker_id not in self.networks:
+            return {}
+        endpoints = self.networks[docker_id]
+        return None if endpoints is None else {"Containers": {f"c{n}": {"EndpointID": e} for n, e in enumerate(endpoints)}}
+
+
+def endpoint(plugin: DockerPlugin, endpoint_id: str) -> None:
+    call(plugin, "NetworkDriver.CreateEndpoint", {"NetworkID": NET, "EndpointID": endpoint_id, "Interface": {}})
+
+
+def test_the_sweep_detaches_what_dockerd_never_learned_of(plugin):
+    """qiaod killed after CreateEndpoint, before dockerd read the answer: at the next start, the endpoint
+    dockerd does not list is detached (its address free again); ones it lists, or that this qiaod made, stay."""
+    network(plugin)
+    known, lost, fresh = "k" * 64, "l" * 64, "f" * 64
+    endpoint(plugin, known)
+    endpoint(plugin, lost)
+    watch = FakeDockerd(plugin, {NET: [known]})  # "started" now: the two above were made before
+    endpoint(plugin, fresh)  # made after this start: dockerd may not have stored it yet
+    assert watch.sweep() == [plugin._key(NET, lost)]
+    assert {a.container_id for a in plugin.engine.attachments.by_name.values()} == {known, fresh}
+    assert FakeDockerd(plugin, {NET: None}).sweep() == []  # dockerd gave no answer: nothing judged
+    assert sorted(FakeDockerd(plugin, {}).sweep()) == sorted([plugin._key(NET, known), plugin._key(NET, fresh)])  # network gone

@@ -220,16 +220,22 @@ def post(path: str, body: bytes, extra: str = "") -> bytes:
 # -- well-formed requests ------------------------------------------------------
 
 
-def test_streamed_body_without_length_ends_at_close(served):
-    with served.connect() as sock:
-        sock.sendall(b"GET /ticks?n=3 HTTP/1.1\r\nHost: x\r\n\r\n")
-        raw = b""
-        while chunk := sock.recv(65536):
-            raw += chunk
-    head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.0 200 ") and b"content-length" not in head.lower()
-    assert body == b"tick 0\ntick 1\ntick 2\n"
-    wait_until("the producer closed", lambda: "ticks closed" in served.api.started)
+def test_streamed_body_is_chunked_for_http11_and_ends_at_close_for_http10(served):
+    for version, expected in (
+        (b"1.1", b"7\r\ntick 0\n\r\n7\r\ntick 1\n\r\n7\r\ntick 2\n\r\n0\r\n\r\n"),
+        (b"1.0", b"tick 0\ntick 1\ntick 2\n"),
+    ):
+        with served.connect() as sock:
+            sock.sendall(b"GET /ticks?n=3 HTTP/" + version + b"\r\nHost: x\r\n\r\n")
+            raw = b""
+            while chunk := sock.recv(65536):
+                raw += chunk
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/" + version + b" 200 ") and b"content-length" not in head.lower()
+        assert (b"transfer-encoding: chunked" in head.lower()) == (version == b"1.1")
+        assert body == expected
+        wait_until("the producer closed", lambda: "ticks closed" in served.api.started)
+        served.api.started.remove("ticks closed")
 
 
 def test_streamed_producer_learns_that_the_client_left(served):
@@ -241,7 +247,7 @@ def test_streamed_producer_learns_that_the_client_left(served):
 
 def test_streamed_producer_with_nothing_to_say_learns_that_the_client_left(served):
     with served.connect() as sock:
-        sock.sendall(b"GET /quiet HTTP/1.1\r\n\r\n")
+        sock.sendall(b"GET /quiet HTTP/1.0\r\n\r\n")
         assert sock.recv(65536).startswith(b"HTTP/1.0 200 ")
     wait_until("the producer closed", lambda: "quiet closed" in served.api.started)
 

@@ -180,12 +180,31 @@ def _add_network(sub: Any) -> None:
     nsub.add_parser("prune").add_argument("-f", "--force", action="store_true")
 
 
+def _add_topology(sub: Any) -> None:
+    top = sub.add_parser("topology", help="draw the network as it is now: bridges, veth pairs, containers, overlay peers")
+    top.add_argument("--format", choices=["text", "svg", "dot", "json"], default="text")
+
+
+def _add_trace(sub: Any) -> None:
+    tr = sub.add_parser("trace", help="send one traced packet and show its path hop by hop, and why it stops")
+    tr.add_argument("--json", action="store_true", help="the hops and the result as JSON")
+    tr.add_argument("source", help="a container (name or id), host, outside (across the uplink, in a lab) or an address")
+    tr.add_argument("destination", help="DST[:PORT][/tcp|udp]: a container, host, outside or an address; no port: an ICMP echo")
+
+
 def _add_lab(sub: Any) -> None:
-    sub.add_parser("lab", help="simulated hosts on one kernel: qiao lab up|exec|status|down (see qiao lab --help)", add_help=False)
+    sub.add_parser("lab", help="simulated hosts on one kernel: qiao lab up|exec|status|topology|down (see qiao lab --help)", add_help=False)
 
 
 def _add_cni(sub: Any) -> None:
     sub.add_parser("cni", help="qiao as a CNI plugin: qiao cni install|uninstall (see qiao cni --help)", add_help=False)
+
+
+def _add_explain(sub: Any) -> None:
+    ex = sub.add_parser("explain", help="what a command would do, as ip/nft/sysctl commands; changes nothing")
+    ex.add_argument("--json", action="store_true", help="the steps as JSON")
+    ex.add_argument("--from-scratch", action="store_true", help="as a shell script for a host where qiao never ran")
+    ex.add_argument("explained", nargs=argparse.REMAINDER, metavar="COMMAND", help="run, start, rm or network create|rm|connect|...")
 
 
 def _add_daemon(sub: Any) -> None:
@@ -204,9 +223,12 @@ COMMANDS = {
     "kill": _add_kill,
     "rm": _add_rm,
     "network": _add_network,
+    "topology": _add_topology,
+    "trace": _add_trace,
     "lab": _add_lab,
     "cni": _add_cni,
     "daemon": _add_daemon,
+    "explain": _add_explain,
 }
 
 
@@ -256,7 +278,8 @@ def _discard(c: Client, cid: str) -> None:
         c.request("DELETE", f"/containers/{quote(cid)}", {"force": 1})
 
 
-def cmd_run(c: Client, a: argparse.Namespace) -> int:
+def run_body(a: argparse.Namespace) -> dict[str, Any]:
+    """``run``'s ``POST /containers/create`` body (its usage errors raised here)."""
     cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
     if not cmd:
         raise UsageError("qiao run: no command given (qiao run [OPTIONS] -- COMMAND [ARG...])")
@@ -274,7 +297,7 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
         "IPAMConfig": {"IPv4Address": a.ip, "IPv6Address": a.ip6},
         "MacAddress": a.mac_address,
     }
-    body = {
+    return {
         "Hostname": a.hostname or "",
         "Env": a.env,
         "Cmd": cmd,
@@ -293,6 +316,10 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
         },
         "NetworkingConfig": {"EndpointsConfig": {net: (first if i == 0 else {}) for i, net in enumerate(networks)}},
     }
+
+
+def cmd_run(c: Client, a: argparse.Namespace) -> int:
+    body = run_body(a)
     # Until the start has answered, SIGTERM and SIGHUP end the run as Ctrl-C does:
     # through the clean-up below, not with a "Created" container left behind.
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -436,20 +463,32 @@ def _each(c: Client, names: list[str], method: str, path: str, query: dict[str, 
     return status
 
 
+def network_create_body(a: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "Name": a.name,
+        "Driver": a.driver,
+        "Options": _kv(a.opt, "option"),
+        "Labels": _kv(a.label, "label"),
+        "Internal": a.internal,
+        "Attachable": a.attachable,
+        "EnableIPv6": a.ipv6,
+        "IPAM": {"Driver": "default", "Config": output.ipam_config(a.subnet, a.gateway, a.ip_range)},
+    }
+
+
+def connect_body(a: argparse.Namespace) -> dict[str, Any]:
+    cfg = {"Aliases": a.alias, "IPAMConfig": {"IPv4Address": a.ip, "IPv6Address": a.ip6}}
+    return {"Container": a.container, "EndpointConfig": cfg}
+
+
+def disconnect_body(a: argparse.Namespace) -> dict[str, Any]:
+    return {"Container": a.container, "Force": a.force}
+
+
 def cmd_network(c: Client, a: argparse.Namespace) -> int:
     sub = a.network_command
     if sub == "create":
-        body = {
-            "Name": a.name,
-            "Driver": a.driver,
-            "Options": _kv(a.opt, "option"),
-            "Labels": _kv(a.label, "label"),
-            "Internal": a.internal,
-            "Attachable": a.attachable,
-            "EnableIPv6": a.ipv6,
-            "IPAM": {"Driver": "default", "Config": output.ipam_config(a.subnet, a.gateway, a.ip_range)},
-        }
-        print(c.request("POST", "/networks/create", body=body)["Id"])
+        print(c.request("POST", "/networks/create", body=network_create_body(a))["Id"])
     elif sub == "ls":
         nets = output.by_name(c.request("GET", "/networks"))
         if a.quiet:
@@ -471,10 +510,9 @@ def cmd_network(c: Client, a: argparse.Namespace) -> int:
         print(json.dumps(found, indent=4))
         return status
     elif sub == "connect":
-        cfg = {"Aliases": a.alias, "IPAMConfig": {"IPv4Address": a.ip, "IPv6Address": a.ip6}}
-        c.request("POST", f"/networks/{quote(a.network)}/connect", body={"Container": a.container, "EndpointConfig": cfg})
+        c.request("POST", f"/networks/{quote(a.network)}/connect", body=connect_body(a))
     elif sub == "disconnect":
-        c.request("POST", f"/networks/{quote(a.network)}/disconnect", body={"Container": a.container, "Force": a.force})
+        c.request("POST", f"/networks/{quote(a.network)}/disconnect", body=disconnect_body(a))
     elif sub == "rm":
         return _each(c, a.names, "DELETE", "/networks/{}")
     elif sub == "prune":
@@ -482,6 +520,31 @@ def cmd_network(c: Client, a: argparse.Namespace) -> int:
         if deleted:
             print("Deleted Networks:\n" + "\n".join(deleted))
     return 0
+
+
+def cmd_topology(c: Client, a: argparse.Namespace) -> int:
+    from qiao.cli import netview
+
+    model = c.request("GET", "/qiao/topology")
+    if a.format == "json":
+        print(json.dumps(model, indent=2))
+        return 0
+    view = {"hosts": [model]}
+    draw = {"svg": netview.topology_svg, "dot": netview.topology_dot}.get(a.format)
+    sys.stdout.write(draw(view) if draw else netview.topology_text(view, color=sys.stdout.isatty()))
+    return 0
+
+
+def cmd_trace(c: Client, a: argparse.Namespace) -> int:
+    """Exit status 0 when the probe was delivered, 1 when not (as ping)."""
+    from qiao.cli import netview
+
+    result = c.request("POST", "/qiao/trace", body={"Source": a.source, "Destination": a.destination})
+    if a.json:
+        print(json.dumps(result, indent=2))
+    else:
+        sys.stdout.write(netview.trace_text(result, color=sys.stdout.isatty()))
+    return 0 if result["result"]["status"] == "delivered" else 1
 
 
 def cmd_daemon(c: Client, a: argparse.Namespace) -> int:
@@ -586,8 +649,16 @@ def _main(argv: list[str] | None) -> int:
             return _each(c, a.names, "DELETE", "/containers/{}", {"force": 1 if a.force else None})
         if cmd == "network":
             return cmd_network(c, a)
+        if cmd == "topology":
+            return cmd_topology(c, a)
+        if cmd == "trace":
+            return cmd_trace(c, a)
         if cmd == "daemon":
             return cmd_daemon(c, a)
+        if cmd == "explain":
+            from qiao.cli.explain import cmd_explain
+
+            return cmd_explain(c, a)
         raise UsageError(f"unknown command {cmd}")
     except ValueError as exc:  # a -p / --expose that does not parse
         print(f"qiao: {exc}", file=sys.stderr)

@@ -10,47 +10,27 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from qiao import __version__, cni
+from qiao import cni
 from qiao.cni.service import CniService
 from qiao.daemon import docker_json, wire
-from qiao.daemon.http import API_VERSION, Raw, Request, route
+from qiao.daemon.explain_api import ExplainApi
+from qiao.daemon.http import Request, route
+from qiao.daemon.lists import ListRoutes
+from qiao.daemon.observe_api import ObserveApi
 from qiao.daemon.streams import StreamsApi
+from qiao.daemon.system import SystemRoutes
 from qiao.engine.containers import StartFailed
 from qiao.engine.engine import Engine
 from qiao.engine.errors import InvalidParameter
 
 
-class Api(StreamsApi):
-    """The route handlers; each returns (status, body).  Mixins add route groups:
-    ``StreamsApi`` (attach, wait, logs, exec)."""
+class Api(SystemRoutes, ListRoutes, ObserveApi, ExplainApi, StreamsApi):
+    """The route handlers; each returns (status, body)."""
 
     def __init__(self, engine: Engine, shutdown: Callable[[], None]):
         self.engine = engine
         self.shutdown = shutdown
         self.cni_service = CniService(engine)
-
-    @route("GET", "/_ping")
-    def ping(self, req: Request) -> tuple[int, Any]:
-        return 200, Raw(b"OK")
-
-    @route("GET", "/version")
-    def version(self, req: Request) -> tuple[int, Any]:
-        return 200, {"Version": __version__, "ApiVersion": API_VERSION, "Os": "linux", "Arch": os.uname().machine}
-
-    @route("GET", "/info")
-    def info(self, req: Request) -> tuple[int, Any]:
-        ctrs = self.engine.containers.by_id.values()
-        return 200, {
-            "ID": "qiaod",
-            "Containers": len(ctrs),
-            "ContainersRunning": sum(1 for c in ctrs if c.running),
-            "Networks": len(self.engine.networks.by_id),
-            "Pid": os.getpid(),
-            "DataRoot": self.engine.root.data,
-            "RunRoot": self.engine.root.run,
-            "ServerVersion": __version__,
-            "QiaoDrivers": {d.name: d.status() for d in self.engine.drivers},
-        }
 
     @route("POST", "/qiao/shutdown")
     def stop_daemon(self, req: Request) -> tuple[int, Any]:
@@ -76,10 +56,6 @@ class Api(StreamsApi):
     def container_create(self, req: Request) -> tuple[int, Any]:
         ctr = self.engine.containers.create(wire.container_spec(req.query.get("name"), req.body))
         return 201, {"Id": ctr.id, "Warnings": []}
-
-    @route("GET", "/containers/json")
-    def container_list(self, req: Request) -> tuple[int, Any]:
-        return 200, [docker_json.container_summary(v) for v in self.engine.containers.views(req.flag("all"))]
 
     @route("GET", "/containers/(?P<ref>[^/]+)/json")
     def container_inspect(self, req: Request, ref: str) -> tuple[int, Any]:
@@ -121,30 +97,26 @@ class Api(StreamsApi):
 
     # -- networks --------------------------------------------------------
 
-    def _network_json(self, ref: str) -> dict[str, Any]:
+    def network_json(self, ref: str) -> dict[str, Any]:
         with self.engine.lock:
             net = self.engine.networks.get(ref)
             endpoints = self.engine.networks.endpoints_of(net.id)
-            return docker_json.network(net, endpoints, self.engine.containers.by_id, self.engine.attachments.shown_as())
-
-    @route("GET", "/networks")
-    def network_list(self, req: Request) -> tuple[int, Any]:
-        with self.engine.lock:
-            nets = sorted(self.engine.networks.by_id.values(), key=lambda n: n.created)
-            return 200, [self._network_json(n.id) for n in nets]
+            joined = {ep.owner for ep in endpoints}
+            waiting = [  # created, never started: listed (dockerd lists none); see docker_json.network
+                c
+                for c in self.engine.containers.by_id.values()
+                if c.status == "created" and c.id not in joined and any(a["network"] == net.id for a in c.attachments)
+            ]
+            return docker_json.network(net, endpoints, self.engine.containers.by_id, self.engine.attachments.shown_as(), waiting)
 
     @route("POST", "/networks/create")
     def network_create(self, req: Request) -> tuple[int, Any]:
         net = self.engine.networks.create(wire.network_spec(req.body))
         return 201, {"Id": net.id, "Warning": ""}
 
-    @route("POST", "/networks/prune")
-    def network_prune(self, req: Request) -> tuple[int, Any]:
-        return 200, {"NetworksDeleted": self.engine.networks.prune()}
-
     @route("GET", "/networks/(?P<ref>[^/]+)")
     def network_inspect(self, req: Request, ref: str) -> tuple[int, Any]:
-        return 200, self._network_json(ref)
+        return 200, self.network_json(ref)
 
     @route("DELETE", "/networks/(?P<ref>[^/]+)")
     def network_remove(self, req: Request, ref: str) -> tuple[int, Any]:

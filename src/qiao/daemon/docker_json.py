@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from qiao.engine.containers import ContainerView
@@ -13,9 +14,15 @@ from qiao.units import human_duration
 
 
 def network(
-    net: Network, endpoints: list[Endpoint], containers: dict[str, Container], shown_as: dict[str, str] | None = None
+    net: Network,
+    endpoints: list[Endpoint],
+    containers: dict[str, Container],
+    shown_as: dict[str, str] | None = None,
+    waiting: Iterable[Container] = (),
 ) -> dict[str, Any]:
-    """``shown_as``: other engines' container ids for endpoint owners (CNI, dockerd attachments)."""
+    """``shown_as``: other engines' container ids for endpoint owners (CNI, dockerd attachments).
+    ``waiting``: created containers that will join the network when started: listed with
+    empty addresses (dockerd lists endpoints only; qiao shows what keeps the network in use)."""
     config: list[dict[str, str]] = []
     if net.subnet:
         entry = {"Subnet": net.cluster_subnet or net.subnet}  # overlay: the range shared by all hosts
@@ -35,12 +42,15 @@ def network(
             "IPv4Address": f"{ep.address}/{ep.prefixlen}",
             "IPv6Address": f"{ep.address6}/{ep.prefixlen6}" if ep.address6 else "",
         }
+    for ctr in waiting:
+        attached.setdefault(ctr.id, {"Name": ctr.name, "EndpointID": "", "MacAddress": "", "IPv4Address": "", "IPv6Address": ""})
     return {
         "Name": net.name,
         "Id": net.id,
         "Created": net.created,
         "Scope": net.scope,  # "global": Docker <= 19.03's cluster-store networks
         "Driver": net.driver,
+        "EnableIPv4": True,  # qiao has no IPv6-only networks
         "EnableIPv6": net.enable_ipv6,
         "IPAM": {"Driver": "default", "Options": None if net.name == "bridge" else {}, "Config": config},
         "Internal": net.internal,
@@ -62,6 +72,7 @@ def _endpoint_settings(ep: Endpoint, ctr: Container | None = None, user_defined:
         "Links": None,
         "Aliases": list(ep.aliases) or None,
         "MacAddress": ep.mac,
+        "DriverOpts": None,
         "NetworkID": ep.network_id,
         "EndpointID": ep.id,
         "Gateway": ep.gateway,
@@ -72,6 +83,39 @@ def _endpoint_settings(ep: Endpoint, ctr: Container | None = None, user_defined:
         "GlobalIPv6PrefixLen": ep.prefixlen6,
         "DNSNames": list(ep.dns_names) if user_defined else None,
     }
+
+
+def _idle_settings(att: dict[str, Any], network_id: str, user_defined: bool) -> dict[str, Any]:
+    """A network the container is attached to but has no endpoint on (it is not running), as dockerd shows it."""
+    static = {k: v for k, v in (("IPv4Address", att.get("ip")), ("IPv6Address", att.get("ip6"))) if v}
+    return {
+        "IPAMConfig": static or None,
+        "Links": None,
+        "Aliases": list(att.get("aliases", ())) or None,
+        "MacAddress": att.get("mac", ""),
+        "DriverOpts": None,
+        "NetworkID": network_id,
+        "EndpointID": "",
+        "Gateway": "",
+        "IPAddress": "",
+        "IPPrefixLen": 0,
+        "IPv6Gateway": "",
+        "GlobalIPv6Address": "",
+        "GlobalIPv6PrefixLen": 0,
+        "DNSNames": None,
+    }
+
+
+def networks_of(view: ContainerView) -> dict[str, Any]:
+    """``NetworkSettings.Networks``: the endpoints, then the networks joined at the next start."""
+    ctr = view.container
+    out: dict[str, Any] = {name: _endpoint_settings(ep, ctr, name != "bridge") for name, ep in view.endpoints}
+    joined = {ep.network_id for _n, ep in view.endpoints}
+    for att in ctr.attachments:
+        name = view.network_names.get(att["network"])
+        if name and att["network"] not in joined:
+            out[name] = _idle_settings(att, att["network"], name != "bridge")
+    return out
 
 
 def port_bindings(ctr: Container) -> dict[str, Any]:
@@ -100,12 +144,13 @@ def container(view: ContainerView) -> dict[str, Any]:
     # Docker fills the deprecated top-level fields from the default "bridge" network only
     # (moby daemon/inspect.go getDefaultNetworkSettings); empty for every other network and mode.
     default = next((ep for name, ep in endpoints if name == "bridge"), None)
-    networks: dict[str, Any] = {name: _endpoint_settings(ep, ctr, name != "bridge") for name, ep in endpoints}
+    networks = networks_of(view)
     for name, ep in endpoints:
         if ep.id in view.link_notes:  # qiao's own key: what happened to the link behind its back
             networks[name]["QiaoLink"] = view.link_notes[ep.id]
-    if not endpoints and not ctr.joined_to:
+    if not networks and not ctr.joined_to:
         networks[ctr.network_mode] = {"NetworkID": "", "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "MacAddress": ""}
+    # Docker's keys, with the values qiao has: a feature qiao lacks shows its zero value (wire refuses any other).
     return {
         "Id": ctr.id,
         "Created": ctr.created,
@@ -130,19 +175,16 @@ def container(view: ContainerView) -> dict[str, Any]:
         "HostsPath": files.get("hosts", ""),
         "LogPath": files.get("log", ""),
         "Name": "/" + ctr.name,
-        "HostConfig": {
-            # qiao's log (runtime/logfile) reads as json-file's does (docker-py's run() checks the type)
-            "LogConfig": {"Type": "json-file", "Config": {}},
-            "NetworkMode": ctr.network_mode,
-            "PortBindings": port_bindings(ctr),
-            "AutoRemove": ctr.auto_remove,
-            "ConsoleSize": list(ctr.console_size) or [0, 0],
-            "CapAdd": list(ctr.cap_add) or None,
-            "CapDrop": list(ctr.cap_drop) or None,
-            "Links": links or None,
-            "Privileged": ctr.privileged,
-            "PublishAllPorts": ctr.publish_all,
-        },
+        "RestartCount": 0,
+        "Driver": "",  # no storage driver: the command sees the host's filesystem
+        "Platform": "linux",
+        "MountLabel": "",
+        "ProcessLabel": "",
+        "AppArmorProfile": "",
+        "ExecIDs": None,
+        "HostConfig": _host_config(ctr, links),
+        "GraphDriver": {"Data": None, "Name": ""},
+        "Mounts": [],
         "Config": {
             "Hostname": ctr.hostname,
             "Domainname": "",
@@ -150,14 +192,18 @@ def container(view: ContainerView) -> dict[str, Any]:
             "AttachStdin": ctr.attach_stdin,
             "AttachStdout": ctr.attach_stdout,
             "AttachStderr": ctr.attach_stderr,
-            "ExposedPorts": {key: {} for key in ctr.exposed_ports} or None,
+            **({"ExposedPorts": {key: {} for key in ctr.exposed_ports}} if ctr.exposed_ports else {}),  # omitempty, as dockerd
             "Tty": ctr.tty,
             "OpenStdin": ctr.open_stdin,
             "StdinOnce": ctr.stdin_once,
             "Env": list(ctr.env),
             "Cmd": list(ctr.cmd),
-            "Image": "",
+            "Image": ctr.image,
+            "Volumes": None,
             "WorkingDir": ctr.workdir,
+            "Entrypoint": None,
+            "OnBuild": None,
+            "Labels": dict(ctr.labels),
         },
         "NetworkSettings": {
             "Bridge": "",
@@ -182,6 +228,74 @@ def container(view: ContainerView) -> dict[str, Any]:
     }
 
 
+def _host_config(ctr: Container, links: list[str]) -> dict[str, Any]:
+    """``HostConfig``, every key of API 1.47 in its order but the ``omitempty`` ones qiao leaves empty."""
+    return {
+        "Binds": None,
+        "ContainerIDFile": "",
+        "LogConfig": {"Type": "json-file", "Config": {}},  # qiao's log (runtime/logfile) reads as json-file's (docker-py checks)
+        "NetworkMode": ctr.network_mode,
+        "PortBindings": port_bindings(ctr),
+        "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+        "AutoRemove": ctr.auto_remove,
+        "VolumeDriver": "",
+        "VolumesFrom": None,
+        "ConsoleSize": list(ctr.console_size) or [0, 0],
+        "CapAdd": list(ctr.cap_add) or None,
+        "CapDrop": list(ctr.cap_drop) or None,
+        "CgroupnsMode": "host",  # no cgroup namespace of its own
+        "Dns": None,
+        "DnsOptions": None,
+        "DnsSearch": None,
+        "ExtraHosts": None,
+        "GroupAdd": None,
+        "IpcMode": "host",  # qiao makes network, UTS and mount namespaces only
+        "Cgroup": "",
+        "Links": links or None,
+        "OomScoreAdj": 0,
+        "PidMode": "host",
+        "Privileged": ctr.privileged,
+        "PublishAllPorts": ctr.publish_all,
+        "ReadonlyRootfs": False,
+        "SecurityOpt": None,
+        "UTSMode": "",
+        "UsernsMode": "",
+        "ShmSize": 0,
+        "Isolation": "",
+        "CpuShares": 0,
+        "Memory": 0,
+        "NanoCpus": 0,
+        "CgroupParent": "",
+        "BlkioWeight": 0,
+        "BlkioWeightDevice": None,
+        "BlkioDeviceReadBps": None,
+        "BlkioDeviceWriteBps": None,
+        "BlkioDeviceReadIOps": None,
+        "BlkioDeviceWriteIOps": None,
+        "CpuPeriod": 0,
+        "CpuQuota": 0,
+        "CpuRealtimePeriod": 0,
+        "CpuRealtimeRuntime": 0,
+        "CpusetCpus": "",
+        "CpusetMems": "",
+        "Devices": None,
+        "DeviceCgroupRules": None,
+        "DeviceRequests": None,
+        "MemoryReservation": 0,
+        "MemorySwap": 0,
+        "MemorySwappiness": None,
+        "OomKillDisable": None,
+        "PidsLimit": None,
+        "Ulimits": None,
+        "CpuCount": 0,
+        "CpuPercent": 0,
+        "IOMaximumIOps": 0,
+        "IOMaximumBandwidth": 0,
+        "MaskedPaths": None,
+        "ReadonlyPaths": None,
+    }
+
+
 def _since(stamp: str) -> float:
     try:
         return time.time() - datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
@@ -198,20 +312,30 @@ def status_text(ctr: Container, link_notes: dict[str, str] | None = None) -> str
     return "Created"
 
 
-def container_summary(view: ContainerView) -> dict[str, Any]:
-    """An element of ``GET /containers/json``."""
-    ctr, endpoints = view.container, view.endpoints
+def command_text(cmd: list[str]) -> str:
+    """``Command`` of a list entry, as dockerd writes it: the arguments holding a space in single quotes."""
+    return " ".join([*cmd[:1], *(f"'{arg}'" if " " in arg else arg for arg in cmd[1:])])
+
+
+def container_summary(view: ContainerView, size: bool = False) -> dict[str, Any]:
+    """An element of ``GET /containers/json`` (``size``: with ``SizeRw`` and ``SizeRootFs``,
+    0 here: the command writes to the host's filesystem, nothing of the container's own)."""
+    ctr = view.container
     return {
         "Id": ctr.id,
         "Names": ["/" + ctr.name],
-        "Image": "",
-        "Command": " ".join(ctr.cmd),
+        "Image": ctr.image,
+        "ImageID": "",
+        "Command": command_text(ctr.cmd),
         "Created": int(time.time() - _since(ctr.created)),
         "Ports": _summary_ports(ctr),
+        **({"SizeRw": 0, "SizeRootFs": 0} if size else {}),
+        "Labels": dict(ctr.labels),
         "State": ctr.status,
         "Status": status_text(ctr, view.link_notes),
         "HostConfig": {"NetworkMode": ctr.network_mode},
-        "NetworkSettings": {"Networks": {name: _endpoint_settings(ep, ctr, name != "bridge") for name, ep in endpoints}},
+        "NetworkSettings": {"Networks": networks_of(view)},
+        "Mounts": [],
     }
 
 

@@ -31,8 +31,9 @@ with no copying through the daemon (qiao's equivalent of Docker's attach).
 The event loop reads with ``recvmsg`` so those descriptors are never lost,
 and waits for that byte as part of the request.
 
-Long answers: a handler returns ``Streamed`` (a body without a length,
-written as produced, ended by the close: ``logs -f``, ``/events``) or
+Long answers: a handler returns ``Streamed`` (a body written as produced,
+in HTTP/1.1 chunks to an HTTP/1.1 client, as dockerd does: docker-py reads
+a stream only so; ended by the close for HTTP/1.0: ``logs -f``, ``/events``) or
 ``Hijacked`` (the raw connection after ``101 UPGRADED``: Docker's attach and
 exec). Both run in the handler's worker, which stops counting against
 ``WORKERS`` after ``LONG_REQUEST``.
@@ -67,6 +68,7 @@ from qiao.engine.errors import InvalidParameter, QiaoError
 
 log = logging.getLogger("qiao.api")
 API_VERSION = "1.47"
+MIN_API_VERSION = "1.24"  # as dockerd 25 and later: older clients are refused (400)
 
 MAX_BODY = 1 << 20  # a route's default cap on its request body (JSON); a route may set its own
 MAX_REQUEST_LINE = 8192  # 414 beyond
@@ -92,6 +94,7 @@ _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _DIGITS = re.compile(r"[0-9]+\Z")  # ASCII only: str.isdigit() would take "²" or "٣"
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _VERSION_PREFIX = re.compile(r"^/v[0-9.]+(?=/)")
+_ASKED_VERSION = re.compile(r"^/v([0-9.]+)/")
 
 Handler = Callable[..., Any]
 
@@ -131,18 +134,24 @@ def routes_of(api: object) -> list[Route]:
 
 
 class Raw(bytes):
-    """A response body sent as is (logs)."""
+    """A response body sent as is (logs); ``headers`` are added to the answer's (``/_ping``'s)."""
+
+    headers: dict[str, str]
+
+    def __new__(cls, data: bytes = b"", headers: dict[str, str] | None = None) -> Raw:
+        self = super().__new__(cls, data)
+        self.headers = dict(headers or {})
+        return self
 
 
 @dataclass
 class Streamed:
     """A body written as it is produced (``logs -f``, ``/events``, ``wait``):
     the head goes out at once, without a length, then each chunk as the
-    iterator yields it; the connection's close ends the body. If the client
+    iterator yields it (an HTTP/1.1 chunk each, for an HTTP/1.1 client); the
+    iterator's end (and the connection's close) ends the body. If the client
     leaves, the iterator is closed (its ``finally`` runs), so a producer
-    learns it at its next ``yield``.  A producer with nothing to send for a
-    while yields ``b""`` now and then: nothing is sent, but a client that
-    has closed its connection is noticed then."""
+    learns it at its next ``yield``."""
 
     chunks: Iterator[bytes]
     content_type: str = "application/json"
@@ -253,6 +262,29 @@ def split_target(target: str) -> tuple[str, str]:
     path, _, query = target.partition("?")
     path = path.partition("#")[0]
     return _VERSION_PREFIX.sub("", path), query.partition("#")[0]
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def check_version(path: str) -> None:
+    """A ``/vX.Y/`` prefix below MIN_API_VERSION or above API_VERSION is refused, in dockerd's words."""
+    m = _ASKED_VERSION.match(path)
+    if not m:
+        return
+    try:
+        asked = _version_tuple(m.group(1))
+    except ValueError:
+        raise HttpError(400, f"invalid API version {m.group(1)!r}") from None
+    if asked < _version_tuple(MIN_API_VERSION):
+        raise HttpError(
+            400,
+            f"client version {m.group(1)} is too old. Minimum supported API version is {MIN_API_VERSION}, "
+            "please upgrade your client to a newer version",
+        )
+    if asked > _version_tuple(API_VERSION):
+        raise HttpError(400, f"client version {m.group(1)} is too new. Maximum supported API version is {API_VERSION}")
 
 
 def parse_query(query: str) -> dict[str, str]:
@@ -732,6 +764,7 @@ class Server:
                     conn.args = {k: unquote(v) for k, v in match.groupdict().items()}
                     conn.query = parse_query(query)
                     conn.route = r
+                    check_version(head.target.partition("?")[0])
                     return
                 allowed.append(r.method)
         if head.method not in METHODS:
@@ -821,7 +854,7 @@ class Server:
         log.debug("%s %s -> %d", head.method, head.target[:200], status)
         try:
             if isinstance(payload, Streamed):
-                _send_stream(conn.sock, status, payload)
+                _send_stream(conn.sock, status, payload, chunked=head.version >= (1, 1))
             elif isinstance(payload, Hijacked):
                 _hand_over(conn.sock, head, payload)
             else:
@@ -862,26 +895,36 @@ def send_all(sock: socket.socket, data: bytes) -> None:
         view = view[sock.send(view[: 1 << 20]) :]
 
 
-def _send_stream(sock: socket.socket, status: int, payload: Streamed) -> None:
+def _send_stream(sock: socket.socket, status: int, payload: Streamed, chunked: bool = False) -> None:
+    """An empty chunk sends nothing: it is the producer's heartbeat, when the
+    client's hang-up is noticed though there was nothing to write."""
     try:
-        send_all(sock, _head(status, payload.content_type, None))
+        send_all(sock, _head(status, payload.content_type, None, {"Transfer-Encoding": "chunked"} if chunked else None, chunked))
         for chunk in payload.chunks:
             if chunk:
-                send_all(sock, chunk)
-            elif hung_up(sock):
-                return
+                send_all(sock, b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+            elif _hung_up(sock):
+                raise ConnectionResetError("the client closed the connection")
+        if chunked:
+            send_all(sock, b"0\r\n\r\n")
     finally:
         close = getattr(payload.chunks, "close", None)
         if close is not None:
             close()
 
 
-def hung_up(sock: socket.socket) -> bool:
-    """Whether the client has closed its connection (POLLHUP: both directions; a
-    client that only shut down its sending side still reads the answer)."""
+def _hung_up(sock: socket.socket) -> bool:
+    """Whether the client closed its side (readable, and nothing to read)."""
     poller = select.poll()
-    poller.register(sock.fileno(), 0)
-    return any(events & (select.POLLHUP | select.POLLERR) for _fd, events in poller.poll(0))
+    poller.register(sock, select.POLLIN | select.POLLHUP)
+    if not poller.poll(0):
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def _hand_over(sock: socket.socket, head: Head, payload: Hijacked) -> None:
@@ -926,6 +969,7 @@ def _open_files_limit() -> int:
 def response(status: int, payload: Any, headers: dict[str, str] | None = None, head_only: bool = False) -> bytes:
     if isinstance(payload, Raw):
         data, ctype = bytes(payload), "text/plain; charset=utf-8"
+        headers = {**payload.headers, **(headers or {})}
     elif payload is None:
         data, ctype = b"", "application/json"
     else:
@@ -933,17 +977,19 @@ def response(status: int, payload: Any, headers: dict[str, str] | None = None, h
     return _head(status, ctype, len(data), headers) + (b"" if head_only else data)
 
 
-def _head(status: int, ctype: str, length: int | None, headers: dict[str, str] | None = None) -> bytes:
-    """An HTTP/1.0 head; without ``length`` the body ends at the connection's close."""
+def _head(status: int, ctype: str, length: int | None, headers: dict[str, str] | None = None, http11: bool = False) -> bytes:
+    """An HTTP/1.0 head (HTTP/1.1 for a chunked body); without ``length`` the body ends at the connection's close."""
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
         reason = "Unknown"
     lines = [
-        f"HTTP/1.0 {status} {reason}",
+        f"HTTP/1.{1 if http11 else 0} {status} {reason}",
         f"Content-Type: {ctype}",
         *([f"Content-Length: {length}"] if length is not None else []),
         f"Api-Version: {API_VERSION}",
+        "OSType: linux",
+        "Docker-Experimental: false",
         f"Server: qiaod/{__version__}",
         "Connection: close",
         *(f"{k}: {v}" for k, v in (headers or {}).items()),

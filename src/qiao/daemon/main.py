@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             manager.local = engine.networks
             engine.events.subscribe(manager.on_event)
         engine.start()  # the firewall's tables are built from intent here ...
+        _remove_trace_leftovers()
         firewall.start_healing()  # ... and rebuilt from then on whenever another program changes them
         if manager is not None:
             manager.start()
@@ -151,6 +152,19 @@ def main(argv: list[str] | None = None) -> int:
         server.server_close()
         logging.info("qiaod %d stopped; containers keep running", os.getpid())
     return 0
+
+
+def _remove_trace_leftovers() -> None:
+    """The tables of a `qiao trace` a killed qiaod could not remove (they mark nothing by now, but are not to stay)."""
+    from qiao.kernel.tracing import LinuxTracing
+
+    try:
+        removed = LinuxTracing().remove_leftovers()
+    except Exception as exc:
+        logging.warning("removing leftover trace tables failed: %s", exc)
+        return
+    if removed:
+        logging.info("removed leftover trace tables: %s", ", ".join(removed))
 
 
 def _serve_docker_plugin(path: str, engine: Any, docker_host: str | None) -> Any:

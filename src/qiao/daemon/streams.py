@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from qiao.daemon import wire
-from qiao.daemon.http import Hijacked, Request, Streamed, hung_up, route
+from qiao.daemon.http import Hijacked, Request, Streamed, route
 from qiao.engine import attach, logs
 from qiao.engine.containers import StartFailed
 from qiao.engine.engine import Engine
@@ -94,7 +94,7 @@ class StreamsApi:
             channel = pending.wait(WAIT_TICK)
             if channel is not None:
                 return channel
-            if hung_up(client) or cid not in containers.by_id:
+            if attach.client_gone(client) or cid not in containers.by_id:
                 containers.waiting.discard(cid, pending)
                 late = pending.abandon()
                 if late is not None:

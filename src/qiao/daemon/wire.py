@@ -169,6 +169,7 @@ class ContainerCreate(Struct):
     AttachStdin: bool = False
     AttachStdout: bool = False
     AttachStderr: bool = False
+    Labels: Map | None = None
     # Not implemented by qiao: refused unless zero.
     Entrypoint: list[str] | str | None = None
     Volumes: dict[str, Any] | None = None
@@ -266,6 +267,11 @@ def _decode(body: bytes, kind: type[Any]) -> Any:
         raise InvalidParameter(f"invalid request body: {exc}") from None
 
 
+def decode(body: bytes, kind: type[Any]) -> Any:
+    """A body checked against a schema defined elsewhere (the routes of a mixin of ``Api``)."""
+    return _decode(body, kind)
+
+
 def _refuse(obj: Any, fields: dict[str, str]) -> None:
     for attr, what in fields.items():
         if getattr(obj, attr):
@@ -329,6 +335,8 @@ def container_spec(name: str | None, body: bytes) -> ContainerSpec:
         attach_stdout=req.AttachStdout,
         attach_stderr=req.AttachStderr,
         console_size=console_size(host.ConsoleSize),
+        labels=dict(req.Labels or {}),
+        image=req.Image,
     )
 
 

@@ -2,9 +2,10 @@
 to the network's gateway address, port 53, in the host namespace (as
 aardvark-dns does; containers' resolv.conf names the gateway).
 
-Local names are answered from an in-memory table that the engine replaces
-on every change (run, rm, connect, disconnect), so a query costs one dict
-lookup and no store access.  Other names go to the host's upstream
+Local names are answered from an in-memory table per network (``Zone``)
+that the engine keeps current record by record: a run, rm, connect or
+disconnect changes one endpoint's names, whatever the network's size, and a
+query costs one dict lookup and no store access.  Other names go to the host's upstream
 resolvers, all queried in parallel with a short timeout; the upstream list
 follows changes to the host's resolv.conf.  A query from outside the
 network's subnets gets no answer at all.
@@ -24,7 +25,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -37,15 +38,28 @@ TTL = 600  # Docker's embedded DNS answers with 600 s
 UPSTREAM_TIMEOUT = 2.0
 
 
+Record = tuple[list[str], list[str]]  # (names, addresses) of one endpoint
+
+
 @dataclass
 class Zone:
-    """What one network resolves: names -> addresses, and who may ask."""
+    """What one network resolves: names -> addresses, and who may ask.
+
+    Changed in place by the engine (``put``/``remove`` one endpoint's record,
+    ``replace_group`` for a driver's remote names) while the resolver thread
+    reads it: each name's list is replaced, never mutated, so a reader sees
+    the old list or the new one."""
 
     gateways: list[str]
     subnets: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
     internal: bool = False
     names: dict[str, list[str]] = field(default_factory=dict)  # lower-case name -> addresses (v4 and v6)
     reverse: dict[str, str] = field(default_factory=dict)  # in-addr.arpa / ip6.arpa name -> name
+    _records: dict[Hashable, tuple[list[str], list[tuple[str, str]], str]] = field(
+        default_factory=dict, repr=False
+    )  # key -> (names, (address, ptr), first name)
+    _claims: dict[str, list[str]] = field(default_factory=dict, repr=False)  # ptr -> first names of its endpoints, oldest first
+    _groups: dict[str, set[Hashable]] = field(default_factory=dict, repr=False)
 
     def allows(self, client: str) -> bool:
         addr = ipaddress.ip_address(client.split("%")[0])
@@ -53,15 +67,62 @@ class Zone:
             addr = addr.ipv4_mapped
         return any(addr in net for net in self.subnets)
 
+    def put(self, key: Hashable, names: list[str], addresses: list[str]) -> None:
+        """Set one endpoint's record (replacing what ``key`` had)."""
+        self.remove(key)
+        if not names:
+            return
+        lowered = [n.lower().rstrip(".") for n in names]
+        pointers = [(a, ipaddress.ip_address(a).reverse_pointer) for a in addresses]
+        self._records[key] = (lowered, pointers, names[0])
+        for name in lowered:
+            self.names[name] = [*self.names.get(name, ()), *addresses]
+        for _address, ptr in pointers:
+            claims = self._claims.setdefault(ptr, [])
+            claims.append(names[0])
+            self.reverse.setdefault(ptr, names[0])
 
-def build_zone(gateways: list[str], subnets: list[str], internal: bool, records: Iterable[tuple[list[str], list[str]]]) -> Zone:
+    def remove(self, key: Hashable) -> None:
+        record = self._records.pop(key, None)
+        if record is None:
+            return
+        lowered, pointers, first = record
+        for name in lowered:
+            left = list(self.names.get(name, ()))
+            for address, _ptr in pointers:
+                with contextlib.suppress(ValueError):
+                    left.remove(address)
+            if left:
+                self.names[name] = left
+            else:
+                self.names.pop(name, None)
+        for _address, ptr in pointers:
+            claims = self._claims.get(ptr, [])
+            with contextlib.suppress(ValueError):
+                claims.remove(first)
+            if claims:
+                self.reverse[ptr] = claims[0]
+            else:
+                self._claims.pop(ptr, None)
+                self.reverse.pop(ptr, None)
+
+    def replace_group(self, group: str, records: Iterable[Record]) -> None:
+        """Set a group of records at once (a driver's names from other hosts):
+        only the records that changed are touched."""
+        wanted = {(group, tuple(names), tuple(addresses)): (names, addresses) for names, addresses in records}
+        have = self._groups.get(group, set())
+        for key in have - wanted.keys():
+            self.remove(key)
+        for key in wanted.keys() - have:
+            self.put(key, *wanted[key])
+        self._groups[group] = set(wanted)
+
+
+def build_zone(gateways: list[str], subnets: list[str], internal: bool, records: Iterable[Record]) -> Zone:
     """``records``: (names, addresses) per endpoint; a name may map to several endpoints."""
     zone = Zone(gateways, [ipaddress.ip_network(s) for s in subnets], internal)
-    for names, addresses in records:
-        for name in names:
-            zone.names.setdefault(name.lower().rstrip("."), []).extend(addresses)
-        for address in addresses:
-            zone.reverse.setdefault(ipaddress.ip_address(address).reverse_pointer, names[0])
+    for n, (names, addresses) in enumerate(records):
+        zone.put(n, names, addresses)
     return zone
 
 

@@ -17,6 +17,7 @@ call is a 404, which dockerd reads as "not implemented".
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
 import logging
@@ -163,7 +164,7 @@ class DockerPlugin:
     def __init__(self, engine: Engine, docker_host: str = ""):
         self.engine = engine
         self.maps = NetworkMaps(engine.store)
-        self.names = NameFinder(self, docker_host) if docker_host else None
+        self.watch = DockerWatch(self, docker_host).start() if docker_host else None
         self.calls: dict[str, Callable[[bytes], dict[str, Any]]] = {
             "Plugin.Activate": lambda b: {"Implements": ["NetworkDriver", "IpamDriver"]},
             "NetworkDriver.GetCapabilities": lambda b: {"Scope": "local", "ConnectivityScope": "local"},
@@ -262,7 +263,7 @@ class DockerPlugin:
             sandbox="",
             network=net.id,
             endpoint=EndpointSpec(ip=ip, ip6=ip6, mac=iface.MacAddress),
-        )  # names: learned from dockerd after Join (NameFinder)
+        )  # names: learned from dockerd after Join (DockerWatch)
         _att, ep, _net = self.engine.attachments.attach(spec)
         return {"Interface": {"MacAddress": ep.mac}} if not iface.MacAddress else {}
 
@@ -417,23 +418,35 @@ class NetworkMaps:
             self.by_docker.pop(docker_id, None)
 
 
-class NameFinder:
-    """Learns a Docker container's id, name and aliases for its endpoint from
-    dockerd's own API (the remote driver protocol carries none of them), so
-    that ``network inspect``, qiao's resolver and an overlay's other hosts
-    know them.  It follows dockerd's event stream (``network connect``
-    events name the container) and asks for that one container: the cost
-    per container does not grow with the network.  A thread of its own,
-    never inside a dockerd call (dockerd may hold its locks while it waits
-    for the plugin); a lost stream is opened again."""
+class DockerWatch:
+    """Follows dockerd through its own API, in a thread of its own, never
+    inside a dockerd call (dockerd may hold its locks while it waits for the
+    plugin):
+
+    * **Names.** The remote driver protocol carries no container id, name or
+      alias; ``network connect`` events in dockerd's event stream name the
+      container, and one lookup of it gives them to ``network inspect``,
+      qiao's resolver and an overlay's other hosts.  The cost per container
+      does not grow with the network.  A lost stream is opened again, with
+      ``since`` replaying what happened meanwhile.
+    * **Endpoints dockerd never learned of.** qiaod killed after it made an
+      endpoint but before dockerd read the answer leaves an endpoint (and its
+      address) that dockerd will never delete.  Once per qiaod start, when
+      dockerd first answers, every endpoint made before this start that
+      dockerd does not list on its network is detached."""
 
     FILTERS = '{"type":["network"],"event":["connect"]}'
 
     def __init__(self, plugin: DockerPlugin, docker_host: str):
         self.plugin = plugin
         self.socket = docker_host.removeprefix("unix://")
+        self.started = datetime.datetime.now(datetime.UTC)
         self.since = int(time.time()) - 1
-        threading.Thread(target=self._follow, name="docker-names", daemon=True).start()
+        self.swept = False
+
+    def start(self) -> DockerWatch:
+        threading.Thread(target=self._follow, name="docker-watch", daemon=True).start()
+        return self
 
     def _follow(self) -> None:
         import socket
@@ -451,6 +464,9 @@ class NameFinder:
                         raise OSError("dockerd refused its event stream")
                     while stream.readline().strip():  # the rest of the head
                         pass
+                    if not self.swept:
+                        self.sweep()
+                        self.swept = True
                     for line in stream:
                         if line.strip():
                             event = json.loads(line)
@@ -460,12 +476,31 @@ class NameFinder:
                 log.debug("dockerd's event stream: %s", exc)
             time.sleep(1)
 
+    def sweep(self) -> list[str]:
+        """Detach the endpoints made before this qiaod started that dockerd
+        does not know (their networks' ``Containers``); returns their keys."""
+        gone = []
+        known: dict[str, set[str] | None] = {}  # Docker network id -> its endpoints (None: dockerd did not answer)
+        for att in self.plugin.engine.attachments.of_runtime(RUNTIME):
+            if not att.created or datetime.datetime.fromisoformat(att.created) >= self.started:
+                continue  # made by this qiaod: dockerd may not have stored it yet
+            if att.config not in known:
+                net = self._get(f"/networks/{att.config}")
+                known[att.config] = None if net is None else {str(c.get("EndpointID", "")) for c in (net.get("Containers") or {}).values()}
+            endpoints = known[att.config]
+            if endpoints is not None and att.container_id not in endpoints and self.plugin.engine.attachments.detach(att.name):
+                log.warning(
+                    "endpoint %s unknown to dockerd (qiaod stopped before dockerd read its answer): detached", att.container_id[:12]
+                )
+                gone.append(att.name)
+        return gone
+
     def _connected(self, event: dict[str, Any]) -> None:
         actor = event.get("Actor") or {}
         docker_net, cid = str(actor.get("ID", "")), str((actor.get("Attributes") or {}).get("container", ""))
         if not cid or self.plugin.maps.get(docker_net) is None:
             return
-        container = self._get(f"/containers/{cid}/json")
+        container = self._get(f"/containers/{cid}/json") or {}
         name = str(container.get("Name", "")).lstrip("/")
         for settings in (container.get("NetworkSettings", {}).get("Networks") or {}).values():
             if settings.get("NetworkID") != docker_net or not settings.get("EndpointID"):
@@ -476,17 +511,24 @@ class NameFinder:
             if self.plugin.engine.attachments.get(key) is not None:
                 self.plugin.engine.attachments.update(key, dns_names=names + aliases, aliases=aliases, shown_as=cid)
 
-    def _get(self, path: str) -> dict[str, Any]:
+    def _get(self, path: str) -> dict[str, Any] | None:
+        """dockerd's answer to a GET: its JSON; {} for a 404 (no such object); None when it gave none."""
         import socket
 
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(5)
-            s.connect(self.socket)
-            s.sendall(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
-            chunks = []
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(5)
+                s.connect(self.socket)
+                s.sendall(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+                chunks = []
+                while chunk := s.recv(65536):
+                    chunks.append(chunk)
+        except OSError:
+            return None
         head, _, payload = b"".join(chunks).partition(b"\r\n\r\n")
-        if b" 200 " not in head.split(b"\r\n")[0]:
+        status = head.split(b"\r\n")[0]
+        if b" 404 " in status:
             return {}
+        if b" 200 " not in status:
+            return None
         return json.loads(payload)  # type: ignore[no-any-return]

@@ -229,6 +229,14 @@ def _send_now(channel: socket.socket, data: bytearray) -> None:
         channel.sendall(data)
 
 
+def client_gone(sock: socket.socket) -> bool:
+    """Whether a client closed its connection, not just its sending side (the
+    CLI shuts that at once when it sends no input, and still reads)."""
+    poller = select.poll()
+    poller.register(sock.fileno(), 0)
+    return any(events & _GONE for _fd, events in poller.poll(0))
+
+
 class Pending:
     """A client waiting for its container's start: the start hands it its connection to the shim."""
 

@@ -119,6 +119,10 @@ class Attachments:
         with self.lock:
             return [dataclasses.replace(a) for a in self.by_name.values() if a.runtime == runtime and a.config == config]
 
+    def of_runtime(self, runtime: str) -> list[Attachment]:
+        with self.lock:
+            return [dataclasses.replace(a) for a in self.by_name.values() if a.runtime == runtime]
+
     # -- attach / detach ---------------------------------------------------
 
     def attach(self, spec: AttachmentSpec) -> tuple[Attachment, Endpoint, Network]:

@@ -24,6 +24,7 @@ from typing import Any
 
 from qiao.engine import attach, etcfiles, ids, ports
 from qiao.engine.errors import Conflict, InvalidParameter, NotFound, QiaoError
+from qiao.engine.eventlog import EventLog
 from qiao.engine.models import Container, Endpoint, Network, from_dict, now, to_dict
 from qiao.engine.names import random_name
 from qiao.engine.networks import Networks
@@ -55,6 +56,7 @@ class ContainerView:
     files: dict[str, str]
     links: list[str]
     link_notes: dict[str, str] = field(default_factory=dict)  # endpoint id -> what happened to its link behind qiao's back
+    network_names: dict[str, str] = field(default_factory=dict)  # network id -> name, of every network it is attached to
 
 
 class StartFailed(QiaoError):
@@ -97,8 +99,10 @@ class Containers:
         fault: Fault | None = None,
         resolv_conf: str = "",
         publisher: ports.Publisher | None = None,
+        eventlog: EventLog | None = None,
     ):
         self.root, self.store, self.networks, self.host, self.lock, self.fault = root, store, networks, host, lock, fault
+        self.eventlog = eventlog or EventLog()  # what `docker events` shows
         self.firewall = networks.firewall
         self.ports = publisher or ports.Publisher(self.firewall, host, self.describe)
         self.resolv_conf = resolv_conf or etcfiles.default_resolv_conf()  # the host's resolvers (qiaod --resolv-conf)
@@ -107,7 +111,10 @@ class Containers:
         self.removed_exit_codes: collections.OrderedDict[str, int] = collections.OrderedDict()
         self.exits: collections.Counter[str] = collections.Counter()  # ends (exits, failed starts) per container: `wait` next-exit
         self.waiting = attach.Waiting()  # clients attached before a start
-        self.supervisor = Supervisor(self._on_exit, tag=root.base or root.data)
+        self.supervisor = self._supervisor()
+
+    def _supervisor(self) -> Supervisor:
+        return Supervisor(self._on_exit, tag=self.root.base or self.root.data)
 
     # -- start-up --------------------------------------------------------
 
@@ -191,9 +198,11 @@ class Containers:
     def view(self, ctr: Container) -> ContainerView:
         """What the API shows of a container (under the lock: a consistent snapshot)."""
         links = [f"/{self.by_id[t].name}:/{ctr.name}/{alias}" for t, alias in ctr.links if t in self.by_id]
-        endpoints = self.endpoints(ctr)
+        # As dockerd shows them: every network's own gateway, not only the one carrying the default route.
+        endpoints = [(name, _carrying_route(ep, self.networks.by_id[ep.network_id])) for name, ep in self.endpoints(ctr)]
         notes = {ep.id: self.networks.link_notes[ep.id] for _n, ep in endpoints if ep.id in self.networks.link_notes}
-        return ContainerView(dataclasses.replace(ctr), endpoints, self.files(ctr), links, notes)
+        names = {a["network"]: self.networks.by_id[a["network"]].name for a in ctr.attachments if a["network"] in self.networks.by_id}
+        return ContainerView(dataclasses.replace(ctr), endpoints, self.files(ctr), links, notes, names)
 
     def inspect(self, ref: str) -> ContainerView:
         with self.lock:
@@ -270,6 +279,8 @@ class Containers:
                 publish_all=spec.publish_all,
                 attachments=attachments,
                 links=links,
+                labels=dict(spec.labels),
+                image=spec.image,
                 **process,
                 tty=spec.tty,
                 open_stdin=spec.open_stdin,
@@ -282,6 +293,7 @@ class Containers:
             with self.store.transaction() as tx:
                 tx.put("containers", to_dict(ctr))
             self.by_id[cid] = ctr
+            self.tell(ctr, "create")
             return ctr
 
     def _new_name(self, name: str | None) -> str:
@@ -415,6 +427,8 @@ class Containers:
                 raise
         for ep in endpoints:
             self.networks.adopt(ep)
+            self._tell_network(ep.network_id, "connect", ctr.id)
+        self.tell(ctr, "start")
         return ctr
 
     @staticmethod
@@ -506,8 +520,7 @@ class Containers:
         except StartError as exc:
             raise StartFailed(str(exc), exc.exit_code) from None
 
-    @staticmethod
-    def _kill_now(pid: int) -> None:
+    def _kill_now(self, pid: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
@@ -531,6 +544,7 @@ class Containers:
         """End what a killed shim left, release the network (best effort, complete),
         then record the exit, or auto-remove."""
         self._kill_orphan_shim(ctr)
+        left = [ep.network_id for _n, ep in self.endpoints(ctr)]
         self._release(ctr)
         try:
             with open(self.files(ctr)["exit"]) as f:
@@ -539,6 +553,9 @@ class Containers:
             ctr.exit_code, ctr.error = 255, "container shim exited without recording an exit code"
         ctr.status, ctr.pid, ctr.finished_at = "exited", 0, now()
         self.exits[ctr.id] += 1
+        self.tell(ctr, "die", exitCode=str(ctr.exit_code))
+        for network_id in left:  # as dockerd: die, then each network's disconnect
+            self._tell_network(network_id, "disconnect", ctr.id)
         if ctr.auto_remove:
             self._forget(ctr)
         else:
@@ -570,12 +587,28 @@ class Containers:
         with self.store.transaction() as tx:
             tx.delete("containers", ctr.id)
         self.by_id.pop(ctr.id, None)
+        self.tell(ctr, "destroy")
         shutil.rmtree(self.root.container_dir(ctr.id), ignore_errors=True)
         self.removed_exit_codes[ctr.id] = ctr.exit_code
         while len(self.removed_exit_codes) > 1024:
             self.removed_exit_codes.popitem(last=False)
         self.exits.pop(ctr.id, None)
         self.changed.notify_all()  # `wait` for its removal
+
+    # -- what `docker events` shows ----------------------------------------
+
+    def tell(self, ctr: Container, action: str, **extra: str) -> None:
+        """A container event, with the attributes dockerd gives it: ``extra``
+        (exitCode, signal, oldName), the labels, ``image`` and ``name``."""
+        attributes = {**ctr.labels, **extra, "name": ctr.name}
+        if ctr.image:
+            attributes["image"] = ctr.image
+        self.eventlog.record("container", action, ctr.id, attributes)
+
+    def _tell_network(self, network_id: str, action: str, container_id: str) -> None:
+        net = self.networks.by_id.get(network_id)
+        if net is not None:
+            self.eventlog.record("network", action, net.id, {"container": container_id, "name": net.name, "type": net.driver})
 
     # -- stop / kill / wait / remove ------------------------------------
 
@@ -612,6 +645,7 @@ class Containers:
             if not ctr.running:
                 raise Conflict(f"container {ctr.id} is not running")
             pid = ctr.pid
+            self.tell(ctr, "kill", signal=str(int(sig)))
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
 
@@ -621,14 +655,17 @@ class Containers:
             if not ctr.running:
                 return
             pid = ctr.pid
+            self.tell(ctr, "kill", signal=str(int(signal.SIGTERM)))
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         with self.lock:
             self._wait_exit(ctr, timeout)
             if ctr.running:
+                self.tell(ctr, "kill", signal=str(int(signal.SIGKILL)))
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 self._wait_exit(ctr, 30)
+            self.tell(ctr, "stop")
 
     def _wait_exit(self, ctr: Container, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -653,6 +690,7 @@ class Containers:
                     f'cannot remove container "/{ctr.name}": container is running: stop the container before removing or force remove'
                 )
             if ctr.running:
+                self.tell(ctr, "kill", signal=str(int(signal.SIGKILL)))
                 self._kill_now(ctr.pid)
                 self._wait_exit(ctr, 30)
             if ctr.id in self.by_id:
@@ -710,6 +748,7 @@ class Containers:
             if demoted:
                 self.networks.adopt(demoted)
             self._write_etc(ctr, [e for _n, e in self.endpoints(ctr)])
+            self._tell_network(net.id, "connect", ctr.id)
 
     def disconnect(self, ref: str, net_ref: str, force: bool = False) -> None:
         with self.lock:
@@ -753,6 +792,7 @@ class Containers:
                 self.networks.leave(ep, teardown)
                 teardown.report()
                 self._write_etc(ctr, [e for _n, e in self.endpoints(ctr)])
+            self._tell_network(net.id, "disconnect", ctr.id)  # as dockerd, also for a container not running
 
     def _gateway_heir(self, ctr: Container, leaving: Endpoint) -> Endpoint | None:
         """When the endpoint with the default route leaves, the route moves to

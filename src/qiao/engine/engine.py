@@ -20,9 +20,10 @@ from qiao.drivers.host import HostDriver
 from qiao.drivers.null import NullDriver
 from qiao.engine.attachments import Attachments
 from qiao.engine.containers import Containers
+from qiao.engine.eventlog import EventLog
 from qiao.engine.events import Event, Events
 from qiao.engine.execs import Execs
-from qiao.engine.models import Network
+from qiao.engine.models import Endpoint, Network
 from qiao.engine.networks import Networks
 from qiao.engine.ports import Publisher
 from qiao.engine.steps import Fault
@@ -31,6 +32,7 @@ from qiao.kernel.firewall import Firewall
 from qiao.kernel.host import Host
 from qiao.paths import Root
 
+REMOTE_NAMES = "driver"  # a zone's group of the names a driver knows from other hosts (the overlay's)
 log = logging.getLogger("qiao.engine")
 
 
@@ -56,14 +58,18 @@ class Engine:
         self.lock = threading.RLock()
         self.store = Store(root.store)
         self.events = Events()
+        self.eventlog = EventLog()  # what `docker events` shows (containers record theirs; networks' come from `events`)
         self.drivers = Drivers(drivers if drivers is not None else builtin_drivers(host, firewall, resolv_conf or ""))
         self.networks = Networks(self.store, self.drivers, firewall, self.lock, self.events, fault)
         self.ports = Publisher(firewall, host, self._describe_owner)
-        self.containers = Containers(root, self.store, self.networks, host, self.lock, fault, resolv_conf or "", self.ports)
+        self.containers = Containers(
+            root, self.store, self.networks, host, self.lock, fault, resolv_conf or "", self.ports, eventlog=self.eventlog
+        )
         self.attachments = Attachments(self.store, self.networks, host, self.ports, self.lock, root.netns_dir, fault)
         self.execs = Execs(self.containers)
         self.resolver = resolver
         self.events.subscribe(self._dns_follows)
+        self.events.subscribe(self._log_network)
 
     def start(self) -> None:
         with self.lock:
@@ -100,26 +106,50 @@ class Engine:
         """Who holds a host port, for a conflict's message."""
         return self.attachments.describe(owner) or self.containers.describe(owner)
 
+    def _log_network(self, event: Event) -> None:
+        """A network's create and removal, as `docker events` shows them."""
+        if event.kind == "network":
+            action = {"create": "create", "delete": "destroy"}[event.action]
+            self.eventlog.record("network", action, event.network.id, {"name": event.network.name, "type": event.network.driver})
+
     # -- DNS: a zone per user network, from its endpoints' names ----------
 
     def _dns_follows(self, event: Event) -> None:
-        if event.kind == "network" and event.action == "delete":
-            if self.resolver is not None:
-                self.resolver.drop_zone(event.network.id)
+        """Keep the network's zone current: an endpoint's change touches its own
+        record only, so a run or rm costs the same with 1 or 1 000 containers."""
+        if self.resolver is None:
             return
-        self.refresh_dns(event.network)
+        net = event.network
+        if event.kind == "network" and event.action == "delete":
+            self.resolver.drop_zone(net.id)
+            return
+        zone = self.resolver.zones.get(net.id)
+        if event.kind == "network" or zone is None:
+            self.refresh_dns(net)
+        elif event.kind == "names":
+            zone.replace_group(REMOTE_NAMES, self.networks.driver(net).dns_records(net))
+        elif event.endpoint is not None and event.action == "leave":
+            zone.remove(event.endpoint.id)
+        elif event.endpoint is not None:
+            zone.put(event.endpoint.id, event.endpoint.dns_names, _addresses(event.endpoint))
 
     def refresh_dns(self, net: Network) -> None:
-        """Give the resolver the current names of one network (under the lock)."""
+        """Give the resolver the current names of one network, built afresh (under the lock)."""
         if self.resolver is None:
             return
         if not net.user_defined or net.id not in self.networks.by_id:
             self.resolver.drop_zone(net.id)
             return
-        records = [(ep.dns_names, [a for a in (ep.address, ep.address6) if a]) for ep in self.networks.endpoints_of(net.id) if ep.dns_names]
-        records += self.networks.driver(net).dns_records(net)
         gateways = [g for g in (net.gateway, net.gateway6) if g]
         subnets = [s for s in (net.subnet, net.subnet6) if s]
         if net.cluster_subnet:
             subnets.append(net.cluster_subnet)  # containers on every host may ask this host's resolver
-        self.resolver.set_zone(net.id, build_zone(gateways, subnets, net.internal, records))
+        zone = build_zone(gateways, subnets, net.internal, [])
+        for ep in self.networks.endpoints_of(net.id):
+            zone.put(ep.id, ep.dns_names, _addresses(ep))
+        zone.replace_group(REMOTE_NAMES, self.networks.driver(net).dns_records(net))
+        self.resolver.set_zone(net.id, zone)
+
+
+def _addresses(ep: Endpoint) -> list[str]:
+    return [a for a in (ep.address, ep.address6) if a]

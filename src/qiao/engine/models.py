@@ -114,6 +114,9 @@ class Container:
     attach_stdout: bool = False
     attach_stderr: bool = False
     console_size: list[int] = field(default_factory=list)
+    # What Docker's clients see of it: Config.Labels, and Config.Image as they named it ("" for qiao's own CLI).
+    labels: dict[str, str] = field(default_factory=dict)
+    image: str = ""
 
     @property
     def running(self) -> bool:

@@ -186,12 +186,14 @@ class Networks:
             teardown.report()
             self.events.publish(Event("network", "delete", net))
 
-    def prune(self) -> list[str]:
+    def prune(self, keep: Callable[[Network], bool] = lambda net: False) -> list[str]:
+        """Remove the unused local networks but those ``keep`` (the caller's
+        filters and whatever else refers to a network) says to keep."""
         removed = []
         with self.lock:
             for net in list(self.by_id.values()):
                 # Global networks are the cluster's: `network rm` removes them on every host.
-                if not net.builtin and net.scope == "local" and not self.by_network.get(net.id):
+                if not net.builtin and net.scope == "local" and not self.by_network.get(net.id) and not keep(net):
                     self.drop(net)
                     removed.append(net.name)
         return removed
@@ -341,19 +343,27 @@ class Networks:
         self, links_now: Callable[[], Iterable[str]], sandbox_same: Callable[[Endpoint], bool] | None = None
     ) -> list[Endpoint]:
         """Endpoints whose host-side link was deleted behind our back (``links_now``:
-        the links qiao's tag finds, asked under the lock) are plugged again with
-        the same names and addresses, when their sandbox still exists; the others
-        are noted as unplugged.  ``sandbox_same`` says whether an endpoint's
-        sandbox path still names the namespace it joined (a ``/proc/PID/ns/net``
-        path may name another process's by now).  Docker shows nothing in that
-        case; ``inspect`` and ``ps`` show these notes.  Returns the endpoints
-        plugged again."""
+        the links qiao's tag finds) are plugged again with the same names and
+        addresses, when their sandbox still exists; the others are noted as
+        unplugged.  ``sandbox_same`` says whether an endpoint's sandbox path
+        still names the namespace it joined (a ``/proc/PID/ns/net`` path may
+        name another process's by now).  Docker shows nothing in that case;
+        ``inspect`` and ``ps`` show these notes.  Returns the endpoints plugged
+        again.
+
+        The dump of every link runs outside the lock (with 1 000 containers it
+        takes a while, and runs and removals must not wait for it); only
+        endpoints indexed before it began are judged (an endpoint is indexed
+        after its link is made), and only if unchanged since."""
+        with self.lock:
+            before = {ep.id: ep.host_ifname for ep in self.endpoints.values() if ep.host_ifname}
+        present = set(links_now())
         repaired = []
         with self.lock:
-            present = set(links_now())
-            for ep in list(self.endpoints.values()):
-                net = self.by_id.get(ep.network_id)
-                if net is None or not ep.host_ifname or ep.host_ifname in present:
+            for ep_id, ifname in before.items():
+                ep = self.endpoints.get(ep_id)
+                net = self.by_id.get(ep.network_id) if ep else None
+                if ep is None or net is None or ep.host_ifname != ifname or ifname in present:
                     continue
                 if not ep.sandbox or not os.path.exists(ep.sandbox) or (sandbox_same is not None and not sandbox_same(ep)):
                     self.link_notes[ep.id] = f"unplugged: {ep.host_ifname} was deleted and the sandbox is gone"

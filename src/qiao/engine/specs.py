@@ -71,6 +71,8 @@ class ContainerSpec:
     attach_stdout: bool = False
     attach_stderr: bool = False
     console_size: tuple[int, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)  # Config.Labels
+    image: str = ""  # Config.Image, as the client named it
 
 
 @dataclass(frozen=True)

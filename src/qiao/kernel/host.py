@@ -82,6 +82,14 @@ class Host(Protocol):
     def flush_conntrack(self, proto: str, port: int) -> None: ...
 
 
+def bridge_mac() -> str:
+    """A random locally administered unicast MAC, as Docker gives docker0, so a
+    bridge does not take its ports' addresses (and change with them)."""
+    mac = bytearray(secrets.token_bytes(6))
+    mac[0] = (mac[0] & 0xFE) | 0x02
+    return ":".join(f"{b:02x}" for b in mac)
+
+
 def _missing(exc: Exception) -> bool:
     return getattr(exc, "code", None) in (errno.ENODEV, errno.ENOENT, errno.ESRCH)
 
@@ -210,11 +218,7 @@ class LinuxHost:
         index = self._index(name)
         created = index is None
         if created:
-            # A random locally administered MAC, as Docker gives docker0, so the
-            # bridge does not take its ports' addresses (and change with them).
-            mac = bytearray(secrets.token_bytes(6))
-            mac[0] = (mac[0] & 0xFE) | 0x02
-            self._ipr.link("add", ifname=name, kind="bridge", mtu=mtu, address=":".join(f"{b:02x}" for b in mac))
+            self._ipr.link("add", ifname=name, kind="bridge", mtu=mtu, address=bridge_mac())
             index = self._index(name)
         if owner:  # so a restart after a crash mid-create can find and remove it; an adopted bridge is ours now
             self._ipr.link("set", index=index, ifalias=ALIAS_PREFIX + owner)

@@ -307,6 +307,36 @@ class Lab:
             alive = "up" if pid and _alive(pid, h["root"]) else "down"
             _say(f"{h['name']:8} {h['address']:13} {alive:8} {running:11} {'; '.join(leases.get(h['address'], [])) or '-'}")
 
+    def topology(self) -> dict[str, Any]:
+        """Every host's ``qiao topology`` model, and the underlay between them (a view for qiao.cli.netview)."""
+        from qiao.cli.client import Client, DaemonError, Unreachable
+        from qiao.paths import Root
+
+        if not self.state:
+            raise SystemExit(f"qiao lab: no lab under {self.root}")
+        names = {h["address"]: h["name"] for h in self.state["hosts"]}
+        models = []
+        for h in self.state["hosts"]:
+            try:
+                model = Client(Root.resolve(h["root"]), autostart=False).request("GET", "/qiao/topology")
+            except (Unreachable, DaemonError) as exc:
+                raise SystemExit(f"qiao lab: {h['name']}: {exc}") from None
+            model["label"] = f"{h['name']} ({h['netns']})"
+            for net in model["networks"]:
+                for peer in (net.get("vxlan") or {}).get("peers", []):
+                    if peer["host"] in names:
+                        peer["host"] = f"{names[peer['host']]} {peer['host']}"
+            models.append(model)
+        underlay = {
+            "lab": self.state["id"],
+            "bridge": "ul0",
+            "address": f"{ETCD}/24",
+            "namespace": self.state["underlay"],
+            "etcd": f"{ETCD}:2379",
+            "hosts": [{"label": h["name"], "address": h["address"]} for h in self.state["hosts"]],
+        }
+        return {"hosts": models, "underlay": underlay}
+
     # -- down ------------------------------------------------------------
 
     def down(self) -> None:
@@ -489,6 +519,8 @@ def main(argv: list[str]) -> int:
     ex.add_argument("host")
     ex.add_argument("cmd", nargs=argparse.REMAINDER)
     sub.add_parser("status")
+    topo = sub.add_parser("topology", help="every host's qiao topology and the underlay between them")
+    topo.add_argument("--format", choices=["text", "svg", "dot", "json"], default="text")
     sub.add_parser("down")
     a = p.parse_args(argv)
     lab = Lab(a.root)
@@ -511,6 +543,12 @@ def main(argv: list[str]) -> int:
         lab.exec(a.host, cmd)
     elif a.action == "status":
         lab.status()
+    elif a.action == "topology":
+        from qiao.cli import netview
+
+        view = lab.topology()
+        draw = {"svg": netview.topology_svg, "dot": netview.topology_dot, "json": lambda v: json.dumps(v, indent=2) + "\n"}.get(a.format)
+        sys.stdout.write(draw(view) if draw else netview.topology_text(view, color=sys.stdout.isatty()))
     else:
         lab.down()
     return 0
