@@ -152,7 +152,7 @@ class DryEngine:
         # Outside the engine lock: a global driver copies its control loop's view under that loop's lock, which comes first.
         self.networks.drivers = Drivers([d.dry_run(recorder, self.networks) for d in engine.drivers])
         self.ports = Publisher(recorder.firewall, recorder.host, self._describe_owner)
-        self._scratch = tempfile.TemporaryDirectory(prefix="qiao-dry-run-")
+        self._scratch = tempfile.TemporaryDirectory(prefix="dry-run-", dir=engine.root.run)  # under qiao's root, as every path qiao uses
         root = Root(self._scratch.name, engine.root.run)  # sandboxes where qiao keeps them; files in the scratch directory
         host, step, resolv = recorder.host, recorder.step, engine.containers.resolv_conf
         self.containers = DryContainers(recorder, root, self.store, self.networks, host, self.lock, step, resolv, self.ports)
