@@ -363,6 +363,46 @@ def test_streams_outlive_a_daemon_restart(env, host) -> None:
         attached.wait()
 
 
+# -- refusals ---------------------------------------------------------------------------------
+
+
+def request(host: Host, method: str, path: str, body: bytes = b"") -> tuple[int, dict]:
+    """One HTTP/1.0 request on qiaod's socket: the status and the JSON error's body."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(os.path.join(host.root, "run", "qiao.sock"))
+        sock.sendall(f"{method} {path} HTTP/1.0\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(payload or b"{}")
+
+
+@pytest.mark.parametrize(
+    "method, path, body, status, fragment",
+    [
+        ("GET", "/containers/bad/logs", b"", 400, "you must choose at least one stream"),
+        ("GET", "/containers/bad/logs?stdout=1&since=yesterday", b"", 400, "since"),
+        ("GET", "/containers/bad/logs?stdout=1&tail=ten", b"", 400, "tail"),
+        ("GET", "/containers/nosuch/logs?stdout=1", b"", 404, "No such container"),
+        ("POST", "/containers/bad/wait?condition=soon", b"", 400, "invalid condition"),
+        ("POST", "/containers/bad/attach?stream=1&detachKeys=ctrl-", b"", 400, "Invalid detach keys"),
+        ("POST", "/containers/bad/resize?h=x&w=80", b"", 400, "invalid value for h"),
+        ("POST", "/containers/bad/resize?h=24&w=80", b"", 409, "is not running"),
+        ("POST", "/containers/bad/exec", b'{"Cmd": ["true"]}', 409, "is not running"),
+        ("POST", "/containers/bad/exec", b'{"Cmd": 5}', 400, "Cmd"),
+        ("POST", "/exec/nosuch/start", b"{}", 404, "No such exec instance"),
+        ("GET", "/exec/nosuch/json", b"", 404, "No such exec instance"),
+        ("POST", "/exec/nosuch/resize?h=1&w=1", b"", 404, "No such exec instance"),
+    ],
+)
+def test_bad_stream_requests_are_clear_refusals(env, host, method, path, body, status, fragment) -> None:
+    docker(env, "create", "--name", "bad", IMAGE, "true")
+    got, doc = request(host, method, path, body)
+    assert got == status and fragment in doc["message"], (got, doc)
+
+
 # -- docker-py -------------------------------------------------------------------------------
 
 

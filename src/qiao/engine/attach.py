@@ -38,7 +38,7 @@ from qiao.runtime import frames
 
 SOCKET = "attach.sock"  # in the container's directory (DATA/containers/<id>/), the shim's
 DEFAULT_DETACH_KEYS = b"\x10\x11"  # ctrl-p, ctrl-q
-CLIENT_BACKLOG = 4 << 20  # output held for a client that does not read; past it the shim is not read (it then drops us)
+CLIENT_BACKLOG = 4 << 20  # bytes held for a side that does not take them; past it the other side is not read
 _IN = select.POLLIN | select.POLLPRI
 _GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
 
@@ -161,7 +161,8 @@ def relay(
         poller.register(inbox.fd, _IN)
     try:
         while shim_open or to_client:
-            poller.register(cfd, (_IN if reading_client else 0) | (select.POLLOUT if to_client else 0))
+            taking = reading_client and len(to_shim) < CLIENT_BACKLOG  # input waits while the shim does not take it
+            poller.register(cfd, (_IN if taking else 0) | (select.POLLOUT if to_client else 0))
             shim_mask = (_IN if shim_open and len(to_client) < CLIENT_BACKLOG else 0) | (select.POLLOUT if to_shim and shim_open else 0)
             if shim_open:
                 poller.register(sfd, shim_mask)
@@ -171,7 +172,7 @@ def relay(
                 elif fd == cfd:
                     if events & select.POLLOUT:
                         del to_client[: client.send(to_client)]
-                    if reading_client and events & (_IN | _GONE):
+                    if taking and events & (_IN | _GONE):
                         data = client.recv(65536)
                         if not data:
                             reading_client = False
@@ -188,7 +189,7 @@ def relay(
                             if detached:
                                 _send_now(channel, to_shim)
                                 return "detach"
-                    elif events & _GONE:
+                    elif events & _GONE:  # not reading it (its input ended, or waits): gone for good
                         return "client"
                 elif fd == sfd:
                     if events & select.POLLOUT:
