@@ -278,6 +278,11 @@ def test_exec_streams_options_and_exit_codes(env, tmp_path) -> None:
         == "1 /tmp nobody\n"
     )
     assert docker(env, "exec", "-i", "ex", "cat", input="fed\n").stdout == "fed\n"
+
+    def caps(*flags: str) -> int:
+        return int(docker(env, "exec", *flags, "ex", "sh", "-c", "grep CapEff /proc/self/status").stdout.split()[1], 16)
+
+    assert caps("--privileged") > caps() > caps("-u", "nobody") == 0  # the container's own set; every one; none for another user
     marker = tmp_path / "marker"
     assert docker(env, "exec", "-d", "ex", "sh", "-c", f"sleep 0.3; echo detached > {marker}").stdout == ""
     wait_for("the detached exec's file", lambda: marker.exists() and marker.read_text() == "detached\n")
