@@ -4,7 +4,9 @@ holding pipes or a terminal (real shims from the supervisor, no namespaces)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import threading
 import time
@@ -14,6 +16,7 @@ import pytest
 
 from qiao.engine import attach, logs
 from qiao.engine.errors import InvalidParameter
+from qiao.proc import alive, start_time
 from qiao.runtime import console, frames, logfile
 from qiao.runtime.supervisor import StartError, Supervisor
 
@@ -308,11 +311,25 @@ def test_relay_ignores_the_end_of_input_it_does_not_take() -> None:
 
 
 @pytest.fixture
-def sup():
+def sup(monkeypatch):
+    """A supervisor whose commands are killed at the end, also when a test fails (they would run on)."""
     exits: list[str] = []
     supervisor = Supervisor(exits.append, tag="/qiao/test-streams")
     supervisor.exits = exits  # type: ignore[attr-defined]
+    commands: list[tuple[int, int]] = []  # pid, start time
+    spawn = supervisor.spawn
+
+    def recording(*args, **kwargs):
+        started = spawn(*args, **kwargs)
+        commands.append((started.pid, start_time(started.pid)))
+        return started
+
+    monkeypatch.setattr(supervisor, "spawn", recording)
     yield supervisor
+    for pid, start in commands:
+        if alive(pid, start):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     shim = supervisor._spare
     if shim is not None:
         shim.control.close()
@@ -410,8 +427,6 @@ def test_shim_reports_a_command_that_cannot_start(sup, tmp_path) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="an exec's shim joins the container's namespaces (setns needs root)")
 def test_exec_shim_exits_with_the_commands_code_and_ends_with_the_container(sup, tmp_path) -> None:
-    from qiao.proc import start_time
-
     target = sup.spawn("ctr", held_spec(tmp_path, ["sleep", "60"]), [])
     codes: list[int] = []
     done = threading.Event()
