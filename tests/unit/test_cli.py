@@ -568,7 +568,7 @@ def test_quote():
         (["inspect", "a/b"], [("GET", "/containers/a%2Fb/json", ""), ("GET", "/networks/a%2Fb", ""), ("GET", "/images/a%2Fb/json", "")]),
         (["image", "rm", "localhost/x:1"], [("DELETE", "/images/localhost%2Fx%3A1", "")]),
         (["port", "x?y"], [("GET", "/containers/x%3Fy/json", "")]),
-        (["logs", "50%"], [("GET", "/containers/50%25/logs", "")]),
+        (["logs", "50%"], [("GET", "/containers/50%25/logs", "stdout=1&stderr=1")]),
         (["rm", "-f", "a b", "c#d"], [("DELETE", "/containers/a%20b", "force=1"), ("DELETE", "/containers/c%23d", "force=1")]),
         (["stop", "-t", "1", "/box"], [("POST", "/containers/%2Fbox/stop", "t=1")]),
         (["network", "rm", "n/1"], [("DELETE", "/networks/n%2F1", "")]),

@@ -120,6 +120,22 @@ class FakeApi:
 
         return 200, Streamed(chunks(), "text/plain")
 
+    @route("GET", "/quiet")
+    def quiet(self, req: Request) -> tuple[int, Any]:
+        def chunks() -> Iterator[bytes]:
+            try:
+                while True:
+                    time.sleep(0.01)
+                    yield b""  # nothing to say: the server looks whether the client is still there
+            finally:
+                self.started.append("quiet closed")
+
+        return 200, Streamed(chunks(), "text/plain")
+
+    @route("POST", "/greet-raw")
+    def greet_raw(self, req: Request) -> tuple[int, Any]:
+        return 101, Hijacked(lambda sock: sock.sendall(b"hi"))
+
     @route("POST", "/echo-raw")
     def echo_raw(self, req: Request) -> tuple[int, Any]:
         def run(sock: socket.socket) -> None:
@@ -237,6 +253,24 @@ def test_streamed_producer_learns_that_the_client_left(served):
         sock.sendall(b"GET /ticks?n=100000&pause=0.01 HTTP/1.1\r\n\r\n")
         assert b"tick 0" in sock.recv(65536) + sock.recv(65536)
     wait_until("the producer closed", lambda: "ticks closed" in served.api.started)
+
+
+def test_streamed_producer_with_nothing_to_say_learns_that_the_client_left(served):
+    with served.connect() as sock:
+        sock.sendall(b"GET /quiet HTTP/1.0\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.0 200 ")
+    wait_until("the producer closed", lambda: "quiet closed" in served.api.started)
+
+
+def test_hijacked_output_waits_until_the_head_is_read(served):
+    """docker-py reads the upgrade head through a buffered file, then the raw socket:
+    bytes that came with the head would be lost to it."""
+    with served.connect() as sock:
+        sock.sendall(b"POST /greet-raw HTTP/1.1\r\nContent-Length: 0\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n")
+        time.sleep(0.2)
+        head = sock.recv(65536)
+        assert head.startswith(b"HTTP/1.1 101 UPGRADED") and head.endswith(b"\r\n\r\n")
+        assert sock.recv(65536) == b"hi"
 
 
 @pytest.mark.parametrize("upgrade", [True, False])

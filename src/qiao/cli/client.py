@@ -20,6 +20,7 @@ from qiao.paths import Root
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up time)
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
 
@@ -115,6 +116,41 @@ class Client:
             lines = []
         return lines[-1] if lines else f"see {self.root.daemon_log}"
 
+    def _send(
+        self, method: str, path: str, query: dict[str, Any] | None, body: Any, fds: list[int] | None, upload: int | None = None
+    ) -> tuple[str, _socket.socket]:
+        """Connect and send one request; the path as sent, and the connection to read the answer from.
+        Query values may be lists (a parameter repeated)."""
+        params = "&".join(
+            f"{k}={quote(str(item))}" for k, v in (query or {}).items() if v is not None for item in (v if isinstance(v, list) else [v])
+        )
+        if params:
+            path += "?" + params
+        data = b"" if body is None else json.dumps(body).encode()
+        size = None if upload is None else _file_size(upload)
+        if upload is None:
+            head = f"{method} {path} HTTP/1.0\r\nHost: qiaod\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+        else:
+            framing = "Transfer-Encoding: chunked" if size is None else f"Content-Length: {size}"
+            head = f"{method} {path} HTTP/1.1\r\nHost: qiaod\r\nConnection: close\r\nContent-Type: application/x-tar\r\n{framing}\r\n"
+        if fds:
+            head += "X-Qiao-Stdio: 1\r\n"
+        sock = self._connect()
+        try:
+            # MSG_NOSIGNAL: a daemon gone away is an error here, not a SIGPIPE (which means a closed stdout)
+            sock.sendall(head.encode() + b"\r\n" + data, _socket.MSG_NOSIGNAL)
+            if upload is not None:
+                _send_body(sock, upload, chunked=size is None)
+            if fds:
+                ancillary = (_socket.SOL_SOCKET, _socket.SCM_RIGHTS, b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))
+                sock.sendmsg([b"F"], [ancillary], _socket.MSG_NOSIGNAL)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # qiaod answered early (a refusal) and closed: its answer is still there to read
+        except OSError as exc:
+            sock.close()
+            raise Unreachable(f"lost the connection to qiaod during {method} {path}: {exc.strerror or exc}") from None
+        return path, sock
+
     def request(
         self,
         method: str,
@@ -129,36 +165,11 @@ class Client:
         """One request and its decoded answer; ``timeout``: seconds without progress
         before giving up (None: wait as long as qiaod works).  ``upload``: a file
         descriptor whose content is the body (a file with its length, anything else
-        chunked); ``raw``: the body undecoded (Docker's JSON message streams).
-        Query values may be lists (a parameter repeated)."""
-        params = "&".join(
-            f"{k}={quote(str(item))}" for k, v in (query or {}).items() if v is not None for item in (v if isinstance(v, list) else [v])
-        )
-        if params:
-            path += "?" + params
-        data = b"" if body is None else json.dumps(body).encode()
-        if upload is None:
-            head = f"{method} {path} HTTP/1.0\r\nHost: qiaod\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-        else:
-            size = _file_size(upload)
-            framing = "Transfer-Encoding: chunked" if size is None else f"Content-Length: {size}"
-            head = f"{method} {path} HTTP/1.1\r\nHost: qiaod\r\nConnection: close\r\nContent-Type: application/x-tar\r\n{framing}\r\n"
-        if fds:
-            head += "X-Qiao-Stdio: 1\r\n"
-        sock = self._connect()
+        chunked); ``raw``: the body undecoded (Docker's JSON message streams)."""
+        path, sock = self._send(method, path, query, body, fds, upload)
         sock.settimeout(timeout)
         chunks = []
         try:
-            try:
-                # MSG_NOSIGNAL: a daemon gone away is an error here, not a SIGPIPE (which means a closed stdout)
-                sock.sendall(head.encode() + b"\r\n" + data, _socket.MSG_NOSIGNAL)
-                if upload is not None:
-                    _send_body(sock, upload, chunked=size is None)
-                if fds:
-                    ancillary = (_socket.SOL_SOCKET, _socket.SCM_RIGHTS, b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))
-                    sock.sendmsg([b"F"], [ancillary], _socket.MSG_NOSIGNAL)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # qiaod answered early (a refusal) and closed: its answer is still there to read
             while True:
                 try:
                     chunk = sock.recv(65536)
@@ -174,6 +185,49 @@ class Client:
         finally:
             sock.close()
         return _answer(method, path, b"".join(chunks), raw)
+
+    def stream(self, method: str, path: str, query: dict[str, Any] | None = None) -> tuple[str, Iterator[bytes]]:
+        """A streamed answer (``logs -f``): its content type and its body's
+        chunks as they arrive; an error status raises as ``request`` does."""
+        path, sock = self._send(method, path, query, None, None)
+        raw = b""
+        try:
+            while b"\r\n\r\n" not in raw:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                raw += chunk
+            head, sep, rest = raw.partition(b"\r\n\r\n")
+            status = head.split(b" ", 2)[1] if head.startswith(b"HTTP/") and head.count(b" ") >= 1 else b""
+            if not sep or not status.isdigit() or int(status) >= 300:
+                while chunk:
+                    chunk = sock.recv(65536)
+                    raw += chunk
+                sock.close()
+                _answer(method, path, raw)  # raises for what is not a good answer
+                raise BadAnswer(f"qiaod's answer to {method} {path} is not a stream")
+        except OSError as exc:
+            sock.close()
+            raise Unreachable(f"lost the connection to qiaod during {method} {path}: {exc.strerror or exc}") from None
+        ctype = ""
+        for line in head.split(b"\r\n")[1:]:
+            key, _, value = line.partition(b":")
+            if key.strip().lower() == b"content-type":
+                ctype = value.strip().decode("latin-1")
+        return ctype, _chunks(sock, rest)
+
+
+def _chunks(sock: _socket.socket, first: bytes) -> Iterator[bytes]:
+    try:
+        if first:
+            yield first
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return
+            yield chunk
+    finally:
+        sock.close()
 
 
 def _file_size(fd: int) -> int | None:

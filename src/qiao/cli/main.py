@@ -128,7 +128,13 @@ def _add_port(sub: Any) -> None:
 
 
 def _add_logs(sub: Any) -> None:
-    sub.add_parser("logs", help="print a container's output").add_argument("container")
+    logs = sub.add_parser("logs", help="print a container's output (stdout to stdout, stderr to stderr)")
+    logs.add_argument("-f", "--follow", action="store_true", help="go on until the container stops")
+    logs.add_argument("-n", "--tail", default="all", help='lines from the end (default "all")')
+    logs.add_argument("-t", "--timestamps", action="store_true")
+    logs.add_argument("--since", default="", help="a time (2006-01-02T15:04:05Z, a UNIX time) or a duration back (42m)")
+    logs.add_argument("--until", default="", help="as --since")
+    logs.add_argument("container")
 
 
 def _add_stop(sub: Any) -> None:
@@ -515,8 +521,30 @@ def cmd_port(c: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_logs(c: Client, a: argparse.Namespace) -> int:
-    data = c.request("GET", f"/containers/{quote(a.container)}/logs")
-    sys.stdout.buffer.write(data or b"")
+    query = {
+        "stdout": 1,
+        "stderr": 1,
+        "follow": 1 if a.follow else None,
+        "tail": None if a.tail == "all" else a.tail,
+        "timestamps": 1 if a.timestamps else None,
+        "since": output.unix_time(a.since, "--since") or None,
+        "until": output.unix_time(a.until, "--until") or None,
+    }
+    ctype, body = c.stream("GET", f"/containers/{quote(a.container)}/logs", query)
+    out = sys.stdout.buffer
+    if ctype != "application/vnd.docker.multiplexed-stream":  # a container with a TTY: one raw stream
+        for chunk in body:
+            out.write(chunk)
+            out.flush()
+        return 0
+    from qiao.runtime.frames import STDERR, Decoder  # only here: struct
+
+    decoder, err = Decoder(), sys.stderr.buffer
+    for chunk in body:
+        for stream, data in decoder.feed(chunk):
+            (err if stream == STDERR else out).write(data)
+        out.flush()
+        err.flush()
     return 0
 
 

@@ -384,3 +384,30 @@ def env_file(text: str, environ: dict[str, str], path: str = "") -> list[str]:
         elif key in environ:
             out.append(f"{key}={environ[key]}")
     return out
+
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+
+
+def unix_time(text: str, what: str, now: float | None = None) -> str:
+    """Docker's ``--since``/``--until`` as the API takes them (``SECONDS.NANOSECONDS``):
+    a UNIX time as is, a duration (Go's: ``1h30m``, ``42m``, ``10s``) back
+    from now, or an RFC 3339 date (``2006-01-02T15:04:05Z``, or a date alone)."""
+    if not text:
+        return ""
+    if text.replace(".", "", 1).isdigit():
+        return text
+    import re  # argparse has it loaded already
+
+    if re.fullmatch(r"(?:[0-9]+(?:\.[0-9]+)?(?:ns|us|µs|ms|s|m|h))+", text):
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in re.findall(r"([0-9.]+)(ns|us|µs|ms|s|m|h)", text))
+        return f"{(time.time() if now is None else now) - seconds:.9f}"
+    import datetime
+
+    try:
+        stamp = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"invalid value for {what}: {text!r} (a time, a UNIX time or a duration such as 42m)") from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=datetime.UTC)
+    return f"{stamp.timestamp():.9f}"

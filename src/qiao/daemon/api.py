@@ -13,11 +13,12 @@ from qiao import cni
 from qiao.cni.service import CniService
 from qiao.daemon import docker_json, wire
 from qiao.daemon.explain_api import ExplainApi
-from qiao.daemon.http import Raw, Request, route
+from qiao.daemon.http import Request, route
 from qiao.daemon.images_api import ImagesApi
 from qiao.daemon.lifecycle_api import LifecycleRoutes, stop_signal, stop_timeout
 from qiao.daemon.lists import ListRoutes
 from qiao.daemon.observe_api import ObserveApi
+from qiao.daemon.streams import StreamsApi
 from qiao.daemon.system import SystemRoutes
 from qiao.engine import signals
 from qiao.engine.containers import StartFailed
@@ -25,7 +26,7 @@ from qiao.engine.engine import Engine
 from qiao.engine.errors import InvalidParameter
 
 
-class Api(SystemRoutes, ListRoutes, ObserveApi, ExplainApi, LifecycleRoutes, ImagesApi):
+class Api(SystemRoutes, ListRoutes, ObserveApi, ExplainApi, LifecycleRoutes, ImagesApi, StreamsApi):
     """The route handlers; each returns (status, body)."""
 
     def __init__(self, engine: Engine, shutdown: Callable[[], None]):
@@ -83,14 +84,6 @@ class Api(SystemRoutes, ListRoutes, ObserveApi, ExplainApi, LifecycleRoutes, Ima
     def container_kill(self, req: Request, ref: str) -> tuple[int, Any]:
         self.engine.containers.kill(ref, signals.parse(req.query.get("signal") or "SIGKILL"))
         return 204, None
-
-    @route("POST", "/containers/(?P<ref>[^/]+)/wait")
-    def container_wait(self, req: Request, ref: str) -> tuple[int, Any]:
-        return 200, {"StatusCode": self.engine.containers.wait(ref), "Error": None}
-
-    @route("GET", "/containers/(?P<ref>[^/]+)/logs")
-    def container_logs(self, req: Request, ref: str) -> tuple[int, Any]:
-        return 200, Raw(self.engine.containers.logs(ref))
 
     @route("DELETE", "/containers/(?P<ref>[^/]+)")
     def container_remove(self, req: Request, ref: str) -> tuple[int, Any]:

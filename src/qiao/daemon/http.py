@@ -47,6 +47,7 @@ import array
 import collections
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -54,6 +55,8 @@ import re
 import select
 import selectors
 import socket
+import struct
+import termios
 import threading
 import time
 import urllib.parse
@@ -76,6 +79,7 @@ MAX_HEADERS = 100  # 431 beyond
 READ_TIMEOUT = 10.0  # seconds from accept to a complete request (head and body); 408 after
 WRITE_TIMEOUT = 10.0  # seconds a reply may wait for a client that reads none of it
 LINGER = 2.0  # after an early answer: read and drop what the client still sends, this long at most
+HEAD_READ_WAIT = 0.5  # seconds an upgrade waits for the client to read its head (see _until_read)
 WORKERS = 64  # handler threads for ordinary requests
 LONG_REQUEST = 1.0  # a handler running longer than this no longer counts against WORKERS
 MAX_THREADS = 1024  # handler threads in all, long requests included; further requests queue
@@ -1058,8 +1062,26 @@ def _hand_over(sock: socket.socket, head: Head, payload: Hijacked) -> None:
         extra, first = {}, "HTTP/1.1 200 OK"
     lines = [first, f"Content-Type: {payload.content_type}", *(f"{k}: {v}" for k, v in extra.items()), f"Api-Version: {API_VERSION}"]
     send_all(sock, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    _until_read(sock)
     sock.settimeout(None)
     payload.run(sock)
+
+
+def _until_read(sock: socket.socket, limit: float = HEAD_READ_WAIT) -> None:
+    """Wait (a little) until the client has read the upgrade head: docker-py
+    reads it through a buffered file and then reads the raw socket, so bytes
+    that arrived together with the head would be lost to it.  (dockerd's
+    output comes later anyway: its exec and attach start after the head.)
+    A unix socket's unread bytes are the sender's ``SIOCOUTQ``."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            unread = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            return
+        if not unread:
+            return
+        time.sleep(0.001)
 
 
 def _open_files_limit() -> int:

@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from qiao.engine.errors import InvalidParameter
-from qiao.engine.specs import ContainerSpec, EndpointSpec, NetworkSpec, PortBinding
+from qiao.engine.specs import ContainerSpec, EndpointSpec, ExecSpec, NetworkSpec, PortBinding
 from qiao.images.reference import HOST_IMAGE as HOST_IMAGE  # the image-less mode's name for Docker's clients
 
 Map = dict[str, str]
@@ -146,6 +146,7 @@ class HostConfig(Struct):
     SecurityOpt: list[str] | None = None
     Init: bool | None = None
     Runtime: str = ""
+    ConsoleSize: list[int] | None = None  # [rows, columns] of the TTY (qiao.runtime.console)
 
 
 class NetworkingConfig(Struct):
@@ -163,6 +164,12 @@ class ContainerCreate(Struct):
     User: str = ""
     WorkingDir: str = ""
     Image: str = ""
+    Tty: bool = False
+    OpenStdin: bool = False
+    StdinOnce: bool = False
+    AttachStdin: bool = False
+    AttachStdout: bool = False
+    AttachStderr: bool = False
     Labels: Map | None = None
     StopSignal: str = ""
     StopTimeout: int | None = None
@@ -307,6 +314,13 @@ def container_spec(name: str | None, body: bytes) -> ContainerSpec:
         cap_add=tuple(host.CapAdd or ()),
         cap_drop=tuple(host.CapDrop or ()),
         privileged=host.Privileged,
+        tty=req.Tty,
+        open_stdin=req.OpenStdin,
+        stdin_once=req.StdinOnce,
+        attach_stdin=req.AttachStdin,
+        attach_stdout=req.AttachStdout,
+        attach_stderr=req.AttachStderr,
+        console_size=console_size(host.ConsoleSize),
         labels=dict(req.Labels or {}),
         image=req.Image,
         entrypoint=None if entrypoint is None else tuple(entrypoint),
@@ -320,6 +334,61 @@ def container_spec(name: str | None, body: bytes) -> ContainerSpec:
         dns_options=tuple(host.DnsOptions or ()),
         extra_hosts=tuple(host.ExtraHosts or ()),
     )
+
+
+def console_size(size: list[int] | None) -> tuple[int, ...]:
+    """Docker's ``ConsoleSize`` ([rows, columns]; [0, 0] or none: unknown)."""
+    if not size or not any(size):
+        return ()
+    if len(size) != 2 or not all(0 <= n <= 0xFFFF for n in size):
+        raise InvalidParameter("invalid ConsoleSize: expected [rows, columns], each 0-65535")
+    return (size[0], size[1])
+
+
+# -- exec -------------------------------------------------------------------
+
+
+class ExecCreate(Struct):
+    Cmd: list[str] | None = None
+    Env: list[str] | None = None
+    User: str = ""
+    WorkingDir: str = ""
+    Privileged: bool = False
+    Tty: bool = False
+    AttachStdin: bool = False
+    AttachStdout: bool = False
+    AttachStderr: bool = False
+    DetachKeys: str = ""
+    ConsoleSize: list[int] | None = None
+
+
+class ExecStart(Struct):
+    Detach: bool = False
+    Tty: bool = False
+    ConsoleSize: list[int] | None = None
+
+
+def exec_spec(body: bytes) -> ExecSpec:
+    req: ExecCreate = _decode(body, ExecCreate)
+    return ExecSpec(
+        cmd=tuple(req.Cmd or ()),
+        env=tuple(req.Env or ()),
+        user=req.User or None,
+        workdir=req.WorkingDir,
+        privileged=req.Privileged,
+        tty=req.Tty,
+        attach_stdin=req.AttachStdin,
+        attach_stdout=req.AttachStdout,
+        attach_stderr=req.AttachStderr,
+        detach_keys=req.DetachKeys,
+        console_size=console_size(req.ConsoleSize),
+    )
+
+
+def exec_start(body: bytes) -> tuple[bool, tuple[int, ...]]:
+    """Detach, and the TTY's size."""
+    req: ExecStart = _decode(body, ExecStart)
+    return req.Detach, console_size(req.ConsoleSize)
 
 
 def network_spec(body: bytes) -> NetworkSpec:

@@ -25,7 +25,7 @@ from collections.abc import Set
 from dataclasses import dataclass, field
 from typing import Any
 
-from qiao.engine import etcfiles, ids, ports, restart, signals
+from qiao.engine import attach, etcfiles, ids, ports, restart, signals
 from qiao.engine.errors import Conflict, InvalidParameter, NotFound, QiaoError
 from qiao.engine.eventlog import EventLog
 from qiao.engine.models import Container, Endpoint, Network, from_dict, now, to_dict
@@ -43,7 +43,7 @@ from qiao.kernel.firewall import PortMapping
 from qiao.kernel.host import Host
 from qiao.paths import Root
 from qiao.proc import alive
-from qiao.runtime import security
+from qiao.runtime import logfile, security
 from qiao.runtime.supervisor import StartError, Supervisor, end_leftovers
 
 log = logging.getLogger("qiao.containers")
@@ -171,6 +171,8 @@ class Containers:
         self.by_id: dict[str, Container] = {}
         self.changed = threading.Condition(lock)
         self.removed_exit_codes: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self.exits: collections.Counter[str] = collections.Counter()  # ends (exits, failed starts) per container: `wait` next-exit
+        self.waiting = attach.Waiting()  # clients attached before a start
         self.supervisor = self._supervisor()
 
     def _supervisor(self) -> Supervisor:
@@ -382,6 +384,13 @@ class Containers:
                 dns_options=list(spec.dns_options),
                 extra_hosts=list(spec.extra_hosts),
                 **process,
+                tty=spec.tty,
+                open_stdin=spec.open_stdin,
+                stdin_once=spec.stdin_once,
+                attach_stdin=spec.attach_stdin,
+                attach_stdout=spec.attach_stdout,
+                attach_stderr=spec.attach_stderr,
+                console_size=list(spec.console_size),
             )
             with self.store.transaction() as tx:
                 tx.put("containers", to_dict(ctr))
@@ -457,6 +466,8 @@ class Containers:
                 return self._start(ctr, stdio)
             except StartFailed as exc:
                 ctr.exit_code, ctr.error = exc.exit_code, str(exc)
+                self.exits[ctr.id] += 1  # a `wait` for the next exit ends here too (the CLI has given up anyway)
+                self.changed.notify_all()
                 if ctr.auto_remove:
                     self._forget(ctr)
                 else:
@@ -674,6 +685,8 @@ class Containers:
         env = {"PATH": os.environ.get("PATH", DEFAULT_PATH), "HOSTNAME": ctr.hostname}
         if tty_maybe and os.environ.get("TERM"):
             env["TERM"] = os.environ["TERM"]
+        elif ctr.tty:
+            env["TERM"] = "xterm"  # as Docker's, for a container with a TTY
         for item in ctr.env:
             key, sep, value = item.partition("=")
             if sep:
@@ -685,20 +698,22 @@ class Containers:
         return env
 
     def _spawn(self, ctr: Container, spec: dict[str, Any], files: dict[str, str], stdio: tuple[int, int, int] | None) -> Any:
-        if stdio is not None:
-            try:
-                return self.supervisor.spawn(ctr.id, spec, stdio)
-            except StartError as exc:
-                raise StartFailed(str(exc), exc.exit_code) from None
-        log_fd = os.open(files["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        null_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        """Passed streams (``qiao run`` in the foreground: the caller's), or streams
+        the shim holds: logged, and served to the clients attached now and later."""
         try:
-            return self.supervisor.spawn(ctr.id, spec, (null_fd, log_fd, log_fd))
+            if stdio is not None:
+                return self.supervisor.spawn(ctr.id, spec, stdio)
+            logfile.repair(files["log"])
+            spec["console"] = {
+                "tty": ctr.tty,
+                "stdin": ctr.open_stdin,
+                "size": ctr.console_size,
+                "log": os.path.basename(files["log"]),
+                "socket": attach.SOCKET,
+            }
+            return self.waiting.start(ctr.id, lambda fds: self.supervisor.spawn(ctr.id, spec, fds))
         except StartError as exc:
             raise StartFailed(str(exc), exc.exit_code) from None
-        finally:
-            os.close(log_fd)
-            os.close(null_fd)
 
     def _kill_now(self, pid: int) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -732,6 +747,7 @@ class Containers:
         except (OSError, ValueError):
             ctr.exit_code, ctr.error = 255, "container shim exited without recording an exit code"
         ctr.status, ctr.pid, ctr.finished_at, ctr.paused = "exited", 0, now(), False
+        self.exits[ctr.id] += 1
         self.tell(ctr, "die", exitCode=str(ctr.exit_code))
         for network_id in left:  # as dockerd: die, then each network's disconnect
             self._tell_network(network_id, "disconnect", ctr.id)
@@ -783,6 +799,8 @@ class Containers:
         self.removed_exit_codes[ctr.id] = ctr.exit_code
         while len(self.removed_exit_codes) > 1024:
             self.removed_exit_codes.popitem(last=False)
+        self.exits.pop(ctr.id, None)
+        self.changed.notify_all()  # `wait` for its removal
 
     # -- what `docker events` shows ----------------------------------------
 
@@ -801,18 +819,32 @@ class Containers:
 
     # -- stop / kill / wait / remove ------------------------------------
 
-    def wait(self, ref: str, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def wait_target(self, ref: str) -> tuple[str, int]:
+        """For a ``wait``: the container's id and its count of ends so far (a
+        removed container's full id is still known, with its last exit code)."""
         with self.lock:
             if ref in self.removed_exit_codes:
-                return self.removed_exit_codes[ref]
+                return ref, 0
             ctr = self.get(ref)
-            while ctr.running:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
+            return ctr.id, self.exits[ctr.id]
+
+    def wait_until(self, cid: str, condition: str, ends: int, timeout: float) -> int | None:
+        """Docker's wait conditions: ``not-running`` (now or when it stops),
+        ``next-exit`` (an end after the ``ends`` counted when asked), ``removed``;
+        the exit code once met (a removed container meets them all), None if
+        ``timeout`` passes first."""
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while True:
+                ctr = self.by_id.get(cid)
+                if ctr is None:
+                    return self.removed_exit_codes.get(cid, 0)
+                if (condition == "not-running" and not ctr.running) or (condition == "next-exit" and self.exits[cid] != ends):
+                    return ctr.exit_code
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
                 self.changed.wait(left)
-            return ctr.exit_code
 
     def kill(self, ref: str, sig: int = signal.SIGKILL) -> None:
         """As dockerd's kill: the user stopped it (``unless-stopped`` will not restart
@@ -1031,11 +1063,13 @@ class Containers:
         net = gateway_network([self.networks.by_id[nid] for nid in rest])
         return _carrying_route(rest[net.id], net) if net else None
 
-    def logs(self, ref: str) -> bytes:
+    def log_of(self, ref: str) -> tuple[str, str, bool]:
+        """A container's id, log file and whether it has a TTY (its log is then one raw stream)."""
         with self.lock:
-            path = self.files(self.get(ref))["log"]
-        try:
-            with open(path, "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            return b""
+            ctr = self.get(ref)
+            return ctr.id, self.files(ctr)["log"], ctr.tty
+
+    def is_running(self, cid: str) -> bool:
+        with self.lock:
+            ctr = self.by_id.get(cid)
+            return ctr is not None and ctr.running

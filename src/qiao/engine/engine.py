@@ -22,6 +22,7 @@ from qiao.engine.attachments import Attachments
 from qiao.engine.containers import Containers
 from qiao.engine.eventlog import EventLog
 from qiao.engine.events import Event, Events
+from qiao.engine.execs import Execs
 from qiao.engine.lifecycle import Lifecycle
 from qiao.engine.models import Endpoint, Network
 from qiao.engine.networks import Networks
@@ -73,6 +74,7 @@ class Engine:
         self.images.users = self._image_users
         self.lifecycle = Lifecycle(self.containers, host)
         self.attachments = Attachments(self.store, self.networks, host, self.ports, self.lock, root.netns_dir, fault)
+        self.execs = Execs(self.containers)
         self.resolver = resolver
         self.events.subscribe(self._dns_follows)
         self.events.subscribe(self._log_network)

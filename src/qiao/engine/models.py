@@ -105,6 +105,15 @@ class Container:
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
     privileged: bool = False
+    # Its streams (qiao.runtime.console): Docker's Config.Tty, OpenStdin, StdinOnce, the
+    # AttachStd* the client asked for (shown only) and HostConfig.ConsoleSize ([rows, columns]).
+    tty: bool = False
+    open_stdin: bool = False
+    stdin_once: bool = False
+    attach_stdin: bool = False
+    attach_stdout: bool = False
+    attach_stderr: bool = False
+    console_size: list[int] = field(default_factory=list)
     # What Docker's clients see of it: Config.Labels; its image (qiao.images): Config.Image as given
     # ("" or "qiao/host": the host's filesystem), the image's ID ("sha256:..."; "" without one) and
     # Config.Entrypoint (``cmd`` is Config.Cmd).
