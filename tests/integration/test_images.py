@@ -6,7 +6,9 @@ The client is the static Docker CLI at /usr/local/bin/docker (28.2.2 when
 written), pointed at a test host's qiaod (``DOCKER_HOST=unix://ROOT/run/qiao.sock``)
 with a configuration directory of the test's own.  The image is Debian's
 static busybox, built offline by ``tests/integration/engines.py``.
-Until Docker's attach is served, output is read with ``qiao logs``.
+The last tests join images and Docker's streams: a foreground ``run --rm``,
+``run -i``, and ``exec``/``exec -it`` inside an image's container (its PID
+namespace joined).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pytest
 
 from tests.integration.conftest import RUN, Host, wait_for
 from tests.integration.engines import BUSYBOX, _goarch, busybox_image, busybox_rootfs
+from tests.integration.test_docker_streams import Terminal
 
 DOCKER = "/usr/local/bin/docker"
 
@@ -205,7 +208,7 @@ def test_container_sees_its_image_not_the_host(docker, host, busybox, tmp_path):
     script = (
         f"ls {secret} 2>&1; ls {host.root} 2>&1; ls /; ls /dev; cat /proc/1/cmdline | tr '\\0' ' '; echo;"
         " ps -o pid,comm | tail -n +2; grep -c . /proc/mounts > /dev/null && echo mounts;"
-        " touch /sys/x 2>&1 | head -1; echo k > /proc/sys/kernel/hostname 2>&1 | head -1"
+        " touch /sys/x 2>&1 | head -1; (echo k > /proc/sys/kernel/hostname) 2>&1 | head -1"  # the shell's own error: on stdout too
     )
     lines = run_output(docker, host, busybox, "sh", "-c", script).splitlines()
     assert lines[0].endswith(f"{secret}: No such file or directory") and lines[1].endswith(f"{host.root}: No such file or directory")
@@ -288,3 +291,31 @@ def test_qiao_cli_images_and_run_image(host, busybox, files):
     exec_out = host.exec(cid, "sh", "-c", "ps -o pid,comm | tail -n +2; ls /proc/self/fd > /dev/null && echo ok").stdout.split()
     assert exec_out[:2] == ["1", "sleep"] and exec_out[-1] == "ok"  # exec joins the container's PID namespace
     assert host.qiao("image", "rm", "viaqiao:1").stdout.splitlines()[0] == "Untagged: viaqiao:1"
+
+
+# -- images and Docker's streams together ------------------------------------------------
+
+
+@pytest.mark.usefixtures("clean")
+def test_docker_run_rm_busybox_echo_hi_in_the_foreground(docker, busybox):
+    """The issue's own example: `docker run --rm busybox echo hi` prints hi, and the container is gone."""
+    assert docker("run", "--rm", busybox, "echo", "hi").stdout == "hi\n"
+    assert docker("run", "-i", "--rm", busybox, "tr", "a-z", "A-Z", input=b"shout\n").stdout == "SHOUT\n"
+    assert docker("ps", "-aq").stdout == ""
+
+
+@pytest.mark.usefixtures("clean")
+def test_docker_exec_inside_an_image_container_joins_its_pid_namespace(docker, busybox):
+    docker("run", "-d", "--name", "box", busybox, "sleep", "300")
+    pids = docker("exec", "box", "ps", "-o", "pid,comm").stdout.split()
+    assert pids[:4] == ["PID", "COMMAND", "1", "sleep"], pids  # the container's own PID 1, not the host's init
+    hostname = docker("inspect", "-f", "{{.Config.Hostname}}", "box").stdout.strip()
+    assert docker("exec", "box", "cat", "/etc/hostname").stdout.strip() == hostname
+    term = Terminal([DOCKER, "exec", "-it", "box", "sh"], docker.env)
+    try:
+        term.type(b"echo $((6*7))\r")
+        term.expect(b"42")
+        term.type(b"exit 3\r")
+        assert term.finish() == 3
+    finally:
+        term.close()

@@ -246,6 +246,22 @@ def _send_body(sock: _socket.socket, fd: int, chunked: bool) -> None:
         sock.sendall(b"0\r\n\r\n", _socket.MSG_NOSIGNAL)
 
 
+def _dechunk(data: bytes, what: str) -> bytes:
+    body: list[bytes] = []
+    at = 0
+    while True:
+        end = data.find(b"\r\n", at)
+        size_text = data[at:end].split(b";")[0].strip() if end >= 0 else b""
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise Unreachable(f"qiaod's answer to {what} ended in the middle of a chunk") from None
+        if size == 0:
+            return b"".join(body)
+        body.append(data[end + 2 : end + 2 + size])
+        at = end + 2 + size + 2
+
+
 def _answer(method: str, path: str, raw: bytes, undecoded: bool = False) -> Any:
     """The decoded body of qiaod's answer; raises DaemonError for an error
     status, Unreachable when the connection ended before a complete answer
@@ -267,6 +283,8 @@ def _answer(method: str, path: str, raw: bytes, undecoded: bool = False) -> Any:
     for line in lines[1:]:
         key, _, value = line.partition(b":")
         headers[key.strip().lower()] = value.strip()
+    if headers.get(b"transfer-encoding", b"").lower() == b"chunked":  # a stream answered to an HTTP/1.1 request (an upload)
+        payload = _dechunk(payload, what)
     length = headers.get(b"content-length")
     if length is not None:
         if not length.isdigit():

@@ -48,6 +48,7 @@ from qiao.runtime.supervisor import StartError, Supervisor, end_leftovers
 
 log = logging.getLogger("qiao.containers")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+KILL_WAIT = 2.0  # seconds a SIGKILL's answer waits for the exit to be recorded (dockerd's Kill)
 
 
 def _etc_mounts(files: dict[str, str]) -> list[list[str]]:
@@ -867,6 +868,9 @@ class Containers:
             os.kill(pid, sig)
         if final:
             self._thaw(ctr)
+        if sig == signal.SIGKILL:  # as dockerd: a SIGKILL's answer waits (2 s at most) until the exit is recorded
+            with self.lock:
+                self._wait_exit(ctr, KILL_WAIT)
 
     def stop(self, ref: str, timeout: int | None = None, sig: int | None = None) -> None:
         """The stop signal (``--stop-signal``, default SIGTERM; ``sig`` overrides it), then
