@@ -114,6 +114,38 @@ class Client:
             lines = []
         return lines[-1] if lines else f"see {self.root.daemon_log}"
 
+    def converse(self, path: str, body: Any) -> Conversation:
+        """POST ``body`` to ``path`` and, once qiaod upgrades the connection, a
+        conversation of JSON lines on it (qiaod's refusal: DaemonError)."""
+        data = json.dumps(body).encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: qiaod\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+            "Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
+        )
+        sock = self._connect()
+        try:
+            sock.sendall(head.encode() + data, _socket.MSG_NOSIGNAL)
+            raw = b""
+            while b"\r\n\r\n" not in raw:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                raw += chunk
+            header, _, rest = raw.partition(b"\r\n\r\n")
+            if not header.startswith((b"HTTP/1.1 101 ", b"HTTP/1.0 101 ")):
+                while chunk:  # a refusal: its whole answer
+                    chunk = sock.recv(65536)
+                    raw += chunk
+                _answer("POST", path, raw)
+                raise BadAnswer(f"qiaod did not upgrade the connection for POST {path}")
+        except OSError as exc:
+            sock.close()
+            raise Unreachable(f"lost the connection to qiaod during POST {path}: {exc.strerror or exc}") from None
+        except BaseException:
+            sock.close()
+            raise
+        return Conversation(sock, rest, f"POST {path}")
+
     def request(
         self,
         method: str,
@@ -159,6 +191,47 @@ class Client:
         finally:
             sock.close()
         return _answer(method, path, b"".join(chunks))
+
+
+class Conversation:
+    """JSON lines both ways on a connection qiaod upgraded; a line ``{"message": ...}``
+    from qiaod is its refusal (DaemonError). Closing it is how the client leaves."""
+
+    def __init__(self, sock: _socket.socket, buffered: bytes, what: str) -> None:
+        self.sock, self._buffer, self.what = sock, buffered, what
+
+    def send(self, value: Any) -> None:
+        try:
+            self.sock.sendall(json.dumps(value).encode() + b"\n", _socket.MSG_NOSIGNAL)
+        except OSError as exc:
+            raise Unreachable(f"lost the connection to qiaod during {self.what}: {exc.strerror or exc}") from None
+
+    def receive(self) -> Any:
+        try:
+            while b"\n" not in self._buffer:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise Unreachable(f"qiaod closed the connection during {self.what}")
+                self._buffer += chunk
+        except OSError as exc:
+            raise Unreachable(f"lost the connection to qiaod during {self.what}: {exc.strerror or exc}") from None
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        try:
+            value = json.loads(line)
+        except ValueError:
+            raise BadAnswer(f"qiaod's answer during {self.what} is not valid JSON") from None
+        if isinstance(value, dict) and "message" in value:
+            raise DaemonError(400, str(value["message"]), value)
+        return value
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Conversation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _answer(method: str, path: str, raw: bytes) -> Any:
