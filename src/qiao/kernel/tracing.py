@@ -340,15 +340,15 @@ class StubTracing:
     def __init__(self, captures: list[Capture] | None = None) -> None:
         self.captures = list(captures or [])
         self.probes: list[Probe] = []
-        self.watched: list[Match] = []
+        self.watches: list[StubWatch] = []
 
     def capture(self, probe: Probe, timeout: float = TIMEOUT) -> Capture:
         self.probes.append(probe)
         return self.captures.pop(0) if self.captures else Capture()
 
     def watch(self, match: Match) -> StubWatch:
-        self.watched.append(match)
-        return StubWatch(match, self.captures.pop(0).events if self.captures else [])
+        self.watches.append(StubWatch(match, self.captures.pop(0).events if self.captures else []))
+        return self.watches[-1]
 
     def seen(self, watch: Watch, outcome: str, detail: str) -> Capture:
         return Capture(outcome, detail, watch.match, list(watch.events))
