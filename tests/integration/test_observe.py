@@ -357,6 +357,28 @@ def test_lab_trace_names_what_stops_the_probe_on_the_receiving_host(ov2) -> None
     assert lab_trace_tables(lab, "host1") == [] and lab_trace_tables(lab, "host2") == []
 
 
+def test_a_name_the_resolver_answers_wins_over_an_id_prefix_here(ov2) -> None:
+    """A container on host2 named like the start of a's id on host1: from a, the name is
+    host2's container (a's resolver says so), not a itself by its id."""
+    lab = ov2
+    a_id = json.loads(lab.qiao("host1", "inspect", "a").stdout)[0]["Id"]
+    twin = a_id[:10]
+    lab.qiao("host2", "run", "-d", "--name", twin, "--network", "ov", "--", PY, "-c", SERVER)
+    try:
+        got = wait_for(
+            "the twin's listener", lambda: (t := lab_trace(lab, "host1", "a", f"{twin}:7000")[1])["result"]["status"] == "delivered" and t
+        )
+        assert got["destination"]["label"] == f"{twin} on host2" and any(h["at"] == "host2" for h in got["hops"]), got
+        plain = json.loads(lab.qiao("host1", "trace", "--json", "a", f"{twin}:7000", check=False).stdout)
+        assert plain["result"]["status"] == "delivered" and plain["hops"][0]["kind"] == "dns", plain
+        assert (
+            plain["destination"]["address"]
+            != json.loads(lab.qiao("host1", "inspect", "a").stdout)[0]["NetworkSettings"]["Networks"]["ov"]["IPAddress"]
+        )
+    finally:
+        lab.qiao("host2", "rm", "-f", twin)
+
+
 def test_a_lab_trace_watch_goes_when_the_lab_is_interrupted_and_after_a_killed_qiaod(ov2) -> None:
     from tests.integration.test_overlay import kill9, restart_qiaod
 

@@ -351,15 +351,19 @@ class Tracer:
         answer, zone_note = self._resolve(ref, src)
         try:
             dst = self._container(ref)
-        except NotFound:
+        except (NotFound, InvalidParameter, Conflict) as exc:
             if answer:
                 hops.append({"at": src.label, "kind": "dns", "text": zone_note})
                 return End(ref, "address", address=answer[0]), ""
-            if zone_note:
+            if zone_note and isinstance(exc, NotFound):
                 raise NotFound(f"{ref}: {verdicts.NO_NAME} ({zone_note}), and no container here has that name") from None
             raise
         if dst.kind == "host":
             return dst, ""
+        if answer and not any(ep.address in answer for _net, ep in dst.endpoints):
+            # the resolver's: a container elsewhere (an overlay's remote one), the one here matched by its id
+            hops.append({"at": src.label, "kind": "dns", "text": zone_note})
+            return End(ref, "address", address=answer[0]), ""
         if zone_note:
             hops.append({"at": src.label, "kind": "dns", "text": zone_note})
         if answer:
