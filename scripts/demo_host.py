@@ -67,12 +67,20 @@ class HostDemo:
         self.c.dim("+ " + shlex.join(args))
         self.c.sh(list(args))
 
-    def show(self, *args: str, where: str = "host", expect: str | None = None, transform: Callable[[str], str] | None = None) -> str:
-        """Print ``$ ARGS``, run it on the host (or the outside machine), print its real output."""
+    def show(
+        self,
+        *args: str,
+        where: str = "host",
+        expect: str | None = None,
+        transform: Callable[[str], str] | None = None,
+        check: bool = True,
+    ) -> str:
+        """Print ``$ ARGS``, run it on the host (or the outside machine), print its real output
+        (``check=False``: a failing exit status is part of what is shown)."""
         ns = self.out_ns if where == "outside" else self.host_ns
 
         def run() -> subprocess.CompletedProcess[str]:
-            return self.qiao(*args[1:]) if args[0] == "qiao" else self.c.sh(list(args), ns=ns)
+            return self.qiao(*args[1:], check=check) if args[0] == "qiao" else self.c.sh(list(args), ns=ns, check=check)
 
         return self.c.show(list(args), run, prompt="outside$ " if where == "outside" else "$ ", expect=expect, transform=transform)
 
@@ -86,6 +94,7 @@ class HostDemo:
         self.nat_out()
         self.published_port()
         self.overview()
+        self.understanding()
 
     def build(self) -> None:
         self.root = tempfile.mkdtemp(prefix=f"{self.tag}-")
@@ -260,6 +269,20 @@ class HostDemo:
 
         self.show("qiao", "network", "inspect", "bridge", expect='"Name": "bridge"', transform=abridge)
         self.c.say("Docker's JSON, Docker's keys: web and pub are on `bridge`, each with its address and 02:42 MAC (app is on mynet).")
+
+    def understanding(self) -> None:
+        say = self.c.say
+        self.c.section("seeing it: qiao explain, qiao topology, qiao trace")
+        run = ("run", "-d", "--name", "api", "--network", "mynet", "-p", "8081:8000", "--", "python3", "-m", "http.server")
+        self.show("qiao", "explain", *run, expect="ip link add")
+        say("explain: the kernel steps a run would take, as real ip/nft commands, each with a sentence; nothing was changed.")
+        self.show("qiao", "topology", expect="qiao0")
+        say("topology: what exists now, read from the kernel and the store: bridges, veth pairs, containers, ports.")
+        self.show("qiao", "run", "-d", "--name", "stranger", "--network", "other", "--", "sleep", "300")
+        self.show("qiao", "trace", "stranger", "app:8000", expect="isolated: different networks", check=False)
+        say("trace: one real probe with nftables tracing on for it alone; the rule that dropped it, in Docker's terms.")
+        self.show("qiao", "trace", "outside", "pub:80", expect="delivered")
+        say("from the outside machine to pub's published port: the DNAT by the map element, and the SYN delivered to pub.")
 
     # -- teardown --------------------------------------------------------
 

@@ -1,5 +1,6 @@
-"""Docker's ``units.HumanDuration`` (go-units), shared by the daemon's
-``Status`` texts and the CLI's ``CREATED`` column.  Standard library only."""
+"""Docker's ``units.HumanDuration`` and ``HumanSize`` (go-units), shared by
+the daemon's ``Status`` texts and the CLI's ``CREATED`` and ``SIZE``
+columns.  Standard library only."""
 
 from __future__ import annotations
 
@@ -30,3 +31,22 @@ def human_duration(seconds: float) -> str:
     if h < 24 * 365 * 2:
         return f"{h // 24 // 30} months"
     return f"{int(seconds / 3600) // 24 // 365} years"
+
+
+def _custom_size(size: float, base: float, units: tuple[str, ...], precision: int) -> str:
+    """go-units' CustomSize: divide by ``base`` while it fits, then ``%.<precision>g<unit>``."""
+    i = 0
+    while size >= base and i < len(units) - 1:
+        size /= base
+        i += 1
+    return f"{size:.{precision}g}{units[i]}"
+
+
+def human_size(size: float, precision: int = 3) -> str:
+    """go-units' HumanSizeWithPrecision: decimal units (``1.98MB``), as ``docker images`` and ``docker stats`` print sizes."""
+    return _custom_size(size, 1000.0, ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"), precision)
+
+
+def bytes_size(size: float) -> str:
+    """go-units' BytesSize: binary units (``1.5MiB``), as ``docker stats`` shows memory."""
+    return _custom_size(size, 1024.0, ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB"), 4)

@@ -212,7 +212,7 @@ HTTP_CASES = [
     raw("options", b"OPTIONS /containers/json HTTP/1.0\r\n\r\n", 405),
     raw("trace", b"TRACE /_ping HTTP/1.0\r\n\r\n", 405),
     raw("connect", b"CONNECT /_ping HTTP/1.0\r\n\r\n", 405),
-    raw("unknown-path", b"GET /images/json HTTP/1.0\r\n\r\n", 404),
+    raw("unknown-path", b"GET /volumes HTTP/1.0\r\n\r\n", 404),
     raw("post-shutdown-as-get", b"GET /qiao/shutdown HTTP/1.0\r\n\r\n", 405),
     # the target's encoding
     raw("raw-0xff-in-path", b"GET /containers/\xff/json HTTP/1.0\r\n\r\n", 400),

@@ -118,7 +118,7 @@ def test_detach_prints_the_id_and_ps_lists_in_dockers_json(host: Host) -> None:
     host.qiao("run", "--name", "done", "--", "sh", "-c", "exit 3", check=False)
 
     table = host.qiao("ps").stdout.splitlines()
-    assert table[0].split() == ["CONTAINER", "ID", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"]
+    assert table[0].split() == ["CONTAINER", "ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"]
     assert len(table) == 2 and table[1].startswith(cid[:12]) and table[1].endswith("sleeper")
     assert host.qiao("ps", "-q").stdout.split() == [cid[:12]]
     assert len(host.qiao("ps", "-aq").stdout.split()) == 2
@@ -131,7 +131,7 @@ def test_detach_prints_the_id_and_ps_lists_in_dockers_json(host: Host) -> None:
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} \w+", row["CreatedAt"]), row["CreatedAt"]
         assert row["RunningFor"].endswith(" ago") and row["Networks"] == "bridge"
     up = rows["sleeper"]
-    assert (up["ID"], up["State"], up["Command"], up["Image"], up["Ports"]) == (cid[:12], "running", '"sleep 300"', "", "")
+    assert (up["ID"], up["State"], up["Command"], up["Image"], up["Ports"]) == (cid[:12], "running", '"sleep 300"', "qiao/host", "")
     assert up["Status"].startswith("Up ")
     down = rows["done"]
     assert down["State"] == "exited" and re.fullmatch(r"Exited \(3\) .* ago", down["Status"]), down["Status"]
@@ -187,7 +187,8 @@ def test_exec_enters_the_containers_net_uts_and_mount_namespaces(host: Host) -> 
 def test_logs_hold_stdout_and_stderr(host: Host) -> None:
     host.run_d("--name", "lg", "--", "sh", "-c", "echo out; echo err >&2; echo done")
     assert wait_exited(host, "lg")["ExitCode"] == 0
-    assert host.qiao("logs", "lg").stdout == "out\nerr\ndone\n"
+    logs = host.qiao("logs", "lg")
+    assert (logs.stdout, logs.stderr) == ("out\ndone\n", "err\n")  # each to its own stream
     host.run_d("--name", "lg2", "--", "sh", "-c", "echo ready; exec sleep 300")
     wait_for("lg2's output", lambda: host.qiao("logs", "lg2").stdout == "ready\n")
 

@@ -407,7 +407,7 @@ def test_publish_syntax_inspect_port_and_ps(host: Host, ctrs: Containers) -> Non
     assert ps[pc] == f"0.0.0.0:{range_port}->80/tcp"
     assert ps[pd] == f"0.0.0.0:{d7000}->7000/tcp, 0.0.0.0:{d7001}->7001/udp"
     table = host.qiao("ps").stdout.splitlines()
-    assert table[0].split()[:6] == ["CONTAINER", "ID", "COMMAND", "CREATED", "STATUS", "PORTS"]
+    assert table[0].split()[:7] == ["CONTAINER", "ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS"]
     [pb_line] = [line for line in table if line.endswith(" " + pb)]
     assert f"0.0.0.0:{random_port}->80/tcp" in pb_line
 

@@ -145,6 +145,7 @@ def stop_daemon_by_cli(host: Host) -> None:
 # -- 1. fault injection ------------------------------------------------------------
 
 CONTAINER_STEPS = [  # (step, network mode, publish a port)
+    ("create-cgroup", "bridge", False),
     ("create-sandbox", "bridge", False),
     ("configure-sandbox", "none", False),
     ("allocate-address", "bridge", False),

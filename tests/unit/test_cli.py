@@ -183,6 +183,15 @@ def test_new_options_usage_errors(tmp_path, capsys, argv, fragment):
 # -- a fake qiaod ------------------------------------------------------------
 
 
+def _dechunk(data: bytes) -> bytes:
+    out = b""
+    while True:
+        size, _, data = data.partition(b"\r\n")
+        if int(size, 16) == 0:
+            return out
+        out, data = out + data[: int(size, 16)], data[int(size, 16) + 2 :]
+
+
 class FakeDaemon:
     """Answers HTTP/1.0 requests on a unix socket from a table of replies."""
 
@@ -212,13 +221,17 @@ class FakeDaemon:
                 lines = head.decode().split("\r\n")
                 method, target, _version = lines[0].split(" ")
                 headers = dict(line.split(": ", 1) for line in lines[1:])
-                while len(body) < int(headers.get("Content-Length", 0)):
-                    body += self.request.recv(4096)
-                body = body[: int(headers.get("Content-Length", 0))]  # not the byte carrying X-Qiao-Stdio's fds
+                if headers.get("Transfer-Encoding") == "chunked":
+                    while not body.endswith(b"0\r\n\r\n"):
+                        body += self.request.recv(4096)
+                    body = _dechunk(body)
+                else:
+                    while len(body) < int(headers.get("Content-Length", 0)):
+                        body += self.request.recv(4096)
+                    body = body[: int(headers.get("Content-Length", 0))]  # not the byte carrying X-Qiao-Stdio's fds
                 path, _, query = target.partition("?")
-                fake.requests.append(
-                    {"method": method, "path": path, "query": query, "headers": headers, "body": json.loads(body) if body else None}
-                )
+                decoded = body if headers.get("Content-Type") == "application/x-tar" else json.loads(body) if body else None
+                fake.requests.append({"method": method, "path": path, "query": query, "headers": headers, "body": decoded})
                 if (method, path) in fake.hang_up:
                     return  # close without answering
                 if (method, path) in fake.raw:
@@ -552,9 +565,10 @@ def test_quote():
 @pytest.mark.parametrize(
     "argv, requests",
     [
-        (["inspect", "a/b"], [("GET", "/containers/a%2Fb/json", ""), ("GET", "/networks/a%2Fb", "")]),
+        (["inspect", "a/b"], [("GET", "/containers/a%2Fb/json", ""), ("GET", "/networks/a%2Fb", ""), ("GET", "/images/a%2Fb/json", "")]),
+        (["image", "rm", "localhost/x:1"], [("DELETE", "/images/localhost%2Fx%3A1", "")]),
         (["port", "x?y"], [("GET", "/containers/x%3Fy/json", "")]),
-        (["logs", "50%"], [("GET", "/containers/50%25/logs", "")]),
+        (["logs", "50%"], [("GET", "/containers/50%25/logs", "stdout=1&stderr=1")]),
         (["rm", "-f", "a b", "c#d"], [("DELETE", "/containers/a%20b", "force=1"), ("DELETE", "/containers/c%23d", "force=1")]),
         (["stop", "-t", "1", "/box"], [("POST", "/containers/%2Fbox/stop", "t=1")]),
         (["network", "rm", "n/1"], [("DELETE", "/networks/n%2F1", "")]),
@@ -710,8 +724,8 @@ def test_ps_table():
     text = output.ps_table([ps_row(), ps_row(Names=["/other"], Ports=[], Status="Created", Command="x" * 30)])
     lines = text.splitlines()
     header = lines[0]
-    assert header.startswith("CONTAINER ID   COMMAND")
-    for col in ("CONTAINER ID", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"):
+    assert header.startswith("CONTAINER ID   IMAGE   COMMAND")
+    for col in ("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"):
         assert col in header
     # every column starts at the same offset on every line
     starts = [header.index(c) for c in ("COMMAND", "CREATED", "STATUS", "PORTS", "NAMES")]
@@ -723,7 +737,8 @@ def test_ps_table():
     assert lines[2][starts[0] :].startswith('"' + "x" * 19 + '…"')
     assert lines[2][starts[4] :] == "other"
     assert all(line == line.rstrip() for line in lines)
-    assert output.ps_table([]) == "CONTAINER ID   COMMAND   CREATED   STATUS   PORTS   NAMES\n"
+    assert output.ps_table([]) == "CONTAINER ID   IMAGE   COMMAND   CREATED   STATUS   PORTS   NAMES\n"
+    assert output.ps_table([ps_row(Image="busybox:1")]).splitlines()[1].split()[1] == "busybox:1"
 
 
 @pytest.mark.parametrize(
@@ -1033,3 +1048,91 @@ def test_main_run_takes_sigterm_as_ctrl_c_until_started(tmp_path, root, daemon):
         for sig, handler in before.items():
             signal.signal(sig, handler)
     assert seen == [signal.default_int_handler]
+
+
+# -- images --------------------------------------------------------------------
+
+
+def image_doc(**kw) -> dict:
+    doc = {
+        "Id": "sha256:" + "ab" * 32,
+        "RepoTags": ["busybox:latest", "localhost/bb:1"],
+        "Created": int(time.time()) - 7200,
+        "Size": 1_978_123,
+    }
+    doc.update(kw)
+    return doc
+
+
+def test_image_table_and_json_as_docker_images():
+    text = output.image_table([image_doc(), image_doc(RepoTags=[], Id="sha256:" + "cd" * 32, Size=0)])
+    assert text.splitlines() == [
+        "REPOSITORY     TAG      IMAGE ID       CREATED       SIZE",
+        "busybox        latest   abababababab   2 hours ago   1.98MB",
+        "localhost/bb   1        abababababab   2 hours ago   1.98MB",
+        "<none>         <none>   cdcdcdcdcdcd   2 hours ago   0B",
+    ]
+    line = output.image_json_line("busybox", "latest", image_doc(Created=0))
+    assert (line["ID"], line["Repository"], line["Tag"], line["Size"], line["CreatedAt"]) == (
+        "abababababab", "busybox", "latest", "1.98MB", "1970-01-01 00:00:00 +0000 UTC"
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("size, text", [(0, "0B"), (999, "999B"), (1000, "1kB"), (1_978_123, "1.98MB"), (5 * 10**9, "5GB")])
+def test_human_size(size, text):
+    from qiao.units import human_size
+
+    assert human_size(size) == text
+
+
+def test_main_image_import_sends_the_file_with_its_length(tmp_path, root, daemon, capsys):
+    daemon.reply("POST", "/images/create", 200, b'{"status":"sha256:abc"}\r\n')
+    tar = tmp_path / "rootfs.tar"
+    tar.write_bytes(b"x" * 5000)
+    argv = ["--root", str(tmp_path), "image", "import", "-c", 'CMD ["sh"]', "-c", "ENV A=1", "-m", "hi", str(tar), "bb:1"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out == "sha256:abc\n"
+    req = daemon.requests[-1]
+    assert req["headers"]["Content-Length"] == "5000" and req["body"] == b"x" * 5000
+    assert req["query"] == "fromSrc=-&repo=bb%3A1&message=hi&changes=CMD%20%5B%22sh%22%5D&changes=ENV%20A%3D1"
+
+
+def test_main_image_load_from_a_pipe_is_chunked(tmp_path, root, daemon, capsys):
+    daemon.reply("POST", "/images/load", 200, b'{"stream":"Loaded image: a:1\\n"}\r\n{"stream":"Loaded image ID: sha256:x\\n"}\r\n')
+    r, w = os.pipe()
+    os.write(w, b"archive bytes")
+    os.close(w)
+    saved = os.dup(0)
+    os.dup2(r, 0)
+    try:
+        assert main(["--root", str(tmp_path), "image", "load"]) == 0
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(r)
+    assert capsys.readouterr().out == "Loaded image: a:1\nLoaded image ID: sha256:x\n"
+    req = daemon.requests[-1]
+    assert req["headers"]["Transfer-Encoding"] == "chunked" and req["body"] == b"archive bytes"
+
+
+def test_main_image_ls_rm_and_tag(tmp_path, root, daemon, capsys):
+    daemon.reply("GET", "/images/json", 200, [image_doc()])
+    assert main(["--root", str(tmp_path), "image", "ls", "-q"]) == 0
+    assert capsys.readouterr().out == "abababababab\n"
+    daemon.reply("DELETE", "/images/busybox", 200, [{"Untagged": "busybox:latest"}, {"Deleted": "sha256:ab"}])
+    assert main(["--root", str(tmp_path), "image", "rm", "busybox", "other"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "Untagged: busybox:latest\nDeleted: sha256:ab\n" and err.startswith("qiao: Error response from daemon:")
+    daemon.reply("POST", "/images/busybox/tag", 201, b"")
+    assert main(["--root", str(tmp_path), "image", "tag", "busybox", "localhost:5000/me/bb:v2"]) == 0
+    assert daemon.requests[-1]["query"] == "repo=localhost%3A5000%2Fme%2Fbb&tag=v2"
+
+
+def test_main_run_with_an_image_needs_no_command(tmp_path, root, daemon, capsys):
+    daemon.reply("POST", "/containers/create", 201, {"Id": "f" * 64})
+    daemon.reply("POST", "/containers/" + "f" * 64 + "/start", 204, b"")
+    assert main(["--root", str(tmp_path), "run", "-d", "--image", "busybox", "--entrypoint", ""]) == 0
+    body = daemon.requests[0]["body"]
+    assert (body["Image"], body["Cmd"], body["Entrypoint"]) == ("busybox", [], [""])
+    assert main(["--root", str(tmp_path), "run", "-d", "--", "true"]) == 0
+    assert "Entrypoint" not in daemon.requests[2]["body"] and daemon.requests[2]["body"]["Image"] == ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from ipaddress import IPv4Address
 from typing import Any
@@ -738,3 +739,93 @@ def test_events_of_kill_connect_and_disconnect(c, web, dual):
         ("network", "disconnect", "dual"),
     ]
     assert all(r[2].get("container", ctr.id) == ctr.id for r in logged(c)[before:])
+
+
+# -- containers with an image ----------------------------------------------------------
+
+
+def _busybox(
+    c: Containers, process: str = '["CMD [\\"sh\\"]", "ENV PATH=/bin A=image", "WORKDIR /srv", "USER nobody", "EXPOSE 80"]'
+) -> Any:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("bin/sh")
+        info.size, info.mode = 2, 0o755
+        tar.addfile(info, io.BytesIO(b"#!"))
+    c.images.load()
+    return c.images.import_tar(io.BytesIO(buf.getvalue()), "busybox", "", json.loads(process), "")
+
+
+def test_create_with_an_image_merges_its_config(c):
+    img = _busybox(c)
+    ctr = create(c, "b", {"Image": "busybox", "Env": ["A=user"]})
+    assert (ctr.image, ctr.image_id, ctr.cmd, ctr.entrypoint) == ("busybox", img.id, ["sh"], [])
+    assert (ctr.env, ctr.workdir, ctr.user, ctr.exposed_ports) == (["A=user", "PATH=/bin"], "/srv", "nobody", ["80/tcp"])
+    doc = inspect(c, "b")
+    assert (doc["Image"], doc["Config"]["Image"], doc["Path"], doc["Args"], doc["Config"]["Entrypoint"]) == (
+        img.id,
+        "busybox",
+        "sh",
+        [],
+        None,
+    )
+    summary = docker_json.container_summary(c.views(True)[0])
+    assert (summary["Image"], summary["ImageID"], summary["Command"]) == ("busybox", img.id, "sh")
+    ctr = create(c, "e", {"Image": img.id[7:19], "Entrypoint": ["/bin/echo"], "Cmd": ["hi"], "User": "nosuch-on-the-host"})
+    assert (ctr.argv, ctr.user) == (["/bin/echo", "hi"], "nosuch-on-the-host")  # users are the image's business, at start
+    with pytest.raises(InvalidParameter, match="no command specified"):
+        create(c, "x", {"Image": "busybox", "Entrypoint": [""]})
+
+
+def test_create_with_a_missing_image_is_docker_404(c):
+    with pytest.raises(NotFound, match="No such image: nothing:latest"):
+        create(c, "x", {"Image": "nothing", "Cmd": ["true"]})
+    assert c.by_id == {}
+    ctr = create(c, "h", {"Image": "qiao/host", "Cmd": ["true"]})  # the image-less mode, by name
+    assert (ctr.image, ctr.image_id, docker_json.container_summary(c.views(True)[0])["Image"]) == ("qiao/host", "", "qiao/host")
+
+
+def test_start_with_an_image_asks_the_shim_for_its_root_filesystem(c):
+    img = _busybox(c)
+    ctr = c.start(create(c, "b", {"Image": "busybox", "User": "daemon"}).id)
+    spec = c.supervisor.specs[ctr.id]  # type: ignore[attr-defined]
+    layer = c.root.container_dir(ctr.id) + "/fs"
+    assert spec["rootfs"] == {
+        "lower": c.images.rootfs(img.id),
+        "upper": layer + "/upper",
+        "work": layer + "/work",
+        "target": layer + "/root",
+        "etc": [[c.files(ctr)[n], "/etc/" + n] for n in ("hosts", "resolv.conf", "hostname")],
+        "privileged": False,
+    }
+    assert spec["user"] == "daemon" and "uid" not in spec and "hide" not in spec and "mounts" not in spec
+    assert spec["cmd"] == ["sh"] and spec["env"]["PATH"] == "/bin" and "HOME" not in spec["env"] and spec["cwd"] == "/srv"
+
+
+def test_start_with_an_image_in_host_mode_gets_copies_of_the_hosts_files(c):
+    _busybox(c, '["ENV A=1"]')
+    ctr = c.start(create(c, "h", {"Image": "busybox", "Cmd": ["true"], "HostConfig": {"NetworkMode": "host"}}).id)
+    spec = c.supervisor.specs[ctr.id]  # type: ignore[attr-defined]
+    assert spec["env"]["PATH"] == containers_module.DEFAULT_PATH  # not the daemon's: the image's directories
+    assert read(c, ctr, "hostname").strip() == ctr.hostname and [p for _s, p in spec["rootfs"]["etc"]] == [
+        "/etc/hosts",
+        "/etc/resolv.conf",
+        "/etc/hostname",
+    ]
+
+
+def test_image_files_outlive_a_forced_rmi_until_their_container_goes(c):
+    img = _busybox(c)
+    c.images.users = lambda iid: [(x.id, x.running) for x in c.by_id.values() if x.image_id == iid]
+    ctr = create(c, "b", {"Image": "busybox"})
+    with pytest.raises(Conflict, match="must force"):
+        c.images.remove("busybox")
+    assert c.images.remove("busybox", force=True) == [{"Untagged": "busybox:latest"}, {"Deleted": img.id}]
+    with pytest.raises(NotFound):
+        create(c, "c", {"Image": "busybox"})
+    assert os.path.isdir(c.images.rootfs(img.id))
+    c.remove(ctr.id)
+    assert not os.path.exists(c.images.rootfs(img.id))

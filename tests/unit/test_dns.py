@@ -250,3 +250,17 @@ def test_upstreams_exclude_defaults_to_nothing(tmp_path):
 
 def test_module_reads_nameservers_through_etcfiles():
     assert resolver.host_nameservers.__module__ == "qiao.engine.etcfiles"
+
+
+def test_a_containers_own_upstreams_replace_the_hosts(dns):
+    """--dns on a user network: that container's queries for other names go to its servers only."""
+    zone = build_zone(["10.1.0.1"], ["10.1.0.0/24"], False, [])
+    zone.put("ep1", ["web"], ["10.1.0.2", "fd00:1::2"], ["192.0.2.53"])
+    zone.put("ep2", ["db"], ["10.1.0.3"])
+    assert zone.upstreams_of("10.1.0.2") == ["192.0.2.53"] == zone.upstreams_of("fd00:1::2%eth0")
+    assert zone.upstreams_of("10.1.0.3") is None
+    zone.remove("ep1")
+    assert zone.upstreams == {} and zone.upstreams_of("10.1.0.2") is None
+    dns.upstreams = Upstreams("/nonexistent/resolv.conf", set())
+    query = DNSRecord.question("example.com", "A")
+    assert DNSRecord.parse(dns.forward(query.pack(), [])).header.rcode == RCODE.SERVFAIL

@@ -141,3 +141,47 @@ def test_default_resolv_conf(tmp_path, monkeypatch):
 @pytest.mark.parametrize("address", ["10.1.2.3", "192.168.0.10"])
 def test_hosts_line_is_tab_separated(address):
     assert etcfiles.hosts([(address, "h")]).splitlines()[-1] == f"{address}\th"
+
+
+# -- --hostname/--domainname, --add-host, --dns-search, --dns-option ------------
+
+
+@pytest.mark.parametrize(
+    ("hostname", "domainname", "names"),
+    [("box", "", "box"), ("box", "corp.test", "box.corp.test box"), ("box.corp.test", "", "box.corp.test box")],
+)
+def test_own_names_are_the_full_name_then_the_bare_one(hostname, domainname, names):
+    assert etcfiles.own_names(hostname, domainname) == names
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("db:192.0.2.10", ("192.0.2.10", "db")),
+        ("db=192.0.2.10", ("192.0.2.10", "db")),
+        ("v6:2001:db8::1", ("2001:db8::1", "v6")),  # only the first colon separates
+        ("v6=[2001:db8::1]", ("2001:db8::1", "v6")),
+        ("gw:host-gateway", ("172.17.0.1", "gw")),
+    ],
+)
+def test_extra_host(entry, expected):
+    assert etcfiles.extra_host(entry, "172.17.0.1") == expected
+
+
+HOST = "# from the host\nnameserver 10.0.0.2\nsearch lan corp\ndomain lan\noptions edns0\n"
+
+
+def test_override_replaces_search_and_options_keeps_the_rest():
+    assert etcfiles.override(HOST, ["a.test", "b.test"], ["ndots:2", "timeout:1"], []) == (
+        "nameserver 10.0.0.2\nsearch a.test b.test\noptions ndots:2 timeout:1\n# from the host\n"
+    )
+
+
+def test_override_search_dot_means_none_and_nothing_given_changes_nothing():
+    assert etcfiles.override(HOST, ["."], [], []) == "nameserver 10.0.0.2\n# from the host\noptions edns0\n"
+    assert etcfiles.override(HOST, [], [], []) == HOST
+
+
+def test_override_notes_the_servers_qiaos_resolver_forwards_to():
+    text = etcfiles.override("nameserver 10.1.0.1\nsearch lan\n", [], [], ["192.0.2.53", "192.0.2.54"])
+    assert text == "nameserver 10.1.0.1\nsearch lan\n# ExtServers: [192.0.2.53 192.0.2.54]\n"

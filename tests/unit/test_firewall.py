@@ -20,9 +20,9 @@ from qiao.kernel.firewall import (
     NftFirewall,
     PortMapping,
     StubFirewall,
-    _elements,
-    _guard_elements,
-    _network,
+    elements_script,
+    guard_elements_script,
+    network_script,
 )
 
 WILD = PortMapping("tcp", "0.0.0.0", 8080, "10.1.0.2", 80)
@@ -68,7 +68,7 @@ def test_base_forward_checks_internal_networks_before_the_accepting_chains():
 
 
 def test_network_default_rules():
-    assert lines(_network(BridgeRules("br-x", "10.1.0.0/24"))) == [
+    assert lines(network_script(BridgeRules("br-x", "10.1.0.0/24"))) == [
         "add chain inet qiao fwd-in-br-x",
         "add rule inet qiao fwd-in-br-x ct state established,related accept",
         'add rule inet qiao fwd-in-br-x ct status dnat accept comment "published ports"',
@@ -84,7 +84,7 @@ def test_network_default_rules():
 
 
 def test_network_masquerade_v4_and_v6():
-    text = _network(BridgeRules("br-x", "10.1.0.0/24", subnet6="fd00:1::/64"))
+    text = network_script(BridgeRules("br-x", "10.1.0.0/24", subnet6="fd00:1::/64"))
     masq = [line for line in lines(text) if line.endswith(" masquerade")]
     assert masq == [
         'add rule inet qiao nat-out-br-x oifname != "br-x" ip saddr 10.1.0.0/24 masquerade',
@@ -93,7 +93,7 @@ def test_network_masquerade_v4_and_v6():
 
 
 def test_network_without_masquerade_keeps_only_hairpin():
-    text = _network(BridgeRules("br-x", "10.1.0.0/24", masquerade=False, subnet6="fd00:1::/64"))
+    text = network_script(BridgeRules("br-x", "10.1.0.0/24", masquerade=False, subnet6="fd00:1::/64"))
     assert [line for line in lines(text) if "masquerade" in line] == [
         'add rule inet qiao nat-out-br-x oifname "br-x" ip saddr 10.1.0.0/24 ct status dnat masquerade comment "hairpin"'
     ]
@@ -101,7 +101,7 @@ def test_network_without_masquerade_keeps_only_hairpin():
 
 
 def test_network_internal_drops_what_leaves_the_bridge():
-    text = _network(BridgeRules("br-i", "10.2.0.0/24", masquerade=False, internal=True))
+    text = network_script(BridgeRules("br-i", "10.2.0.0/24", masquerade=False, internal=True))
     assert lines(text)[-3:] == [
         "add chain inet qiao fwd-out-br-i",
         'add rule inet qiao fwd-out-br-i oifname != "br-i" drop comment "internal network"',
@@ -112,12 +112,12 @@ def test_network_internal_drops_what_leaves_the_bridge():
 
 
 def test_network_not_internal_has_no_fwd_out():
-    assert "fwd-out" not in _network(BridgeRules("br-x", "10.1.0.0/24"))
-    assert "fwd_out" not in _network(BridgeRules("br-x", "10.1.0.0/24"))
+    assert "fwd-out" not in network_script(BridgeRules("br-x", "10.1.0.0/24"))
+    assert "fwd_out" not in network_script(BridgeRules("br-x", "10.1.0.0/24"))
 
 
 def test_network_icc_false_drops_container_to_container():
-    text = lines(_network(BridgeRules("br-x", "10.1.0.0/24", icc=False)))
+    text = lines(network_script(BridgeRules("br-x", "10.1.0.0/24", icc=False)))
     assert 'add rule inet qiao fwd-in-br-x iifname "br-x" drop comment "icc=false"' in text
     assert 'add rule inet qiao fwd-in-br-x iifname "br-x" accept' not in text
     # published ports still reach the containers, before the icc drop
@@ -134,22 +134,22 @@ def test_bridge_rules_defaults():
 
 
 def test_elements_add_with_data():
-    assert _elements("add", [WILD, BOUND, SCTP], with_data=True) == (
+    assert elements_script("add", [WILD, BOUND, SCTP], with_data=True) == (
         "add element inet qiao published { udp . 127.0.0.1 . 5353 : 10.1.0.3 . 53 }\n"
         "add element inet qiao published_any { tcp . 8080 : 10.1.0.2 . 80, sctp . 9 : 10.1.0.2 . 9 }\n"
     )
 
 
 def test_elements_delete_keys_only():
-    assert _elements("delete", [WILD, BOUND], with_data=False) == (
+    assert elements_script("delete", [WILD, BOUND], with_data=False) == (
         "delete element inet qiao published { udp . 127.0.0.1 . 5353 }\ndelete element inet qiao published_any { tcp . 8080 }\n"
     )
 
 
 def test_elements_only_the_maps_used():
-    assert _elements("add", [WILD], with_data=True) == "add element inet qiao published_any { tcp . 8080 : 10.1.0.2 . 80 }\n"
-    assert _elements("add", [BOUND], with_data=True).startswith("add element inet qiao published {")
-    assert _elements("add", [], with_data=True).strip() == ""
+    assert elements_script("add", [WILD], with_data=True) == "add element inet qiao published_any { tcp . 8080 : 10.1.0.2 . 80 }\n"
+    assert elements_script("add", [BOUND], with_data=True).startswith("add element inet qiao published {")
+    assert elements_script("add", [], with_data=True).strip() == ""
 
 
 def test_port_mapping_wildcard():
@@ -189,7 +189,7 @@ def test_reset_replaces_the_whole_table_in_one_script():
     fw.reset(nets, [WILD])
     (script,) = fw.scripts
     assert script.startswith(f"add table {TABLE}\ndelete table {TABLE}\nadd table {GUARD_TABLE}\ndelete table {GUARD_TABLE}\n" + BASE)
-    assert _network(nets[0]) in script and _network(nets[1]) in script
+    assert network_script(nets[0]) in script and network_script(nets[1]) in script
     assert script.rstrip().endswith("add element inet qiao published_any { tcp . 8080 : 10.1.0.2 . 80 }")
 
 
@@ -204,7 +204,7 @@ def test_add_and_del_network():
     rules = BridgeRules("br-x", "10.1.0.0/24")
     fw.add_network(rules)
     fw.del_network(rules)
-    assert fw.scripts[0].strip() == _network(rules).strip()
+    assert fw.scripts[0].strip() == network_script(rules).strip()
     assert lines(fw.scripts[1]) == [
         'delete element inet qiao fwd_in { "br-x" }',
         'delete element inet qiao nat_out { "br-x" }',
@@ -230,7 +230,7 @@ def test_add_and_del_ports():
     fw = FakeNft()
     fw.add_ports([WILD])
     fw.del_ports([WILD])
-    assert fw.scripts == [_elements("add", [WILD], True), _elements("delete", [WILD], False)]
+    assert fw.scripts == [elements_script("add", [WILD], True), elements_script("delete", [WILD], False)]
 
 
 def test_foreign_drop_chain_gets_the_accept_pair():
@@ -329,22 +329,22 @@ def test_guard_chain_allows_own_addresses_link_local_and_probes_then_drops():
 
 
 def test_guard_elements_split_by_family():
-    assert _guard_elements("add", [G1, G2]) == (
+    assert guard_elements_script("add", [G1, G2]) == (
         'add element bridge qiao ports { "veth1111111", "veth2222222" }\n'
         'add element bridge qiao addrs4 { "veth1111111" . 172.17.0.2, "veth2222222" . 10.8.0.3 }\n'
         'add element bridge qiao addrs6 { "veth2222222" . fd00:8::3 }\n'
     )
-    assert _guard_elements("delete", [G1]) == (
+    assert guard_elements_script("delete", [G1]) == (
         'delete element bridge qiao ports { "veth1111111" }\ndelete element bridge qiao addrs4 { "veth1111111" . 172.17.0.2 }\n'
     )
-    assert _guard_elements("add", []) == ""
+    assert guard_elements_script("add", []) == ""
 
 
 def test_add_and_del_guards_one_transaction_each():
     fw = FakeNft()
     fw.add_guards([G1, G2])
     fw.del_guards([G2])
-    assert fw.scripts == [_guard_elements("add", [G1, G2]), _guard_elements("delete", [G2])]
+    assert fw.scripts == [guard_elements_script("add", [G1, G2]), guard_elements_script("delete", [G2])]
     assert fw._guards == {G1.port: G1}
 
 
@@ -353,7 +353,7 @@ def test_reset_builds_both_tables_with_guards_in_one_transaction():
     fw.reset([BridgeRules("qiao0", "172.17.0.0/16")], [WILD], [G1, G2])
     (script,) = fw.scripts
     assert script.startswith(RESET + BASE + GUARD_BASE)
-    assert script.rstrip().endswith(_guard_elements("add", [G1, G2]).rstrip())
+    assert script.rstrip().endswith(guard_elements_script("add", [G1, G2]).rstrip())
 
 
 # -- intent: additions retried as a rebuild, removals never fail ------------------
@@ -364,9 +364,9 @@ def test_add_when_the_table_is_gone_becomes_a_rebuild_with_it():
     fw.reset([BridgeRules("qiao0", "172.17.0.0/16")], [], [G1])
     fw.fail = 1
     fw.add_ports([WILD])  # does not raise
-    assert fw.scripts[-2] == _elements("add", [WILD], True)
+    assert fw.scripts[-2] == elements_script("add", [WILD], True)
     rebuild = fw.scripts[-1]
-    assert rebuild.startswith(RESET) and _elements("add", [WILD], True) in rebuild and _guard_elements("add", [G1]) in rebuild
+    assert rebuild.startswith(RESET) and elements_script("add", [WILD], True) in rebuild and guard_elements_script("add", [G1]) in rebuild
     assert list(fw._mappings) == [WILD]
 
 

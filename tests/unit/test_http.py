@@ -6,6 +6,7 @@ clients nor long requests exhaust the workers."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -73,6 +74,15 @@ class FakeApi:
             total += len(chunk)
         return 200, {"length": total}
 
+    @route("POST", "/digest", max_body=1 << 20, stream=True)
+    def digest(self, req: Request) -> tuple[int, Any]:
+        """A streamed body's length and SHA-256, and the query's repeated values."""
+        h, total = hashlib.sha256(), 0
+        while chunk := req.stream.read(int(req.query.get("n", "65536"))):
+            h.update(chunk)
+            total += len(chunk)
+        return 200, {"length": total, "sha256": h.hexdigest(), "k": req.query_lists.get("k", [])}
+
     @route("POST", "/slow")
     def slow(self, req: Request) -> tuple[int, Any]:
         time.sleep(float(req.query.get("t", "1")))
@@ -109,6 +119,22 @@ class FakeApi:
                 self.started.append("ticks closed")
 
         return 200, Streamed(chunks(), "text/plain")
+
+    @route("GET", "/quiet")
+    def quiet(self, req: Request) -> tuple[int, Any]:
+        def chunks() -> Iterator[bytes]:
+            try:
+                while True:
+                    time.sleep(0.01)
+                    yield b""  # nothing to say: the server looks whether the client is still there
+            finally:
+                self.started.append("quiet closed")
+
+        return 200, Streamed(chunks(), "text/plain")
+
+    @route("POST", "/greet-raw")
+    def greet_raw(self, req: Request) -> tuple[int, Any]:
+        return 101, Hijacked(lambda sock: sock.sendall(b"hi"))
 
     @route("POST", "/echo-raw")
     def echo_raw(self, req: Request) -> tuple[int, Any]:
@@ -227,6 +253,24 @@ def test_streamed_producer_learns_that_the_client_left(served):
         sock.sendall(b"GET /ticks?n=100000&pause=0.01 HTTP/1.1\r\n\r\n")
         assert b"tick 0" in sock.recv(65536) + sock.recv(65536)
     wait_until("the producer closed", lambda: "ticks closed" in served.api.started)
+
+
+def test_streamed_producer_with_nothing_to_say_learns_that_the_client_left(served):
+    with served.connect() as sock:
+        sock.sendall(b"GET /quiet HTTP/1.0\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.0 200 ")
+    wait_until("the producer closed", lambda: "quiet closed" in served.api.started)
+
+
+def test_hijacked_output_waits_until_the_head_is_read(served):
+    """docker-py reads the upgrade head through a buffered file, then the raw socket:
+    bytes that came with the head would be lost to it."""
+    with served.connect() as sock:
+        sock.sendall(b"POST /greet-raw HTTP/1.1\r\nContent-Length: 0\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n")
+        time.sleep(0.2)
+        head = sock.recv(65536)
+        assert head.startswith(b"HTTP/1.1 101 UPGRADED") and head.endswith(b"\r\n\r\n")
+        assert sock.recv(65536) == b"hi"
 
 
 @pytest.mark.parametrize("upgrade", [True, False])
@@ -360,6 +404,9 @@ MALFORMED = [
     (b"POST /count HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 411),
     (b"POST /count HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n{}", 411),
     (b"POST /count HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+    (b"POST /digest HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+    (b"POST /digest HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),  # chunked needs HTTP/1.1
+    (b"POST /digest HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n", 400),  # smuggling
     (b"POST /count HTTP/1.0\r\nContent-Length: 10\r\n\r\n12345", 400),  # truncated body
     (b"GET /_ping HTTP/1.0\r\nHost: x\r\n", 400),  # truncated head
     (b"GET /_pi", 400),
@@ -438,6 +485,85 @@ def test_streamed_upload_cut_short_is_400(served):
         sock.sendall(b"POST /upload HTTP/1.0\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000)
         sock.shutdown(socket.SHUT_WR)
         assert read_answer(sock)[0] == 400
+
+
+def chunked(path: str, pieces: list[bytes], ext: bytes = b"", trailers: bytes = b"") -> bytes:
+    body = b"".join(b"%x%s\r\n%s\r\n" % (len(p), ext, p) for p in pieces if p)
+    return f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode() + body + b"0\r\n" + trailers + b"\r\n"
+
+
+@pytest.mark.parametrize("read_size", [1, 7, 65536])
+def test_chunked_upload_is_decoded(served, read_size):
+    """Docker's CLI sends image uploads chunked: chunks of any size, read in pieces of any size."""
+    pieces = [os.urandom(n) for n in (1, 2, 15, 16, 255, 4096, 70_000, 3)]
+    data = b"".join(pieces)
+    status, _h, answer = served.exchange(chunked(f"/digest?n={read_size}&k=a&k=b", pieces))
+    assert status == 200, answer
+    assert json.loads(answer) == {"length": len(data), "sha256": hashlib.sha256(data).hexdigest(), "k": ["a", "b"]}
+
+
+def test_chunked_upload_with_extensions_trailers_and_upper_case_hex(served):
+    data = b"z" * 300
+    raw = chunked("/digest", [data], ext=b" ;name=value;x", trailers=b"X-Sum: 1\r\nX-Other: 2\r\n").replace(b"12c", b"12C")
+    status, _h, answer = served.exchange(raw)
+    assert (status, json.loads(answer)["sha256"]) == (200, hashlib.sha256(data).hexdigest())
+    assert served.exchange(chunked("/digest", []))[0] == 200  # an empty body: the last chunk only
+
+
+def test_chunked_upload_sent_slowly_in_pieces(served):
+    raw = chunked("/digest", [b"hello", b" world"])
+    with served.connect() as sock:
+        for i in range(0, len(raw), 3):
+            sock.sendall(raw[i : i + 3])
+            time.sleep(0.005)
+        status, _h, answer = read_answer(sock)
+    assert (status, json.loads(answer)["length"]) == (200, 11)
+
+
+def test_chunked_upload_with_100_continue(served):
+    with served.connect() as sock:
+        sock.sendall(b"POST /digest HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n")
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"2\r\nhi\r\n0\r\n\r\n")
+        assert read_answer(sock)[0] == 200
+
+
+CHUNKED_MALFORMED = [
+    (b"zz\r\nhi\r\n0\r\n\r\n", 400),  # not hex
+    (b"\r\nhi\r\n0\r\n\r\n", 400),  # no size
+    (b"-2\r\nhi\r\n0\r\n\r\n", 400),
+    (b"0x2\r\nhi\r\n0\r\n\r\n", 400),
+    (b"2\r\nhiXX0\r\n\r\n", 400),  # data not followed by CRLF
+    (b"3\r\nhi\r\n0\r\n\r\n", 400),  # a chunk longer than said: its CRLF is off
+    (b"1" * 17 + b"\r\n", 400),  # a size past 64 bits
+    (b"2;" + b"e" * 5000 + b"\r\nhi\r\n0\r\n\r\n", 400),  # a size line past MAX_CHUNK_LINE
+    (b"0\r\n" + b"X-T: 1\r\n" * 101 + b"\r\n", 400),  # too many trailers
+    (b"100001\r\n" + b"x" * 10, 413),  # more than the route's cap, said up front
+    (b"2\r\nhi\r\n", 400),  # the client closes before the last chunk
+    (b"5\r\nhi", 400),  # ... or in the middle of one
+]
+
+
+@pytest.mark.parametrize("body, status", CHUNKED_MALFORMED, ids=[f"{i}-{b[:16]!r}" for i, (b, _s) in enumerate(CHUNKED_MALFORMED)])
+def test_malformed_chunked_body_is_answered(served, caplog, body, status):
+    raw = b"POST /digest HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+    got, headers, answer = served.exchange(raw)
+    assert got == status, answer
+    assert json.loads(answer)["message"]
+    assert ping(served) == (200, b"OK")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+def test_chunked_upload_over_the_cap_in_many_chunks_is_413(served):
+    pieces = [b"x" * 60_000] * 18  # 1.08 MB in chunks, over the route's 1 MiB
+    assert served.exchange(chunked("/digest", pieces))[0] == 413
+
+
+def test_chunked_upload_that_stalls_is_408(served):
+    with served.connect() as sock:
+        sock.sendall(b"POST /digest HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+        status, _h, _b = read_answer(sock)
+    assert status == 408
 
 
 def test_client_that_connects_and_leaves_gets_nothing(served):

@@ -12,6 +12,7 @@ import _socket
 import fcntl
 import json
 import os
+import stat
 import sys
 import time
 
@@ -19,6 +20,7 @@ from qiao.paths import Root
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up time)
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
 
@@ -114,37 +116,40 @@ class Client:
             lines = []
         return lines[-1] if lines else f"see {self.root.daemon_log}"
 
-    def converse(self, path: str, body: Any) -> Conversation:
-        """POST ``body`` to ``path`` and, once qiaod upgrades the connection, a
-        conversation of JSON lines on it (qiaod's refusal: DaemonError)."""
-        data = json.dumps(body).encode()
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: qiaod\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-            "Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
+    def _send(
+        self, method: str, path: str, query: dict[str, Any] | None, body: Any, fds: list[int] | None, upload: int | None = None
+    ) -> tuple[str, _socket.socket]:
+        """Connect and send one request; the path as sent, and the connection to read the answer from.
+        Query values may be lists (a parameter repeated)."""
+        params = "&".join(
+            f"{k}={quote(str(item))}" for k, v in (query or {}).items() if v is not None for item in (v if isinstance(v, list) else [v])
         )
+        if params:
+            path += "?" + params
+        data = b"" if body is None else json.dumps(body).encode()
+        size = None if upload is None else _file_size(upload)
+        if upload is None:
+            head = f"{method} {path} HTTP/1.0\r\nHost: qiaod\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+        else:
+            framing = "Transfer-Encoding: chunked" if size is None else f"Content-Length: {size}"
+            head = f"{method} {path} HTTP/1.1\r\nHost: qiaod\r\nConnection: close\r\nContent-Type: application/x-tar\r\n{framing}\r\n"
+        if fds:
+            head += "X-Qiao-Stdio: 1\r\n"
         sock = self._connect()
         try:
-            sock.sendall(head.encode() + data, _socket.MSG_NOSIGNAL)
-            raw = b""
-            while b"\r\n\r\n" not in raw:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                raw += chunk
-            header, _, rest = raw.partition(b"\r\n\r\n")
-            if not header.startswith((b"HTTP/1.1 101 ", b"HTTP/1.0 101 ")):
-                while chunk:  # a refusal: its whole answer
-                    chunk = sock.recv(65536)
-                    raw += chunk
-                _answer("POST", path, raw)
-                raise BadAnswer(f"qiaod did not upgrade the connection for POST {path}")
+            # MSG_NOSIGNAL: a daemon gone away is an error here, not a SIGPIPE (which means a closed stdout)
+            sock.sendall(head.encode() + b"\r\n" + data, _socket.MSG_NOSIGNAL)
+            if upload is not None:
+                _send_body(sock, upload, chunked=size is None)
+            if fds:
+                ancillary = (_socket.SOL_SOCKET, _socket.SCM_RIGHTS, b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))
+                sock.sendmsg([b"F"], [ancillary], _socket.MSG_NOSIGNAL)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # qiaod answered early (a refusal) and closed: its answer is still there to read
         except OSError as exc:
             sock.close()
-            raise Unreachable(f"lost the connection to qiaod during POST {path}: {exc.strerror or exc}") from None
-        except BaseException:
-            sock.close()
-            raise
-        return Conversation(sock, rest, f"POST {path}")
+            raise Unreachable(f"lost the connection to qiaod during {method} {path}: {exc.strerror or exc}") from None
+        return path, sock
 
     def request(
         self,
@@ -154,28 +159,17 @@ class Client:
         body: Any = None,
         fds: list[int] | None = None,
         timeout: float | None = None,
+        upload: int | None = None,
+        raw: bool = False,
     ) -> Any:
         """One request and its decoded answer; ``timeout``: seconds without progress
-        before giving up (None: wait as long as qiaod works)."""
-        params = "&".join(f"{k}={quote(str(v))}" for k, v in (query or {}).items() if v is not None)
-        if params:
-            path += "?" + params
-        data = b"" if body is None else json.dumps(body).encode()
-        head = f"{method} {path} HTTP/1.0\r\nHost: qiaod\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-        if fds:
-            head += "X-Qiao-Stdio: 1\r\n"
-        sock = self._connect()
+        before giving up (None: wait as long as qiaod works).  ``upload``: a file
+        descriptor whose content is the body (a file with its length, anything else
+        chunked); ``raw``: the body undecoded (Docker's JSON message streams)."""
+        path, sock = self._send(method, path, query, body, fds, upload)
         sock.settimeout(timeout)
         chunks = []
         try:
-            try:
-                # MSG_NOSIGNAL: a daemon gone away is an error here, not a SIGPIPE (which means a closed stdout)
-                sock.sendall(head.encode() + b"\r\n" + data, _socket.MSG_NOSIGNAL)
-                if fds:
-                    ancillary = (_socket.SOL_SOCKET, _socket.SCM_RIGHTS, b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))
-                    sock.sendmsg([b"F"], [ancillary], _socket.MSG_NOSIGNAL)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # qiaod answered early (a refusal) and closed: its answer is still there to read
             while True:
                 try:
                     chunk = sock.recv(65536)
@@ -190,12 +184,56 @@ class Client:
             raise Unreachable(f"lost the connection to qiaod during {method} {path}: {exc.strerror or exc}") from None
         finally:
             sock.close()
-        return _answer(method, path, b"".join(chunks))
+        return _answer(method, path, b"".join(chunks), raw)
+
+    def stream(self, method: str, path: str, query: dict[str, Any] | None = None) -> tuple[str, Iterator[bytes]]:
+        """A streamed answer (``logs -f``): its content type and its body's
+        chunks as they arrive; an error status raises as ``request`` does."""
+        path, sock = self._send(method, path, query, None, None)
+        head, rest = _read_head(sock, method, path)
+        ctype = ""
+        for line in head.split(b"\r\n")[1:]:
+            key, _, value = line.partition(b":")
+            if key.strip().lower() == b"content-type":
+                ctype = value.strip().decode("latin-1")
+        return ctype, _chunks(sock, rest)
+
+    def converse(self, path: str, body: Any) -> Conversation:
+        """POST ``body`` to ``path`` and, once qiaod hands the connection over, a
+        conversation of JSON lines on it (qiaod's refusal: DaemonError)."""
+        path, sock = self._send("POST", path, None, body, None)
+        _head, rest = _read_head(sock, "POST", path)
+        return Conversation(sock, rest, f"POST {path}")
+
+
+def _read_head(sock: _socket.socket, method: str, path: str) -> tuple[bytes, bytes]:
+    """The head of an answer whose body is read as it comes, and what came after it;
+    an error status (or no answer at all) raises as ``request`` does, ``sock`` closed."""
+    raw = b""
+    try:
+        while b"\r\n\r\n" not in raw:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            raw += chunk
+        head, sep, rest = raw.partition(b"\r\n\r\n")
+        status = head.split(b" ", 2)[1] if head.startswith(b"HTTP/") and head.count(b" ") >= 1 else b""
+        if not sep or not status.isdigit() or int(status) >= 300:
+            while chunk:
+                chunk = sock.recv(65536)
+                raw += chunk
+            sock.close()
+            _answer(method, path, raw)  # raises for what is not a good answer
+            raise BadAnswer(f"qiaod's answer to {method} {path} is not a stream")
+    except OSError as exc:
+        sock.close()
+        raise Unreachable(f"lost the connection to qiaod during {method} {path}: {exc.strerror or exc}") from None
+    return head, rest
 
 
 class Conversation:
-    """JSON lines both ways on a connection qiaod upgraded; a line ``{"message": ...}``
-    from qiaod is its refusal (DaemonError). Closing it is how the client leaves."""
+    """JSON lines both ways on a connection qiaod handed over after its answer's head; a
+    line ``{"message": ...}`` from qiaod is its refusal (DaemonError). Closing it is how the client leaves."""
 
     def __init__(self, sock: _socket.socket, buffered: bytes, what: str) -> None:
         self.sock, self._buffer, self.what = sock, buffered, what
@@ -234,7 +272,36 @@ class Conversation:
         self.close()
 
 
-def _answer(method: str, path: str, raw: bytes) -> Any:
+def _chunks(sock: _socket.socket, first: bytes) -> Iterator[bytes]:
+    try:
+        if first:
+            yield first
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return
+            yield chunk
+    finally:
+        sock.close()
+
+
+def _file_size(fd: int) -> int | None:
+    """What is left of a regular file; None for a pipe or a terminal (sent chunked)."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return st.st_size - os.lseek(fd, 0, os.SEEK_CUR)
+
+
+def _send_body(sock: _socket.socket, fd: int, chunked: bool) -> None:
+    """The body from ``fd``: as is, or in chunks of what each read returns."""
+    while data := os.read(fd, 1 << 20):
+        sock.sendall(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data, _socket.MSG_NOSIGNAL)
+    if chunked:
+        sock.sendall(b"0\r\n\r\n", _socket.MSG_NOSIGNAL)
+
+
+def _answer(method: str, path: str, raw: bytes, undecoded: bool = False) -> Any:
     """The decoded body of qiaod's answer; raises DaemonError for an error
     status, Unreachable when the connection ended before a complete answer
     and BadAnswer when the answer makes no sense."""
@@ -264,7 +331,7 @@ def _answer(method: str, path: str, raw: bytes) -> Any:
                 f"qiaod closed the connection before its answer to {what} was complete ({len(payload)} of {int(length)} bytes)"
             )
         payload = payload[: int(length)]
-    is_json = b"application/json" in headers.get(b"content-type", b"").lower()
+    is_json = b"application/json" in headers.get(b"content-type", b"").lower() and not (undecoded and status < 400)
     decoded: Any = payload if not is_json else None
     if is_json and payload:
         try:

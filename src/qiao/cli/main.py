@@ -84,6 +84,17 @@ def _add_run(sub: Any) -> None:
     run.add_argument("--cap-add", action="append", default=[], help="add a capability (NET_ADMIN, CAP_SYS_TIME, ALL, ...)")
     run.add_argument("--cap-drop", action="append", default=[], help="drop a capability (ALL too)")
     run.add_argument("--privileged", action="store_true", help="every capability, no no_new_privs (qiao's root stays hidden)")
+    run.add_argument("--env-file", action="append", default=[], help="KEY=VALUE lines (# comments), before -e")
+    run.add_argument("--domainname", default="", help="the container's NIS domain name")
+    run.add_argument("--restart", default="", help="no, always, unless-stopped or on-failure[:N]: qiaod restarts it on exit")
+    run.add_argument("--stop-signal", default="", help="what stop sends first (default SIGTERM)")
+    run.add_argument("--stop-timeout", type=int, default=None, help="seconds stop waits before SIGKILL (default 10, -1: for ever)")
+    run.add_argument("--dns", action="append", default=[], help="a nameserver (on user networks: where qiao's resolver forwards)")
+    run.add_argument("--dns-search", action="append", default=[], help="a search domain ('.': none)")
+    run.add_argument("--dns-option", action="append", default=[], help="a resolver option (ndots:2, ...)")
+    run.add_argument("--add-host", action="append", default=[], help="NAME:IP in /etc/hosts (IP may be host-gateway)")
+    run.add_argument("--image", default="", help="run in this image's root filesystem (qiao image ls); default: the host's")
+    run.add_argument("--entrypoint", default=None, help='replace the image\'s entrypoint ("" clears it)')
     run.add_argument("cmd", nargs=argparse.REMAINDER)
 
 
@@ -117,13 +128,60 @@ def _add_port(sub: Any) -> None:
 
 
 def _add_logs(sub: Any) -> None:
-    sub.add_parser("logs", help="print a container's output").add_argument("container")
+    logs = sub.add_parser("logs", help="print a container's output (stdout to stdout, stderr to stderr)")
+    logs.add_argument("-f", "--follow", action="store_true", help="go on until the container stops")
+    logs.add_argument("-n", "--tail", default="all", help='lines from the end (default "all")')
+    logs.add_argument("-t", "--timestamps", action="store_true")
+    logs.add_argument("--since", default="", help="a time (2006-01-02T15:04:05Z, a UNIX time) or a duration back (42m)")
+    logs.add_argument("--until", default="", help="as --since")
+    logs.add_argument("container")
 
 
 def _add_stop(sub: Any) -> None:
-    stop = sub.add_parser("stop", help="SIGTERM, then SIGKILL after a grace period")
-    stop.add_argument("-t", "--time", type=int, default=10, help="seconds to wait before SIGKILL")
+    stop = sub.add_parser("stop", help="the stop signal (SIGTERM), then SIGKILL after a grace period")
+    stop.add_argument("-t", "--time", "--timeout", type=int, default=None, help="seconds before SIGKILL (default: the container's, 10)")
+    stop.add_argument("-s", "--signal", default=None, help="the signal to send first (default: the container's stop signal)")
     stop.add_argument("names", nargs="+")
+
+
+def _add_restart(sub: Any) -> None:
+    restart = sub.add_parser("restart", help="stop, then start containers")
+    restart.add_argument("-t", "--time", "--timeout", type=int, default=None, help="seconds to wait before SIGKILL")
+    restart.add_argument("-s", "--signal", default=None, help="the signal to stop with")
+    restart.add_argument("names", nargs="+")
+
+
+def _add_rename(sub: Any) -> None:
+    rename = sub.add_parser("rename", help="rename a container")
+    rename.add_argument("container")
+    rename.add_argument("new_name")
+
+
+def _add_top(sub: Any) -> None:
+    top = sub.add_parser("top", help="a container's processes (ps -ef, or aux)")
+    top.add_argument("container")
+    top.add_argument("ps_args", nargs=argparse.REMAINDER, help="-ef (default), -e, aux or ax")
+
+
+def _add_stats(sub: Any) -> None:
+    stats = sub.add_parser("stats", help="CPU, memory, network I/O and processes of containers")
+    stats.add_argument("-a", "--all", action="store_true", help="all containers (default: running)")
+    stats.add_argument("--no-stream", action="store_true", help="one table, then exit")
+    stats.add_argument("names", nargs="*")
+
+
+def _add_pause(sub: Any) -> None:
+    sub.add_parser("pause", help="freeze containers' processes (cgroup freezer)").add_argument("names", nargs="+")
+
+
+def _add_unpause(sub: Any) -> None:
+    sub.add_parser("unpause", help="thaw paused containers").add_argument("names", nargs="+")
+
+
+def _add_container(sub: Any) -> None:
+    ctr = sub.add_parser("container", help="manage containers: qiao container prune")
+    csub = ctr.add_subparsers(dest="container_command", parser_class=Parser, required=True)
+    csub.add_parser("prune", help="remove every stopped container").add_argument("-f", "--force", action="store_true")
 
 
 def _add_start(sub: Any) -> None:
@@ -138,6 +196,29 @@ def _add_kill(sub: Any) -> None:
 
 def _add_rm(sub: Any) -> None:
     rm = sub.add_parser("rm", help="remove containers")
+    rm.add_argument("-f", "--force", action="store_true")
+    rm.add_argument("names", nargs="+")
+
+
+def _add_image(sub: Any) -> None:
+    image = sub.add_parser("image", help="manage images: import, load, ls, inspect, tag, rm")
+    isub = image.add_subparsers(dest="image_command", parser_class=Parser, required=True)
+    imp = isub.add_parser("import", help="a root filesystem tar (gzip, bzip2 or xz too) as an image")
+    imp.add_argument("-c", "--change", action="append", default=[], help='a Dockerfile instruction: CMD ["sh"], ENV A=1, ...')
+    imp.add_argument("-m", "--message", default="")
+    imp.add_argument("file", help="the tar, or - for standard input")
+    imp.add_argument("reference", nargs="?", default="", help="REPOSITORY[:TAG]")
+    load = isub.add_parser("load", help="the images of a docker save archive or an OCI image layout")
+    load.add_argument("-i", "--input", default="-", help="the archive (default: standard input)")
+    load.add_argument("-q", "--quiet", action="store_true")
+    ls = isub.add_parser("ls", help="list images")
+    ls.add_argument("-q", "--quiet", action="store_true")
+    ls.add_argument("--format", choices=["table", "json"], default="table")
+    isub.add_parser("inspect").add_argument("names", nargs="+")
+    tag = isub.add_parser("tag", help="give an image another name")
+    tag.add_argument("source")
+    tag.add_argument("target")
+    rm = isub.add_parser("rm", help="remove images")
     rm.add_argument("-f", "--force", action="store_true")
     rm.add_argument("names", nargs="+")
 
@@ -195,6 +276,13 @@ def _add_cni(sub: Any) -> None:
     sub.add_parser("cni", help="qiao as a CNI plugin: qiao cni install|uninstall (see qiao cni --help)", add_help=False)
 
 
+def _add_explain(sub: Any) -> None:
+    ex = sub.add_parser("explain", help="what a command would do, as ip/nft/sysctl commands; changes nothing")
+    ex.add_argument("--json", action="store_true", help="the steps as JSON")
+    ex.add_argument("--from-scratch", action="store_true", help="as a shell script for a host where qiao never ran")
+    ex.add_argument("explained", nargs=argparse.REMAINDER, metavar="COMMAND", help="run, start, rm or network create|rm|connect|...")
+
+
 def _add_daemon(sub: Any) -> None:
     sub.add_parser("daemon", help="show or stop qiaod").add_argument("action", choices=["status", "stop"])
 
@@ -207,15 +295,24 @@ COMMANDS = {
     "port": _add_port,
     "logs": _add_logs,
     "stop": _add_stop,
+    "restart": _add_restart,
+    "rename": _add_rename,
+    "top": _add_top,
+    "stats": _add_stats,
+    "pause": _add_pause,
+    "unpause": _add_unpause,
+    "container": _add_container,
     "start": _add_start,
     "kill": _add_kill,
     "rm": _add_rm,
+    "image": _add_image,
     "network": _add_network,
     "topology": _add_topology,
     "trace": _add_trace,
     "lab": _add_lab,
     "cni": _add_cni,
     "daemon": _add_daemon,
+    "explain": _add_explain,
 }
 
 
@@ -265,9 +362,10 @@ def _discard(c: Client, cid: str) -> None:
         c.request("DELETE", f"/containers/{quote(cid)}", {"force": 1})
 
 
-def cmd_run(c: Client, a: argparse.Namespace) -> int:
+def run_body(a: argparse.Namespace) -> dict[str, Any]:
+    """``run``'s ``POST /containers/create`` body (its usage errors raised here)."""
     cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
-    if not cmd:
+    if not cmd and not a.image:  # an image may bring its own
         raise UsageError("qiao run: no command given (qiao run [OPTIONS] -- COMMAND [ARG...])")
     bindings: dict[str, list[dict[str, str]]] = {}
     for spec in a.publish:
@@ -283,10 +381,19 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
         "IPAMConfig": {"IPv4Address": a.ip, "IPv6Address": a.ip6},
         "MacAddress": a.mac_address,
     }
-    body = {
+    env = []
+    for path in a.env_file:
+        with open(path) as f:
+            env += output.env_file(f.read(), dict(os.environ), path)
+    return {
         "Hostname": a.hostname or "",
-        "Env": a.env,
+        "Domainname": a.domainname,
+        "Env": env + output.env_items(a.env, dict(os.environ)),
         "Cmd": cmd,
+        "StopSignal": a.stop_signal,
+        "StopTimeout": a.stop_timeout,
+        "Image": a.image,
+        **({} if a.entrypoint is None else {"Entrypoint": [a.entrypoint]}),
         "ExposedPorts": exposed,
         "User": a.user,
         "WorkingDir": a.workdir,
@@ -299,9 +406,18 @@ def cmd_run(c: Client, a: argparse.Namespace) -> int:
             "CapAdd": a.cap_add,
             "CapDrop": a.cap_drop,
             "Privileged": a.privileged,
+            "RestartPolicy": output.restart_policy(a.restart),
+            "Dns": a.dns,
+            "DnsSearch": a.dns_search,
+            "DnsOptions": a.dns_option,
+            "ExtraHosts": a.add_host,
         },
         "NetworkingConfig": {"EndpointsConfig": {net: (first if i == 0 else {}) for i, net in enumerate(networks)}},
     }
+
+
+def cmd_run(c: Client, a: argparse.Namespace) -> int:
+    body = run_body(a)
     # Until the start has answered, SIGTERM and SIGHUP end the run as Ctrl-C does:
     # through the clean-up below, not with a "Created" container left behind.
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -348,16 +464,16 @@ def cmd_ps(c: Client, a: argparse.Namespace) -> int:
 def cmd_inspect(c: Client, a: argparse.Namespace) -> int:
     found, status = [], 0
     for name in a.names:
-        try:
-            found.append(c.request("GET", f"/containers/{quote(name)}/json"))
-        except DaemonError as exc:
-            if exc.status != 404:
-                raise
+        for path in (f"/containers/{quote(name)}/json", f"/networks/{quote(name)}", f"/images/{quote(name)}/json"):
             try:
-                found.append(c.request("GET", f"/networks/{quote(name)}"))
-            except DaemonError:
-                print(f"qiao: Error: No such object: {name}", file=sys.stderr)
-                status = 1
+                found.append(c.request("GET", path))
+                break
+            except DaemonError as exc:
+                if exc.status != 404:
+                    raise
+        else:
+            print(f"qiao: Error: No such object: {name}", file=sys.stderr)
+            status = 1
     print(json.dumps(found, indent=4))
     return status
 
@@ -406,8 +522,30 @@ def cmd_port(c: Client, a: argparse.Namespace) -> int:
 
 
 def cmd_logs(c: Client, a: argparse.Namespace) -> int:
-    data = c.request("GET", f"/containers/{quote(a.container)}/logs")
-    sys.stdout.buffer.write(data or b"")
+    query = {
+        "stdout": 1,
+        "stderr": 1,
+        "follow": 1 if a.follow else None,
+        "tail": None if a.tail == "all" else a.tail,
+        "timestamps": 1 if a.timestamps else None,
+        "since": output.unix_time(a.since, "--since") or None,
+        "until": output.unix_time(a.until, "--until") or None,
+    }
+    ctype, body = c.stream("GET", f"/containers/{quote(a.container)}/logs", query)
+    out = sys.stdout.buffer
+    if ctype != "application/vnd.docker.multiplexed-stream":  # a container with a TTY: one raw stream
+        for chunk in body:
+            out.write(chunk)
+            out.flush()
+        return 0
+    from qiao.runtime.frames import STDERR, Decoder  # only here: struct
+
+    decoder, err = Decoder(), sys.stderr.buffer
+    for chunk in body:
+        for stream, data in decoder.feed(chunk):
+            (err if stream == STDERR else out).write(data)
+        out.flush()
+        err.flush()
     return 0
 
 
@@ -423,20 +561,32 @@ def _each(c: Client, names: list[str], method: str, path: str, query: dict[str, 
     return status
 
 
+def network_create_body(a: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "Name": a.name,
+        "Driver": a.driver,
+        "Options": _kv(a.opt, "option"),
+        "Labels": _kv(a.label, "label"),
+        "Internal": a.internal,
+        "Attachable": a.attachable,
+        "EnableIPv6": a.ipv6,
+        "IPAM": {"Driver": "default", "Config": output.ipam_config(a.subnet, a.gateway, a.ip_range)},
+    }
+
+
+def connect_body(a: argparse.Namespace) -> dict[str, Any]:
+    cfg = {"Aliases": a.alias, "IPAMConfig": {"IPv4Address": a.ip, "IPv6Address": a.ip6}}
+    return {"Container": a.container, "EndpointConfig": cfg}
+
+
+def disconnect_body(a: argparse.Namespace) -> dict[str, Any]:
+    return {"Container": a.container, "Force": a.force}
+
+
 def cmd_network(c: Client, a: argparse.Namespace) -> int:
     sub = a.network_command
     if sub == "create":
-        body = {
-            "Name": a.name,
-            "Driver": a.driver,
-            "Options": _kv(a.opt, "option"),
-            "Labels": _kv(a.label, "label"),
-            "Internal": a.internal,
-            "Attachable": a.attachable,
-            "EnableIPv6": a.ipv6,
-            "IPAM": {"Driver": "default", "Config": output.ipam_config(a.subnet, a.gateway, a.ip_range)},
-        }
-        print(c.request("POST", "/networks/create", body=body)["Id"])
+        print(c.request("POST", "/networks/create", body=network_create_body(a))["Id"])
     elif sub == "ls":
         nets = output.by_name(c.request("GET", "/networks"))
         if a.quiet:
@@ -458,16 +608,51 @@ def cmd_network(c: Client, a: argparse.Namespace) -> int:
         print(json.dumps(found, indent=4))
         return status
     elif sub == "connect":
-        cfg = {"Aliases": a.alias, "IPAMConfig": {"IPv4Address": a.ip, "IPv6Address": a.ip6}}
-        c.request("POST", f"/networks/{quote(a.network)}/connect", body={"Container": a.container, "EndpointConfig": cfg})
+        c.request("POST", f"/networks/{quote(a.network)}/connect", body=connect_body(a))
     elif sub == "disconnect":
-        c.request("POST", f"/networks/{quote(a.network)}/disconnect", body={"Container": a.container, "Force": a.force})
+        c.request("POST", f"/networks/{quote(a.network)}/disconnect", body=disconnect_body(a))
     elif sub == "rm":
         return _each(c, a.names, "DELETE", "/networks/{}")
     elif sub == "prune":
         deleted = c.request("POST", "/networks/prune")["NetworksDeleted"] or []
         if deleted:
             print("Deleted Networks:\n" + "\n".join(deleted))
+    return 0
+
+
+def cmd_top(c: Client, a: argparse.Namespace) -> int:
+    found = c.request("GET", f"/containers/{quote(a.container)}/top", {"ps_args": " ".join(a.ps_args) or None})
+    print(output.table(found["Titles"], found["Processes"] or []), end="")
+    return 0
+
+
+def cmd_stats(c: Client, a: argparse.Namespace) -> int:
+    """Docker's table: one sample of each container, another a second later, CPU %
+    from the pair (one-shot samples: one second in all, however many containers)."""
+    names = a.names or [r["Id"] for r in c.request("GET", "/containers/json", {"all": 1 if a.all else None})]
+
+    def sample() -> list[dict[str, Any]]:
+        return [c.request("GET", f"/containers/{quote(n)}/stats", {"stream": 0, "one-shot": 1}) for n in names]
+
+    before = sample()
+    while True:
+        time.sleep(1)
+        now = sample()
+        text = output.stats_table([output.stats_row(n, b) for n, b in zip(now, before, strict=True)])
+        if a.no_stream:
+            print(text, end="")
+            return 0
+        if sys.stdout.isatty():
+            print("\033[2J\033[H", end="")  # as docker stats: redraw in place
+        print(text, end="", flush=True)
+        before = now
+
+
+def cmd_container(c: Client, a: argparse.Namespace) -> int:
+    deleted = c.request("POST", "/containers/prune")["ContainersDeleted"] or []
+    if deleted:
+        print("Deleted Containers:\n" + "\n".join(deleted) + "\n")
+    print("Total reclaimed space: 0B")
     return 0
 
 
@@ -494,6 +679,64 @@ def cmd_trace(c: Client, a: argparse.Namespace) -> int:
     else:
         sys.stdout.write(netview.trace_text(result, color=sys.stdout.isatty()))
     return 0 if result["result"]["status"] == "delivered" else 1
+
+
+def _messages(raw: bytes) -> list[dict[str, Any]]:
+    """Docker's JSON message stream (one object per line)."""
+    return [json.loads(line) for line in raw.splitlines() if line.strip()]
+
+
+def _upload(path: str) -> int:
+    """A file's descriptor, or standard input's for ``-``."""
+    return 0 if path == "-" else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def cmd_image(c: Client, a: argparse.Namespace) -> int:
+    sub = a.image_command
+    if sub == "import":
+        query = {"fromSrc": "-", "repo": a.reference or None, "message": a.message or None, "changes": a.change}
+        for msg in _messages(c.request("POST", "/images/create", query, upload=_upload(a.file), raw=True)):
+            print(msg.get("status", ""))
+    elif sub == "load":
+        for msg in _messages(c.request("POST", "/images/load", {"quiet": 1 if a.quiet else 0}, upload=_upload(a.input), raw=True)):
+            print(msg.get("stream", "").rstrip("\n"))
+    elif sub == "ls":
+        images = c.request("GET", "/images/json")
+        if a.quiet:
+            for img in images:
+                print(img["Id"].removeprefix("sha256:")[:12])
+        elif a.format == "json":
+            for repo, tag, img in output.image_rows(images):
+                print(json.dumps(output.image_json_line(repo, tag, img)))
+        else:
+            print(output.image_table(images), end="")
+    elif sub == "inspect":
+        found, status = [], 0
+        for name in a.names:
+            try:
+                found.append(c.request("GET", f"/images/{quote(name)}/json"))
+            except DaemonError as exc:
+                print(f"qiao: Error response from daemon: {exc}", file=sys.stderr)
+                status = 1
+        print(json.dumps(found, indent=4))
+        return status
+    elif sub == "tag":
+        repo, tag = a.target, ""
+        if ":" in a.target.rpartition("/")[2]:
+            repo, _, tag = a.target.rpartition(":")
+        c.request("POST", f"/images/{quote(a.source)}/tag", {"repo": repo, "tag": tag or None})
+    elif sub == "rm":
+        status = 0
+        for name in a.names:
+            try:
+                for record in c.request("DELETE", f"/images/{quote(name)}", {"force": 1 if a.force else None}):
+                    for key, value in record.items():
+                        print(f"{key}: {value}")
+            except DaemonError as exc:
+                print(f"qiao: Error response from daemon: {exc}", file=sys.stderr)
+                status = 1
+        return status
+    return 0
 
 
 def cmd_daemon(c: Client, a: argparse.Namespace) -> int:
@@ -589,7 +832,20 @@ def _main(argv: list[str] | None) -> int:
         if cmd == "logs":
             return cmd_logs(c, a)
         if cmd == "stop":
-            return _each(c, a.names, "POST", "/containers/{}/stop", {"t": a.time})
+            return _each(c, a.names, "POST", "/containers/{}/stop", {"t": a.time, "signal": a.signal})
+        if cmd == "restart":
+            return _each(c, a.names, "POST", "/containers/{}/restart", {"t": a.time, "signal": a.signal})
+        if cmd == "rename":
+            c.request("POST", f"/containers/{quote(a.container)}/rename", {"name": a.new_name})
+            return 0
+        if cmd == "top":
+            return cmd_top(c, a)
+        if cmd == "stats":
+            return cmd_stats(c, a)
+        if cmd in ("pause", "unpause"):
+            return _each(c, a.names, "POST", "/containers/{}/" + cmd)
+        if cmd == "container":
+            return cmd_container(c, a)
         if cmd == "start":
             return _each(c, a.names, "POST", "/containers/{}/start")
         if cmd == "kill":
@@ -602,8 +858,14 @@ def _main(argv: list[str] | None) -> int:
             return cmd_topology(c, a)
         if cmd == "trace":
             return cmd_trace(c, a)
+        if cmd == "image":
+            return cmd_image(c, a)
         if cmd == "daemon":
             return cmd_daemon(c, a)
+        if cmd == "explain":
+            from qiao.cli.explain import cmd_explain
+
+            return cmd_explain(c, a)
         raise UsageError(f"unknown command {cmd}")
     except ValueError as exc:  # a -p / --expose that does not parse
         print(f"qiao: {exc}", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from qiao.units import human_duration
+from qiao.units import bytes_size, human_duration, human_size
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up time)
 if TYPE_CHECKING:
@@ -28,9 +28,17 @@ def _command(cmd: str, width: int = 20) -> str:
 
 def ps_table(rows: list[dict[str, Any]]) -> str:
     return _table(
-        ["CONTAINER ID", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
+        ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
         [
-            [r["Id"][:12], _command(r["Command"]), _ago(r["Created"]), r["Status"], ports_text(r["Ports"]), r["Names"][0].lstrip("/")]
+            [
+                r["Id"][:12],
+                r.get("Image") or "",
+                _command(r["Command"]),
+                _ago(r["Created"]),
+                r["Status"],
+                ports_text(r["Ports"]),
+                r["Names"][0].lstrip("/"),
+            ]
             for r in rows
         ],
     )
@@ -43,7 +51,7 @@ def ps_json(r: dict[str, Any]) -> dict[str, Any]:
         "Command": _command(r["Command"]),
         "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", created),
         "ID": r["Id"][:12],
-        "Image": "",
+        "Image": r.get("Image") or "",
         "Labels": "",
         "LocalVolumes": "0",
         "Mounts": "",
@@ -54,6 +62,44 @@ def ps_json(r: dict[str, Any]) -> dict[str, Any]:
         "Size": "0B",
         "State": r["State"],
         "Status": r["Status"],
+    }
+
+
+def image_rows(images: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(repository, tag, image) per tag, as ``docker images`` lists them (``<none>`` for an untagged image)."""
+    rows = []
+    for img in images:
+        for ref in img.get("RepoTags") or ["<none>:<none>"]:
+            repo, _, tag = ref.rpartition(":")
+            rows.append((repo, tag, img))
+    return rows
+
+
+def image_table(images: list[dict[str, Any]]) -> str:
+    return _table(
+        ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
+        [
+            [repo, tag, img["Id"].removeprefix("sha256:")[:12], _ago(img["Created"]), human_size(img["Size"])]
+            for repo, tag, img in image_rows(images)
+        ],
+    )
+
+
+def image_json_line(repo: str, tag: str, img: dict[str, Any]) -> dict[str, Any]:
+    """One line of ``docker images --format json``."""
+    created = time.gmtime(img["Created"])
+    return {
+        "Containers": "N/A",
+        "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", created),
+        "CreatedSince": _ago(img["Created"]),
+        "Digest": "<none>",
+        "ID": img["Id"].removeprefix("sha256:")[:12],
+        "Repository": repo,
+        "SharedSize": "N/A",
+        "Size": human_size(img["Size"]),
+        "Tag": tag,
+        "UniqueSize": "N/A",
+        "VirtualSize": human_size(img["Size"]),
     }
 
 
@@ -248,3 +294,120 @@ def ipam_config(subnets: list[str], gateways: list[str], ip_range: str | None) -
     if ip_range and not subnets:
         out.append({"IPRange": ip_range})
     return out
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """A left-aligned table (``docker top`` prints its daemon's titles and rows so)."""
+    return _table(headers, rows)
+
+
+def cpu_percent(now: dict[str, Any], before: dict[str, Any] | None = None) -> float:
+    """The Docker CLI's calculateCPUPercentUnix: the container's share of the machine
+    between two samples (``before``, or the sample's own ``precpu_stats``), times the CPUs."""
+    cpu = now.get("cpu_stats") or {}
+    pre = (before or {}).get("cpu_stats") if before else now.get("precpu_stats")
+    pre = pre or {}
+    cpu_delta = cpu.get("cpu_usage", {}).get("total_usage", 0) - pre.get("cpu_usage", {}).get("total_usage", 0)
+    system_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
+    if system_delta > 0 and cpu_delta > 0:
+        return cpu_delta / system_delta * (cpu.get("online_cpus") or 1) * 100.0
+    return 0.0
+
+
+def memory_usage(stats: dict[str, Any]) -> int:
+    """The Docker CLI's calculateMemUsageUnixNoCache: usage without the inactive page cache."""
+    mem = stats.get("memory_stats") or {}
+    usage, detail = mem.get("usage", 0), mem.get("stats") or {}
+    for key in ("total_inactive_file", "inactive_file"):
+        if key in detail and detail[key] < usage:
+            return int(usage - detail[key])
+    return int(usage)
+
+
+def stats_row(stats: dict[str, Any], before: dict[str, Any] | None = None) -> list[str]:
+    """One line of ``docker stats``."""
+    mem = stats.get("memory_stats") or {}
+    usage, limit = memory_usage(stats), mem.get("limit", 0)
+    nets = (stats.get("networks") or {}).values()
+    rx, tx = sum(n.get("rx_bytes", 0) for n in nets), sum(n.get("tx_bytes", 0) for n in nets)
+    blkio = (stats.get("blkio_stats") or {}).get("io_service_bytes_recursive") or []
+    read = sum(e.get("value", 0) for e in blkio if e.get("op", "").lower() == "read")
+    write = sum(e.get("value", 0) for e in blkio if e.get("op", "").lower() == "write")
+    return [
+        stats.get("id", "")[:12],
+        stats.get("name", "").lstrip("/"),
+        f"{cpu_percent(stats, before):.2f}%",
+        f"{bytes_size(usage)} / {bytes_size(limit)}",
+        f"{usage * 100.0 / limit if limit else 0.0:.2f}%",
+        f"{human_size(rx)} / {human_size(tx)}",
+        f"{human_size(read)} / {human_size(write)}",
+        str((stats.get("pids_stats") or {}).get("current", 0)),
+    ]
+
+
+def stats_table(rows: list[list[str]]) -> str:
+    return _table(["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O", "BLOCK I/O", "PIDS"], rows)
+
+
+def restart_policy(text: str) -> dict[str, Any]:
+    """``--restart no|always|unless-stopped|on-failure[:N]`` -> HostConfig.RestartPolicy (the daemon checks the name)."""
+    name, sep, count = text.partition(":")
+    if sep and not (count.isascii() and count.lstrip("-").isdigit()):
+        raise ValueError(f"invalid restart policy {text!r}: maximum retry count must be an integer")
+    return {"Name": name, "MaximumRetryCount": int(count) if sep else 0}
+
+
+def env_items(items: list[str], environ: dict[str, str]) -> list[str]:
+    """``-e KEY=VALUE`` as given; ``-e KEY`` takes the caller's value, or stays a bare KEY
+    (which unsets it), as the Docker CLI's ValidateEnv."""
+    out = []
+    for item in items:
+        if "=" not in item and item in environ:
+            item = f"{item}={environ[item]}"
+        out.append(item)
+    return out
+
+
+def env_file(text: str, environ: dict[str, str], path: str = "") -> list[str]:
+    """An ``--env-file`` (the Docker CLI's ParseEnvFile): ``KEY=VALUE`` lines, ``#`` comments
+    and blank lines skipped, a bare ``KEY`` takes the caller's value or is left out."""
+    out = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.lstrip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, _value = line.partition("=")
+        if not key or any(c.isspace() for c in key):
+            raise ValueError(f"invalid environment variable {key!r} in {path or 'the env file'} line {number}: it contains whitespace")
+        if sep:
+            out.append(line)
+        elif key in environ:
+            out.append(f"{key}={environ[key]}")
+    return out
+
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+
+
+def unix_time(text: str, what: str, now: float | None = None) -> str:
+    """Docker's ``--since``/``--until`` as the API takes them (``SECONDS.NANOSECONDS``):
+    a UNIX time as is, a duration (Go's: ``1h30m``, ``42m``, ``10s``) back
+    from now, or an RFC 3339 date (``2006-01-02T15:04:05Z``, or a date alone)."""
+    if not text:
+        return ""
+    if text.replace(".", "", 1).isdigit():
+        return text
+    import re  # argparse has it loaded already
+
+    if re.fullmatch(r"(?:[0-9]+(?:\.[0-9]+)?(?:ns|us|µs|ms|s|m|h))+", text):
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in re.findall(r"([0-9.]+)(ns|us|µs|ms|s|m|h)", text))
+        return f"{(time.time() if now is None else now) - seconds:.9f}"
+    import datetime
+
+    try:
+        stamp = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"invalid value for {what}: {text!r} (a time, a UNIX time or a duration such as 42m)") from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=datetime.UTC)
+    return f"{stamp.timestamp():.9f}"

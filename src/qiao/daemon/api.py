@@ -6,23 +6,27 @@ the route handlers.  The server itself (parsing, limits, workers) is in
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Callable
 from typing import Any
 
 from qiao import cni
 from qiao.cni.service import CniService
 from qiao.daemon import docker_json, wire
-from qiao.daemon.http import Raw, Request, route
+from qiao.daemon.explain_api import ExplainApi
+from qiao.daemon.http import Request, route
+from qiao.daemon.images_api import ImagesApi
+from qiao.daemon.lifecycle_api import LifecycleRoutes, stop_signal, stop_timeout
 from qiao.daemon.lists import ListRoutes
 from qiao.daemon.observe_api import ObserveApi
+from qiao.daemon.streams import StreamsApi
 from qiao.daemon.system import SystemRoutes
+from qiao.engine import signals
 from qiao.engine.containers import StartFailed
 from qiao.engine.engine import Engine
 from qiao.engine.errors import InvalidParameter
 
 
-class Api(SystemRoutes, ListRoutes, ObserveApi):
+class Api(SystemRoutes, ListRoutes, ObserveApi, ExplainApi, LifecycleRoutes, ImagesApi, StreamsApi):
     """The route handlers; each returns (status, body)."""
 
     def __init__(self, engine: Engine, shutdown: Callable[[], None]):
@@ -73,28 +77,13 @@ class Api(SystemRoutes, ListRoutes, ObserveApi):
 
     @route("POST", "/containers/(?P<ref>[^/]+)/stop")
     def container_stop(self, req: Request, ref: str) -> tuple[int, Any]:
-        self.engine.containers.stop(ref, req.number("t", 10))
+        self.engine.containers.stop(ref, stop_timeout(req), stop_signal(req))
         return 204, None
 
     @route("POST", "/containers/(?P<ref>[^/]+)/kill")
     def container_kill(self, req: Request, ref: str) -> tuple[int, Any]:
-        name = req.query.get("signal", "SIGKILL").upper()
-        try:
-            sig = int(name) if name.isascii() and name.isdigit() else signal.Signals[name if name.startswith("SIG") else "SIG" + name]
-        except KeyError:
-            raise InvalidParameter(f"invalid signal: {name}") from None
-        if not 0 < sig <= signal.SIGRTMAX:  # as Docker: no 0 (a no-op) and nothing the kernel would refuse
-            raise InvalidParameter(f"invalid signal: {name}")
-        self.engine.containers.kill(ref, sig)
+        self.engine.containers.kill(ref, signals.parse(req.query.get("signal") or "SIGKILL"))
         return 204, None
-
-    @route("POST", "/containers/(?P<ref>[^/]+)/wait")
-    def container_wait(self, req: Request, ref: str) -> tuple[int, Any]:
-        return 200, {"StatusCode": self.engine.containers.wait(ref), "Error": None}
-
-    @route("GET", "/containers/(?P<ref>[^/]+)/logs")
-    def container_logs(self, req: Request, ref: str) -> tuple[int, Any]:
-        return 200, Raw(self.engine.containers.logs(ref))
 
     @route("DELETE", "/containers/(?P<ref>[^/]+)")
     def container_remove(self, req: Request, ref: str) -> tuple[int, Any]:

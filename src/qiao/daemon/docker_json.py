@@ -10,6 +10,7 @@ from typing import Any
 
 from qiao.engine.containers import ContainerView
 from qiao.engine.models import Container, Endpoint, Network
+from qiao.images.reference import HOST_IMAGE
 from qiao.units import human_duration
 
 
@@ -154,13 +155,13 @@ def container(view: ContainerView) -> dict[str, Any]:
     return {
         "Id": ctr.id,
         "Created": ctr.created,
-        "Path": ctr.cmd[0] if ctr.cmd else "",
-        "Args": ctr.cmd[1:],
+        "Path": ctr.argv[0] if ctr.argv else "",
+        "Args": ctr.argv[1:],
         "State": {
-            "Status": ctr.status,
-            "Running": ctr.running,
-            "Paused": False,
-            "Restarting": False,
+            "Status": state(ctr),
+            "Running": ctr.running or ctr.restarting,  # as dockerd: a restarting container counts as running
+            "Paused": ctr.paused,
+            "Restarting": ctr.restarting,
             "OOMKilled": False,
             "Dead": False,
             "Pid": ctr.pid if ctr.running else 0,
@@ -169,13 +170,13 @@ def container(view: ContainerView) -> dict[str, Any]:
             "StartedAt": ctr.started_at,
             "FinishedAt": ctr.finished_at,
         },
-        "Image": "",
+        "Image": ctr.image_id,
         "ResolvConfPath": files.get("resolv.conf", ""),
         "HostnamePath": files.get("hostname", ""),
         "HostsPath": files.get("hosts", ""),
         "LogPath": files.get("log", ""),
         "Name": "/" + ctr.name,
-        "RestartCount": 0,
+        "RestartCount": ctr.restart_count,
         "Driver": "",  # no storage driver: the command sees the host's filesystem
         "Platform": "linux",
         "MountLabel": "",
@@ -187,23 +188,25 @@ def container(view: ContainerView) -> dict[str, Any]:
         "Mounts": [],
         "Config": {
             "Hostname": ctr.hostname,
-            "Domainname": "",
+            "Domainname": ctr.domainname,
             "User": ctr.user,
-            "AttachStdin": False,
-            "AttachStdout": False,
-            "AttachStderr": False,
+            "AttachStdin": ctr.attach_stdin,
+            "AttachStdout": ctr.attach_stdout,
+            "AttachStderr": ctr.attach_stderr,
             **({"ExposedPorts": {key: {} for key in ctr.exposed_ports}} if ctr.exposed_ports else {}),  # omitempty, as dockerd
-            "Tty": False,
-            "OpenStdin": False,
-            "StdinOnce": False,
+            "Tty": ctr.tty,
+            "OpenStdin": ctr.open_stdin,
+            "StdinOnce": ctr.stdin_once,
             "Env": list(ctr.env),
-            "Cmd": list(ctr.cmd),
+            "Cmd": list(ctr.cmd) or None,
             "Image": ctr.image,
             "Volumes": None,
             "WorkingDir": ctr.workdir,
-            "Entrypoint": None,
+            "Entrypoint": list(ctr.entrypoint) or None,
             "OnBuild": None,
             "Labels": dict(ctr.labels),
+            **({"StopSignal": ctr.stop_signal} if ctr.stop_signal else {}),
+            **({"StopTimeout": ctr.stop_timeout} if ctr.stop_timeout is not None else {}),
         },
         "NetworkSettings": {
             "Bridge": "",
@@ -233,21 +236,21 @@ def _host_config(ctr: Container, links: list[str]) -> dict[str, Any]:
     return {
         "Binds": None,
         "ContainerIDFile": "",
-        "LogConfig": {"Type": "json-file", "Config": {}},
+        "LogConfig": {"Type": "json-file", "Config": {}},  # qiao's log (runtime/logfile) reads as json-file's (docker-py checks)
         "NetworkMode": ctr.network_mode,
         "PortBindings": port_bindings(ctr),
-        "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+        "RestartPolicy": {"Name": ctr.restart_policy or "no", "MaximumRetryCount": ctr.restart_retries},
         "AutoRemove": ctr.auto_remove,
         "VolumeDriver": "",
         "VolumesFrom": None,
-        "ConsoleSize": [0, 0],
+        "ConsoleSize": list(ctr.console_size) or [0, 0],
         "CapAdd": list(ctr.cap_add) or None,
         "CapDrop": list(ctr.cap_drop) or None,
         "CgroupnsMode": "host",  # no cgroup namespace of its own
-        "Dns": None,
-        "DnsOptions": None,
-        "DnsSearch": None,
-        "ExtraHosts": None,
+        "Dns": list(ctr.dns) or None,
+        "DnsOptions": list(ctr.dns_options) or None,
+        "DnsSearch": list(ctr.dns_search) or None,
+        "ExtraHosts": list(ctr.extra_hosts) or None,
         "GroupAdd": None,
         "IpcMode": "host",  # qiao makes network, UTS and mount namespaces only
         "Cgroup": "",
@@ -303,10 +306,18 @@ def _since(stamp: str) -> float:
         return 0.0
 
 
+def state(ctr: Container) -> str:
+    """Docker's one-word state: created, running, paused, restarting, exited."""
+    return "paused" if ctr.running and ctr.paused else ctr.status
+
+
 def status_text(ctr: Container, link_notes: dict[str, str] | None = None) -> str:
     if ctr.running:
         notes = sorted({note.split(" ", 1)[0].rstrip(":") for note in (link_notes or {}).values()})
-        return "Up " + human_duration(_since(ctr.started_at)) + (f" (link {', '.join(notes)})" if notes else "")
+        paused = " (Paused)" if ctr.paused else ""
+        return "Up " + human_duration(_since(ctr.started_at)) + paused + (f" (link {', '.join(notes)})" if notes else "")
+    if ctr.restarting:
+        return f"Restarting ({ctr.exit_code}) {human_duration(_since(ctr.finished_at))} ago"
     if ctr.status == "exited":
         return f"Exited ({ctr.exit_code}) {human_duration(_since(ctr.finished_at))} ago"
     return "Created"
@@ -324,14 +335,14 @@ def container_summary(view: ContainerView, size: bool = False) -> dict[str, Any]
     return {
         "Id": ctr.id,
         "Names": ["/" + ctr.name],
-        "Image": ctr.image,
-        "ImageID": "",
-        "Command": command_text(ctr.cmd),
+        "Image": ctr.image or HOST_IMAGE,
+        "ImageID": ctr.image_id,
+        "Command": command_text(ctr.argv),
         "Created": int(time.time() - _since(ctr.created)),
         "Ports": _summary_ports(ctr),
         **({"SizeRw": 0, "SizeRootFs": 0} if size else {}),
         "Labels": dict(ctr.labels),
-        "State": ctr.status,
+        "State": state(ctr),
         "Status": status_text(ctr, view.link_notes),
         "HostConfig": {"NetworkMode": ctr.network_mode},
         "NetworkSettings": {"Networks": networks_of(view)},

@@ -16,8 +16,10 @@ relies on; curl and Docker's client cope). No input can hurt the daemon:
   bounded separately (``MAX_THREADS`` in all).
 * **Limits, each answered.** Request line > 8 KiB: 414. Headers > 64 KiB or
   > 100 of them: 431. Body over the route's ``max_body`` (1 MiB by default):
-  413. Chunked bodies: 411. Malformed request lines, headers, Content-Length,
-  percent-encoding or UTF-8: 400. Unknown method: 501; known method on the
+  413. Chunked bodies: decoded for the routes that stream their body (image
+  uploads: Docker's CLI sends them chunked), with the same cap and a bound on
+  every size line and trailer; 411 elsewhere. Malformed request lines, headers,
+  Content-Length, chunk framing, percent-encoding or UTF-8: 400. Unknown method: 501; known method on the
   wrong path: 405. A body cut short: 400. A reply to a mistake is followed by a
   short "lingering close" (what the client still sends is read and dropped),
   so the client reads the answer instead of a reset.
@@ -45,6 +47,7 @@ import array
 import collections
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -52,6 +55,8 @@ import re
 import select
 import selectors
 import socket
+import struct
+import termios
 import threading
 import time
 import urllib.parse
@@ -74,12 +79,15 @@ MAX_HEADERS = 100  # 431 beyond
 READ_TIMEOUT = 10.0  # seconds from accept to a complete request (head and body); 408 after
 WRITE_TIMEOUT = 10.0  # seconds a reply may wait for a client that reads none of it
 LINGER = 2.0  # after an early answer: read and drop what the client still sends, this long at most
+HEAD_READ_WAIT = 0.5  # seconds an upgrade waits for the client to read its head (see _until_read)
 WORKERS = 64  # handler threads for ordinary requests
 LONG_REQUEST = 1.0  # a handler running longer than this no longer counts against WORKERS
 MAX_THREADS = 1024  # handler threads in all, long requests included; further requests queue
 MAX_CONNECTIONS = 4096  # open connections (at most a quarter of RLIMIT_NOFILE); beyond, the oldest unfinished one is dropped
 BACKLOG = max(socket.SOMAXCONN, 4096)  # the kernel caps it at net.core.somaxconn
 MAX_FDS = 16  # SCM_RIGHTS descriptors accepted per request (a start needs 3); the rest are closed
+MAX_CHUNK_LINE = 4096  # a chunk's size line with its extensions; 400 beyond
+MAX_TRAILERS = 100  # trailer fields after the last chunk; 400 beyond
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
@@ -88,6 +96,7 @@ _TARGET = re.compile(rb"[\x21-\x7e]+\Z")  # visible ASCII: no controls, spaces o
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _DIGITS = re.compile(r"[0-9]+\Z")  # ASCII only: str.isdigit() would take "²" or "٣"
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")  # a chunk size (at most 2**64 - 1)
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _VERSION_PREFIX = re.compile(r"^/v[0-9.]+(?=/)")
 _ASKED_VERSION = re.compile(r"^/v([0-9.]+)/")
@@ -177,6 +186,10 @@ class RequestTimeout(QiaoError):
     status = 408
 
 
+class PayloadTooLarge(QiaoError):
+    status = 413
+
+
 # -- the request head ----------------------------------------------------------
 
 
@@ -188,6 +201,7 @@ class Head:
     headers: dict[str, str]  # lower-case names; repeated ones joined with ", "
     length: int = 0  # of the body (Content-Length; 0 without one)
     stdio: bool = False  # X-Qiao-Stdio: 1, a byte with three fds follows the body
+    chunked: bool = False  # Transfer-Encoding: chunked (only routes with stream=True take it)
 
 
 def parse_head(data: bytes) -> Head:
@@ -234,9 +248,11 @@ def parse_head(data: bytes) -> Head:
     head = Head(raw_method.decode(), raw_target.decode(), (1, int(version.group(2))), headers)
     if "transfer-encoding" in headers:
         codings = [c.strip().lower() for c in headers["transfer-encoding"].split(",")]
-        if codings[-1] == "chunked":
-            raise HttpError(411, "chunked request bodies are not supported: send Content-Length")
-        raise HttpError(501, f"Transfer-Encoding {headers['transfer-encoding']!r} is not supported")
+        if codings != ["chunked"]:
+            raise HttpError(501, f"Transfer-Encoding {headers['transfer-encoding']!r} is not supported")
+        if head.version < (1, 1):  # RFC 9112 6.1: faulty framing
+            raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
+        head.chunked = True
     if lengths:
         if not all(_DIGITS.match(v) for v in lengths):
             raise HttpError(400, f"invalid Content-Length {headers['content-length']!r}")
@@ -283,14 +299,19 @@ def check_version(path: str) -> None:
         raise HttpError(400, f"client version {m.group(1)} is too new. Maximum supported API version is {API_VERSION}")
 
 
-def parse_query(query: str) -> dict[str, str]:
+def parse_query_lists(query: str) -> dict[str, list[str]]:
+    """Every value of every parameter (``changes=...&changes=...``)."""
     try:
-        parsed = urllib.parse.parse_qs(query, errors="strict", max_num_fields=100)
+        return urllib.parse.parse_qs(query, errors="strict", max_num_fields=100)
     except UnicodeDecodeError:
         raise HttpError(400, "the query string is not UTF-8") from None
     except ValueError:
         raise HttpError(400, "too many query parameters") from None
-    return {k: v[-1] for k, v in parsed.items()}
+
+
+def parse_query(query: str) -> dict[str, str]:
+    """The last value of each parameter."""
+    return {k: v[-1] for k, v in parse_query_lists(query).items()}
 
 
 def unquote(segment: str) -> str:
@@ -310,9 +331,11 @@ class Request:
         body: bytes,
         fds: list[int] | None = None,
         head: Head | None = None,
-        stream: BodyReader | None = None,
+        stream: BodyStream | None = None,
+        query_lists: dict[str, list[str]] | None = None,
     ):
         self.query = query
+        self.query_lists = query_lists if query_lists is not None else {k: [v] for k, v in query.items()}
         self.body = body
         self.head = head
         self.headers = head.headers if head else {}
@@ -322,7 +345,7 @@ class Request:
         self._stream = stream
 
     @property
-    def stream(self) -> BodyReader:
+    def stream(self) -> BodyStream:
         """The body of a ``stream=True`` route, read as it arrives."""
         if self._stream is None:
             raise RuntimeError("this route was not declared with stream=True")
@@ -373,15 +396,31 @@ def close_all(fds: list[int]) -> None:
             os.close(fd)
 
 
-class BodyReader:
+class BodyStream:
     """A streamed body: ``read(n)`` returns at most ``n`` bytes, b"" at its end.
     A pause longer than the read timeout is a 408, an early end a 400."""
+
+    def read(self, n: int = 65536) -> bytes:
+        raise NotImplementedError
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole body has been read (else the rest is dropped by a lingering close)."""
+        raise NotImplementedError
+
+
+class BodyReader(BodyStream):
+    """A body of a known length (Content-Length)."""
 
     def __init__(self, sock: socket.socket, buffered: bytes, length: int, timeout: float):
         self._sock = sock
         self._buffered = buffered[:length]
         self.left = length
         self._timeout = timeout
+
+    @property
+    def complete(self) -> bool:
+        return self.left <= 0
 
     def read(self, n: int = 65536) -> bytes:
         n = min(n, self.left)
@@ -390,17 +429,99 @@ class BodyReader:
         if self._buffered:
             data, self._buffered = self._buffered[:n], self._buffered[n:]
         else:
-            self._sock.settimeout(self._timeout)
-            try:
-                data = self._sock.recv(n)
-            except TimeoutError:
-                raise RequestTimeout(f"no body data for {self._timeout:g} s") from None
-            finally:
-                self._sock.settimeout(WRITE_TIMEOUT)
+            data = _recv(self._sock, n, self._timeout)
             if not data:
                 raise InvalidParameter(f"request body truncated: {self.left} bytes missing")
         self.left -= len(data)
         return data
+
+
+def _recv(sock: socket.socket, n: int, timeout: float) -> bytes:
+    """One ``recv`` for a body: a pause past ``timeout`` is a 408 (the socket's
+    own timeout is the write timeout, restored after)."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(n)
+    except TimeoutError:
+        raise RequestTimeout(f"no body data for {timeout:g} s") from None
+    finally:
+        sock.settimeout(WRITE_TIMEOUT)
+
+
+class ChunkedReader(BodyStream):
+    """A chunked body (RFC 9112 7.1) decoded as it arrives: chunk-size lines
+    in hex with optional extensions (ignored), each chunk's data followed by
+    CRLF, a last chunk of size 0, then trailer fields (read and dropped).
+    More than ``limit`` decoded bytes is a 413; a size line longer than
+    MAX_CHUNK_LINE, more than MAX_TRAILERS trailers or any other framing
+    error is a 400."""
+
+    def __init__(self, sock: socket.socket, buffered: bytes, limit: int, timeout: float):
+        self._sock = sock
+        self._buf = bytearray(buffered)
+        self._limit = limit
+        self._timeout = timeout
+        self._chunk_left = 0  # data bytes of the current chunk not yet returned
+        self.total = 0  # decoded bytes so far
+        self._done = False
+
+    @property
+    def complete(self) -> bool:
+        return self._done
+
+    def read(self, n: int = 65536) -> bytes:
+        if self._done or n <= 0:
+            return b""
+        if self._chunk_left == 0:
+            size = self._size_line()
+            if size == 0:
+                self._trailers()
+                self._done = True
+                return b""
+            self.total += size
+            if self.total > self._limit:
+                raise PayloadTooLarge(f"request body larger than {self._limit} bytes")
+            self._chunk_left = size
+        if not self._buf:
+            self._fill()
+        data = bytes(self._buf[: min(n, self._chunk_left)])
+        del self._buf[: len(data)]
+        self._chunk_left -= len(data)
+        # Strict here: a lone LF accepted would make "3\r\nhi\r\n" a chunk.
+        if self._chunk_left == 0 and self._line(2) != b"\r\n":
+            raise InvalidParameter("malformed chunked body: chunk data not followed by CRLF")
+        return data
+
+    def _fill(self) -> None:
+        data = _recv(self._sock, 65536, self._timeout)
+        if not data:
+            raise InvalidParameter("request body truncated: the chunked body did not end")
+        self._buf += data
+
+    def _line(self, limit: int) -> bytes:
+        """The next line with its end (LF or CRLF), at most ``limit`` bytes."""
+        while True:
+            end = self._buf.find(b"\n", 0, limit)
+            if end >= 0:
+                line = bytes(self._buf[: end + 1])
+                del self._buf[: end + 1]
+                return line
+            if len(self._buf) >= limit:
+                raise InvalidParameter("malformed chunked body: a line too long")
+            self._fill()
+
+    def _size_line(self) -> int:
+        line = self._line(MAX_CHUNK_LINE).rstrip(b"\r\n")
+        text = line.split(b";", 1)[0].strip(b" \t")
+        if not _HEX.match(text):
+            raise InvalidParameter(f"malformed chunked body: invalid chunk size {line[:40].decode('latin-1')!r}")
+        return int(text, 16)
+
+    def _trailers(self) -> None:
+        for _ in range(MAX_TRAILERS + 1):
+            if self._line(MAX_CHUNK_LINE) in (b"\r\n", b"\n"):
+                return
+        raise InvalidParameter(f"malformed chunked body: more than {MAX_TRAILERS} trailer fields")
 
 
 # -- the worker pool -----------------------------------------------------------
@@ -496,6 +617,7 @@ class Conn:
     route: Route | None = None
     args: dict[str, str] = field(default_factory=dict)
     query: dict[str, str] = field(default_factory=dict)
+    query_lists: dict[str, list[str]] = field(default_factory=dict)
     path: str = ""
     received: int = 0  # bytes read in all
     scanned: int = 0  # how far the search for the head's end has got (a byte-a-second client costs no rescans)
@@ -733,9 +855,14 @@ class Server:
             self._route(conn, head)
             conn.head = head
             assert conn.route is not None
+            if head.chunked and not conn.route.stream:
+                raise HttpError(411, "chunked request bodies are not supported here: send Content-Length")
+            if head.chunked and "content-length" in head.headers:  # RFC 9112 6.3: a smuggling attempt, or a broken client
+                raise HttpError(400, "both Transfer-Encoding and Content-Length")
             if head.length > conn.route.max_body:
                 raise HttpError(413, f"request body larger than {conn.route.max_body} bytes")
-            if head.version >= (1, 1) and head.headers.get("expect", "").lower() == "100-continue" and head.length:
+            has_body = head.length or head.chunked
+            if head.version >= (1, 1) and head.headers.get("expect", "").lower() == "100-continue" and has_body:
                 with contextlib.suppress(OSError):
                     conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
             elif "expect" in head.headers and head.headers["expect"].lower() != "100-continue":
@@ -758,7 +885,8 @@ class Server:
                 if r.method == method:
                     # Matched while still encoded, so a %2F stays inside its segment; then decoded.
                     conn.args = {k: unquote(v) for k, v in match.groupdict().items()}
-                    conn.query = parse_query(query)
+                    conn.query_lists = parse_query_lists(query)
+                    conn.query = {k: v[-1] for k, v in conn.query_lists.items()}
                     conn.route = r
                     check_version(head.target.partition("?")[0])
                     return
@@ -828,13 +956,16 @@ class Server:
     def _serve(self, conn: Conn) -> None:
         head, route_ = conn.head, conn.route
         assert head is not None and route_ is not None
-        stream = None
+        stream: BodyStream | None = None
         if route_.stream:
             body = b""
-            stream = BodyReader(conn.sock, bytes(conn.buf), head.length, self.read_timeout)
+            if head.chunked:
+                stream = ChunkedReader(conn.sock, bytes(conn.buf), route_.max_body, self.read_timeout)
+            else:
+                stream = BodyReader(conn.sock, bytes(conn.buf), head.length, self.read_timeout)
         else:
             body = bytes(conn.buf[: head.length])
-        req = Request(conn.query, body, conn.fds, head, stream)
+        req = Request(conn.query, body, conn.fds, head, stream, conn.query_lists)
         conn.fds = []
         status: int
         payload: Any
@@ -858,7 +989,7 @@ class Server:
         except OSError as exc:  # BrokenPipeError, ConnectionResetError, TimeoutError: the client's doing
             log.debug("client went away before its answer to %s %s: %s", head.method, conn.path, exc)
         finally:
-            self._finish(conn, unread=stream is not None and stream.left > 0)
+            self._finish(conn, unread=stream is not None and not stream.complete)
         if req.after_reply:
             threading.Thread(target=req.after_reply, daemon=True).start()
 
@@ -931,8 +1062,26 @@ def _hand_over(sock: socket.socket, head: Head, payload: Hijacked) -> None:
         extra, first = {}, "HTTP/1.1 200 OK"
     lines = [first, f"Content-Type: {payload.content_type}", *(f"{k}: {v}" for k, v in extra.items()), f"Api-Version: {API_VERSION}"]
     send_all(sock, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    _until_read(sock)
     sock.settimeout(None)
     payload.run(sock)
+
+
+def _until_read(sock: socket.socket, limit: float = HEAD_READ_WAIT) -> None:
+    """Wait (a little) until the client has read the upgrade head: docker-py
+    reads it through a buffered file and then reads the raw socket, so bytes
+    that arrived together with the head would be lost to it.  (dockerd's
+    output comes later anyway: its exec and attach start after the head.)
+    A unix socket's unread bytes are the sender's ``SIOCOUTQ``."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            unread = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            return
+        if not unread:
+            return
+        time.sleep(0.001)
 
 
 def _open_files_limit() -> int:

@@ -100,7 +100,7 @@ def select_containers(views: list[ContainerView], query: dict[str, str]) -> list
             continue
         if since is not None and ctr.id == since.id:
             break
-        if not ctr.running and not show_all and limit <= 0:
+        if not (ctr.running or ctr.restarting) and not show_all and limit <= 0:  # dockerd lists restarting ones as running
             continue
         if not (filters.match("name", ctr.name) or filters.match("name", "/" + ctr.name)):
             continue
@@ -110,7 +110,7 @@ def select_containers(views: list[ContainerView], query: dict[str, str]) -> list
             break
         if exited and not (not ctr.running and ctr.started_at[:4] != "0001" and ctr.exit_code in exited):
             continue
-        if not filters.match("status", ctr.status):
+        if not filters.match("status", docker_json.state(ctr)):  # paused, restarting: as dockerd's State.Status
             continue
         if "ancestor" in filters and not _ancestor_matches(filters.get("ancestor"), ctr):
             continue

@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from qiao.engine.engine import Engine, builtin_drivers
     from qiao.engine.etcfiles import default_resolv_conf
     from qiao.engine.steps import fault_at
+    from qiao.kernel import cgroup
     from qiao.kernel.firewall import NftFirewall
     from qiao.kernel.host import LinuxHost
 
@@ -107,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
             drivers.append(OverlayDriver(host, firewall, vxlan, manager))
         else:
             drivers.append(OverlayDriver(host, firewall))  # refuses to create, with the reason
-        engine = Engine(root, host, firewall, fault_at(os.environ.get("QIAO_FAULT_STEP")), Resolver(resolv_conf), resolv_conf, drivers)
+        cgroups = cgroup.detect()
+        if not cgroups.available:
+            logging.warning("containers get no cgroup of their own (pause is refused): %s", cgroups.why)
+        fault = fault_at(os.environ.get("QIAO_FAULT_STEP"))
+        engine = Engine(root, host, firewall, fault, Resolver(resolv_conf), resolv_conf, drivers, cgroups)
         if manager is not None:
             manager.local = engine.networks
             engine.events.subscribe(manager.on_event)

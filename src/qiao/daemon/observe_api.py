@@ -8,7 +8,8 @@ first use (``observer``), so a daemon that is never asked pays nothing.
 **The watch.** The kernel clears a packet's trace mark when it changes
 namespace, so a probe another lab host sends is traced here only if this
 host marks it too.  The watch is a conversation of JSON lines on the
-hijacked connection (``101 UPGRADED``), and lives exactly as long as it::
+connection qiaod hands over after the answer's head (``Hijacked``, as for
+Docker's attach), and lives exactly as long as it::
 
     qiaod -> lab   {"Armed": true}                      the marking tables are in
     lab -> qiaod   {"Outcome": "...", "Detail": "..."}  the sender's trace is done: how its socket ended

@@ -20,8 +20,9 @@ from typing import Any
 
 import msgspec
 
-from qiao.engine.errors import InvalidParameter, NotFound
-from qiao.engine.specs import ContainerSpec, EndpointSpec, NetworkSpec, PortBinding
+from qiao.engine.errors import InvalidParameter
+from qiao.engine.specs import ContainerSpec, EndpointSpec, ExecSpec, NetworkSpec, PortBinding
+from qiao.images.reference import HOST_IMAGE as HOST_IMAGE  # the image-less mode's name for Docker's clients
 
 Map = dict[str, str]
 
@@ -122,14 +123,15 @@ class HostConfig(Struct):
     CapAdd: list[str] | None = None
     CapDrop: list[str] | None = None
     Privileged: bool = False
-    # Sent by clients, not implemented by qiao: refused unless zero (see _UNSUPPORTED).
-    Binds: list[str] | None = None
-    Mounts: list[Any] | None = None
-    VolumesFrom: list[str] | None = None
     Dns: list[str] | None = None
     DnsOptions: list[str] | None = None
     DnsSearch: list[str] | None = None
     ExtraHosts: list[str] | None = None
+    RestartPolicy: RestartPolicy | None = None
+    # Sent by clients, not implemented by qiao: refused unless zero (see _UNSUPPORTED).
+    Binds: list[str] | None = None
+    Mounts: list[Any] | None = None
+    VolumesFrom: list[str] | None = None
     Memory: int = 0
     NanoCpus: int = 0
     CpuShares: int = 0
@@ -144,7 +146,7 @@ class HostConfig(Struct):
     SecurityOpt: list[str] | None = None
     Init: bool | None = None
     Runtime: str = ""
-    RestartPolicy: RestartPolicy | None = None
+    ConsoleSize: list[int] | None = None  # [rows, columns] of the TTY (qiao.runtime.console)
 
 
 class NetworkingConfig(Struct):
@@ -162,9 +164,17 @@ class ContainerCreate(Struct):
     User: str = ""
     WorkingDir: str = ""
     Image: str = ""
+    Tty: bool = False
+    OpenStdin: bool = False
+    StdinOnce: bool = False
+    AttachStdin: bool = False
+    AttachStdout: bool = False
+    AttachStderr: bool = False
     Labels: Map | None = None
-    # Not implemented by qiao: refused unless zero.
+    StopSignal: str = ""
+    StopTimeout: int | None = None
     Entrypoint: list[str] | str | None = None
+    # Not implemented by qiao: refused unless zero.
     Volumes: dict[str, Any] | None = None
     Healthcheck: dict[str, Any] | None = None
 
@@ -174,10 +184,6 @@ _UNSUPPORTED_HOST = {
     "Binds": "volumes (-v)",
     "Mounts": "--mount",
     "VolumesFrom": "--volumes-from",
-    "Dns": "--dns",
-    "DnsOptions": "--dns-option",
-    "DnsSearch": "--dns-search",
-    "ExtraHosts": "--add-host",
     "Memory": "--memory",
     "NanoCpus": "--cpus",
     "CpuShares": "--cpu-shares",
@@ -190,14 +196,12 @@ _UNSUPPORTED_HOST = {
     "Tmpfs": "--tmpfs",
     "Devices": "--device",
     "SecurityOpt": "--security-opt",
-    "Init": "--init",
+    "Init": "--init (containers share the host's PID namespace; the shim already reaps orphans)",
     "Runtime": "--runtime",
 }
 _UNSUPPORTED_CONFIG = {
-    "Entrypoint": "--entrypoint",
     "Volumes": "volumes",
     "Healthcheck": "--health-cmd",
-    "Domainname": "--domainname",
 }
 
 
@@ -280,25 +284,14 @@ def endpoint_spec(settings: EndpointSettings | None) -> EndpointSpec:
     return EndpointSpec(tuple(settings.Aliases or ()), ipam.IPv4Address, ipam.IPv6Address, settings.MacAddress)
 
 
-# The image Docker's clients name to get qiao's image-less mode: the
-# command runs from the host's filesystem, as ``qiao run`` does.
-HOST_IMAGE = "qiao/host"
-
-
-def _image_less(image: str) -> bool:
-    return image in ("", HOST_IMAGE, HOST_IMAGE + ":latest")
-
-
 def container_spec(name: str | None, body: bytes) -> ContainerSpec:
     req: ContainerCreate = _decode(body, ContainerCreate)
-    if not _image_less(req.Image):
-        raise NotFound(f"No such image: {req.Image}")
     host = req.HostConfig or HostConfig()
     _refuse(req, _UNSUPPORTED_CONFIG)
     _refuse(host, _UNSUPPORTED_HOST)
-    if host.RestartPolicy and host.RestartPolicy.Name not in ("", "no"):
-        raise InvalidParameter("qiao does not support --restart")
+    restart = host.RestartPolicy or RestartPolicy()
     cmd = [req.Cmd] if isinstance(req.Cmd, str) else list(req.Cmd or [])
+    entrypoint = [req.Entrypoint] if isinstance(req.Entrypoint, str) else req.Entrypoint  # None: not given
     mode = host.NetworkMode or "default"
     bindings = {
         key: tuple(PortBinding(b.HostIp, b.HostPort) for b in entries or [HostPort()]) for key, entries in (host.PortBindings or {}).items()
@@ -321,9 +314,81 @@ def container_spec(name: str | None, body: bytes) -> ContainerSpec:
         cap_add=tuple(host.CapAdd or ()),
         cap_drop=tuple(host.CapDrop or ()),
         privileged=host.Privileged,
+        tty=req.Tty,
+        open_stdin=req.OpenStdin,
+        stdin_once=req.StdinOnce,
+        attach_stdin=req.AttachStdin,
+        attach_stdout=req.AttachStdout,
+        attach_stderr=req.AttachStderr,
+        console_size=console_size(host.ConsoleSize),
         labels=dict(req.Labels or {}),
         image=req.Image,
+        entrypoint=None if entrypoint is None else tuple(entrypoint),
+        restart_policy=restart.Name,
+        restart_retries=restart.MaximumRetryCount,
+        stop_signal=req.StopSignal,
+        stop_timeout=req.StopTimeout,
+        domainname=req.Domainname,
+        dns=tuple(host.Dns or ()),
+        dns_search=tuple(host.DnsSearch or ()),
+        dns_options=tuple(host.DnsOptions or ()),
+        extra_hosts=tuple(host.ExtraHosts or ()),
     )
+
+
+def console_size(size: list[int] | None) -> tuple[int, ...]:
+    """Docker's ``ConsoleSize`` ([rows, columns]; [0, 0] or none: unknown)."""
+    if not size or not any(size):
+        return ()
+    if len(size) != 2 or not all(0 <= n <= 0xFFFF for n in size):
+        raise InvalidParameter("invalid ConsoleSize: expected [rows, columns], each 0-65535")
+    return (size[0], size[1])
+
+
+# -- exec -------------------------------------------------------------------
+
+
+class ExecCreate(Struct):
+    Cmd: list[str] | None = None
+    Env: list[str] | None = None
+    User: str = ""
+    WorkingDir: str = ""
+    Privileged: bool = False
+    Tty: bool = False
+    AttachStdin: bool = False
+    AttachStdout: bool = False
+    AttachStderr: bool = False
+    DetachKeys: str = ""
+    ConsoleSize: list[int] | None = None
+
+
+class ExecStart(Struct):
+    Detach: bool = False
+    Tty: bool = False
+    ConsoleSize: list[int] | None = None
+
+
+def exec_spec(body: bytes) -> ExecSpec:
+    req: ExecCreate = _decode(body, ExecCreate)
+    return ExecSpec(
+        cmd=tuple(req.Cmd or ()),
+        env=tuple(req.Env or ()),
+        user=req.User or None,
+        workdir=req.WorkingDir,
+        privileged=req.Privileged,
+        tty=req.Tty,
+        attach_stdin=req.AttachStdin,
+        attach_stdout=req.AttachStdout,
+        attach_stderr=req.AttachStderr,
+        detach_keys=req.DetachKeys,
+        console_size=console_size(req.ConsoleSize),
+    )
+
+
+def exec_start(body: bytes) -> tuple[bool, tuple[int, ...]]:
+    """Detach, and the TTY's size."""
+    req: ExecStart = _decode(body, ExecStart)
+    return req.Detach, console_size(req.ConsoleSize)
 
 
 def network_spec(body: bytes) -> NetworkSpec:

@@ -60,6 +60,12 @@ class Zone:
     )  # key -> (names, (address, ptr), first name)
     _claims: dict[str, list[str]] = field(default_factory=dict, repr=False)  # ptr -> first names of its endpoints, oldest first
     _groups: dict[str, set[Hashable]] = field(default_factory=dict, repr=False)
+    upstreams: dict[str, list[str]] = field(default_factory=dict)  # client address -> its own resolvers (--dns)
+    _upstream_keys: dict[Hashable, list[str]] = field(default_factory=dict, repr=False)  # key -> the client addresses it set
+
+    def upstreams_of(self, client: str) -> list[str] | None:
+        """A container's ``--dns`` servers (Docker's embedded DNS forwards to them); None: the host's."""
+        return self.upstreams.get(client.split("%")[0])
 
     def allows(self, client: str) -> bool:
         addr = ipaddress.ip_address(client.split("%")[0])
@@ -67,9 +73,13 @@ class Zone:
             addr = addr.ipv4_mapped
         return any(addr in net for net in self.subnets)
 
-    def put(self, key: Hashable, names: list[str], addresses: list[str]) -> None:
-        """Set one endpoint's record (replacing what ``key`` had)."""
+    def put(self, key: Hashable, names: list[str], addresses: list[str], upstreams: list[str] | None = None) -> None:
+        """Set one endpoint's record (replacing what ``key`` had); ``upstreams``: where
+        queries from its addresses for other names go (its container's ``--dns``)."""
         self.remove(key)
+        if upstreams:
+            self._upstream_keys[key] = list(addresses)
+            self.upstreams.update({a: list(upstreams) for a in addresses})
         if not names:
             return
         lowered = [n.lower().rstrip(".") for n in names]
@@ -83,6 +93,8 @@ class Zone:
             self.reverse.setdefault(ptr, names[0])
 
     def remove(self, key: Hashable) -> None:
+        for address in self._upstream_keys.pop(key, ()):
+            self.upstreams.pop(address, None)
         record = self._records.pop(key, None)
         if record is None:
             return
@@ -244,13 +256,13 @@ class Resolver:
             return  # not a client of this network: no answer at all
         reply = self.answer(zone, data)
         if reply is None:
-            self._pool.submit(self._forward_udp, sock, addr, data)
+            self._pool.submit(self._forward_udp, sock, addr, data, zone.upstreams_of(addr[0]))
         elif reply:
             sock.sendto(reply, addr)
 
-    def _forward_udp(self, sock: socket.socket, addr: tuple, data: bytes) -> None:
+    def _forward_udp(self, sock: socket.socket, addr: tuple, data: bytes, servers: list[str] | None) -> None:
         with contextlib.suppress(OSError):
-            sock.sendto(self.forward(data), addr)
+            sock.sendto(self.forward(data, servers), addr)
 
     def _tcp(self, conn: socket.socket, addr: tuple, network_id: str) -> None:
         with conn:
@@ -266,7 +278,7 @@ class Resolver:
                 data = conn.recv(length, socket.MSG_WAITALL)
                 reply = self.answer(zone, data)
                 if reply is None:
-                    reply = self.forward(data)
+                    reply = self.forward(data, zone.upstreams_of(addr[0]))
                 if reply:
                     conn.sendall(struct.pack("!H", len(reply)) + reply)
             except OSError:
@@ -299,9 +311,9 @@ class Resolver:
                 reply.add_answer(RR(q.qname, QTYPE.AAAA, rdata=AAAA(address), ttl=TTL))
         return reply.pack()  # no matching record type: NOERROR with no answer (NODATA)
 
-    def forward(self, data: bytes) -> bytes:
-        """Ask every upstream at once; the first answer wins (SERVFAIL after the timeout)."""
-        servers = self.upstreams.servers()
+    def forward(self, data: bytes, servers: list[str] | None = None) -> bytes:
+        """Ask every upstream (the host's, or ``servers``) at once; the first answer wins (SERVFAIL after the timeout)."""
+        servers = servers if servers is not None else self.upstreams.servers()
         socks = []
         try:
             for server in servers:

@@ -8,6 +8,8 @@ The interface is the one libnetwork's and netavark's drivers converge on::
     leave(net, ep, teardown)               best effort: every step runs, failures are collected
     delete(net, teardown)                  best effort, as leave
     restore(nets)                          at daemon start: re-assert kernel state, idempotent
+    dry_run(recorder, networks)            a twin for a dry run (``qiao explain``): recording kernel ports, no cluster writes
+    join_cluster()                         a fresh host's first start: this host's side of every cluster network
 
 The registry (:class:`Drivers`) dispatches by driver name; nothing outside
 this package branches on a driver's name.  Adding a driver is one module,
@@ -18,13 +20,17 @@ driver").
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from qiao.engine.errors import InvalidParameter
 from qiao.engine.models import Endpoint, Network
 from qiao.engine.specs import NetworkSpec
 from qiao.engine.steps import Steps, Teardown
 from qiao.kernel.firewall import BridgeRules
+
+if TYPE_CHECKING:
+    from qiao.engine.networks import Networks
+    from qiao.kernel.recording import Recorder
 
 
 class NetworkDriver(Protocol):
@@ -45,6 +51,9 @@ class NetworkDriver(Protocol):
     def dns_records(self, net: Network) -> list[tuple[list[str], list[str]]]: ...
     def layout(self, net: Network) -> dict[str, Any]: ...  # its kernel objects on this host, for `qiao topology`
     def status(self) -> dict[str, Any]: ...
+    # A twin of the driver for a dry run: the same code over the recorder's kernel ports, registered in ``networks``.
+    def dry_run(self, recorder: Recorder, networks: Networks) -> NetworkDriver: ...
+    def join_cluster(self) -> None: ...  # dry runs of a fresh host: this host's side of every network of the cluster
 
 
 class Base:
@@ -94,6 +103,12 @@ class Base:
     def status(self) -> dict[str, Any]:
         """What ``GET /info`` shows of the driver."""
         return {}
+
+    def dry_run(self, recorder: Recorder, networks: Networks) -> NetworkDriver:
+        return self  # no kernel side, no state
+
+    def join_cluster(self) -> None:
+        pass
 
 
 def refuse_unknown_options(driver: str, options: dict[str, str], known: Sequence[str]) -> None:

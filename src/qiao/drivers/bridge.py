@@ -15,7 +15,7 @@ import contextlib
 import ipaddress
 from collections.abc import Sequence
 from ipaddress import IPv4Network
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from qiao.engine import etcfiles, ids
 from qiao.engine.errors import Conflict, InvalidParameter
@@ -25,6 +25,11 @@ from qiao.engine.specs import NetworkSpec
 from qiao.engine.steps import Steps, Teardown
 from qiao.kernel.firewall import BridgeRules, Firewall
 from qiao.kernel.host import Host, Iface, Peer
+
+if TYPE_CHECKING:
+    from qiao.drivers import NetworkDriver
+    from qiao.engine.networks import Networks
+    from qiao.kernel.recording import Recorder
 
 DEFAULT_BRIDGE = "qiao0"
 OPT_BRIDGE_NAME = "com.docker.network.bridge.name"
@@ -238,6 +243,12 @@ class BridgeDriver:
 
     def status(self) -> dict[str, Any]:
         return {}
+
+    def dry_run(self, recorder: Recorder, networks: Networks) -> NetworkDriver:
+        return BridgeDriver(recorder.host, recorder.firewall, self.resolv_conf)
+
+    def join_cluster(self) -> None:
+        pass
 
 
 def bridge_of(net: Network) -> str:

@@ -12,6 +12,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import datetime
+import ipaddress
+import logging
 import os
 import shutil
 import signal
@@ -22,7 +25,7 @@ from collections.abc import Set
 from dataclasses import dataclass, field
 from typing import Any
 
-from qiao.engine import etcfiles, ids, ports
+from qiao.engine import attach, etcfiles, ids, ports, restart, signals
 from qiao.engine.errors import Conflict, InvalidParameter, NotFound, QiaoError
 from qiao.engine.eventlog import EventLog
 from qiao.engine.models import Container, Endpoint, Network, from_dict, now, to_dict
@@ -31,20 +34,74 @@ from qiao.engine.networks import Networks
 from qiao.engine.specs import ContainerSpec, EndpointSpec
 from qiao.engine.steps import Fault, Steps, Teardown
 from qiao.engine.store import Store
+from qiao.images import config as image_config
+from qiao.images import reference
+from qiao.images.registry import Images
 from qiao.kernel import linux, netns
+from qiao.kernel.cgroup import Cgroups, NoCgroups
 from qiao.kernel.firewall import PortMapping
 from qiao.kernel.host import Host
 from qiao.paths import Root
 from qiao.proc import alive
-from qiao.runtime import security
+from qiao.runtime import logfile, security
 from qiao.runtime.supervisor import StartError, Supervisor, end_leftovers
 
+log = logging.getLogger("qiao.containers")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def _etc_mounts(files: dict[str, str]) -> list[list[str]]:
     """qiao's /etc/hosts, /etc/resolv.conf and /etc/hostname over the host's."""
     return [[files[name], "/etc/" + name] for name in ("hosts", "resolv.conf", "hostname")]
+
+
+def _check_options(spec: ContainerSpec) -> restart.Policy:
+    """The lifecycle and /etc options of a create, checked as dockerd checks them."""
+    rule = restart.policy(spec.restart_policy, spec.restart_retries)
+    if spec.auto_remove and not rule.none:
+        raise InvalidParameter("can't create 'AutoRemove' container with restart policy")
+    if spec.stop_signal:
+        signals.parse(spec.stop_signal)
+    if spec.stop_timeout is not None and spec.stop_timeout < -1:
+        raise InvalidParameter(f"invalid stop timeout {spec.stop_timeout}: seconds, or -1 to wait for ever")
+    if spec.domainname and not ids.DNS_NAME_RE.match(spec.domainname):
+        raise InvalidParameter(f"invalid domainname {spec.domainname!r}: not a DNS name")
+    for server in spec.dns:
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            raise InvalidParameter(f"{server} is not an ip address (--dns)") from None
+    for domain in spec.dns_search:
+        if domain != "." and not ids.DNS_NAME_RE.match(domain.removesuffix(".")):
+            raise InvalidParameter(f"{domain} is not a valid domain (--dns-search)")
+    for option in spec.dns_options:
+        if not option or any(c.isspace() for c in option) or "\0" in option:
+            raise InvalidParameter(f"invalid DNS option {option!r} (--dns-option)")
+    for entry in spec.extra_hosts:
+        address, name = etcfiles.extra_host(entry, "0.0.0.0")
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise InvalidParameter(f"invalid IP address in add-host: {address!r}") from None
+        if not name or ":" in name or any(c.isspace() or c in "\0#" for c in name):  # one name per entry, as the CLI checks
+            raise InvalidParameter(f"bad format for add-host: {entry!r}")
+    return rule
+
+
+def _seconds(stamp: str) -> float:
+    """A stored timestamp (RFC 3339) as seconds since the epoch; 0 for Docker's zero time or garbage."""
+    try:
+        return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 @dataclass
@@ -100,16 +157,26 @@ class Containers:
         resolv_conf: str = "",
         publisher: ports.Publisher | None = None,
         eventlog: EventLog | None = None,
+        cgroups: Cgroups | None = None,
+        images: Images | None = None,
     ):
         self.root, self.store, self.networks, self.host, self.lock, self.fault = root, store, networks, host, lock, fault
         self.eventlog = eventlog or EventLog()  # what `docker events` shows
+        self.cgroups = cgroups or NoCgroups("qiaod was started without cgroups")
+        self.restarts = restart.Restarts(self._restart_due)
+        self.images = images or Images(root, store, lock)
         self.firewall = networks.firewall
         self.ports = publisher or ports.Publisher(self.firewall, host, self.describe)
         self.resolv_conf = resolv_conf or etcfiles.default_resolv_conf()  # the host's resolvers (qiaod --resolv-conf)
         self.by_id: dict[str, Container] = {}
         self.changed = threading.Condition(lock)
         self.removed_exit_codes: collections.OrderedDict[str, int] = collections.OrderedDict()
-        self.supervisor = Supervisor(self._on_exit, tag=root.base or root.data)
+        self.exits: collections.Counter[str] = collections.Counter()  # ends (exits, failed starts) per container: `wait` next-exit
+        self.waiting = attach.Waiting()  # clients attached before a start
+        self.supervisor = self._supervisor()
+
+    def _supervisor(self) -> Supervisor:
+        return Supervisor(self._on_exit, tag=self.root.base or self.root.data)
 
     # -- start-up --------------------------------------------------------
 
@@ -131,6 +198,7 @@ class Containers:
                         with contextlib.suppress(OSError):  # the command is gone: its shim is about to exit
                             netns.adopt(ctr.sandbox_key, ctr.pid)  # we run in another mount namespace now
                     self.ports.adopt(ctr.id, [PortMapping(**m) for m in ctr.ports])
+                    ctr.paused = self.cgroups.frozen(ctr.id)  # the kernel's word: the freezer outlives the daemon
                     self.supervisor.watch(ctr.id, ctr.shim_pid)
                 else:
                     self._finish(ctr)
@@ -150,11 +218,26 @@ class Containers:
             for ctr in self.by_id.values():
                 if not ctr.running:
                     self._kill_orphan_shim(ctr)
+                    with contextlib.suppress(OSError):  # made by a start that a crash cut short
+                        self.cgroups.remove(ctr.id)
+            self._restart_at_start()
             keys = {c.sandbox_key for c in self.by_id.values() if c.running and c.sandbox_key} | keep_sandboxes
             for entry in os.listdir(self.root.netns_dir):
                 path = os.path.join(self.root.netns_dir, entry)
                 if path not in keys:
                     self.host.destroy_netns(path)
+
+    def _restart_at_start(self) -> None:
+        """What dockerd restarts when it starts: every container, once started, that
+        its policy would restart now (``always`` even when the user stopped it),
+        and those that were waiting for a restart when the last daemon went away."""
+        for ctr in self.by_id.values():
+            if ctr.running or ctr.started_at.startswith("0001-"):
+                continue
+            rule = restart.Policy(ctr.restart_policy or "no", ctr.restart_retries)
+            if ctr.restarting or restart.should_restart(rule, ctr.exit_code, ctr.manually_stopped, ctr.restart_count):
+                ctr.status = "restarting"
+                self.restarts.schedule(ctr.id)
 
     # -- lookup ----------------------------------------------------------
 
@@ -206,40 +289,53 @@ class Containers:
     def views(self, all_: bool) -> list[ContainerView]:
         with self.lock:
             ctrs = sorted(self.by_id.values(), key=lambda c: c.created, reverse=True)
-            return [self.view(c) for c in ctrs if all_ or c.running]
+            return [self.view(c) for c in ctrs if all_ or c.running or c.restarting]  # dockerd counts restarting as running
 
     # -- create ----------------------------------------------------------
 
     def create(self, spec: ContainerSpec) -> Container:
-        if not spec.cmd:
+        image = None if reference.is_host(spec.image) else self.images.get(spec.image)
+        spec = image_config.merge(spec, image_config.process(image.parsed()) if image else image_config.ProcessConfig())
+        if not spec.entrypoint and not spec.cmd:
             raise InvalidParameter("no command specified")
-        for item in spec.env:
-            if "=" not in item or item.startswith("=") or "\0" in item:
+        for item in spec.env:  # a bare KEY (a CLI's `-e KEY` of a variable it does not have) unsets it, as in dockerd
+            if not item or item.startswith("=") or "\0" in item:
                 raise InvalidParameter(f"invalid environment variable {item!r}: expected KEY=VALUE")
-        if any("\0" in arg for arg in spec.cmd):
+        if any("\0" in arg for arg in (*(spec.entrypoint or ()), *spec.cmd)):
             raise InvalidParameter("invalid command: an argument holds a NUL byte")
         if spec.hostname and not ids.DNS_NAME_RE.match(spec.hostname):
             raise InvalidParameter(f"invalid hostname {spec.hostname!r}: not a DNS name")
         bindings = {ports.key(key): [dataclasses.asdict(b) for b in entries] for key, entries in spec.port_bindings.items()}
         exposed = list(dict.fromkeys([ports.key(k) for k in spec.exposed_ports] + list(bindings)))  # Docker exposes what it publishes
         ports.requests(bindings, exposed, spec.publish_all)  # validate now: a bad -p changes nothing
-        try:  # user, working directory, capabilities: checked now too
-            process = security.check_process(spec.user, spec.workdir, list(spec.cap_add), list(spec.cap_drop), spec.privileged)
+        try:  # user (against the host's files; an image's own are read at start), working directory, capabilities
+            process = security.check_process(
+                spec.user, spec.workdir, list(spec.cap_add), list(spec.cap_drop), spec.privileged, check_user=image is None
+            )
         except security.SecurityError as exc:
             raise InvalidParameter(str(exc)) from None
+        _check_options(spec)
         mode, hostname = spec.network_mode or "bridge", spec.hostname
         with self.lock:
-            name = self._new_name(spec.name)
+            name = self.new_name(spec.name)
             cid = ids.new_id()
             if mode.startswith("container:"):
                 if hostname:
                     raise InvalidParameter("conflicting options: hostname and the network mode")
                 if bindings or spec.publish_all:
                     raise InvalidParameter("conflicting options: port publishing and the container type network mode")
+                if spec.dns or spec.dns_search or spec.dns_options:
+                    raise InvalidParameter("conflicting options: dns and the network mode")
+                if spec.extra_hosts:
+                    raise InvalidParameter("conflicting options: custom host-to-IP mapping and the network mode")
+                if spec.domainname:
+                    raise InvalidParameter("conflicting options: domainname and the network mode")
                 target = self.get(mode.split(":", 1)[1])
                 mode = "container:" + target.id
                 hostname = target.hostname
             elif mode == "host":
+                if spec.domainname:
+                    raise InvalidParameter("conflicting options: domainname and the network mode (host mode has the host's UTS namespace)")
                 hostname = hostname or socket.gethostname()
             attachments: list[dict[str, Any]] = []
             links: list[list[str]] = []
@@ -265,6 +361,9 @@ class Containers:
                 name=name,
                 created=now(),
                 cmd=list(spec.cmd),
+                entrypoint=list(spec.entrypoint or ()),
+                image=spec.image,
+                image_id=image.id if image else "",
                 env=list(spec.env),
                 hostname=hostname or cid[:12],
                 network_mode=mode,
@@ -275,8 +374,23 @@ class Containers:
                 attachments=attachments,
                 links=links,
                 labels=dict(spec.labels),
-                image=spec.image,
+                restart_policy=spec.restart_policy if spec.restart_policy not in ("", "no") else "",
+                restart_retries=spec.restart_retries,
+                stop_signal=spec.stop_signal,
+                stop_timeout=spec.stop_timeout,
+                domainname=spec.domainname,
+                dns=list(spec.dns),
+                dns_search=list(spec.dns_search),
+                dns_options=list(spec.dns_options),
+                extra_hosts=list(spec.extra_hosts),
                 **process,
+                tty=spec.tty,
+                open_stdin=spec.open_stdin,
+                stdin_once=spec.stdin_once,
+                attach_stdin=spec.attach_stdin,
+                attach_stdout=spec.attach_stdout,
+                attach_stderr=spec.attach_stderr,
+                console_size=list(spec.console_size),
             )
             with self.store.transaction() as tx:
                 tx.put("containers", to_dict(ctr))
@@ -284,7 +398,7 @@ class Containers:
             self.tell(ctr, "create")
             return ctr
 
-    def _new_name(self, name: str | None) -> str:
+    def new_name(self, name: str | None) -> str:
         if name is None:
             return random_name({c.name for c in self.by_id.values()})
         name = name.lstrip("/")
@@ -325,10 +439,35 @@ class Containers:
             ctr = self.get(ref)
             if ctr.running:
                 return ctr
+            # A start by the user: a fresh restart manager, as dockerd's (RestartCount back to 0).
+            self.restarts.reset(ctr.id)
+            ctr.restart_count, ctr.manually_stopped = 0, False
+            return self._start_or_record(ctr, stdio)
+
+    def _restart_due(self, cid: str) -> None:
+        """A restart policy's wait is over (on the timer's thread)."""
+        with self.lock:
+            ctr = self.by_id.get(cid)
+            if ctr is None or not ctr.restarting:
+                return  # stopped, killed, removed or started meanwhile
+            try:
+                self._start_or_record(ctr, None)
+            except Exception as exc:  # as dockerd: a restart that fails leaves the container stopped
+                log.warning("restarting container %s failed: %s", ctr.name, exc)
+                if ctr.restarting:
+                    ctr.status = "exited"
+                    with self.store.transaction() as tx:
+                        tx.put("containers", to_dict(ctr))
+                    self.changed.notify_all()
+
+    def _start_or_record(self, ctr: Container, stdio: tuple[int, int, int] | None) -> Container:
+        with self.lock:
             try:
                 return self._start(ctr, stdio)
             except StartFailed as exc:
                 ctr.exit_code, ctr.error = exc.exit_code, str(exc)
+                self.exits[ctr.id] += 1  # a `wait` for the next exit ends here too (the CLI has given up anyway)
+                self.changed.notify_all()
                 if ctr.auto_remove:
                     self._forget(ctr)
                 else:
@@ -345,23 +484,30 @@ class Containers:
         files = self.files(ctr)
         os.makedirs(self.root.container_dir(ctr.id), mode=0o700, exist_ok=True)
         spec: dict[str, Any] = {
-            "cmd": ctr.cmd,
+            "cmd": ctr.argv,
             "env": self._env(ctr, stdio is not None),
             "exit_file": files["exit"],
             "pid_file": os.path.join(self.root.container_dir(ctr.id), "shim.pid"),
         }
-        try:  # who the process is and what it may do; what it must not see (qiao's root)
-            process = security.process_spec(ctr.user, ctr.workdir, ctr.cap_add, ctr.cap_drop, ctr.privileged)
-        except security.SecurityError as exc:
-            raise StartFailed(str(exc), 126) from None
-        home = process.pop("home")
-        if not any(item.startswith("HOME=") for item in ctr.env):
-            spec["env"]["HOME"] = home
-        spec.update(process, hide=security.hidden_paths(self.root))
+        if ctr.image_id:  # its own root filesystem: the shim resolves its user in there
+            spec.update(security.process_spec(ctr.user, ctr.workdir, ctr.cap_add, ctr.cap_drop, ctr.privileged, in_image=True))
+        else:
+            try:  # who the process is and what it may do; what it must not see (qiao's root)
+                process = security.process_spec(ctr.user, ctr.workdir, ctr.cap_add, ctr.cap_drop, ctr.privileged)
+            except security.SecurityError as exc:
+                raise StartFailed(str(exc), 126) from None
+            home = process.pop("home")
+            if not any(item.startswith("HOME=") for item in ctr.env):
+                spec["env"]["HOME"] = home
+            spec.update(process, hide=security.hidden_paths(self.root))
         endpoints: list[Endpoint] = []
         mappings: list[PortMapping] = []
         sandbox = ""
         with Steps(self.fault) as steps:
+            if self.cgroups.available:  # else none (a dry run's containers have none either)
+                cgroup = steps.run("create-cgroup", lambda: self.cgroups.create(ctr.id), lambda: self.cgroups.remove(ctr.id))
+                spec.update(cgroup=cgroup)
+            spec.update(domainname=ctr.domainname)
             target = None
             if ctr.joined_to:
                 target = self.by_id.get(ctr.joined_to)
@@ -373,7 +519,11 @@ class Containers:
                     owner = self.by_id[owner.joined_to]
                 mounts = None if owner.network_mode == "host" else _etc_mounts(self.files(owner))  # host mode: the host's
                 spec.update(netns=sandbox, join_uts_pid=target.pid, mounts=mounts)
-            elif ctr.network_mode != "host":
+            elif ctr.network_mode == "host":
+                if ctr.dns or ctr.dns_search or ctr.dns_options or ctr.extra_hosts:  # else the host's own files
+                    steps.run("write-etc-files", lambda: self._write_host_mode_etc(ctr))
+                    spec.update(mounts=_etc_mounts(files)[:2])
+            else:
                 sandbox = os.path.join(self.root.netns_dir, ctr.id[:12])
                 steps.run("create-sandbox", lambda: self.host.create_netns(sandbox), lambda: self.host.destroy_netns(sandbox))
                 if ctr.network_mode == "none":
@@ -391,6 +541,8 @@ class Containers:
                 spec["env"].update(link_env)
                 steps.run("write-etc-files", lambda: self._write_etc(ctr, endpoints))
                 spec.update(netns=sandbox, hostname=ctr.hostname, mounts=_etc_mounts(files))
+            if ctr.image_id:
+                self._image_rootfs(ctr, spec)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(files["exit"])
             started = steps.run("spawn-process", lambda: self._spawn(ctr, spec, files, stdio), lambda: self._kill_now(started.pid))
@@ -417,13 +569,66 @@ class Containers:
         self.tell(ctr, "start")
         return ctr
 
+    def _image_rootfs(self, ctr: Container, spec: dict[str, Any]) -> None:
+        """The shim's ``rootfs`` key (qiao.runtime.rootfs): the image below, the
+        container's layer above (``fs/upper``, kept across restarts), and the
+        /etc files the image-less mode bind-mounts over the host's (in host mode,
+        copies of the host's, written now: a container may not write the host's)."""
+        lower = self.images.rootfs(ctr.image_id)
+        if not os.path.isdir(lower):
+            raise StartFailed(f"the files of image {ctr.image_id[7:19]} are gone", 126)
+        layer = os.path.join(self.root.container_dir(ctr.id), "fs")
+        for part in ("upper", "work", "root"):
+            os.makedirs(os.path.join(layer, part), mode=0o755, exist_ok=True)
+        mounts = spec.pop("mounts", None)
+        if mounts is None:  # host mode (or joined to a host-mode container): copies of the host's files
+            files = self.files(ctr)
+            copies = {"hostname": ctr.hostname + "\n"}
+            for name in ("hosts", "resolv.conf"):
+                with contextlib.suppress(OSError), open("/etc/" + name) as f:
+                    copies[name] = f.read()
+            etcfiles.write(self.root.container_dir(ctr.id), {"hosts": "", "resolv.conf": "", **copies})
+            mounts = _etc_mounts(files)
+        spec["rootfs"] = {
+            "lower": lower,
+            "upper": os.path.join(layer, "upper"),
+            "work": os.path.join(layer, "work"),
+            "target": os.path.join(layer, "root"),
+            "etc": mounts,
+            "privileged": ctr.privileged,
+        }
+        if "PATH" not in {item.partition("=")[0] for item in ctr.env}:
+            spec["env"]["PATH"] = DEFAULT_PATH  # not the daemon's: the image's directories
+
     @staticmethod
     def _dns_names(ctr: Container, att: dict[str, Any]) -> list[str]:
         """What a network's resolver answers for this container: name, short id, aliases (as Docker's DNSNames)."""
         return [ctr.name, ctr.id[:12], *att["aliases"]]
 
+    def _extra_hosts(self, ctr: Container) -> list[tuple[str, str]]:
+        """``--add-host`` lines; ``host-gateway`` is the default bridge's gateway, as dockerd's default."""
+        bridge = next((n for n in self.networks.by_id.values() if n.name == "bridge"), None)
+        return [etcfiles.extra_host(entry, (bridge.gateway if bridge else "") or "") for entry in ctr.extra_hosts]
+
+    def _resolv_conf(self, ctr: Container, resolvers: list[str]) -> str:
+        """On a user network qiao's resolver answers (and forwards to ``--dns``); else ``--dns`` or the host's."""
+        text = etcfiles.resolv_conf(self.resolv_conf, nameservers=resolvers or ctr.dns)
+        return etcfiles.override(text, ctr.dns_search, ctr.dns_options, ctr.dns if resolvers else [])
+
+    def _write_host_mode_etc(self, ctr: Container) -> None:
+        """Host mode with --dns or --add-host: the host's files with those changes (Docker copies them too)."""
+        hosts = _read_text("/etc/hosts") or etcfiles.HOSTS_HEADER
+        hosts = hosts.rstrip("\n") + "\n" + "".join(f"{a}\t{n}\n" for a, n in self._extra_hosts(ctr))
+        resolv = _read_text(self.resolv_conf)
+        if ctr.dns:  # host mode reaches the host's loopback resolvers: nothing else is filtered
+            kept = [line + "\n" for line in resolv.splitlines() if line.split()[:1] != ["nameserver"]]
+            resolv = "".join(f"nameserver {s}\n" for s in ctr.dns) + "".join(kept)
+        resolv = etcfiles.override(resolv, ctr.dns_search, ctr.dns_options, [])
+        etcfiles.write(self.root.container_dir(ctr.id), {"hosts": hosts, "resolv.conf": resolv})
+
     def _write_etc(self, ctr: Container, endpoints: list[Endpoint]) -> None:
-        entries = [(a, ctr.hostname) for ep in endpoints for a in (ep.address, ep.address6) if a]
+        own = etcfiles.own_names(ctr.hostname, ctr.domainname)
+        entries = self._extra_hosts(ctr) + [(a, own) for ep in endpoints for a in (ep.address, ep.address6) if a]
         for target_id, alias in ctr.links:
             target = self.by_id.get(target_id)
             address = next((ep.address for _n, ep in self.endpoints(target)), "") if target else ""
@@ -435,7 +640,7 @@ class Containers:
             self.root.container_dir(ctr.id),
             {
                 "hosts": etcfiles.hosts(entries),
-                "resolv.conf": etcfiles.resolv_conf(self.resolv_conf, nameservers=resolvers[:3]),
+                "resolv.conf": self._resolv_conf(ctr, resolvers[:3]),
                 "hostname": ctr.hostname + "\n",
             },
         )
@@ -459,8 +664,8 @@ class Containers:
                 key = f"{prefix}_PORT_{port}_{proto.upper()}"
                 env.update({key: url, f"{key}_ADDR": address, f"{key}_PORT": str(port), f"{key}_PROTO": proto})
             for item in target.env:
-                k, _, v = item.partition("=")
-                if k not in ("HOME", "PATH"):
+                k, sep, v = item.partition("=")
+                if sep and k not in ("HOME", "PATH"):
                     env[f"{prefix}_ENV_{k}"] = v
         return env
 
@@ -480,30 +685,37 @@ class Containers:
         env = {"PATH": os.environ.get("PATH", DEFAULT_PATH), "HOSTNAME": ctr.hostname}
         if tty_maybe and os.environ.get("TERM"):
             env["TERM"] = os.environ["TERM"]
+        elif ctr.tty:
+            env["TERM"] = "xterm"  # as Docker's, for a container with a TTY
         for item in ctr.env:
-            key, _, value = item.partition("=")
-            env[key] = value
-        env.setdefault("HOME", "/root")
+            key, sep, value = item.partition("=")
+            if sep:
+                env[key] = value
+            else:  # `-e KEY` of a variable the client does not have: unset (dockerd's ReplaceOrAppendEnvValues)
+                env.pop(key, None)
+        if not ctr.image_id:  # an image's container: HOME from its /etc/passwd, by the shim
+            env.setdefault("HOME", "/root")
         return env
 
     def _spawn(self, ctr: Container, spec: dict[str, Any], files: dict[str, str], stdio: tuple[int, int, int] | None) -> Any:
-        if stdio is not None:
-            try:
-                return self.supervisor.spawn(ctr.id, spec, stdio)
-            except StartError as exc:
-                raise StartFailed(str(exc), exc.exit_code) from None
-        log_fd = os.open(files["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        null_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        """Passed streams (``qiao run`` in the foreground: the caller's), or streams
+        the shim holds: logged, and served to the clients attached now and later."""
         try:
-            return self.supervisor.spawn(ctr.id, spec, (null_fd, log_fd, log_fd))
+            if stdio is not None:
+                return self.supervisor.spawn(ctr.id, spec, stdio)
+            logfile.repair(files["log"])
+            spec["console"] = {
+                "tty": ctr.tty,
+                "stdin": ctr.open_stdin,
+                "size": ctr.console_size,
+                "log": os.path.basename(files["log"]),
+                "socket": attach.SOCKET,
+            }
+            return self.waiting.start(ctr.id, lambda fds: self.supervisor.spawn(ctr.id, spec, fds))
         except StartError as exc:
             raise StartFailed(str(exc), exc.exit_code) from None
-        finally:
-            os.close(log_fd)
-            os.close(null_fd)
 
-    @staticmethod
-    def _kill_now(pid: int) -> None:
+    def _kill_now(self, pid: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
@@ -534,11 +746,19 @@ class Containers:
                 ctr.exit_code = int(f.read().strip())
         except (OSError, ValueError):
             ctr.exit_code, ctr.error = 255, "container shim exited without recording an exit code"
-        ctr.status, ctr.pid, ctr.finished_at = "exited", 0, now()
+        ctr.status, ctr.pid, ctr.finished_at, ctr.paused = "exited", 0, now(), False
+        self.exits[ctr.id] += 1
         self.tell(ctr, "die", exitCode=str(ctr.exit_code))
         for network_id in left:  # as dockerd: die, then each network's disconnect
             self._tell_network(network_id, "disconnect", ctr.id)
-        if ctr.auto_remove:
+        rule = restart.Policy(ctr.restart_policy or "no", ctr.restart_retries)
+        ran_for = _seconds(ctr.finished_at) - _seconds(ctr.started_at)
+        if self.restarts.after_exit(ctr.id, rule, ctr.exit_code, ctr.manually_stopped, ctr.restart_count, ran_for):
+            ctr.status = "restarting"
+            ctr.restart_count += 1
+            with self.store.transaction() as tx:
+                tx.put("containers", to_dict(ctr))
+        elif ctr.auto_remove:
             self._forget(ctr)
         else:
             with self.store.transaction() as tx:
@@ -557,6 +777,8 @@ class Containers:
         if ctr.sandbox_key and not ctr.joined_to:
             sandbox = ctr.sandbox_key
             teardown.run("destroy-sandbox", lambda: self.host.destroy_netns(sandbox))
+        if self.cgroups.available:
+            teardown.run("remove-cgroup", lambda: self.cgroups.remove(ctr.id))
         endpoint_ids = ctr.endpoint_ids
         ctr.sandbox_key, ctr.endpoint_ids, ctr.ports = "", [], []
         with self.store.transaction() as tx:
@@ -569,11 +791,16 @@ class Containers:
         with self.store.transaction() as tx:
             tx.delete("containers", ctr.id)
         self.by_id.pop(ctr.id, None)
+        self.restarts.forget(ctr.id)
         self.tell(ctr, "destroy")
         shutil.rmtree(self.root.container_dir(ctr.id), ignore_errors=True)
+        if ctr.image_id:
+            self.images.release(ctr.image_id)  # its files, if the image was removed (forced) while this one used it
         self.removed_exit_codes[ctr.id] = ctr.exit_code
         while len(self.removed_exit_codes) > 1024:
             self.removed_exit_codes.popitem(last=False)
+        self.exits.pop(ctr.id, None)
+        self.changed.notify_all()  # `wait` for its removal
 
     # -- what `docker events` shows ----------------------------------------
 
@@ -592,40 +819,78 @@ class Containers:
 
     # -- stop / kill / wait / remove ------------------------------------
 
-    def wait(self, ref: str, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def wait_target(self, ref: str) -> tuple[str, int]:
+        """For a ``wait``: the container's id and its count of ends so far (a
+        removed container's full id is still known, with its last exit code)."""
         with self.lock:
             if ref in self.removed_exit_codes:
-                return self.removed_exit_codes[ref]
+                return ref, 0
             ctr = self.get(ref)
-            while ctr.running:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
+            return ctr.id, self.exits[ctr.id]
+
+    def wait_until(self, cid: str, condition: str, ends: int, timeout: float) -> int | None:
+        """Docker's wait conditions: ``not-running`` (now or when it stops),
+        ``next-exit`` (an end after the ``ends`` counted when asked), ``removed``;
+        the exit code once met (a removed container meets them all), None if
+        ``timeout`` passes first."""
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while True:
+                ctr = self.by_id.get(cid)
+                if ctr is None:
+                    return self.removed_exit_codes.get(cid, 0)
+                if (condition == "not-running" and not ctr.running) or (condition == "next-exit" and self.exits[cid] != ends):
+                    return ctr.exit_code
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
                 self.changed.wait(left)
-            return ctr.exit_code
 
     def kill(self, ref: str, sig: int = signal.SIGKILL) -> None:
+        """As dockerd's kill: the user stopped it (``unless-stopped`` will not restart
+        it); SIGKILL or the stop signal (any signal, without one) also cancels a
+        restart and thaws a paused container, so that the signal arrives."""
         with self.lock:
             ctr = self.get(ref)
+            if ctr.restarting:  # nothing runs to be signalled: the pending restart is what ends
+                self._cancel_restart(ctr)
+                return
             if not ctr.running:
                 raise Conflict(f"container {ctr.id} is not running")
+            final = sig == signal.SIGKILL or not ctr.stop_signal or sig == signals.parse(ctr.stop_signal)
+            if final:
+                self.restarts.cancel(ctr.id)
+            self._mark_stopped(ctr)
             pid = ctr.pid
             self.tell(ctr, "kill", signal=str(int(sig)))
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
+        if final:
+            self._thaw(ctr)
 
-    def stop(self, ref: str, timeout: float = 10) -> None:
+    def stop(self, ref: str, timeout: int | None = None, sig: int | None = None) -> None:
+        """The stop signal (``--stop-signal``, default SIGTERM; ``sig`` overrides it), then
+        SIGKILL after ``timeout`` seconds (``--stop-timeout``, default 10; -1: never)."""
         with self.lock:
             ctr = self.get(ref)
+            if ctr.restarting:
+                self._cancel_restart(ctr)
+                return
             if not ctr.running:
                 return
+            if sig is None:
+                sig = signals.parse(ctr.stop_signal) if ctr.stop_signal else signal.SIGTERM
+            if timeout is None:
+                timeout = ctr.stop_timeout if ctr.stop_timeout is not None else 10
+            self.restarts.cancel(ctr.id)
+            self._mark_stopped(ctr)
             pid = ctr.pid
-            self.tell(ctr, "kill", signal=str(int(signal.SIGTERM)))
+            self.tell(ctr, "kill", signal=str(int(sig)))
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, sig)
+        self._thaw(ctr)
         with self.lock:
-            self._wait_exit(ctr, timeout)
+            self._wait_exit(ctr, None if timeout < 0 else timeout)
             if ctr.running:
                 self.tell(ctr, "kill", signal=str(int(signal.SIGKILL)))
                 with contextlib.suppress(ProcessLookupError):
@@ -633,10 +898,35 @@ class Containers:
                 self._wait_exit(ctr, 30)
             self.tell(ctr, "stop")
 
-    def _wait_exit(self, ctr: Container, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while ctr.running and time.monotonic() < deadline:
-            self.changed.wait(deadline - time.monotonic())
+    def _mark_stopped(self, ctr: Container) -> None:
+        if not ctr.manually_stopped:
+            ctr.manually_stopped = True
+            with self.store.transaction() as tx:
+                tx.put("containers", to_dict(ctr))
+
+    def _cancel_restart(self, ctr: Container) -> None:
+        """A restarting container that is stopped, killed or removed stays exited."""
+        self.restarts.cancel(ctr.id)
+        ctr.status, ctr.manually_stopped = "exited", True
+        with self.store.transaction() as tx:
+            tx.put("containers", to_dict(ctr))
+        self.changed.notify_all()
+
+    def _thaw(self, ctr: Container) -> None:
+        """Let a paused container's processes take the signal they were sent."""
+        if ctr.paused:
+            with contextlib.suppress(OSError):
+                self.cgroups.freeze(ctr.id, False)
+            with self.lock:
+                if ctr.paused and ctr.id in self.by_id:
+                    ctr.paused = False
+                    with self.store.transaction() as tx:
+                        tx.put("containers", to_dict(ctr))
+
+    def _wait_exit(self, ctr: Container, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while ctr.running and (deadline is None or time.monotonic() < deadline):
+            self.changed.wait(None if deadline is None else deadline - time.monotonic())
 
     def remove(self, ref: str, force: bool = False) -> None:
         with self.lock:
@@ -651,13 +941,18 @@ class Containers:
                 raise Conflict(
                     f"cannot remove container {ctr.name}: container {joined[0]} shares its network namespace; stop it first or use -f"
                 )
-            if ctr.running and not force:
+            if ctr.paused and not force:
+                raise Conflict(f'cannot remove container "/{ctr.name}": container is paused and must be unpaused first')
+            if (ctr.running or ctr.restarting) and not force:
+                state = "running" if ctr.running else "restarting"
                 raise Conflict(
-                    f'cannot remove container "/{ctr.name}": container is running: stop the container before removing or force remove'
+                    f'cannot remove container "/{ctr.name}": container is {state}: stop the container before removing or force remove'
                 )
+            self.restarts.cancel(ctr.id)
             if ctr.running:
                 self.tell(ctr, "kill", signal=str(int(signal.SIGKILL)))
                 self._kill_now(ctr.pid)
+                self._thaw(ctr)
                 self._wait_exit(ctr, 30)
             if ctr.id in self.by_id:
                 self._kill_orphan_shim(ctr)  # a start a crash cut short, a shim that outlived the wait
@@ -768,11 +1063,13 @@ class Containers:
         net = gateway_network([self.networks.by_id[nid] for nid in rest])
         return _carrying_route(rest[net.id], net) if net else None
 
-    def logs(self, ref: str) -> bytes:
+    def log_of(self, ref: str) -> tuple[str, str, bool]:
+        """A container's id, log file and whether it has a TTY (its log is then one raw stream)."""
         with self.lock:
-            path = self.files(self.get(ref))["log"]
-        try:
-            with open(path, "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            return b""
+            ctr = self.get(ref)
+            return ctr.id, self.files(ctr)["log"], ctr.tty
+
+    def is_running(self, cid: str) -> bool:
+        with self.lock:
+            ctr = self.by_id.get(cid)
+            return ctr is not None and ctr.running

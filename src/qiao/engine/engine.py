@@ -22,11 +22,15 @@ from qiao.engine.attachments import Attachments
 from qiao.engine.containers import Containers
 from qiao.engine.eventlog import EventLog
 from qiao.engine.events import Event, Events
+from qiao.engine.execs import Execs
+from qiao.engine.lifecycle import Lifecycle
 from qiao.engine.models import Endpoint, Network
 from qiao.engine.networks import Networks
 from qiao.engine.ports import Publisher
 from qiao.engine.steps import Fault
 from qiao.engine.store import Store
+from qiao.images.registry import Images
+from qiao.kernel.cgroup import Cgroups
 from qiao.kernel.firewall import Firewall
 from qiao.kernel.host import Host
 from qiao.paths import Root
@@ -50,6 +54,7 @@ class Engine:
         resolver: Resolver | None = None,
         resolv_conf: str | None = None,
         drivers: list | None = None,
+        cgroups: Cgroups | None = None,
     ):
         root.ensure()
         self.root = root
@@ -61,10 +66,15 @@ class Engine:
         self.drivers = Drivers(drivers if drivers is not None else builtin_drivers(host, firewall, resolv_conf or ""))
         self.networks = Networks(self.store, self.drivers, firewall, self.lock, self.events, fault)
         self.ports = Publisher(firewall, host, self._describe_owner)
+        self.images = Images(root, self.store, self.lock)
         self.containers = Containers(
-            root, self.store, self.networks, host, self.lock, fault, resolv_conf or "", self.ports, eventlog=self.eventlog
-        )
+            root, self.store, self.networks, host, self.lock, fault, resolv_conf or "", self.ports,
+            eventlog=self.eventlog, cgroups=cgroups, images=self.images,
+        )  # fmt: skip
+        self.images.users = self._image_users
+        self.lifecycle = Lifecycle(self.containers, host)
         self.attachments = Attachments(self.store, self.networks, host, self.ports, self.lock, root.netns_dir, fault)
+        self.execs = Execs(self.containers)
         self.resolver = resolver
         self.events.subscribe(self._dns_follows)
         self.events.subscribe(self._log_network)
@@ -73,6 +83,7 @@ class Engine:
         with self.lock:
             self.networks.load()
             self.containers.load()
+            self.images.load()  # after the containers: an image's files stay while one uses them
             self.attachments.load()
             self.networks.restore_kernel(self.containers.published() + self.attachments.published())
             self.networks.ensure_builtin()
@@ -99,6 +110,11 @@ class Engine:
                     log.warning("endpoint %s: its link %s had been deleted by hand; plugged again", ep.id[:12], ep.host_ifname)
             except Exception:
                 log.exception("link resync failed")
+
+    def _image_users(self, image_id: str) -> list[tuple[str, bool]]:
+        """The containers made from an image: (id, running), running ones first."""
+        users = [(c.id, c.running) for c in self.containers.by_id.values() if c.image_id == image_id]
+        return sorted(users, key=lambda u: not u[1])
 
     def _describe_owner(self, owner: str) -> str:
         """Who holds a host port, for a conflict's message."""
@@ -129,7 +145,12 @@ class Engine:
         elif event.endpoint is not None and event.action == "leave":
             zone.remove(event.endpoint.id)
         elif event.endpoint is not None:
-            zone.put(event.endpoint.id, event.endpoint.dns_names, _addresses(event.endpoint))
+            zone.put(event.endpoint.id, event.endpoint.dns_names, _addresses(event.endpoint), self._upstreams_of(event.endpoint))
+
+    def _upstreams_of(self, ep: Endpoint) -> list[str] | None:
+        """A container's ``--dns`` servers: its queries for other names go there, not to the host's."""
+        ctr = self.containers.by_id.get(ep.owner)
+        return list(ctr.dns) if ctr is not None and ctr.dns else None
 
     def refresh_dns(self, net: Network) -> None:
         """Give the resolver the current names of one network, built afresh (under the lock)."""
@@ -144,7 +165,7 @@ class Engine:
             subnets.append(net.cluster_subnet)  # containers on every host may ask this host's resolver
         zone = build_zone(gateways, subnets, net.internal, [])
         for ep in self.networks.endpoints_of(net.id):
-            zone.put(ep.id, ep.dns_names, _addresses(ep))
+            zone.put(ep.id, ep.dns_names, _addresses(ep), self._upstreams_of(ep))
         zone.replace_group(REMOTE_NAMES, self.networks.driver(net).dns_records(net))
         self.resolver.set_zone(net.id, zone)
 

@@ -19,8 +19,27 @@ FALLBACK_NAMESERVERS = ("8.8.8.8", "8.8.4.4")
 
 def hosts(entries: list[tuple[str, str]]) -> str:
     """Docker's localhost lines, then one ``IP NAMES`` line per entry (the
-    container's own addresses first, then its ``--link`` targets)."""
+    ``--add-host`` entries, the container's own addresses, then its ``--link`` targets)."""
     return HOSTS_HEADER + "".join(f"{address}\t{names}\n" for address, names in entries)
+
+
+def own_names(hostname: str, domainname: str = "") -> str:
+    """The names on the line of the container's own address, as moby writes it:
+    the full name, then the bare host name when the full one has a dot."""
+    fqdn = f"{hostname}.{domainname}" if domainname else hostname
+    short = fqdn.split(".", 1)[0]
+    return fqdn if short == fqdn else f"{fqdn} {short}"
+
+
+def extra_host(entry: str, host_gateway: str) -> tuple[str, str]:
+    """One ``--add-host NAME:IP`` (Docker's CLI sends ``NAME:IP``; ``NAME=IP`` is
+    accepted too) as ``(IP, NAME)``; ``host-gateway`` is the default bridge's gateway."""
+    name, sep, address = entry.partition("=")
+    if not sep:
+        name, _, address = entry.partition(":")
+    if address == "host-gateway":
+        address = host_gateway
+    return address.removeprefix("[").removesuffix("]"), name
 
 
 SYSTEMD_RESOLVED = "/run/systemd/resolve/resolv.conf"
@@ -80,6 +99,26 @@ def resolv_conf(source: str = "/etc/resolv.conf", nameservers: list[str] | None 
     if dropped_all:
         kept += [f"nameserver {ns}\n" for ns in FALLBACK_NAMESERVERS]
     return "".join(kept)
+
+
+def override(text: str, search: list[str], options: list[str], ext_servers: list[str]) -> str:
+    """``--dns-search`` and ``--dns-option`` replace the host's ``search``
+    (and ``domain``) and ``options`` lines (``--dns-search .``: no search
+    domains at all); ``ext_servers`` (``--dns`` of a container whose resolver
+    is qiao's, which forwards to them) are noted as Docker notes them."""
+    if not (search or options or ext_servers):
+        return text
+    lines = text.splitlines()
+    if search:
+        lines = [line for line in lines if line.split()[:1] not in (["search"], ["domain"])]
+    if options:
+        lines = [line for line in lines if line.split()[:1] != ["options"]]
+    servers = [line for line in lines if line.split()[:1] == ["nameserver"]]
+    rest = [line for line in lines if line.split()[:1] != ["nameserver"]]
+    domains = [d for d in search if d != "."]
+    added = ([f"search {' '.join(domains)}"] if domains else []) + ([f"options {' '.join(options)}"] if options else [])
+    notes = [f"# ExtServers: [{' '.join(ext_servers)}]"] if ext_servers else []
+    return "".join(line + "\n" for line in servers + added + rest + notes)
 
 
 def write(directory: str, files: dict[str, str]) -> None:

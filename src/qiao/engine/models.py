@@ -105,13 +105,51 @@ class Container:
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
     privileged: bool = False
-    # What Docker's clients see of it: Config.Labels, and Config.Image as they named it ("" for qiao's own CLI).
+    # Its streams (qiao.runtime.console): Docker's Config.Tty, OpenStdin, StdinOnce, the
+    # AttachStd* the client asked for (shown only) and HostConfig.ConsoleSize ([rows, columns]).
+    tty: bool = False
+    open_stdin: bool = False
+    stdin_once: bool = False
+    attach_stdin: bool = False
+    attach_stdout: bool = False
+    attach_stderr: bool = False
+    console_size: list[int] = field(default_factory=list)
+    # What Docker's clients see of it: Config.Labels; its image (qiao.images): Config.Image as given
+    # ("" or "qiao/host": the host's filesystem), the image's ID ("sha256:..."; "" without one) and
+    # Config.Entrypoint (``cmd`` is Config.Cmd).
     labels: dict[str, str] = field(default_factory=dict)
     image: str = ""
+    image_id: str = ""
+    entrypoint: list[str] = field(default_factory=list)
+    # Lifecycle: the restart policy (qiao.engine.restart), how `stop` ends it, and its
+    # state: a restarting container waits for its next start; a paused one is frozen.
+    restart_policy: str = ""
+    restart_retries: int = 0
+    restart_count: int = 0
+    manually_stopped: bool = False  # by stop or kill: unless-stopped does not restart it
+    stop_signal: str = ""
+    stop_timeout: int | None = None
+    paused: bool = False
+    # What the container's /etc files and UTS namespace say beyond qiao's defaults.
+    domainname: str = ""
+    dns: list[str] = field(default_factory=list)
+    dns_search: list[str] = field(default_factory=list)
+    dns_options: list[str] = field(default_factory=list)
+    extra_hosts: list[str] = field(default_factory=list)  # NAME:IP as asked (host-gateway resolved at start)
 
     @property
     def running(self) -> bool:
         return self.status == "running"
+
+    @property
+    def restarting(self) -> bool:
+        """Exited, waiting for the restart its policy asks (Docker shows it as running)."""
+        return self.status == "restarting"
+
+    @property
+    def argv(self) -> list[str]:
+        """What runs: the entrypoint, then the command (Docker's Path and Args)."""
+        return [*self.entrypoint, *self.cmd]
 
     @property
     def joined_to(self) -> str | None:

@@ -139,23 +139,35 @@ class PortReservations:
             if other is not None:
                 failure = f"port is already allocated to {describe(other)}"
                 continue
-            kind, number = PROTOS[req.proto]
-            sock = socket.socket(socket.AF_INET, kind, number)
             try:
-                sock.bind((req.host_ip, port))
+                sock = self._bind(req, port)
             except OSError as exc:
-                sock.close()
                 if exc.errno == 99:  # EADDRNOTAVAIL
                     raise InvalidParameter(f"Bind for {req.host_ip}:{port} failed: {req.host_ip} is not an address of this host") from None
                 failure = f"port is already in use by {holder(req.proto, port)}"
                 continue
             bound = sock.getsockname()[1]
-            self._held.setdefault(owner, []).append(sock)
+            self._hold(owner, sock)
             self._index.setdefault((req.proto, bound), []).append((req.host_ip, owner))
             self._keys.setdefault(owner, []).append((req.proto, bound))
             return bound
         where = f"{req.host_lo}-{req.host_hi}" if req.host_hi != req.host_lo else str(req.host_lo)
         raise Conflict(f"Bind for {req.host_ip}:{where}/{req.proto} failed: {failure}")
+
+    def _bind(self, req: PortRequest, port: int) -> socket.socket:
+        """A socket bound to the host port (0: any free one); OSError when that fails."""
+        kind, number = PROTOS[req.proto]
+        sock = socket.socket(socket.AF_INET, kind, number)
+        try:
+            sock.bind((req.host_ip, port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _hold(self, owner: str, sock: socket.socket) -> None:
+        """Keep the bound socket: the port stays ours until :meth:`release`."""
+        self._held.setdefault(owner, []).append(sock)
 
     def adopt(self, owner: str, mapping: PortMapping) -> None:
         """Re-reserve a mapping of a container that survived a daemon restart."""

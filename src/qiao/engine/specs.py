@@ -62,8 +62,48 @@ class ContainerSpec:
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     privileged: bool = False
+    # Its streams: a TTY, stdin kept open (and closed after the first client leaves), what a
+    # client attaches (shown only), the TTY's first size (rows, columns).
+    tty: bool = False
+    open_stdin: bool = False
+    stdin_once: bool = False
+    attach_stdin: bool = False
+    attach_stdout: bool = False
+    attach_stderr: bool = False
+    console_size: tuple[int, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)  # Config.Labels
-    image: str = ""  # Config.Image, as the client named it
+    # The image (qiao.images): its name as given ("" or "qiao/host": the host's filesystem),
+    # and the entrypoint (None: not given, the image's counts; ``cmd`` follows it).
+    image: str = ""
+    entrypoint: tuple[str, ...] | None = None
+    # Lifecycle (Docker's --restart, --stop-signal, --stop-timeout) and the /etc files
+    # (--domainname, --dns, --dns-search, --dns-option, --add-host).
+    restart_policy: str = ""  # "" | no | always | unless-stopped | on-failure
+    restart_retries: int = 0  # on-failure's maximum, 0: no limit
+    stop_signal: str = ""  # a signal name or number; "" is SIGTERM
+    stop_timeout: int | None = None  # seconds; None is 10
+    domainname: str = ""
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    dns_options: tuple[str, ...] = ()
+    extra_hosts: tuple[str, ...] = ()  # NAME:IP (IP may be host-gateway)
+
+
+@dataclass(frozen=True)
+class ExecSpec:
+    """Docker's exec create: a process started in a running container."""
+
+    cmd: tuple[str, ...]
+    env: tuple[str, ...] = ()
+    user: str | None = None  # None: the container's
+    workdir: str = ""  # "": the container's
+    privileged: bool = False
+    tty: bool = False
+    attach_stdin: bool = False
+    attach_stdout: bool = False
+    attach_stderr: bool = False
+    detach_keys: str = ""
+    console_size: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

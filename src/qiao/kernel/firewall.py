@@ -154,6 +154,7 @@ class Firewall(Protocol):
     def add_guards(self, guards: list[EndpointGuard]) -> None: ...
     def del_guards(self, guards: list[EndpointGuard]) -> None: ...
     def ensure_foreign_hooks(self, bridges: list[str]) -> None: ...
+    def foreign_script(self, keep: list[str], drop: list[str]) -> str: ...
 
 
 BASE = f"""\
@@ -220,7 +221,8 @@ table {GUARD_TABLE} {{
 RESET = f"add table {TABLE}\ndelete table {TABLE}\nadd table {GUARD_TABLE}\ndelete table {GUARD_TABLE}\n"
 
 
-def _network(net: BridgeRules) -> str:
+def network_script(net: BridgeRules) -> str:
+    """The transaction that adds one network's chains and map elements."""
     br = net.bridge
     extra = []
     if net.member_dev:
@@ -249,7 +251,8 @@ add element {TABLE} bridges {{ "{br}" }}
 """ + "".join(line + "\n" for line in extra)
 
 
-def _elements(verb: str, mappings: list[PortMapping], with_data: bool) -> str:
+def elements_script(verb: str, mappings: list[PortMapping], with_data: bool) -> str:
+    """Add (``with_data``) or delete published ports: elements of ``published`` / ``published_any``."""
     lines = []
     for wildcard, name in ((False, "published"), (True, "published_any")):
         elems = []
@@ -263,7 +266,8 @@ def _elements(verb: str, mappings: list[PortMapping], with_data: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _guard_elements(verb: str, guards: Iterable[EndpointGuard]) -> str:
+def guard_elements_script(verb: str, guards: Iterable[EndpointGuard]) -> str:
+    """Add or delete anti-spoofing elements of ``table bridge qiao``."""
     ports: list[str] = []
     v4: list[str] = []
     v6: list[str] = []
@@ -275,7 +279,8 @@ def _guard_elements(verb: str, guards: Iterable[EndpointGuard]) -> str:
     return "".join(f"{verb} element {GUARD_TABLE} {name} {{ {', '.join(elems)} }}\n" for name, elems in sets if elems)
 
 
-def _del_network(net: BridgeRules) -> str:
+def del_network_script(net: BridgeRules) -> str:
+    """The transaction that removes one network's chains and map elements."""
     br = net.bridge
     internal = f'delete element {TABLE} fwd_out {{ "{br}" }}\nflush chain {TABLE} fwd-out-{br}\ndelete chain {TABLE} fwd-out-{br}\n'
     return (
@@ -290,6 +295,14 @@ flush chain {TABLE} nat-out-{br}
 delete chain {TABLE} nat-out-{br}
 """
     )
+
+
+def tables_script(networks: list[BridgeRules], mappings: list[PortMapping], guards: Iterable[EndpointGuard]) -> str:
+    """Both tables for this intent, replacing what is there (``add table; delete table`` first): one transaction."""
+    script = RESET + BASE + GUARD_BASE + "".join(network_script(n) for n in networks)
+    if mappings:
+        script += elements_script("add", mappings, with_data=True)
+    return script + guard_elements_script("add", guards)
 
 
 class NftFirewall:
@@ -378,8 +391,9 @@ class NftFirewall:
             and (c["family"], c["table"]) != ("inet", "qiao")
         ]
 
-    def _foreign_script(self, keep: list[str], drop: list[str]) -> str:
-        """Insert the accept pair for ``keep`` bridges where missing; delete ours for ``drop``."""
+    def foreign_script(self, keep: list[str], drop: list[str]) -> str:
+        """Insert the accept pair for ``keep`` bridges where missing; delete ours for ``drop``
+        (read-only: it lists the ruleset and returns the nft text)."""
         lines = []
         for chain in self._foreign_drop_chains():
             where = f"{chain['family']} {chain['table']} {chain['name']}"
@@ -399,11 +413,9 @@ class NftFirewall:
 
     def _whole(self) -> str:
         """Both tables from intent, replacing what is there: one transaction, no gap."""
-        script = RESET + BASE + GUARD_BASE + "".join(_network(n) for n in self._networks.values())
-        if self._mappings:
-            script += _elements("add", list(self._mappings), with_data=True)
-        script += _guard_elements("add", self._guards.values())
-        return script + self._foreign_script(list(self._networks), [])
+        return tables_script(list(self._networks.values()), list(self._mappings), self._guards.values()) + self.foreign_script(
+            list(self._networks), []
+        )
 
     def _rebuild(self, why: str) -> bool:
         """Replace both tables from intent; False (logged; the healer retries) when that fails."""
@@ -446,7 +458,7 @@ class NftFirewall:
 
     def ensure_foreign_hooks(self, bridges: list[str]) -> None:
         with self._lock:
-            self._apply(self._foreign_script(bridges, []))
+            self._apply(self.foreign_script(bridges, []))
 
     def reset(self, networks: list[BridgeRules], mappings: list[PortMapping], guards: Iterable[EndpointGuard] = ()) -> None:
         """Replace both tables from this intent in one transaction (no gap)."""
@@ -469,12 +481,12 @@ class NftFirewall:
                 else:
                     self._networks[net.bridge] = old
 
-            self._add(_network(net) + self._foreign_script([net.bridge], []), undo)
+            self._add(network_script(net) + self.foreign_script([net.bridge], []), undo)
 
     def del_network(self, net: BridgeRules) -> None:
         with self._lock:
             self._networks.pop(net.bridge, None)
-            self._remove(self._foreign_script([], [net.bridge]) + _del_network(net))
+            self._remove(self.foreign_script([], [net.bridge]) + del_network_script(net))
 
     def add_ports(self, mappings: list[PortMapping]) -> None:
         with self._lock:
@@ -485,13 +497,13 @@ class NftFirewall:
                 for m in new:
                     self._mappings.pop(m, None)
 
-            self._add(_elements("add", mappings, with_data=True), undo)
+            self._add(elements_script("add", mappings, with_data=True), undo)
 
     def del_ports(self, mappings: list[PortMapping]) -> None:
         with self._lock:
             for m in mappings:
                 self._mappings.pop(m, None)
-            self._remove(_elements("delete", mappings, with_data=False))
+            self._remove(elements_script("delete", mappings, with_data=False))
 
     def add_guards(self, guards: list[EndpointGuard]) -> None:
         with self._lock:
@@ -505,13 +517,13 @@ class NftFirewall:
                     else:
                         self._guards[port] = was
 
-            self._add(_guard_elements("add", guards), undo)
+            self._add(guard_elements_script("add", guards), undo)
 
     def del_guards(self, guards: list[EndpointGuard]) -> None:
         with self._lock:
             for g in guards:
                 self._guards.pop(g.port, None)
-            self._remove(_guard_elements("delete", guards))
+            self._remove(guard_elements_script("delete", guards))
 
     # -- healing -----------------------------------------------------------
 
@@ -641,3 +653,6 @@ class StubFirewall:
 
     def ensure_foreign_hooks(self, bridges: list[str]) -> None:
         self.ensured = list(bridges)
+
+    def foreign_script(self, keep: list[str], drop: list[str]) -> str:
+        return ""

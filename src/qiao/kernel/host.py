@@ -31,6 +31,7 @@ log = logging.getLogger("qiao.host")
 
 ALIAS_PREFIX = "qiao:"
 IPAddress = IPv4Address | IPv6Address
+COUNTERS = ("rx_bytes", "rx_packets", "rx_errors", "rx_dropped", "tx_bytes", "tx_packets", "tx_errors", "tx_dropped")
 IFA_F_NODAD = 0x02  # IPv6 addresses usable at once: qiao's IPAM already guarantees uniqueness
 
 
@@ -67,6 +68,7 @@ class Host(Protocol):
     def link_kind(self, name: str) -> str | None: ...
     def link_mac(self, name: str) -> str | None: ...
     def sandbox_link(self, netns_path: str, ifname: str) -> tuple[str, list[str]] | None: ...
+    def sandbox_counters(self, netns_path: str) -> dict[str, dict[str, int]]: ...
     def owned_links(self) -> dict[str, str]: ...
     def create_netns(self, path: str) -> None: ...
     def pin_netns(self, source: str, path: str) -> None: ...
@@ -80,6 +82,14 @@ class Host(Protocol):
     def addresses(self) -> list[IPAddress]: ...
     def enable_forwarding(self, ipv6: bool = False) -> None: ...
     def flush_conntrack(self, proto: str, port: int) -> None: ...
+
+
+def bridge_mac() -> str:
+    """A random locally administered unicast MAC, as Docker gives docker0, so a
+    bridge does not take its ports' addresses (and change with them)."""
+    mac = bytearray(secrets.token_bytes(6))
+    mac[0] = (mac[0] & 0xFE) | 0x02
+    return ":".join(f"{b:02x}" for b in mac)
 
 
 def _missing(exc: Exception) -> bool:
@@ -206,15 +216,26 @@ class LinuxHost:
         finally:
             ipr.close()
 
+    def sandbox_counters(self, netns_path: str) -> dict[str, dict[str, int]]:
+        """Traffic counters of every interface in a sandbox but ``lo`` (the kernel's 64-bit
+        link statistics), by interface name, as ``docker stats`` reports them."""
+        with netns.entered(netns_path):
+            ipr = self._IPRoute()
+        try:
+            out = {}
+            for link in ipr.get_links():
+                name, stats = link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_STATS64")
+                if name != "lo" and stats is not None:
+                    out[name] = {key: int(stats[key]) for key in COUNTERS}
+            return out
+        finally:
+            ipr.close()
+
     def ensure_bridge(self, name: str, address: str, prefixlen: int, mtu: int, v6: tuple[str, int] | None = None, owner: str = "") -> bool:
         index = self._index(name)
         created = index is None
         if created:
-            # A random locally administered MAC, as Docker gives docker0, so the
-            # bridge does not take its ports' addresses (and change with them).
-            mac = bytearray(secrets.token_bytes(6))
-            mac[0] = (mac[0] & 0xFE) | 0x02
-            self._ipr.link("add", ifname=name, kind="bridge", mtu=mtu, address=":".join(f"{b:02x}" for b in mac))
+            self._ipr.link("add", ifname=name, kind="bridge", mtu=mtu, address=bridge_mac())
             index = self._index(name)
         if owner:  # so a restart after a crash mid-create can find and remove it; an adopted bridge is ours now
             self._ipr.link("set", index=index, ifalias=ALIAS_PREFIX + owner)
@@ -434,6 +455,7 @@ class StubHost:
         self.forwarding = False
         self.forwarding6 = False
         self.flushed: list[tuple[str, int]] = []
+        self.counters: dict[tuple[str, str], dict[str, int]] = {}  # (sandbox, ifname) -> traffic counters
 
     def ensure_bridge(self, name: str, address: str, prefixlen: int, mtu: int, v6: tuple[str, int] | None = None, owner: str = "") -> bool:
         created = name not in self.links
@@ -466,6 +488,11 @@ class StubHost:
             return None
         veth = next((v for v in self.links.values() if v.get("netns") == netns_path and v.get("peer") == ifname), {})
         return veth.get("mac", ""), [f"{a}/{n}" for a, n in ((iface.address, iface.prefixlen), (iface.address6, iface.prefixlen6)) if a]
+
+    def sandbox_counters(self, netns_path: str) -> dict[str, dict[str, int]]:
+        """Every configured interface but lo, with the counters a test set in ``counters``."""
+        names = [n for n in self.sandboxes.get(netns_path, {}) if n != "lo"]
+        return {n: {k: self.counters.get((netns_path, n), {}).get(k, 0) for k in COUNTERS} for n in names}
 
     def owned_links(self) -> dict[str, str]:
         return {n: link["owner"] for n, link in self.links.items() if "owner" in link}

@@ -15,6 +15,7 @@ import os
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
+CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 
 MS_RDONLY = 1
@@ -30,6 +31,21 @@ NSFS_MAGIC = 0x6E736673
 MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_STRICTATIME = 1 << 24
+
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_SYMLINKS = 0x10
+
+# Syscalls glibc has no wrapper for, by machine (open_tree and move_mount have one number everywhere).
+_SYSCALLS = {
+    "x86_64": {"pivot_root": 155, "open_tree": 428, "move_mount": 429},
+    "aarch64": {"pivot_root": 41, "open_tree": 428, "move_mount": 429},
+}
 
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
@@ -57,9 +73,11 @@ _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_libc.setdomainname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 _libc.capget.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 _libc.capset.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+_libc.syscall.restype = ctypes.c_long
 
 
 def _check(result: int, what: str) -> None:
@@ -88,9 +106,48 @@ def umount(target: str, flags: int = MNT_DETACH) -> None:
     _check(_libc.umount2(_b(target), flags), f"umount {target}")
 
 
+def _syscall(name: str, *args: object) -> int:
+    number = _SYSCALLS.get(os.uname().machine, {}).get(name)
+    if number is None:
+        raise OSError(38, f"{name}: not supported on {os.uname().machine} by qiao")
+    result = int(_libc.syscall(ctypes.c_long(number), *args))
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{name}: {os.strerror(err)}")
+    return result
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _syscall("pivot_root", ctypes.c_char_p(os.fsencode(new_root)), ctypes.c_char_p(os.fsencode(put_old)))
+
+
+def open_tree(path: str, flags: int = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC) -> int:
+    """A detached copy of the mount of ``path`` (a bind mount not yet attached
+    anywhere), as a descriptor: it can be attached after ``pivot_root``, when
+    ``path`` is no longer reachable by name."""
+    return _syscall("open_tree", ctypes.c_int(AT_FDCWD), ctypes.c_char_p(os.fsencode(path)), ctypes.c_uint(flags))
+
+
+def move_mount(fd: int, target: str) -> None:
+    """Attach the detached mount ``fd`` (from :func:`open_tree`) at ``target``."""
+    _syscall(
+        "move_mount",
+        ctypes.c_int(fd),
+        ctypes.c_char_p(b""),
+        ctypes.c_int(AT_FDCWD),
+        ctypes.c_char_p(os.fsencode(target)),
+        ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+    )
+
+
 def sethostname(name: str) -> None:
     raw = name.encode()
     _check(_libc.sethostname(raw, len(raw)), "sethostname")
+
+
+def setdomainname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc.setdomainname(raw, len(raw)), "setdomainname")
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0) -> int:

@@ -9,7 +9,7 @@ it has both hosts trace the same probe and joins the two halves:
 1. the receiving host is the one that has DST (a container's name, id or
    address, or a lab host's name or address: a published port there);
 2. its qiaod arms a watch for the probe's 5-tuple (``POST
-   /qiao/trace/watch``, a conversation on an upgraded connection, see
+   /qiao/trace/watch``, a conversation on the connection it hands over, see
    :mod:`qiao.daemon.observe_api`), the lab having chosen the probe's
    source port (or echo id);
 3. HOST's qiaod sends the probe with that source port and traces its part

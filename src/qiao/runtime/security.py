@@ -20,6 +20,8 @@ applies them in the process about to exec the command (the shim's child,
                  (as far as the shim holds them); inheritable and ambient are empty
 ``no_new_privs`` set PR_SET_NO_NEW_PRIVS (all but ``--privileged``)
 ``uid``, ``gid``, ``groups``  the process's user, group and supplementary groups
+``user``         instead of those, for a container with an image: ``--user`` as given,
+                 resolved by the shim against the image's /etc/passwd and /etc/group
 ``cwd``          its working directory
 
 Standard library only, and light: the shim and the CLI import it.
@@ -200,12 +202,20 @@ def check_workdir(path: str) -> str:
 
 
 def check_process(
-    user: str, workdir: str, cap_add: list[str], cap_drop: list[str], privileged: bool, available: int | None = None
+    user: str,
+    workdir: str,
+    cap_add: list[str],
+    cap_drop: list[str],
+    privileged: bool,
+    available: int | None = None,
+    check_user: bool = True,
 ) -> dict[str, Any]:
     """A container's user, working directory and capabilities, checked (unknown
     capability, user or group; a relative working directory; a capability qiaod
     itself lacks, ``available`` being its bounding set), as the Container fields
-    ``user``, ``workdir``, ``cap_add``, ``cap_drop``, ``privileged``."""
+    ``user``, ``workdir``, ``cap_add``, ``cap_drop``, ``privileged``.  Without
+    ``check_user`` (a container with an image) the user is looked up at start,
+    in the image's files."""
     add = normalize_caps(cap_add)
     fields = {
         "user": user,
@@ -214,7 +224,8 @@ def check_process(
         "cap_drop": normalize_caps(cap_drop),
         "privileged": privileged,
     }
-    resolve_user(user)
+    if check_user:
+        resolve_user(user)
     if available is None:
         available = int(process_status("self").get("CapBnd", "0"), 16)
     missing = [c for c in add if c != "ALL" and not available >> _NUMBER[c] & 1]
@@ -223,19 +234,22 @@ def check_process(
     return fields
 
 
-def process_spec(user: str, workdir: str, cap_add: list[str], cap_drop: list[str], privileged: bool) -> dict[str, Any]:
+def process_spec(
+    user: str, workdir: str, cap_add: list[str], cap_drop: list[str], privileged: bool, in_image: bool = False
+) -> dict[str, Any]:
     """The shim's spec keys for a container's process (see the module's doc), plus
-    ``home``: the user's home directory, for HOME when the container sets none."""
-    who = resolve_user(user)
-    return {
-        "uid": who.uid,
-        "gid": who.gid,
-        "groups": who.groups,
-        "home": who.home,
+    ``home``: the user's home directory, for HOME when the container sets none.
+    For a container with an image (``in_image``) the spec names the user
+    (``user``) for the shim to resolve inside the container."""
+    spec: dict[str, Any] = {
         "cwd": workdir or "/",
         "caps": capabilities(cap_add, cap_drop, privileged),
         "no_new_privs": not privileged,
     }
+    if in_image:
+        return {**spec, "user": user}
+    who = resolve_user(user)
+    return {**spec, "uid": who.uid, "gid": who.gid, "groups": who.groups, "home": who.home}
 
 
 def hidden_paths(root: Root) -> list[str]:

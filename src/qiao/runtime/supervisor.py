@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,28 +53,42 @@ class _Shim:
     control: socket.socket
 
 
+@dataclass
+class _Watch:
+    """A shim whose end we wait for: a container's (``on_exit(cid)``), or an
+    exec's, our child, whose exit status is the exec's exit code (``ended(code)``)."""
+
+    cid: str
+    shim_pid: int
+    child: bool
+    proc: subprocess.Popen[bytes] | None = None
+    ended: Callable[[int], None] | None = None
+
+
 class Supervisor:
     def __init__(self, on_exit: Callable[[str], None], tag: str = ""):
         self._on_exit = on_exit
         self._tag = tag  # on every shim's command line (the qiao root), so a lab or a repair can find its own
         self._epoll = select.epoll()
-        self._watched: dict[int, tuple[str, int, int]] = {}  # pidfd -> (container id, shim pid, is child)
+        self._watched: dict[int, _Watch] = {}  # by pidfd
         self._lock = threading.Lock()
         self._spare: _Shim | None = None
         self._refilling = False
         threading.Thread(target=self._loop, name="supervisor", daemon=True).start()
 
-    def spawn(self, cid: str, spec: dict[str, Any], stdio: tuple[int, int, int]) -> Started:
-        """Hand ``spec`` and the container's stdio to a waiting shim; its answer
-        is ``ok <pid>`` once the command is exec'd, or ``error <message>``."""
+    def spawn(self, cid: str, spec: dict[str, Any], fds: Sequence[int], ended: Callable[[int], None] | None = None) -> Started:
+        """Hand ``spec`` and its descriptors (the container's stdio, or attach
+        connections) to a waiting shim; its answer is ``ok <pid>`` once the
+        command is exec'd, or ``error <message>``.  With ``ended`` (an exec),
+        that is called with the exit code when the shim ends."""
         shim = self._take()
         try:
             try:
-                socket.send_fds(shim.control, [json.dumps(spec).encode()], list(stdio))
+                _send(shim.control, json.dumps(spec).encode(), fds)
             except OSError:  # the spare died while idle (killed by someone): start one now
                 shim.control.close()
                 shim = self._launch()
-                socket.send_fds(shim.control, [json.dumps(spec).encode()], list(stdio))
+                _send(shim.control, json.dumps(spec).encode(), fds)
             answer = shim.control.recv(4096).decode()
         finally:
             shim.control.close()
@@ -83,7 +97,10 @@ class Supervisor:
             code = shim.proc.wait()
             raise StartError(answer.removeprefix("error ") or "container process failed to start", 127 if code == 127 else 126)
         started = Started(int(answer.split()[1]), shim.proc.pid, start_time(shim.proc.pid))
-        self.watch(cid, shim.proc.pid, child=True)
+        if ended is None:
+            self.watch(cid, shim.proc.pid, child=True)
+        else:
+            self._add(_Watch(cid, shim.proc.pid, True, shim.proc, ended))
         return started
 
     def _take(self) -> _Shim:
@@ -138,29 +155,45 @@ class Supervisor:
         return _Shim(proc, ours)
 
     def watch(self, cid: str, shim_pid: int, child: bool = False) -> None:
+        self._add(_Watch(cid, shim_pid, child))
+
+    def _add(self, watch: _Watch) -> None:
         try:
-            pidfd = os.pidfd_open(shim_pid)
+            pidfd = os.pidfd_open(watch.shim_pid)
         except ProcessLookupError:
-            self._on_exit(cid)
+            self._ended(watch)
             return
         with self._lock:
-            self._watched[pidfd] = (cid, shim_pid, int(child))
+            self._watched[pidfd] = watch
         self._epoll.register(pidfd, select.EPOLLIN)
 
     def _loop(self) -> None:
         while True:
             for pidfd, _ in self._epoll.poll():
                 with self._lock:
-                    cid, shim_pid, child = self._watched.pop(pidfd)
+                    watch = self._watched.pop(pidfd)
                 self._epoll.unregister(pidfd)
                 os.close(pidfd)
-                if child:
-                    with contextlib.suppress(ChildProcessError):
-                        os.waitpid(shim_pid, 0)
-                try:
-                    self._on_exit(cid)
-                except Exception:
-                    log.exception("handling the exit of %s failed", cid)
+                self._ended(watch)
+
+    def _ended(self, watch: _Watch) -> None:
+        try:
+            if watch.proc is not None and watch.ended is not None:
+                watch.ended(watch.proc.wait())  # the Popen reaps it: its status is not lost to another wait
+                return
+            if watch.child:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(watch.shim_pid, 0)
+            self._on_exit(watch.cid)
+        except Exception:
+            log.exception("handling the exit of %s failed", watch.cid)
+
+
+def _send(control: socket.socket, message: bytes, fds: Sequence[int]) -> None:
+    if fds:
+        socket.send_fds(control, [message], list(fds))
+    else:
+        control.send(message)
 
 
 def end_leftovers(pid_file: str, timeout: float = 10) -> list[int]:

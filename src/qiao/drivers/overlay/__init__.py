@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from qiao.drivers import refuse_unknown_options, refuse_unsupported
 from qiao.drivers.bridge import BridgeDriver
@@ -28,6 +28,11 @@ from qiao.engine.steps import Steps, Teardown
 from qiao.kernel.firewall import BridgeRules, Firewall
 from qiao.kernel.host import Host
 from qiao.kernel.vxlan import Vxlan
+
+if TYPE_CHECKING:
+    from qiao.drivers import NetworkDriver
+    from qiao.engine.networks import Networks
+    from qiao.kernel.recording import Recorder
 
 OPT_SUBNET_LEN = "host_subnet_len"
 
@@ -130,3 +135,17 @@ class OverlayDriver(BridgeDriver):
 
     def status(self) -> dict[str, Any]:
         return self.manager.status() if self.manager else {"ClusterStore": None}
+
+    def dry_run(self, recorder: Recorder, networks: Networks) -> NetworkDriver:
+        """The twin's control loop has no threads and writes nothing to etcd: it
+        works on a copy of what this host knows of the cluster (its leases, the
+        other hosts'), so a dry run of a fresh host joins with this host's share."""
+        vxlan = recorder.vxlan(self.vxlan) if self.vxlan else None
+        manager = self.manager.dry_copy(recorder, vxlan) if self.manager and vxlan else None
+        if manager is not None:
+            manager.local = networks
+        return OverlayDriver(recorder.host, recorder.firewall, vxlan, manager)
+
+    def join_cluster(self) -> None:
+        if self.manager is not None:
+            self.manager.join()

@@ -27,20 +27,24 @@ The engine side is reached through :class:`LocalNetworks` only.
 from __future__ import annotations
 
 import contextlib
+import copy
 import ipaddress
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from qiao.drivers.overlay import store as keys
-from qiao.drivers.overlay.store import ClusterStore, Compacted
+from qiao.drivers.overlay.store import ClusterStore, Compacted, DryClusterStore
 from qiao.engine.errors import Conflict
 from qiao.engine.events import Event
 from qiao.engine.models import Endpoint, Network, now
 from qiao.kernel.vxlan import Vxlan
+
+if TYPE_CHECKING:
+    from qiao.kernel.recording import Recorder
 
 log = logging.getLogger("qiao.overlay")
 LEASE_TTL = 15  # s: a crashed host's routes leave its peers within this
@@ -99,10 +103,30 @@ class OverlayManager:
     def start(self) -> None:
         self._seed_names()
         with contextlib.suppress(Exception):
-            self._ensure_lease()
+            self.join()
         loops = {"overlay-watch": self._watch_loop, "overlay-lease": self._keepalive_loop, "overlay-names": self._publish_loop}
         for name, loop in loops.items():
             threading.Thread(target=loop, name=name, daemon=True).start()
+
+    def join(self) -> None:
+        """A lease, and this host's side of every network the cluster defines: what a starting daemon does first."""
+        self._ensure_lease()
+
+    def dry_copy(self, recorder: Recorder, vxlan: Vxlan) -> OverlayManager:
+        """A twin for a dry run (``qiao explain``): no threads, and its etcd writes
+        are recorded, never sent.  It starts from a copy of what this host knows of
+        the cluster; for a fresh host (``recorder.fresh``) it holds no lease yet,
+        so :meth:`join` takes this host's subnets again, as a new daemon here would."""
+        with self._lock:
+            configs, leases, names = copy.deepcopy((self.configs, self.leases, self.names))
+            held = {} if recorder.fresh else dict(self._held)
+            lease = None if recorder.fresh else self.lease
+        existing = {f"{keys.PREFIX}{net}/config" for net in configs}
+        existing |= {keys.subnet_key(net, subnet) for net, by_subnet in leases.items() for subnet in by_subnet}
+        existing |= {f"{keys.PREFIX}{net}/names/{eid}" for net, by_id in names.items() for eid in by_id}
+        twin = OverlayManager(DryClusterStore(self.store.url, recorder.record, existing), vxlan, self.public_ip)
+        twin.configs, twin.leases, twin.names, twin._held, twin.lease = configs, leases, names, held, lease
+        return twin
 
     def _seed_names(self) -> None:
         """The names of endpoints held from before a restart: published again, under our new lease."""

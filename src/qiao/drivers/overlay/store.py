@@ -162,3 +162,47 @@ class ClusterStore:
 
     def lease(self, ttl: int) -> Any:
         return self.client.lease(ttl)
+
+
+class DryClusterStore(ClusterStore):
+    """The cluster store of a dry run (``qiao explain``): nothing is sent to
+    etcd.  Each write is recorded (``record(port, method, **args)``); a create
+    succeeds unless its key is one known to exist (``existing``)."""
+
+    def __init__(self, url: str, record: Callable[..., None], existing: set[str]):  # no client: nothing to talk to
+        self.url, self.reads = url, 0
+        self._record, self._existing = record, existing
+
+    def create(self, key: str, value: Any, lease: Any = None) -> bool:
+        if key in self._existing:
+            return False
+        self._existing.add(key)
+        self._record("cluster", "create", key=key, value=value)
+        return True
+
+    def put(self, key: str, value: Any, lease: Any = None) -> None:
+        self._record("cluster", "put", key=key, value=value)
+
+    def replace_if(self, key: str, expected: Any, value: Any, lease: Any = None) -> bool:
+        self._record("cluster", "replace_if", key=key, value=value)
+        return True
+
+    def delete(self, key: str) -> None:
+        self._record("cluster", "delete", key=key)
+
+    def delete_prefix(self, prefix: str) -> None:
+        self._record("cluster", "delete_prefix", key=prefix)
+
+    def lease(self, ttl: int) -> Any:
+        self._record("cluster", "lease", ttl=ttl)
+        return _DryLease()
+
+
+class _DryLease:
+    id = 0
+
+    def refresh(self) -> int:
+        return 1
+
+    def revoke(self) -> None:
+        pass
