@@ -15,8 +15,9 @@ exit (``nsenter`` into the host namespace included, a few ms, so that a
 CLI could never start a qiaod anywhere else); each repetition runs every
 command once, in a random order.  For the commands that are one request,
 the daemon's answer alone (the request from this process) is timed too,
-without the CLI's start-up and drawing.  Target: every command's p90 at
-the largest N under 1 s.  Results: a table, the ratios largest/smallest N,
+without the CLI's start-up and drawing.  ``qiao explain run ...`` is timed
+when the CLI has it (said skipped otherwise).  Target: every command's p90
+at the largest N under 1 s.  Results: a table, the ratios largest/smallest N,
 and bench/results/observe.json.
 
 Everything lives in two namespaces (``qo<hex>-host``, ``qo<hex>-out``) and
