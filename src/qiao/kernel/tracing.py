@@ -7,7 +7,7 @@ unreachable, answered, or nothing), then removes the tables, in a
 (:meth:`LinuxTracing.watch`) marks and reads without sending, on the lab
 host that another host's probe will reach; it lives as long as its caller
 keeps it (the daemon: as long as the lab's connection, see
-:mod:`qiao.observe.watch`).
+:mod:`qiao.daemon.observe_api`).
 
 The probe is the first packet of a real conversation: a TCP SYN (the socket
 connects, and is closed at once), one UDP datagram, or one ICMP echo

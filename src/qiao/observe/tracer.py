@@ -181,7 +181,7 @@ class Tracer:
             "elapsed_ms": round(capture.elapsed_ms, 1),
         }
 
-    # -- the receiving side of a lab trace (see qiao.observe.watch) ------------
+    # -- the receiving side of a lab trace (see qiao.daemon.observe_api) ------------
 
     def expect(self, source: str, destination: str, probe_id: int) -> Expected:
         """What this host expects of another host's probe to ``destination``
