@@ -1,5 +1,5 @@
 # qiao: `make demo` and `make test` work on a fresh machine (as root).
-.PHONY: setup test unit lint demo bench bench-peers bench-ports bench-soak bench-cni bench-docker bench-plugin clean
+.PHONY: setup test unit lint demo bench bench-peers bench-ports bench-soak bench-cni bench-docker bench-plugin bench-observe clean
 
 setup:
 	@scripts/setup.sh
@@ -37,6 +37,9 @@ bench-docker: setup
 
 bench-plugin: setup
 	.venv/bin/python -m bench.plugin_calls
+
+bench-observe: setup
+	.venv/bin/python -m bench.observe
 
 clean:
 	rm -rf .venv build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

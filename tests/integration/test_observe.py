@@ -24,12 +24,14 @@ import subprocess
 import tempfile
 import xml.dom.minidom
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from qiao.cli.client import Client
 from qiao.paths import Root
 from tests.integration.conftest import QIAO, RUN, Host, sh, wait_for
+from tests.integration.test_overlay import RESTARTED
 from tests.integration.test_user_networks import PY, SERVER, addresses, in_parallel, netns_of, probe
 
 
@@ -39,6 +41,9 @@ def trace(h: Host, src: str, dst: str) -> dict:
 
 def trace_tables(h: Host) -> list[str]:
     return [line for line in h.sh("nft", "list", "tables").stdout.splitlines() if "qiao_trace" in line]
+
+
+MUTE = "import socket, time; u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('0.0.0.0', 7001)); time.sleep(3600)"
 
 
 @pytest.fixture(scope="module")
@@ -234,16 +239,27 @@ def lab2() -> Iterator:
             down_and_check(lab)
         else:
             sh(QIAO, "lab", "--root", root, "down", check=False)
+        for proc in RESTARTED:  # a qiaod a test started again: lab down ended it, we reap it
+            proc.poll()
 
 
-def test_trace_and_topology_across_the_overlay(lab2) -> None:
+@pytest.fixture(scope="module")
+def ov2(lab2):
+    """Overlay ``ov`` on both hosts: ``a`` on host1 (-p 8080:7000), ``b`` on host2
+    (-p 8081:7000), ``mute`` on host2 (UDP 7001 bound, never answering)."""
     from tests.integration.test_overlay import in_step
 
     lab = lab2
     lab.qiao("host1", "network", "create", "-d", "overlay", "--subnet", "10.245.0.0/16", "ov")
     wait_for("both hosts' peers programmed", lambda: len(lab.leases("ov")) == 2 and in_step(lab, ["host1", "host2"], "ov"), timeout=20)
     lab.qiao("host1", "run", "-d", "--name", "a", "--network", "ov", "-p", "8080:7000", "--", PY, "-c", SERVER)
-    lab.qiao("host2", "run", "-d", "--name", "b", "--network", "ov", "--", PY, "-c", SERVER)
+    lab.qiao("host2", "run", "-d", "--name", "b", "--network", "ov", "-p", "8081:7000", "--", PY, "-c", SERVER)
+    lab.qiao("host2", "run", "-d", "--name", "mute", "--network", "ov", "--", PY, "-c", MUTE)
+    return lab
+
+
+def test_trace_and_topology_across_the_overlay(ov2) -> None:
+    lab = ov2
 
     def traced(host: str, *args: str) -> dict:
         return json.loads(lab.qiao(host, "trace", "--json", *args, check=False).stdout)
@@ -266,3 +282,134 @@ def test_trace_and_topology_across_the_overlay(lab2) -> None:
     assert f"host host2 {lab.address('host2')}" in text and f"host host1 {lab.address('host1')}" in text  # each other's peers, by name
     assert "!" not in text
     xml.dom.minidom.parseString(lab.cli("topology", "--format", "svg").stdout)
+
+
+# -- qiao lab trace: one probe, traced on both hosts ---------------------------------
+
+
+def lab_trace_tables(lab, host: str) -> list[str]:
+    return [line for line in lab.in_ns(host, "nft", "list", "tables").stdout.splitlines() if "qiao_trace" in line]
+
+
+def lab_trace(lab, *args: str) -> tuple[int, dict]:
+    out = lab.cli("trace", "--json", *args, check=False)
+    assert out.stdout, out.stderr
+    return out.returncode, json.loads(out.stdout)
+
+
+def test_lab_trace_joins_the_sending_and_the_receiving_host(ov2) -> None:
+    """host1's hops to the VXLAN device, the underlay to host2's address, host2's hops
+    from the VXLAN device to b's veth, b's answer; the watch on host2 removed."""
+    lab = ov2
+    status, got = lab_trace(lab, "host1", "a", "b:7000")
+    assert status == 0 and got["result"]["status"] == "delivered", got
+    assert (got["source"]["label"], got["destination"]["label"]) == ("a on host1", "b on host2")
+    ats = [h["at"] for h in got["hops"]]
+    assert ats.index("underlay") > ats.index("host1") and ats.index("host2") > ats.index("underlay"), ats
+    assert ats[ats.index("underlay") :].count("host1") == 0, ats  # one joined path: host1, the underlay, host2
+    on = {at: " | ".join(h["text"] for h in got["hops"] if h["at"] == at) for at in ("host1", "underlay", "host2")}
+    assert "into VXLAN qv" in on["host1"] and f"to host {lab.address('host2')}" in on["host1"], on["host1"]
+    assert on["underlay"].startswith(f"{lab.address('host1')} (host1) -> {lab.address('host2')} (host2)"), on["underlay"]
+    assert "inside VXLAN" in on["underlay"]
+    assert "reaches the host's IP layer from qv" in on["host2"] and "(VXLAN of overlay ov)" in on["host2"], on["host2"]
+    assert any(h["at"] == "host2" and h.get("comment") == "member device" for h in got["hops"]), got["hops"]
+    assert on["host2"].endswith("over the veth pair into b's namespace (its eth end)"), on["host2"]
+    assert got["result"]["detail"].startswith("b answered on 7000/tcp")
+
+    text = lab.cli("trace", "host1", "a", "b:7000").stdout
+    assert text.startswith("trace a on host1 -> b on host2: 10.245.")
+    assert "\n  underlay  " in text and "\nresult: delivered\n" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    icmp = lab_trace(lab, "host1", "a", "b")[1]  # an echo: its id is what both hosts match
+    assert icmp["result"]["status"] == "delivered" and any(h["at"] == "host2" for h in icmp["hops"]), icmp
+    assert lab_trace_tables(lab, "host1") == [] and lab_trace_tables(lab, "host2") == []
+
+
+def test_lab_trace_names_what_stops_the_probe_on_the_receiving_host(ov2) -> None:
+    lab = ov2
+    status, closed = lab_trace(lab, "host1", "a", "b:7999")  # b listens on 7000 only
+    assert status == 1 and closed["result"]["status"] == "no listener", closed
+    assert closed["result"]["detail"].startswith("delivered to b, but nothing listens on 7999/tcp")
+    assert closed["hops"][-1] == {"at": "host2", "kind": "out", "text": "over the veth pair into b's namespace (its eth end)"}
+
+    # host2's published port: host1 masquerades a to its own address, host2 DNATs to b
+    status, published = lab_trace(lab, "host1", "a", "host2:8081")
+    assert status == 0 and published["result"]["status"] == "delivered", published
+    texts = [(h["at"], h["text"]) for h in published["hops"]]
+    assert any(at == "host1" and t.startswith("SNAT 10.245.") and f"-> {lab.address('host1')}:" in t for at, t in texts), texts
+    assert any(at == "host2" and t.startswith(f"DNAT {lab.address('host2')}:8081 -> 10.245.") for at, t in texts), texts
+    assert any(at == "underlay" and t.endswith("routed as it is") for at, t in texts), texts
+
+    # a port host2 does not publish: host2 itself gets it, and nothing listens there
+    status, unpublished = lab_trace(lab, "host1", "a", "host2:7000")
+    assert status == 1 and unpublished["result"]["status"] == "no listener", unpublished
+    assert unpublished["result"]["detail"].startswith(f"delivered to {lab.address('host2')}, but nothing listens on 7000/tcp")
+    assert (unpublished["hops"][-1]["at"], unpublished["hops"][-1]["text"]) == (
+        "host2",
+        f"delivered to the host itself ({lab.address('host2')})",
+    )
+
+    status, silent = lab_trace(lab, "host1", "a", "mute:7001/udp")  # bound, never answers
+    assert silent["result"]["status"] == "delivered" and "no answer came back" in silent["result"]["detail"], silent
+
+    bad = lab.cli("trace", "host1", "a", "nosuch:80", check=False)
+    assert bad.returncode == 1 and len(bad.stderr.splitlines()) == 1 and "nosuch" in bad.stderr, bad
+    assert lab_trace_tables(lab, "host1") == [] and lab_trace_tables(lab, "host2") == []
+
+
+def test_a_name_the_resolver_answers_wins_over_an_id_prefix_here(ov2) -> None:
+    """A container on host2 named like the start of a's id on host1: from a, the name is
+    host2's container (a's resolver says so), not a itself by its id."""
+    lab = ov2
+    a_id = json.loads(lab.qiao("host1", "inspect", "a").stdout)[0]["Id"]
+    twin = a_id[:10]
+    lab.qiao("host2", "run", "-d", "--name", twin, "--network", "ov", "--", PY, "-c", SERVER)
+    try:
+        got = wait_for(
+            "the twin's listener", lambda: (t := lab_trace(lab, "host1", "a", f"{twin}:7000")[1])["result"]["status"] == "delivered" and t
+        )
+        assert got["destination"]["label"] == f"{twin} on host2" and any(h["at"] == "host2" for h in got["hops"]), got
+        plain = json.loads(lab.qiao("host1", "trace", "--json", "a", f"{twin}:7000", check=False).stdout)
+        assert plain["result"]["status"] == "delivered" and plain["hops"][0]["kind"] == "dns", plain
+        assert (
+            plain["destination"]["address"]
+            != json.loads(lab.qiao("host1", "inspect", "a").stdout)[0]["NetworkSettings"]["Networks"]["ov"]["IPAddress"]
+        )
+    finally:
+        lab.qiao("host2", "rm", "-f", twin)
+
+
+def test_a_lab_trace_watch_goes_when_the_lab_is_interrupted_and_after_a_killed_qiaod(ov2) -> None:
+    from tests.integration.test_overlay import kill9, restart_qiaod
+
+    lab = ov2
+    # interrupted while host1's probe waits for an answer that never comes: host2's watch goes at once
+    cli = subprocess.Popen(
+        [QIAO, "lab", "--root", lab.root, "trace", "host1", "a", "mute:7001/udp"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        wait_for("host2's watch", lambda: lab_trace_tables(lab, "host2"), timeout=5, interval=0.005)
+        cli.send_signal(signal.SIGINT)
+        assert cli.wait(10) == 130
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+        cli.communicate()
+    wait_for("no watch left on host2", lambda: not lab_trace_tables(lab, "host2"), timeout=2, interval=0.02)
+    wait_for("host1's trace done", lambda: not lab_trace_tables(lab, "host1"), timeout=5)
+
+    # a qiaod killed with a watch on: its tables stay, and its next start removes them
+    conversation = Client(Root.resolve(lab.host("host2")["root"]), autostart=False).converse(
+        "/qiao/trace/watch", {"Destination": "b:7000", "SourcePort": 40001, "Source": "a on host1"}
+    )
+    try:
+        assert conversation.receive() == {"Armed": True}
+        cmdline = kill9(lab, "host2")
+    finally:
+        conversation.close()
+    left = lab_trace_tables(lab, "host2")
+    assert len(left) == 2, left
+    restart_qiaod(lab, "host2", cmdline)
+    assert lab_trace_tables(lab, "host2") == []
+    log = Path(lab.host("host2")["root"], "qiaod.log").read_text()
+    assert "removed leftover trace tables: " + ", ".join(t.removeprefix("table ") for t in left) in log, log[-2000:]

@@ -12,12 +12,19 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
+import time
 import xml.dom.minidom
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from qiao.cli import netview
+from qiao.cli.client import Client, DaemonError
+from qiao.daemon.api import Api
+from qiao.daemon.http import Server
 from qiao.engine.errors import InvalidParameter
 from qiao.engine.models import Container, Endpoint, Network
 from qiao.kernel import nftrace
@@ -25,11 +32,13 @@ from qiao.kernel.firewall import BridgeRules
 from qiao.kernel.inventory import Fdb, Firewall, Link, Neighbour, Route, Sandbox, Snapshot
 from qiao.kernel.nftjson import rule_text
 from qiao.kernel.nftrace import Match, Packet, TraceEvent
-from qiao.kernel.tracing import Capture
+from qiao.kernel.tracing import Capture, StubTracing, StubWatch
+from qiao.lab import trace as lab_trace
 from qiao.observe import verdicts
 from qiao.observe.topology import NetRecord, Records, build
 from qiao.observe.tracer import parse_destination
 from qiao.observe.verdicts import Intent, NetInfo, Where
+from qiao.paths import Root
 
 GOLDEN = Path(__file__).parent / "golden"
 NS = "/var/lib/qiao/run/netns/"
@@ -537,3 +546,193 @@ def test_trace_text_fits_80_columns_and_names_the_reason() -> None:
     golden("trace.txt", text)
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "result: dropped: isolated: different networks" in text
+
+
+# -- the receiving host's watch, spoken to by the CLI's client ----------------------
+
+
+class FakeTracer:
+    """What the watch route needs of a Tracer: ``expect`` and ``received``, over StubTracing."""
+
+    def __init__(self, events: list[TraceEvent]) -> None:
+        self.tracing = StubTracing([Capture(events=events)])
+
+    def expect(self, source: str, destination: str, probe_id: int) -> SimpleNamespace:
+        name, port, proto = parse_destination(destination)
+        return SimpleNamespace(match=Match(proto, sport=probe_id, dport=port), source=source)
+
+    def received(self, expected: SimpleNamespace, capture: Capture) -> dict:
+        return {"seen": bool(capture.events), "outcome": capture.outcome, "detail": capture.detail, "source": expected.source}
+
+
+@pytest.fixture
+def watched(tmp_path) -> Iterator[tuple[Client, FakeTracer]]:
+    root = Root.resolve(str(tmp_path))
+    os.makedirs(root.run)
+    api = Api(SimpleNamespace(), lambda: None)  # type: ignore[arg-type]
+    tracer = FakeTracer([ev("inet", "qiao_trace_01", "mark-prerouting", handle=2, iif=1, packet=P, walk=True)])
+    api.observer = SimpleNamespace(tracer=tracer)  # type: ignore[assignment]
+    server = Server(root.socket, api)
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        yield Client(root, autostart=False), tracer
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_watch_is_armed_told_how_the_probe_ended_and_answers_what_it_saw(watched) -> None:
+    client, tracer = watched
+    with client.converse("/qiao/trace/watch", {"Destination": "b:7000", "SourcePort": 40001, "Source": "a on host1"}) as conversation:
+        assert conversation.receive() == {"Armed": True}
+        assert tracer.tracing.watches[0].match == Match("tcp", sport=40001, dport=7000)
+        conversation.send({"Outcome": "refused", "Detail": "connection refused"})
+        got = conversation.receive()
+    assert got == {"seen": True, "outcome": "refused", "detail": "connection refused", "source": "a on host1"}
+    assert tracer.tracing.watches[0].closed  # before its answer: the reading is made of a closed watch
+
+
+def closed_soon(watch: StubWatch) -> bool:
+    """Whether the server side closes ``watch`` within 5 s (it does so after its last word)."""
+    deadline = time.monotonic() + 5
+    while not watch.closed and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return watch.closed
+
+
+def test_a_watch_goes_when_the_client_leaves_or_says_nonsense(watched) -> None:
+    client, tracer = watched
+    with client.converse("/qiao/trace/watch", {"Destination": "b:7000", "SourcePort": 40001}) as conversation:
+        conversation.receive()
+    assert closed_soon(tracer.tracing.watches[0]), "the watch outlived its connection"
+    with client.converse("/qiao/trace/watch", {"Destination": "b:7000", "SourcePort": 40001}) as conversation:
+        conversation.receive()
+        conversation.send({"Outcome": "maybe"})
+        with pytest.raises(DaemonError, match="invalid Outcome 'maybe'"):
+            conversation.receive()
+    assert closed_soon(tracer.tracing.watches[1])
+    with pytest.raises(DaemonError, match="invalid port") as refused:
+        client.converse("/qiao/trace/watch", {"Destination": "b:99999", "SourcePort": 40001})
+    assert refused.value.status == 400 and len(tracer.tracing.watches) == 2  # refused before anything was armed
+
+
+# -- qiao lab trace: the two halves joined ------------------------------------------------
+
+SENT = {
+    "source": {"label": "a", "kind": "container"},
+    "destination": {"label": "b", "kind": "address", "address": "10.245.2.2", "port": 7000, "protocol": "tcp"},
+    "hops": [
+        {"at": "a", "kind": "send", "text": "sends tcp 10.245.1.2:40001 -> 10.245.2.2:7000"},
+        {"at": "host", "kind": "hop", "text": "routed from bridge br-1 (network ov) to qv1 (VXLAN of overlay ov)"},
+        {
+            "at": "host",
+            "kind": "out",
+            "text": "into VXLAN qv1 (overlay ov): to host 10.250.0.12, UDP",
+            "tunnel": {"dev": "qv1", "network": "ov", "remote": "10.250.0.12"},
+        },
+    ],  # fmt: skip
+    "result": {"status": "no listener", "reason": "", "detail": "delivered to b, but nothing listens on 7000/tcp (connection refused)"},
+    "socket": {"outcome": "refused", "detail": "connection refused"},
+    "elapsed_ms": 40.0,
+}
+SEEN = {
+    "hops": [
+        {"at": "host", "kind": "hop", "text": "reaches the host's IP layer from qv1 (VXLAN of overlay ov)"},
+        {"at": "host", "kind": "rule", "text": 'inet qiao fwd-in-br-1: iifname "qv1" accept', "verdict": "accept"},
+        {"at": "host", "kind": "out", "text": "over the veth pair into b's namespace (its eth end)"},
+    ],
+    "result": {"status": "no listener", "reason": "", "detail": "delivered to b, but nothing listens on 7000/tcp (connection refused)"},
+    "seen": True,
+}
+
+
+class FakeConversation:
+    def __init__(self, host: FakeHost, seen: dict) -> None:
+        self.host, self.seen, self.said, self.closed = host, seen, [], False
+
+    def receive(self) -> dict:
+        return {"Armed": True} if not self.said else self.seen
+
+    def send(self, value: dict) -> None:
+        self.said.append(value)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __enter__(self) -> FakeConversation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FakeHost:
+    """A lab host's qiaod: containers by name, a trace answer, a watch's reading."""
+
+    def __init__(self, containers: dict[str, str], sent: dict | Exception | None = None, seen: dict | None = None) -> None:
+        self.containers, self.sent, self.seen = containers, sent, seen
+        self.requests: list[tuple[str, str, dict | None]] = []
+        self.conversations: list[tuple[dict, FakeConversation]] = []
+
+    def request(self, method: str, path: str, query: dict | None = None, body: dict | None = None) -> dict:
+        self.requests.append((method, path, body))
+        if path.startswith("/containers/") and path.endswith("/json"):
+            name = path.split("/")[2]
+            if name not in self.containers:
+                raise DaemonError(404, f"No such container: {name}", {})
+            return {"Name": "/" + name, "NetworkSettings": {"Networks": {"ov": {"IPAddress": self.containers[name]}}}}
+        if isinstance(self.sent, Exception):
+            raise self.sent
+        return json.loads(json.dumps(self.sent))
+
+    def converse(self, path: str, body: dict) -> FakeConversation:
+        conversation = FakeConversation(self, json.loads(json.dumps(self.seen)))
+        self.conversations.append((body, conversation))
+        return conversation
+
+
+def fake_lab(monkeypatch, **hosts: FakeHost) -> SimpleNamespace:
+    state = {"hosts": [{"name": n, "address": f"10.250.0.{10 + i}", "root": f"/r/{n}"} for i, n in enumerate(hosts, 1)]}
+    monkeypatch.setattr(lab_trace, "_client", lambda h: hosts[h["name"]])
+    return SimpleNamespace(state=state, host=lambda name: next(h for h in state["hosts"] if h["name"] == name))
+
+
+def test_a_lab_trace_joins_the_senders_hops_the_underlay_and_the_receivers(monkeypatch) -> None:
+    host1, host2 = FakeHost({"a": "10.245.1.2"}, sent=SENT), FakeHost({"b": "10.245.2.2"}, seen=SEEN)
+    got = lab_trace.trace(fake_lab(monkeypatch, host1=host1, host2=host2), "host1", "a", "b:7000")
+    (watch, conversation), = host2.conversations  # fmt: skip
+    trace_request = host1.requests[-1][2]
+    assert watch == {"Destination": "b:7000", "SourcePort": trace_request["SourcePort"], "Source": "a on host1"}
+    assert conversation.said == [{"Outcome": "refused", "Detail": "connection refused"}] and conversation.closed
+    assert [h["at"] for h in got["hops"]] == ["a", "host1", "host1", "underlay", "host2", "host2", "host2"]
+    assert got["hops"][3]["text"] == "10.250.0.11 (host1) -> 10.250.0.12 (host2) across bridge ul0: the packet inside VXLAN (qv1, UDP)"
+    assert got["result"] == SEEN["result"]
+    assert (got["source"]["label"], got["destination"]["label"], got["destination"]["host"]) == ("a on host1", "b on host2", "host2")
+    text = netview.trace_text(got | {"elapsed_ms": 95.0})
+    golden("lab-trace.txt", text)
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_a_lab_trace_the_receiver_never_saw_keeps_the_senders_result(monkeypatch) -> None:
+    host1, host2 = (
+        FakeHost({"a": "10.245.1.2"}, sent=SENT | {"result": {"status": "no answer"}}),
+        FakeHost({"b": "10.245.2.2"}, seen={"seen": False}),
+    )
+    got = lab_trace.trace(fake_lab(monkeypatch, host1=host1, host2=host2), "host1", "a", "b:7000")
+    assert got["hops"][-1] == {"at": "host2", "kind": "info", "text": "saw nothing of the probe"}
+    assert got["result"] == {"status": "no answer"}
+
+
+def test_a_lab_trace_on_one_host_is_a_plain_trace_and_a_name_the_sender_cannot_resolve_says_where_it_is(monkeypatch) -> None:
+    host1, host2 = FakeHost({"a": "10.245.1.2", "b": "10.245.1.3"}, sent=SENT), FakeHost({"b": "10.245.2.2"})
+    got = lab_trace.trace(fake_lab(monkeypatch, host1=host1, host2=host2), "host1", "a", "b:7000")
+    assert host2.conversations == [] and got["hops"][1]["at"] == "host1" and got["result"] == SENT["result"]
+    host1 = FakeHost({"d": "172.17.0.2"}, sent=DaemonError(404, "No such container: b", {}))
+    host2 = FakeHost({"b": "10.245.2.2"}, seen=SEEN)
+    with pytest.raises(lab_trace.LabTraceError, match=r"host1: No such container: b \(b is on host2 at 10.245.2.2: trace to its address\)"):
+        lab_trace.trace(fake_lab(monkeypatch, host1=host1, host2=host2), "host1", "d", "b:7000")
+    assert host2.conversations[0][1].closed  # the watch goes with the failed trace
+    both = FakeHost({"b": "10.245.3.2"})
+    with pytest.raises(lab_trace.LabTraceError, match="b is a container on host2 .*, host3 .*: trace to its address"):
+        lab_trace.trace(fake_lab(monkeypatch, host1=FakeHost({}), host2=host2, host3=both), "host1", "x", "b:7000")

@@ -190,31 +190,86 @@ class Client:
         """A streamed answer (``logs -f``): its content type and its body's
         chunks as they arrive; an error status raises as ``request`` does."""
         path, sock = self._send(method, path, query, None, None)
-        raw = b""
-        try:
-            while b"\r\n\r\n" not in raw:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                raw += chunk
-            head, sep, rest = raw.partition(b"\r\n\r\n")
-            status = head.split(b" ", 2)[1] if head.startswith(b"HTTP/") and head.count(b" ") >= 1 else b""
-            if not sep or not status.isdigit() or int(status) >= 300:
-                while chunk:
-                    chunk = sock.recv(65536)
-                    raw += chunk
-                sock.close()
-                _answer(method, path, raw)  # raises for what is not a good answer
-                raise BadAnswer(f"qiaod's answer to {method} {path} is not a stream")
-        except OSError as exc:
-            sock.close()
-            raise Unreachable(f"lost the connection to qiaod during {method} {path}: {exc.strerror or exc}") from None
+        head, rest = _read_head(sock, method, path)
         ctype = ""
         for line in head.split(b"\r\n")[1:]:
             key, _, value = line.partition(b":")
             if key.strip().lower() == b"content-type":
                 ctype = value.strip().decode("latin-1")
         return ctype, _chunks(sock, rest)
+
+    def converse(self, path: str, body: Any) -> Conversation:
+        """POST ``body`` to ``path`` and, once qiaod hands the connection over, a
+        conversation of JSON lines on it (qiaod's refusal: DaemonError)."""
+        path, sock = self._send("POST", path, None, body, None)
+        _head, rest = _read_head(sock, "POST", path)
+        return Conversation(sock, rest, f"POST {path}")
+
+
+def _read_head(sock: _socket.socket, method: str, path: str) -> tuple[bytes, bytes]:
+    """The head of an answer whose body is read as it comes, and what came after it;
+    an error status (or no answer at all) raises as ``request`` does, ``sock`` closed."""
+    raw = b""
+    try:
+        while b"\r\n\r\n" not in raw:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            raw += chunk
+        head, sep, rest = raw.partition(b"\r\n\r\n")
+        status = head.split(b" ", 2)[1] if head.startswith(b"HTTP/") and head.count(b" ") >= 1 else b""
+        if not sep or not status.isdigit() or int(status) >= 300:
+            while chunk:
+                chunk = sock.recv(65536)
+                raw += chunk
+            sock.close()
+            _answer(method, path, raw)  # raises for what is not a good answer
+            raise BadAnswer(f"qiaod's answer to {method} {path} is not a stream")
+    except OSError as exc:
+        sock.close()
+        raise Unreachable(f"lost the connection to qiaod during {method} {path}: {exc.strerror or exc}") from None
+    return head, rest
+
+
+class Conversation:
+    """JSON lines both ways on a connection qiaod handed over after its answer's head; a
+    line ``{"message": ...}`` from qiaod is its refusal (DaemonError). Closing it is how the client leaves."""
+
+    def __init__(self, sock: _socket.socket, buffered: bytes, what: str) -> None:
+        self.sock, self._buffer, self.what = sock, buffered, what
+
+    def send(self, value: Any) -> None:
+        try:
+            self.sock.sendall(json.dumps(value).encode() + b"\n", _socket.MSG_NOSIGNAL)
+        except OSError as exc:
+            raise Unreachable(f"lost the connection to qiaod during {self.what}: {exc.strerror or exc}") from None
+
+    def receive(self) -> Any:
+        try:
+            while b"\n" not in self._buffer:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise Unreachable(f"qiaod closed the connection during {self.what}")
+                self._buffer += chunk
+        except OSError as exc:
+            raise Unreachable(f"lost the connection to qiaod during {self.what}: {exc.strerror or exc}") from None
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        try:
+            value = json.loads(line)
+        except ValueError:
+            raise BadAnswer(f"qiaod's answer during {self.what} is not valid JSON") from None
+        if isinstance(value, dict) and "message" in value:
+            raise DaemonError(400, str(value["message"]), value)
+        return value
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Conversation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _chunks(sock: _socket.socket, first: bytes) -> Iterator[bytes]:

@@ -268,7 +268,8 @@ def _add_trace(sub: Any) -> None:
 
 
 def _add_lab(sub: Any) -> None:
-    sub.add_parser("lab", help="simulated hosts on one kernel: qiao lab up|exec|status|topology|down (see qiao lab --help)", add_help=False)
+    what = "simulated hosts on one kernel: qiao lab up|exec|status|topology|trace|down (see qiao lab --help)"
+    sub.add_parser("lab", help=what, add_help=False)
 
 
 def _add_cni(sub: Any) -> None:

@@ -1,34 +1,65 @@
 """qiao's own routes for seeing the network: ``GET /qiao/topology`` (the
-live picture as data), ``POST /qiao/trace`` (one traced probe), and the
-watches a ``qiao lab trace`` puts on the other hosts of a lab
-(``POST /qiao/trace/watches``, ``DELETE /qiao/trace/watches/{id}``).
+live picture as data), ``POST /qiao/trace`` (one traced probe), and
+``POST /qiao/trace/watch``, the receiving host's side of a ``qiao lab trace``.
 
 A mixin of :class:`qiao.daemon.api.Api`; the kernel readers are made on
 first use (``observer``), so a daemon that is never asked pays nothing.
+
+**The watch.** The kernel clears a packet's trace mark when it changes
+namespace, so a probe another lab host sends is traced here only if this
+host marks it too.  The watch is a conversation of JSON lines on the
+connection qiaod hands over after the answer's head (``Hijacked``, as for
+Docker's attach), and lives exactly as long as it::
+
+    qiaod -> lab   {"Armed": true}                      the marking tables are in
+    lab -> qiaod   {"Outcome": "...", "Detail": "..."}  the sender's trace is done: how its socket ended
+    qiaod -> lab   {"hops": [...], "result": {...}, "seen": true}
+
+The lab leaving at any point (done, interrupted, killed: the kernel closes
+its socket) removes the tables at once, as does a lab that says nothing for
+``WATCH_WAIT`` seconds; a qiaod killed meanwhile leaves them to its next
+start, which deletes every ``qiao_trace_*`` table.  A connection, not a
+watch id with an expiry: nothing to forget, nothing to time out but a
+silent client.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import select
+import socket
 import threading
+import time
 from typing import Any
 
-from qiao.daemon.http import Request, route
+import msgspec
+
+from qiao.daemon.http import Hijacked, Request, route
 from qiao.daemon.wire import Struct, decode
 from qiao.engine.errors import InvalidParameter
+
+log = logging.getLogger("qiao.trace")
+
+WATCH_WAIT = 10.0  # s: the longest a watch waits for the lab to say how its probe ended
+OUTCOMES = ("connected", "answered", "refused", "unreachable", "no-route", "silent", "error")
 
 
 class TraceRequest(Struct):
     Source: str = ""
     Destination: str = ""
-    SourcePort: int = 0  # a lab trace chooses it, so the other hosts' watches know the probe
+    SourcePort: int = 0  # the probe's source port or echo id: a lab trace chooses it, so the receiving host's watch knows the probe
 
 
 class WatchRequest(Struct):
-    Protocol: str = "tcp"
-    SourcePort: int = 0
-    DestinationPort: int = 0
-    Ident: int = 0
-    Seconds: float = 5.0
+    Destination: str = ""  # DST[:PORT][/tcp|udp], as the sending host's trace is given it
+    SourcePort: int = 0  # the probe's source port, or its echo id
+    Source: str = ""  # how the sender is named in the result ("a on host1")
+
+
+class SenderOutcome(Struct):
+    Outcome: str = ""
+    Detail: str = ""
 
 
 class Observer:
@@ -74,19 +105,65 @@ class ObserveApi:
             raise InvalidParameter(f"invalid SourcePort {body.SourcePort}")
         return 200, self._observer().tracer.trace(body.Source, body.Destination, body.SourcePort)
 
-    @route("POST", "/qiao/trace/watches")
+    @route("POST", "/qiao/trace/watch")
     def trace_watch(self, req: Request) -> tuple[int, Any]:
         body: WatchRequest = decode(req.body, WatchRequest)
-        if body.Protocol not in ("tcp", "udp", "icmp"):
-            raise InvalidParameter(f"invalid Protocol {body.Protocol!r}: tcp, udp or icmp")
-        for name, value in (("SourcePort", body.SourcePort), ("DestinationPort", body.DestinationPort), ("Ident", body.Ident)):
-            if not 0 <= value <= 65535:
-                raise InvalidParameter(f"invalid {name} {value}")
-        if not 0 < body.Seconds <= 30:
-            raise InvalidParameter("Seconds must be more than 0 and at most 30")
-        token = self._observer().tracer.watch(body.Protocol, body.SourcePort, body.DestinationPort, body.Ident, body.Seconds)
-        return 201, {"Id": token}
+        if not body.Destination:
+            raise InvalidParameter("a watch needs a Destination")
+        observer = self._observer()
+        expected = observer.tracer.expect(body.Source or "another host", body.Destination, body.SourcePort)
+        return 101, Hijacked(lambda sock: watch(sock, observer.tracer, expected), "application/json")
 
-    @route("DELETE", "/qiao/trace/watches/(?P<token>[0-9a-f]{1,64})")
-    def trace_collect(self, req: Request, token: str) -> tuple[int, Any]:
-        return 200, self._observer().tracer.collect(token)
+
+def watch(sock: socket.socket, tracer: Any, expected: Any) -> None:
+    """The watch's conversation (see the module's docstring), on the hijacked connection."""
+    try:
+        armed = tracer.tracing.watch(expected.match)
+    except Exception as exc:
+        log.warning("a trace watch could not be armed: %s", exc)
+        _say(sock, {"message": f"cannot watch for the probe here: {exc}"})
+        return
+    said: SenderOutcome | None = None
+    try:
+        _say(sock, {"Armed": True})
+        said = _hear(sock, armed, time.monotonic() + WATCH_WAIT)
+        if said is not None:
+            armed.read(0.03)  # events still in flight
+    finally:
+        armed.close()
+    if said is not None:
+        _say(sock, tracer.received(expected, tracer.tracing.seen(armed, said.Outcome, said.Detail)))
+
+
+def _say(sock: socket.socket, value: Any) -> None:
+    sock.sendall(json.dumps(value).encode() + b"\n")
+
+
+def _hear(sock: socket.socket, armed: Any, deadline: float) -> SenderOutcome | None:
+    """The lab's one line, reading the watch's events meanwhile (so that none
+    overflow); None when the lab leaves, stays silent or says nonsense."""
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        ready, _, _ = select.select([sock, armed], [], [], left)
+        if armed in ready:
+            armed.read(0)
+        if sock in ready:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return None
+            data += chunk
+    try:
+        said = msgspec.json.decode(data.split(b"\n", 1)[0], type=SenderOutcome)
+    except msgspec.ValidationError as exc:
+        _say(sock, {"message": f"invalid outcome: {exc}"})
+        return None
+    except msgspec.DecodeError:
+        _say(sock, {"message": "invalid outcome: not JSON"})
+        return None
+    if said.Outcome not in OUTCOMES:
+        _say(sock, {"message": f"invalid Outcome {said.Outcome!r}: one of {', '.join(OUTCOMES)}"})
+        return None
+    return said

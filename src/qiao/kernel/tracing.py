@@ -4,8 +4,10 @@ namespace, reads what every nftables chain of the daemon's namespace did
 with it, and notes how the sender's socket ended (connected, refused,
 unreachable, answered, or nothing), then removes the tables, in a
 ``finally``: an interrupted trace leaves no rule behind.  A watch
-(:meth:`LinuxTracing.watch`) marks and reads without sending, for a lab
-host that another host's probe will reach.
+(:meth:`LinuxTracing.watch`) marks and reads without sending, on the lab
+host that another host's probe will reach; it lives as long as its caller
+keeps it (the daemon: as long as the lab's connection, see
+:mod:`qiao.daemon.observe_api`).
 
 The probe is the first packet of a real conversation: a TCP SYN (the socket
 connects, and is closed at once), one UDP datagram, or one ICMP echo
@@ -38,7 +40,6 @@ log = logging.getLogger("qiao.trace")
 SETTLE = 0.03  # s: once the outcome is known, events still in flight
 QUIET = 0.25  # s: events seen, no outcome, and nothing new for this long: the packet went where no chain sees it
 TIMEOUT = 0.8  # s: the longest a probe waits for any outcome
-WATCH_MAX = 30.0  # s: a watch nobody collects is removed after this
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,22 @@ class Capture:
     lost: bool = False
 
 
+class Watch(Protocol):
+    """Marking on, for a probe another host sends: its events, read as they come."""
+
+    match: Match
+    events: list[TraceEvent]
+    lost: bool  # the reader overflowed: events are missing
+
+    def fileno(self) -> int: ...
+    def read(self, timeout: float) -> list[TraceEvent]: ...
+    def close(self) -> None: ...
+
+
 class Tracing(Protocol):
     def capture(self, probe: Probe, timeout: float = TIMEOUT) -> Capture: ...
-    def watch(self, match: Match, seconds: float) -> str: ...
-    def collect(self, token: str) -> Capture: ...
+    def watch(self, match: Match) -> Watch: ...
+    def seen(self, watch: Watch, outcome: str, detail: str) -> Capture: ...
     def remove_leftovers(self) -> list[str]: ...
 
 
@@ -179,7 +192,8 @@ class _Sender:
 
 
 class _Armed:
-    """The marking tables and a reader of their events (in the daemon's namespace)."""
+    """The marking tables and a reader of their events (in the daemon's namespace);
+    :meth:`close` removes the tables."""
 
     def __init__(self, tracing: LinuxTracing, match: Match) -> None:
         self.tracing, self.match = tracing, match
@@ -196,6 +210,13 @@ class _Armed:
         got = [e for e in self.reader.read(timeout) if self.match.sees(e.packet)]
         self.events += got
         return got
+
+    def fileno(self) -> int:
+        return self.reader.fileno()
+
+    @property
+    def lost(self) -> bool:
+        return self.reader.lost
 
     def close(self) -> None:
         try:
@@ -215,7 +236,6 @@ class LinuxTracing:
         self._nft.set_handle_output(True)
         self._lock = threading.Lock()  # the libnftables context
         self._one = threading.Lock()  # one probe at a time: a second waits (each takes under a second)
-        self._watches: dict[str, tuple[_Armed, threading.Timer]] = {}
 
     def apply(self, script: str) -> None:
         with self._lock:
@@ -257,7 +277,7 @@ class LinuxTracing:
                 sender.close()
                 armed.close()
             capture = Capture(sender.outcome or "silent", sender.detail, match, armed.events, elapsed_ms=(time.monotonic() - start) * 1000)
-            capture.lost = armed.reader.lost
+            capture.lost = armed.lost
         return self._describe(capture)
 
     @staticmethod
@@ -275,9 +295,9 @@ class LinuxTracing:
             until = min(x for x in (deadline, settle_at, last_event + QUIET if last_event else None) if x is not None)
             rd, wr = sender.wants()
             ready_r, ready_w, _ = select.select(
-                [armed.reader.fileno(), *(s.fileno() for s in rd)], [s.fileno() for s in wr], [], max(0.0, until - now)
+                [armed.fileno(), *(s.fileno() for s in rd)], [s.fileno() for s in wr], [], max(0.0, until - now)
             )
-            if armed.reader.fileno() in ready_r:
+            if armed.fileno() in ready_r:
                 got = armed.read(0)
                 if got:
                     last_event = time.monotonic()
@@ -304,34 +324,13 @@ class LinuxTracing:
 
     # -- watches: another host's probe, seen here ---------------------------
 
-    def watch(self, match: Match, seconds: float) -> str:
-        armed = _Armed(self, match)
-        token = secrets.token_hex(8)
-        timer = threading.Timer(min(seconds, WATCH_MAX), self._expire, args=(token,))
-        timer.daemon = True
-        with self._lock:
-            self._watches[token] = (armed, timer)
-        timer.start()
-        return token
+    def watch(self, match: Match) -> _Armed:
+        """Mark ``match`` here and read its events, sending nothing; the caller closes it."""
+        return _Armed(self, match)
 
-    def _expire(self, token: str) -> None:
-        with self._lock:
-            entry = self._watches.pop(token, None)
-        if entry is not None:
-            entry[0].close()
-
-    def collect(self, token: str) -> Capture:
-        with self._lock:
-            entry = self._watches.pop(token, None)
-        if entry is None:
-            raise KeyError(token)
-        armed, timer = entry
-        timer.cancel()
-        try:
-            armed.read(0.05)
-        finally:
-            armed.close()
-        capture = Capture("seen" if armed.events else "silent", "", armed.match, armed.events, lost=armed.reader.lost)
+    def seen(self, watch: Watch, outcome: str, detail: str) -> Capture:
+        """What a closed watch saw, with how the sender's socket ended (``outcome``, ``detail``)."""
+        capture = Capture(outcome, detail, watch.match, list(watch.events), lost=watch.lost)
         return self._describe(capture)
 
 
@@ -341,16 +340,48 @@ class StubTracing:
     def __init__(self, captures: list[Capture] | None = None) -> None:
         self.captures = list(captures or [])
         self.probes: list[Probe] = []
+        self.watches: list[StubWatch] = []
 
     def capture(self, probe: Probe, timeout: float = TIMEOUT) -> Capture:
         self.probes.append(probe)
         return self.captures.pop(0) if self.captures else Capture()
 
-    def watch(self, match: Match, seconds: float) -> str:
-        return "stub"
+    def watch(self, match: Match) -> StubWatch:
+        self.watches.append(StubWatch(match, self.captures.pop(0).events if self.captures else []))
+        return self.watches[-1]
 
-    def collect(self, token: str) -> Capture:
-        return self.captures.pop(0) if self.captures else Capture()
+    def seen(self, watch: Watch, outcome: str, detail: str) -> Capture:
+        return Capture(outcome, detail, watch.match, list(watch.events))
 
     def remove_leftovers(self) -> list[str]:
         return []
+
+
+class StubWatch:
+    """Hands out prepared events at the first read; ``closed`` once closed (unit tests)."""
+
+    def __init__(self, match: Match, events: list[TraceEvent]) -> None:
+        self.match = match
+        self.lost = False
+        self._pending = list(events)
+        self.events: list[TraceEvent] = []
+        self.closed = False
+        self._r, self._w = os.pipe()  # readable while events are pending
+        if self._pending:
+            os.write(self._w, b"x")
+
+    def fileno(self) -> int:
+        return self._r
+
+    def read(self, timeout: float) -> list[TraceEvent]:
+        got, self._pending = self._pending, []
+        if got:
+            os.read(self._r, 1)
+        self.events += got
+        return got
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._r)
+            os.close(self._w)
+        self.closed = True

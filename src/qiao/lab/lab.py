@@ -521,6 +521,11 @@ def main(argv: list[str]) -> int:
     sub.add_parser("status")
     topo = sub.add_parser("topology", help="every host's qiao topology and the underlay between them")
     topo.add_argument("--format", choices=["text", "svg", "dot", "json"], default="text")
+    tr = sub.add_parser("trace", help="qiao trace across hosts: traced on the host that sends and on the host it reaches")
+    tr.add_argument("--json", action="store_true", help="the hops and the result as JSON")
+    tr.add_argument("host", help="the lab host SRC is on")
+    tr.add_argument("source", help="as for qiao trace: a container, host, outside or an address (on HOST)")
+    tr.add_argument("destination", help="DST[:PORT][/tcp|udp]: a container on any host, a host's name or an address")
     sub.add_parser("down")
     a = p.parse_args(argv)
     lab = Lab(a.root)
@@ -549,6 +554,24 @@ def main(argv: list[str]) -> int:
         view = lab.topology()
         draw = {"svg": netview.topology_svg, "dot": netview.topology_dot, "json": lambda v: json.dumps(v, indent=2) + "\n"}.get(a.format)
         sys.stdout.write(draw(view) if draw else netview.topology_text(view, color=sys.stdout.isatty()))
+    elif a.action == "trace":
+        return _trace(lab, a)
     else:
         lab.down()
     return 0
+
+
+def _trace(lab: Lab, a: Any) -> int:
+    """Exit status 0 when the probe was delivered, 1 when not (as qiao trace)."""
+    from qiao.cli import netview
+    from qiao.cli.client import DaemonError, Unreachable
+    from qiao.lab.trace import LabTraceError, trace
+
+    if not lab.state:
+        raise SystemExit(f"qiao lab: no lab under {lab.root}")
+    try:
+        result = trace(lab, a.host, a.source, a.destination)
+    except (DaemonError, Unreachable, LabTraceError) as exc:
+        raise SystemExit(f"qiao lab trace: {exc}") from None
+    sys.stdout.write(json.dumps(result, indent=2) + "\n" if a.json else netview.trace_text(result, color=sys.stdout.isatty()))
+    return 0 if result["result"]["status"] == "delivered" else 1

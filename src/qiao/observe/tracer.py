@@ -86,6 +86,15 @@ class End:
 
 
 @dataclass
+class Expected:
+    """Another host's probe, as the host it is sent to expects it."""
+
+    match: Match
+    where: Where
+    intent: Intent
+
+
+@dataclass
 class Plan:
     src: End
     dst: End
@@ -124,10 +133,13 @@ class Tracer:
 
     # -- the whole trace ---------------------------------------------------
 
-    def trace(self, source: str, destination: str, sport: int = 0) -> dict[str, Any]:
+    def trace(self, source: str, destination: str, probe_id: int = 0) -> dict[str, Any]:
+        """``probe_id``: the probe's source port, or its echo id (0: drawn at random); a lab
+        trace chooses it, so that the receiving host's watch knows the probe."""
         name, port, proto = parse_destination(destination)
         plan = self.plan(source, name, port, proto)
-        probe = Probe(plan.src.netns, proto, plan.daddr, plan.dport, plan.src.address, sport)
+        sport, ident = (0, probe_id) if proto == "icmp" else (probe_id, 0)
+        probe = Probe(plan.src.netns, proto, plan.daddr, plan.dport, plan.src.address, sport, ident)
         capture = self.tracing.capture(probe)
         return self.report(plan, capture)
 
@@ -165,26 +177,44 @@ class Tracer:
             },
             "hops": hops,
             "result": result,
+            "socket": {"outcome": capture.outcome, "detail": capture.detail},  # how the sender's socket ended
             "elapsed_ms": round(capture.elapsed_ms, 1),
         }
 
-    # -- watches (a lab host another host's probe will reach) --------------
+    # -- the receiving side of a lab trace (see qiao.daemon.observe_api) ------------
 
-    def watch(self, proto: str, sport: int, dport: int, ident: int, seconds: float) -> str:
-        return self.tracing.watch(Match(proto, sport=sport, dport=dport, ident=ident), seconds)
-
-    def collect(self, token: str) -> dict[str, Any]:
-        try:
-            capture = self.tracing.collect(token)
-        except KeyError:
-            raise NotFound(f"no trace watch {token}") from None
+    def expect(self, source: str, destination: str, probe_id: int) -> Expected:
+        """What this host expects of another host's probe to ``destination``
+        (``DST[:PORT][/tcp|udp]``, as the sender was given it; a container or an
+        address here, or one of this host's addresses), sent from ``source`` (a
+        label) with source port (or echo id) ``probe_id``."""
+        name, port, proto = parse_destination(destination)
+        if not 1 <= probe_id <= 65535:
+            raise InvalidParameter(f"invalid probe id {probe_id}: the probe's source port or echo id, 1-65535")
+        self.uplink()
         with self.engine.lock:
             where = self._where()
+            # an address no container has: one of this host's own, say
+            dst = (self._owner_of(name) or End(name, "address", address=name)) if _is_address(name) else self._container(name)
+            dst_nets = [self._net_info(n) for n, _ep in dst.endpoints]
+            intent = Intent(
+                source,
+                dst.label,
+                proto,
+                port,
+                dst_container=dst.kind == "container",
+                dst_ports=_ports_text(dst.container) if dst.container else [],
+                dst_networks=[n for n in dst_nets if n],
+            )
+        sport, ident = (0, probe_id) if proto == "icmp" else (probe_id, 0)
+        return Expected(Match(proto, sport=sport, dport=port, ident=ident), where, intent)
+
+    def received(self, expected: Expected, capture: Capture) -> dict[str, Any]:
+        """The path here and the result, from what a watch saw and how the sender's socket ended."""
         routed = verdicts.forwarded(capture)
         lookups = {"host": self.inventory.route_get("", routed[0], routed[1], routed[2])} if routed else {}
-        m = capture.match
-        intent = Intent("", "", m.proto if m else "tcp", m.dport if m else 0)
-        return verdicts.read(capture, where, intent, lookups) | {"seen": bool(capture.events)}
+        reading = verdicts.read(capture, expected.where, expected.intent, lookups)
+        return reading | {"seen": bool(capture.events), "lost": capture.lost}
 
     # -- the plan ----------------------------------------------------------
 
@@ -321,15 +351,19 @@ class Tracer:
         answer, zone_note = self._resolve(ref, src)
         try:
             dst = self._container(ref)
-        except NotFound:
+        except (NotFound, InvalidParameter, Conflict) as exc:
             if answer:
                 hops.append({"at": src.label, "kind": "dns", "text": zone_note})
                 return End(ref, "address", address=answer[0]), ""
-            if zone_note:
+            if zone_note and isinstance(exc, NotFound):
                 raise NotFound(f"{ref}: {verdicts.NO_NAME} ({zone_note}), and no container here has that name") from None
             raise
         if dst.kind == "host":
             return dst, ""
+        if answer and not any(ep.address in answer for _net, ep in dst.endpoints):
+            # the resolver's: a container elsewhere (an overlay's remote one), the one here matched by its id
+            hops.append({"at": src.label, "kind": "dns", "text": zone_note})
+            return End(ref, "address", address=answer[0]), ""
         if zone_note:
             hops.append({"at": src.label, "kind": "dns", "text": zone_note})
         if answer:

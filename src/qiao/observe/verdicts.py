@@ -314,6 +314,7 @@ def _exit_hop(r: _Reading, where: Where, lookup: dict[str, Any]) -> dict[str, An
             "at": "host",
             "kind": "out",
             "text": f"into VXLAN {dev} (overlay {net.name})" + (f": to host {remote}, UDP" if remote else ""),
+            "tunnel": {"dev": dev, "network": net.name, "remote": remote},
         }
     return {"at": "host", "kind": "out", "text": f"out of {where.describe(dev)}, beyond what this host's chains see"}
 
