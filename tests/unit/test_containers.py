@@ -52,8 +52,9 @@ class FakeSupervisor:
         pass
 
 
-@pytest.fixture
-def c(tmp_path, monkeypatch) -> Any:
+def stub_containers(tmp_path: Any, monkeypatch: Any, resolv_conf: str, **kw: Any) -> tuple[Containers, Events, Store]:
+    """Containers over the kernel stubs and a fake supervisor, with a real store and networks
+    (``bridge`` made); the events the networks publish, and the store to close."""
     monkeypatch.setattr(etcfiles, "host_nameservers", lambda *a: [])
     monkeypatch.setattr(containers_module, "Supervisor", FakeSupervisor)
     root = Root.resolve(str(tmp_path / "root"))
@@ -63,10 +64,15 @@ def c(tmp_path, monkeypatch) -> Any:
     host, firewall, events = StubHost(), StubFirewall(), Events()
     nets = Networks(store, Drivers(builtin_drivers(host, firewall)), firewall, lock, events)
     resolv = tmp_path / "resolv.conf"
-    resolv.write_text("nameserver 127.0.0.53\nnameserver 192.0.2.53\nsearch lan\n")
+    resolv.write_text(resolv_conf)
     nets.load()
     nets.ensure_builtin()
-    ctrs = Containers(root, store, nets, host, lock, resolv_conf=str(resolv))
+    return Containers(root, store, nets, host, lock, resolv_conf=str(resolv), **kw), events, store
+
+
+@pytest.fixture
+def c(tmp_path, monkeypatch) -> Any:
+    ctrs, events, store = stub_containers(tmp_path, monkeypatch, "nameserver 127.0.0.53\nnameserver 192.0.2.53\nsearch lan\n")
     ctrs.changes = []  # type: ignore[attr-defined]  # what the containers told the engine's listeners (DNS)
 
     def listener(e: Event) -> None:

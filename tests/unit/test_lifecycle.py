@@ -8,45 +8,28 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 from typing import Any
 
 import pytest
 
 from qiao.daemon import docker_json, wire
-from qiao.drivers import Drivers
-from qiao.engine import containers as containers_module
 from qiao.engine import etcfiles
 from qiao.engine.containers import Containers
-from qiao.engine.engine import Engine, builtin_drivers
+from qiao.engine.engine import Engine
 from qiao.engine.errors import Conflict, InvalidParameter
-from qiao.engine.events import Events
 from qiao.engine.lifecycle import Lifecycle
-from qiao.engine.networks import Networks
 from qiao.engine.specs import NetworkSpec
-from qiao.engine.store import Store
 from qiao.kernel.cgroup import NoCgroups, StubCgroups
 from qiao.kernel.firewall import StubFirewall
 from qiao.kernel.host import StubHost
 from qiao.paths import Root
-from tests.unit.test_containers import FakeSupervisor
+from tests.unit.test_containers import FakeSupervisor, stub_containers
 
 
 @pytest.fixture
 def c(tmp_path, monkeypatch) -> Any:
-    monkeypatch.setattr(etcfiles, "host_nameservers", lambda *a: [])
-    monkeypatch.setattr(containers_module, "Supervisor", FakeSupervisor)
-    root = Root.resolve(str(tmp_path / "root"))
-    root.ensure()
-    store = Store(root.store)
-    lock = threading.RLock()
-    host, firewall, events = StubHost(), StubFirewall(), Events()
-    nets = Networks(store, Drivers(builtin_drivers(host, firewall)), firewall, lock, events)
-    resolv = tmp_path / "resolv.conf"
-    resolv.write_text("nameserver 192.0.2.53\nsearch lan\noptions edns0\n")
-    nets.load()
-    nets.ensure_builtin()
-    ctrs = Containers(root, store, nets, host, lock, resolv_conf=str(resolv), cgroups=StubCgroups())
+    resolv = "nameserver 192.0.2.53\nsearch lan\noptions edns0\n"
+    ctrs, events, store = stub_containers(tmp_path, monkeypatch, resolv, cgroups=StubCgroups())
     ctrs.scheduled = []  # type: ignore[attr-defined]  # restarts asked for, run by hand (no timers)
     monkeypatch.setattr(ctrs.restarts, "schedule", lambda cid, delay=0.1: ctrs.scheduled.append((cid, delay)))  # type: ignore[attr-defined]
     ctrs.events = []  # type: ignore[attr-defined]

@@ -549,6 +549,19 @@ def cmd_logs(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect_each(c: Client, names: list[str], path: str) -> int:
+    """``inspect`` of networks or images: one JSON array of what was found, an error line for each that was not."""
+    found, status = [], 0
+    for name in names:
+        try:
+            found.append(c.request("GET", path.format(quote(name))))
+        except DaemonError as exc:
+            print(f"qiao: Error response from daemon: {exc}", file=sys.stderr)
+            status = 1
+    print(json.dumps(found, indent=4))
+    return status
+
+
 def _each(c: Client, names: list[str], method: str, path: str, query: dict[str, Any] | None = None) -> int:
     status = 0
     for name in names:
@@ -598,15 +611,7 @@ def cmd_network(c: Client, a: argparse.Namespace) -> int:
         else:
             print(output.network_table(nets), end="")
     elif sub == "inspect":
-        found, status = [], 0
-        for name in a.names:
-            try:
-                found.append(c.request("GET", f"/networks/{quote(name)}"))
-            except DaemonError as exc:
-                print(f"qiao: Error response from daemon: {exc}", file=sys.stderr)
-                status = 1
-        print(json.dumps(found, indent=4))
-        return status
+        return _inspect_each(c, a.names, "/networks/{}")
     elif sub == "connect":
         c.request("POST", f"/networks/{quote(a.network)}/connect", body=connect_body(a))
     elif sub == "disconnect":
@@ -711,15 +716,7 @@ def cmd_image(c: Client, a: argparse.Namespace) -> int:
         else:
             print(output.image_table(images), end="")
     elif sub == "inspect":
-        found, status = [], 0
-        for name in a.names:
-            try:
-                found.append(c.request("GET", f"/images/{quote(name)}/json"))
-            except DaemonError as exc:
-                print(f"qiao: Error response from daemon: {exc}", file=sys.stderr)
-                status = 1
-        print(json.dumps(found, indent=4))
-        return status
+        return _inspect_each(c, a.names, "/images/{}/json")
     elif sub == "tag":
         repo, tag = a.target, ""
         if ":" in a.target.rpartition("/")[2]:
