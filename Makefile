@@ -1,5 +1,5 @@
 # qiao: `make demo` and `make test` work on a fresh machine (as root).
-.PHONY: setup test unit lint demo bench bench-peers bench-ports bench-soak bench-cni bench-docker bench-plugin bench-observe clean
+.PHONY: setup test unit lint demo bench bench-peers bench-ports bench-soak bench-cni bench-docker bench-plugin bench-observe bench-explain clean
 
 setup:
 	@scripts/setup.sh
@@ -40,6 +40,9 @@ bench-plugin: setup
 
 bench-observe: setup
 	.venv/bin/python -m bench.observe
+
+bench-explain: setup
+	.venv/bin/python -m bench.explain
 
 clean:
 	rm -rf .venv build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
