@@ -840,7 +840,9 @@ class Containers:
                 ctr = self.by_id.get(cid)
                 if ctr is None:
                     return self.removed_exit_codes.get(cid, 0)
-                if (condition == "not-running" and not ctr.running) or (condition == "next-exit" and self.exits[cid] != ends):
+                if (condition == "not-running" and not (ctr.running or ctr.restarting)) or (
+                    condition == "next-exit" and self.exits[cid] != ends
+                ):
                     return ctr.exit_code
                 left = deadline - time.monotonic()
                 if left <= 0:

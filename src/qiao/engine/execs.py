@@ -67,16 +67,19 @@ class Execs:
             if "=" not in item or item.startswith("=") or "\0" in item:
                 raise InvalidParameter(f"invalid environment variable {item!r}: expected KEY=VALUE")
         attach.detach_keys(spec.detach_keys)
+        with self.lock:
+            ctr = self.containers.get(ref)
+            if not ctr.running:
+                raise Conflict(f"container {ctr.id} is not running")
+            if ctr.paused:
+                raise Conflict(f"container {ctr.id} is paused, unpause the container before exec")
         try:
-            if spec.user is not None:
+            if spec.user is not None and not ctr.image_id:  # an image's users are the image's: checked inside, at start
                 security.resolve_user(spec.user)
             security.check_workdir(spec.workdir)
         except security.SecurityError as exc:
             raise InvalidParameter(str(exc)) from None
         with self.lock:
-            ctr = self.containers.get(ref)
-            if not ctr.running:
-                raise Conflict(f"container {ctr.id} is not running")
             self._prune()
             ex = Exec(ids.new_id(), ctr.id, spec, next(self._order))
             self.by_id[ex.id] = ex
@@ -110,6 +113,8 @@ class Execs:
             ctr = self.containers.by_id[ex.container_id]
             if not ctr.running:
                 raise Conflict(f"container {ctr.id} is not running")
+            if ctr.paused:
+                raise Conflict(f"container {ctr.id} is paused, unpause the container before exec")
             spec = self._shim_spec(ex, ctr.pid, detach, size or ex.spec.console_size)
             ours, theirs = socket.socketpair() if not detach else (None, None)
             try:
@@ -144,15 +149,19 @@ class Execs:
         env = _initial_env(pid) or self.containers._env(ctr, False)
         if ex.spec.tty:
             env.setdefault("TERM", "xterm")
+        user = ctr.user if ex.spec.user is None else ex.spec.user
         try:
-            who = security.resolve_user(ctr.user if ex.spec.user is None else ex.spec.user)
+            who = None if ctr.image_id else security.resolve_user(user)  # an image's users: resolved by the shim, inside
             status = security.process_status(pid)
         except security.SecurityError as exc:
             raise InvalidParameter(str(exc)) from None
         except OSError:
             raise Conflict(f"container {ctr.id} is not running") from None
         if ex.spec.user is not None:
-            env["HOME"] = who.home
+            if who is not None:
+                env["HOME"] = who.home
+            else:
+                env.pop("HOME", None)  # the shim sets the user's, from the image's /etc/passwd
         for item in ex.spec.env:
             key, _, value = item.partition("=")
             env[key] = value
@@ -161,9 +170,7 @@ class Execs:
             "exec": {"pid": pid, "start": start_time(pid)},
             "cmd": list(ex.spec.cmd),
             "env": env,
-            "uid": who.uid,
-            "gid": who.gid,
-            "groups": who.groups,
+            **({"uid": who.uid, "gid": who.gid, "groups": who.groups} if who is not None else {"user": user}),
             "cwd": ex.spec.workdir or ctr.workdir or "/",
             "caps": list(caps),
             "no_new_privs": not ex.spec.privileged and status.get("NoNewPrivs") == "1",

@@ -210,4 +210,5 @@ def merge(spec: ContainerSpec, image: ProcessConfig) -> ContainerSpec:
         exposed_ports=exposed,
         entrypoint=entrypoint or (),
         cmd=cmd,
+        stop_signal=spec.stop_signal or image.StopSignal or "",
     )

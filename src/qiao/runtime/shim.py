@@ -195,6 +195,8 @@ def _child(spec: dict, ready_w: int, cgroup_fd: int | None = None, held: console
                 console.take_terminal(0)
         if spec.get("rootfs"):
             _enter_rootfs(spec)
+        elif "user" in spec and "uid" not in spec:  # an exec in an image's container: already in its mount namespace
+            _take_user(spec)
         if "caps" in spec:  # qiaod always sends it (a spec without it, as in the unit tests, keeps the shim's own)
             security.enter(
                 spec.get("cwd") or "/",
@@ -222,14 +224,19 @@ def _enter_rootfs(spec: dict) -> None:
     /etc/passwd and /etc/group name it (HOME from there unless set), and its
     working directory made if missing (as Docker makes it, root's, 0755)."""
     rootfs.enter(spec["rootfs"])
-    who = security.resolve_user(spec.get("user") or "")
-    spec.update(uid=who.uid, gid=who.gid, groups=who.groups)
-    spec["env"].setdefault("HOME", who.home)
+    _take_user(spec)
     cwd = spec.get("cwd") or "/"
     try:
         os.makedirs(cwd, 0o755, exist_ok=True)
     except OSError as exc:
         raise security.SecurityError(f'cannot make the working directory "{cwd}": {exc.strerror}') from None
+
+
+def _take_user(spec: dict) -> None:
+    """``spec["user"]`` as the /etc/passwd and /etc/group we see now name it (the image's); HOME from there unless set."""
+    who = security.resolve_user(spec.get("user") or "")
+    spec.update(uid=who.uid, gid=who.gid, groups=who.groups)
+    spec["env"].setdefault("HOME", who.home)
 
 
 def _wait(pid: int) -> int:
@@ -363,6 +370,10 @@ def _exec(control: socket.socket, spec: dict, fds: list[int]) -> int:
         if proc.start_time(target) != start:  # the pid names another process now
             _answer(control, "error the container is not running")
             return 126
+        # After joining an image's container, /proc is the container's (its PID namespace): its pids
+        # are not ours to kill. Our command's orphans go to the container's own PID 1 there anyway.
+        own_pids = os.stat(f"/proc/{target}/ns/pid").st_ino != os.stat("/proc/self/ns/pid").st_ino
+        end_rest = None if own_pids else _end_descendants
         for fd, (_kind, flag) in zip(namespaces, EXEC_NAMESPACES, strict=True):
             linux.setns(fd, flag)
         streams = spec["console"]
@@ -392,10 +403,11 @@ def _exec(control: socket.socket, spec: dict, fds: list[int]) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         _wait(pid)
-        _end_descendants()
+        if end_rest is not None:
+            end_rest()
         return 1
     control.close()
-    status = held.serve(pid, None, [socket.socket(fileno=fd) for fd in fds], None, container_fd, _end_descendants)
+    status = held.serve(pid, None, [socket.socket(fileno=fd) for fd in fds], None, container_fd, end_rest)
     return console.exit_code(status)
 
 
