@@ -163,3 +163,21 @@ def test_exec_needs_a_running_container_and_is_found_by_id(c):
     c.remove(ctr.id)
     with pytest.raises(NotFound, match="No such exec instance"):
         execs.get(ex.id)  # forgotten with its container
+
+
+def test_exec_in_an_image_container_leaves_its_user_to_the_shim_and_waits_for_unpause(c, monkeypatch):
+    """An image's users are the image's (the shim resolves them inside); a paused container takes no exec."""
+    from qiao.engine.errors import Conflict
+    from qiao.engine.execs import Execs
+    from qiao.runtime import security
+
+    execs = Execs(c)
+    ctr = c.start(create(c, "img", body()).id)
+    ctr.image_id = "sha256:" + "a" * 64  # as if made from an image
+    ex = execs.create(ctr.id, wire.exec_spec(b'{"Cmd": ["id"], "User": "only-in-the-image"}'))  # no host lookup
+    monkeypatch.setattr(security, "process_status", lambda pid: {"CapBnd": "0", "NoNewPrivs": "0"})
+    spec = execs._shim_spec(ex, os.getpid(), True, ())
+    assert spec["user"] == "only-in-the-image" and "uid" not in spec and "HOME" not in spec["env"]
+    ctr.paused = True
+    with pytest.raises(Conflict, match="is paused"):
+        execs.create(ctr.id, wire.exec_spec(b'{"Cmd": ["true"]}'))
