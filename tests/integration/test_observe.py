@@ -383,18 +383,22 @@ def test_a_lab_trace_watch_goes_when_the_lab_is_interrupted_and_after_a_killed_q
     from tests.integration.test_overlay import kill9, restart_qiaod
 
     lab = ov2
-    # interrupted while host1's probe waits for an answer that never comes: host2's watch goes at once
-    cli = subprocess.Popen(
-        [QIAO, "lab", "--root", lab.root, "trace", "host1", "a", "mute:7001/udp"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        wait_for("host2's watch", lambda: lab_trace_tables(lab, "host2"), timeout=5, interval=0.005)
-        cli.send_signal(signal.SIGINT)
-        assert cli.wait(10) == 130
-    finally:
-        if cli.poll() is None:
-            cli.kill()
-        cli.communicate()
+    # interrupted while host1's probe waits for an answer that never comes (0.8 s of silence at most: on a
+    # busy machine the trace may end first, with 0, before the signal lands; then again): host2's watch goes
+    codes = []
+    while len(codes) < 5 and 130 not in codes:
+        cli = subprocess.Popen(
+            [QIAO, "lab", "--root", lab.root, "trace", "host1", "a", "mute:7001/udp"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            wait_for("host2's watch", lambda: lab_trace_tables(lab, "host2"), timeout=5, interval=0.005)
+            cli.send_signal(signal.SIGINT)
+            codes.append(cli.wait(10))
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+            cli.communicate()
+    assert 130 in codes and set(codes) <= {0, 130}, codes
     wait_for("no watch left on host2", lambda: not lab_trace_tables(lab, "host2"), timeout=2, interval=0.02)
     wait_for("host1's trace done", lambda: not lab_trace_tables(lab, "host1"), timeout=5)
 

@@ -1041,17 +1041,12 @@ def _send_stream(sock: socket.socket, status: int, payload: Streamed, chunked: b
 
 
 def _hung_up(sock: socket.socket) -> bool:
-    """Whether the client closed its side (readable, and nothing to read)."""
+    """Whether the client closed the connection (POLLHUP on a unix socket: both
+    directions shut). A client that only half-closed after its request (its
+    end of the body, as HTTP/1.0 clients may) still reads: not hung up."""
     poller = select.poll()
-    poller.register(sock, select.POLLIN | select.POLLHUP)
-    if not poller.poll(0):
-        return False
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
+    poller.register(sock, 0)  # POLLHUP and POLLERR are reported whatever the mask
+    return bool(poller.poll(0))
 
 
 def _hand_over(sock: socket.socket, head: Head, payload: Hijacked) -> None:

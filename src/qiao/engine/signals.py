@@ -13,7 +13,7 @@ _RT = re.compile(r"RTM(IN|AX)([+-][0-9]{1,2})?\Z")
 
 def parse(text: str) -> int:
     """The signal's number; an unknown name, 0 (a no-op) or one past the kernel's last is a 400."""
-    name = text.strip().upper().removeprefix("SIG")
+    name = text.upper().removeprefix("SIG")  # no strip: "KILL\n" is not a signal (dockerd refuses it too)
     number: int | None = None
     if name.isascii() and name.isdigit():
         number = int(name)

@@ -81,7 +81,7 @@ class Images:
     def load(self) -> None:
         """Read the records; drop what an interrupted import left and the files
         of images removed while a container used them, if none does any more."""
-        os.makedirs(self.tmp, mode=0o700, exist_ok=True)
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)  # first: makedirs gives only the last directory its mode
         for row in self.store.load("images"):
             img = from_dict(Image, row)
             self.by_id[img.id] = img
