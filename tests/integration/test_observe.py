@@ -388,7 +388,10 @@ def test_a_lab_trace_watch_goes_when_the_lab_is_interrupted_and_after_a_killed_q
     codes = []
     while len(codes) < 5 and 130 not in codes:
         cli = subprocess.Popen(
-            [QIAO, "lab", "--root", lab.root, "trace", "host1", "a", "mute:7001/udp"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            [QIAO, "lab", "--root", lab.root, "trace", "host1", "a", "mute:7001/udp"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a suite started in the background ignores it
         )
         try:
             wait_for("host2's watch", lambda: lab_trace_tables(lab, "host2"), timeout=5, interval=0.005)
