@@ -949,11 +949,12 @@ def test_parse_expose_errors(spec, fragment):
 # -- start-up cost -----------------------------------------------------------
 
 
-def test_cli_import_is_light():
-    code = "import sys, qiao.cli.main; print('\\n'.join(sorted(sys.modules)))"
+@pytest.mark.parametrize("module", ["qiao.cli.main", "qiao.cli.netview", "qiao.cli.explain"])  # the last two: imported when used
+def test_cli_import_is_light(module):
+    code = f"import sys, {module}; print('\\n'.join(sorted(sys.modules)))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
     loaded = set(proc.stdout.split())
-    assert "qiao.cli.main" in loaded
+    assert module in loaded
     heavy = {"pyroute2", "nftables", "http.client", "http", "email", "urllib", "subprocess", "dataclasses", "sqlite3"}
     assert loaded & heavy == set()
     assert not any(m.startswith(("pyroute2.", "qiao.engine", "qiao.kernel", "qiao.daemon")) for m in loaded)

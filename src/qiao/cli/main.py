@@ -879,6 +879,9 @@ def _main(argv: list[str] | None) -> int:
     except FileNotFoundError as exc:
         print(f"qiao: {exc.strerror}: {exc.filename}", file=sys.stderr)
         return 127
+    except (IsADirectoryError, NotADirectoryError, PermissionError) as exc:  # a local file the command names (--env-file)
+        print(f"qiao: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

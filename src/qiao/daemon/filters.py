@@ -142,8 +142,8 @@ class Filters:
 
 # -- times -------------------------------------------------------------------------
 
-_UNIX = re.compile(r"-?[0-9]+(\.[0-9]+)?\Z")
-_DURATION = re.compile(r"(?:([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h))+\Z")
+_UNIX = re.compile(r"-?[0-9]{1,12}(\.[0-9]{1,9})?\Z")  # seconds within ~30 000 years: no overflow downstream
+_DURATION = re.compile(r"(?:([0-9]{0,12}\.?[0-9]{1,12})(ns|us|µs|ms|s|m|h))+\Z")
 _DURATION_PART = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)")
 _UNIT_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
 
@@ -162,6 +162,8 @@ def timestamp_nanos(value: str, what: str, now_ns: int) -> int:
     or a Unix time; in nanoseconds."""
     if value != "0" and _DURATION.match(value):
         total = sum(float(n) * _UNIT_NS[unit] for n, unit in _DURATION_PART.findall(value))
+        if total > 1e9 * 3600 * 24 * 365 * 10_000:
+            raise InvalidParameter(f"invalid value for {what}: {value!r} is too long a duration")
         return now_ns - int(total)
     if _UNIX.match(value):
         return unix_nanos(value, what)

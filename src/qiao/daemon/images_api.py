@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from qiao.daemon.filters import Filters
 from qiao.daemon.http import Request, Streamed, route
 from qiao.engine.engine import Engine
 from qiao.engine.errors import InvalidParameter, NotFound
@@ -102,28 +103,6 @@ def image_inspect(img: Image, rootfs: str) -> dict[str, Any]:
     }
 
 
-def _filters(req: Request) -> dict[str, list[str]]:
-    """``filters`` as Docker sends it: {"name": {"value": true}} (or {"name": ["value"]})."""
-    text = req.query.get("filters", "")
-    if not text:
-        return {}
-    try:
-        data = json.loads(text)
-    except ValueError:
-        raise InvalidParameter("invalid filters: not JSON") from None
-    if not isinstance(data, dict):
-        raise InvalidParameter("invalid filters: not a JSON object")
-    out = {}
-    for key, values in data.items():
-        if isinstance(values, dict):
-            out[key] = [str(v) for v, on in values.items() if on]
-        elif isinstance(values, list):
-            out[key] = [str(v) for v in values]
-        else:
-            raise InvalidParameter(f"invalid filter {key!r}")
-    return out
-
-
 class ImagesApi:
     """Mixed into ``daemon.api.Api`` (which sets ``engine``)."""
 
@@ -166,17 +145,8 @@ class ImagesApi:
 
     @route("GET", "/images/json")
     def image_list(self, req: Request) -> tuple[int, Any]:
-        filters = _filters(req)
-        unknown = set(filters) - {"dangling", "reference"}
-        if unknown:
-            raise InvalidParameter(f"invalid filter '{sorted(unknown)[0]}'")
-        dangling = None
-        if filters.get("dangling"):
-            value = filters["dangling"][-1].lower()
-            if value not in ("true", "false", "1", "0"):
-                raise InvalidParameter(f"invalid filter 'dangling={value}'")
-            dangling = value in ("true", "1")
-        images = self.engine.images.listing(dangling, filters.get("reference", []))
+        filters = Filters.parse(req.query.get("filters"), ("dangling", "reference"))
+        images = self.engine.images.listing(filters.boolean("dangling"), sorted(filters.get("reference")))
         return 200, [image_summary(img) for img in images]
 
     @route("GET", "/images/(?P<ref>.+)/json")

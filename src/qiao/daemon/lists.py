@@ -30,7 +30,7 @@ _UNSUPPORTED_CONTAINER_FILTERS = {
     "isolation": "qiao has no isolation modes",
     "is-task": "qiao has no swarm tasks",
 }
-_PORT = re.compile(r"([0-9]+)(?:-([0-9]+))?(?:/([a-z]+))?\Z")
+_PORT = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?(?:/([a-z]+))?\Z")
 
 
 def _ports(filters: Filters, key: str) -> set[str]:

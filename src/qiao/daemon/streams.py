@@ -41,7 +41,7 @@ def _size(req: Request) -> tuple[int, int]:
     values = []
     for name in ("h", "w"):
         text = req.query.get(name, "")
-        if not (text.isascii() and text.isdigit()) or int(text) > 0xFFFF:
+        if not (text.isascii() and text.isdigit() and len(text) <= 5) or int(text) > 0xFFFF:
             raise InvalidParameter(f"invalid value for {name}: {text!r} is not a number from 0 to 65535")
         values.append(int(text))
     return values[0], values[1]

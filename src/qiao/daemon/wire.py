@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import types
 import typing
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -111,7 +111,7 @@ class HostPort(Struct):
 
 class RestartPolicy(Struct):
     Name: str = ""
-    MaximumRetryCount: int = 0
+    MaximumRetryCount: Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)] = 0
 
 
 class HostConfig(Struct):
@@ -172,7 +172,7 @@ class ContainerCreate(Struct):
     AttachStderr: bool = False
     Labels: Map | None = None
     StopSignal: str = ""
-    StopTimeout: int | None = None
+    StopTimeout: Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)] | None = None  # Go's int32 bounds
     Entrypoint: list[str] | str | None = None
     # Not implemented by qiao: refused unless zero.
     Volumes: dict[str, Any] | None = None

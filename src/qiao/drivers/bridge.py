@@ -66,7 +66,7 @@ def mtu_option(options: dict[str, str], default: int = 1500) -> int:
     text = options.get(OPT_MTU)
     if text is None:
         return default
-    if not text.isascii() or not text.isdigit():
+    if not text.isascii() or not text.isdigit() or len(text) > 5:
         raise InvalidParameter(f"invalid MTU {text!r}")
     mtu = int(text)
     if not 68 <= mtu <= 65535:

@@ -15,7 +15,7 @@ def parse(text: str) -> int:
     """The signal's number; an unknown name, 0 (a no-op) or one past the kernel's last is a 400."""
     name = text.upper().removeprefix("SIG")  # no strip: "KILL\n" is not a signal (dockerd refuses it too)
     number: int | None = None
-    if name.isascii() and name.isdigit():
+    if re.fullmatch(r"[0-9]{1,3}", name):  # ASCII digits, and few: int() of 5 000 would raise past Python's limit
         number = int(name)
     elif rt := _RT.match(name):
         base = signal.SIGRTMIN if rt.group(1) == "IN" else signal.SIGRTMAX

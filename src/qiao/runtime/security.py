@@ -148,7 +148,8 @@ def _entries(text: str, fields: int) -> list[list[str]]:
 
 
 def _number(text: str) -> int | None:
-    return int(text) if text.isdigit() else None
+    """An id given as a number (ASCII digits, few enough for int(); the range is checked after); None for a name."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else None
 
 
 def resolve_user(spec: str, passwd: str | None = None, group: str | None = None) -> User:
