@@ -412,7 +412,8 @@ def test_shim_process_never_waits_for_a_connection_that_does_not_read(sup, tmp_p
 
 def test_shim_with_no_stdin_gives_dev_null_and_drops_input(sup, tmp_path) -> None:
     ours, theirs = socket.socketpair()
-    sup.spawn("n", held_spec(tmp_path, ["sh", "-c", "cat; echo done"]), [theirs.fileno()])
+    # the command outlives our input by a second: a shim that closed with our frame unread would reset the connection
+    sup.spawn("n", held_spec(tmp_path, ["sh", "-c", "sleep 1; cat; echo done"]), [theirs.fileno()])
     theirs.close()
     ours.sendall(frames.frame(frames.STDIN, b"dropped\n"))
     assert read_frames(ours) == [(1, b"done\n"), (frames.EXIT, b"0")]
