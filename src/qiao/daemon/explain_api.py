@@ -116,10 +116,7 @@ class ExplainApi:
 
     @route("POST", "/qiao/explain")
     def explain(self, req: Request) -> tuple[int, Any]:
-        try:
-            ask = msgspec.convert(wire.json_object(req.body), type=ExplainRequest)
-        except msgspec.ValidationError as exc:
-            raise InvalidParameter(f"invalid request body: {exc}") from None
+        ask: ExplainRequest = wire.decode(req.body, ExplainRequest)
         if not ask.ops:
             raise InvalidParameter("explain: no operation given")
         planned = [Planned(op) for op in ask.ops]

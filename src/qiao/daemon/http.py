@@ -309,9 +309,10 @@ def parse_query_lists(query: str) -> dict[str, list[str]]:
         raise HttpError(400, "too many query parameters") from None
 
 
-def parse_query(query: str) -> dict[str, str]:
-    """The last value of each parameter."""
-    return {k: v[-1] for k, v in parse_query_lists(query).items()}
+def bool_value(text: str) -> bool:
+    """Go's httputils.BoolValue, as dockerd reads ``force``, ``all``, ``stream``...:
+    false only for "", 0, no, false and none (any case)."""
+    return text.strip().lower() not in ("", "0", "no", "false", "none")
 
 
 def unquote(segment: str) -> str:
@@ -360,8 +361,9 @@ class Request:
             raise InvalidParameter(f"invalid value for {name}: {text!r} is not a whole number of seconds")
         return int(text)
 
-    def flag(self, name: str) -> bool:
-        return self.query.get(name, "").lower() in ("1", "true", "yes")
+    def flag(self, name: str, default: bool = False) -> bool:
+        """A boolean query parameter, read as dockerd reads one (``bool_value``); ``default`` when absent."""
+        return bool_value(self.query[name]) if name in self.query else default
 
     def received_fds(self) -> tuple[int, int, int] | None:
         """The caller's stdin, stdout and stderr (``X-Qiao-Stdio: 1``), now the

@@ -36,11 +36,6 @@ def stop_signal(req: Request) -> int | None:
     return signals.parse(text) if text else None
 
 
-def _false(text: str) -> bool:
-    """Go's httputils.BoolValue, negated: what dockerd reads as false."""
-    return text.strip().lower() in ("", "0", "no", "false", "none")
-
-
 def prune_filter(text: str | None) -> Callable[[ContainerView], bool]:
     """The ``filters`` of ``POST /containers/prune`` (``until``, ``label``, ``label!``), as dockerd's."""
     rule = Prune.parse(text, time.time_ns())
@@ -88,8 +83,8 @@ class LifecycleRoutes:
     def container_stats(self, req: Request, ref: str) -> tuple[int, Any]:
         """``stream=false``: one object, its CPU figures over a second (``one-shot``:
         at once, with no previous figures); else one object per second until the client leaves."""
-        stream = not _false(req.query.get("stream", "1"))
-        one_shot = not _false(req.query.get("one-shot", ""))
+        stream = req.flag("stream", default=True)
+        one_shot = req.flag("one-shot")
         if stream and one_shot:
             raise InvalidParameter("cannot have stream=true and one-shot=true")
         ctr, first = self.engine.lifecycle.stats(ref)

@@ -15,7 +15,7 @@ from typing import Any
 
 from qiao.daemon import docker_json
 from qiao.daemon.filters import CONTAINER_LIST_KEYS, NETWORK_LIST_KEYS, Filters, Prune
-from qiao.daemon.http import Request, route
+from qiao.daemon.http import Request, bool_value, route
 from qiao.daemon.wire import HOST_IMAGE
 from qiao.engine.containers import ContainerView
 from qiao.engine.engine import Engine
@@ -57,23 +57,20 @@ def _find(views: list[ContainerView], ref: str) -> Container:
     raise NotFound(f"No such container: {ref}")
 
 
-def _image(ctr: Container) -> str:
-    """The image a container runs, for ``ancestor``: until images exist, the image-less mode's name."""
-    return ctr.image or HOST_IMAGE
-
-
 def _ancestor_matches(wanted: Iterable[str], ctr: Container) -> bool:
-    image = _image(ctr)
+    """``ancestor``: the image as the container names it (with or without ``:latest``), or its id
+    (``sha256:…`` or a prefix of 12 or more hex digits); image-less containers are ``qiao/host``'s."""
+    image = ctr.image or HOST_IMAGE
     names = {image, image.removesuffix(":latest"), image if ":" in image.rpartition("/")[2] else image + ":latest"}
-    return any(value in names for value in wanted)
+    hex_id = ctr.image_id.removeprefix("sha256:")
+    return any(value in names or (hex_id and len(v := value.removeprefix("sha256:")) >= 12 and hex_id.startswith(v)) for value in wanted)
 
 
 def select_containers(views: list[ContainerView], query: dict[str, str]) -> list[dict[str, Any]]:
     """The entries of ``GET /containers/json`` (``views``: every container, newest first)."""
     filters = Filters.parse(query.get("filters"), CONTAINER_LIST_KEYS)
     filters.refuse(_UNSUPPORTED_CONTAINER_FILTERS)
-    show_all = query.get("all", "").lower() in ("1", "true")
-    size = query.get("size", "").lower() in ("1", "true")
+    show_all, size = bool_value(query.get("all", "")), bool_value(query.get("size", ""))
     limit_text = query.get("limit", "")
     if limit_text and not re.fullmatch(r"-?[0-9]{1,9}", limit_text):
         raise InvalidParameter(f"invalid value for limit: {limit_text!r} is not a whole number")

@@ -31,7 +31,7 @@ import select
 import socket
 import threading
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -45,15 +45,18 @@ WATCH_WAIT = 10.0  # s: the longest a watch waits for the lab to say how its pro
 OUTCOMES = ("connected", "answered", "refused", "unreachable", "no-route", "silent", "error")
 
 
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+
 class TraceRequest(Struct):
     Source: str = ""
     Destination: str = ""
-    SourcePort: int = 0  # the probe's source port or echo id: a lab trace chooses it, so the receiving host's watch knows the probe
+    SourcePort: Port = 0  # the probe's source port or echo id: a lab trace chooses it, so the receiving host's watch knows the probe
 
 
 class WatchRequest(Struct):
     Destination: str = ""  # DST[:PORT][/tcp|udp], as the sending host's trace is given it
-    SourcePort: int = 0  # the probe's source port, or its echo id
+    SourcePort: Port = 0  # the probe's source port, or its echo id
     Source: str = ""  # how the sender is named in the result ("a on host1")
 
 
@@ -101,8 +104,6 @@ class ObserveApi:
         body: TraceRequest = decode(req.body, TraceRequest)
         if not body.Source or not body.Destination:
             raise InvalidParameter("a trace needs a Source and a Destination")
-        if not 0 <= body.SourcePort <= 65535:
-            raise InvalidParameter(f"invalid SourcePort {body.SourcePort}")
         return 200, self._observer().tracer.trace(body.Source, body.Destination, body.SourcePort)
 
     @route("POST", "/qiao/trace/watch")

@@ -256,17 +256,13 @@ def json_object(body: bytes) -> dict[str, Any]:
     return data
 
 
-def _decode(body: bytes, kind: type[Any]) -> Any:
+def decode(body: bytes, kind: type[Any]) -> Any:
+    """A body checked against a schema (``null`` for a field: not given, as dockerd reads it)."""
     data = json_object(body)
     try:
         return msgspec.convert(_drop_nulls(data, kind), type=kind)
     except msgspec.ValidationError as exc:
         raise InvalidParameter(f"invalid request body: {exc}") from None
-
-
-def decode(body: bytes, kind: type[Any]) -> Any:
-    """A body checked against a schema defined elsewhere (the routes of a mixin of ``Api``)."""
-    return _decode(body, kind)
 
 
 def _refuse(obj: Any, fields: dict[str, str]) -> None:
@@ -285,7 +281,7 @@ def endpoint_spec(settings: EndpointSettings | None) -> EndpointSpec:
 
 
 def container_spec(name: str | None, body: bytes) -> ContainerSpec:
-    req: ContainerCreate = _decode(body, ContainerCreate)
+    req: ContainerCreate = decode(body, ContainerCreate)
     host = req.HostConfig or HostConfig()
     _refuse(req, _UNSUPPORTED_CONFIG)
     _refuse(host, _UNSUPPORTED_HOST)
@@ -369,7 +365,7 @@ class ExecStart(Struct):
 
 
 def exec_spec(body: bytes) -> ExecSpec:
-    req: ExecCreate = _decode(body, ExecCreate)
+    req: ExecCreate = decode(body, ExecCreate)
     return ExecSpec(
         cmd=tuple(req.Cmd or ()),
         env=tuple(req.Env or ()),
@@ -387,12 +383,12 @@ def exec_spec(body: bytes) -> ExecSpec:
 
 def exec_start(body: bytes) -> tuple[bool, tuple[int, ...]]:
     """Detach, and the TTY's size."""
-    req: ExecStart = _decode(body, ExecStart)
+    req: ExecStart = decode(body, ExecStart)
     return req.Detach, console_size(req.ConsoleSize)
 
 
 def network_spec(body: bytes) -> NetworkSpec:
-    req: NetworkCreate = _decode(body, NetworkCreate)
+    req: NetworkCreate = decode(body, NetworkCreate)
     if req.Ingress or req.ConfigOnly or (req.ConfigFrom and req.ConfigFrom.Network):
         raise InvalidParameter("qiao does not support ingress, config-only or config-from networks")
     if req.EnableIPv4 is False:
@@ -429,10 +425,10 @@ def network_spec(body: bytes) -> NetworkSpec:
 
 
 def network_connect(body: bytes) -> tuple[str, EndpointSpec]:
-    req: NetworkConnect = _decode(body, NetworkConnect)
+    req: NetworkConnect = decode(body, NetworkConnect)
     return req.Container, endpoint_spec(req.EndpointConfig)
 
 
 def network_disconnect(body: bytes) -> tuple[str, bool]:
-    req: NetworkDisconnect = _decode(body, NetworkDisconnect)
+    req: NetworkDisconnect = decode(body, NetworkDisconnect)
     return req.Container, req.Force
