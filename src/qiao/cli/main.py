@@ -493,7 +493,7 @@ def cmd_exec(c: Client, a: argparse.Namespace) -> int:
         raise UsageError("qiao exec: no command given")
     info = c.request("GET", f"/containers/{quote(a.container)}/json")
     if not info["State"]["Running"]:
-        raise UsageError(f"container {info['Id'][:12]} is not running")
+        raise DaemonError(409, f"container {info['Id']} is not running", {})  # as dockerd answers an exec
     pid = str(info["State"]["Pid"])
     # As Docker's exec: the container's own environment, --link variables included (the
     # command's initial environment is exactly that); Config.Env if it cannot be read.
