@@ -97,8 +97,16 @@ def test_name_id_label_network_ancestor(views):
     assert names(views, all=1, filters={"label": ["tier"]}) == ["web1", "failed", "created"]
     assert names(views, all=1, filters={"network": ["web"]}) == ["web1", "failed", "ok", "created"]
     assert names(views, all=1, filters={"network": ["nnn"]}) == ["web1", "failed", "ok", "created"]  # an id prefix
-    assert names(views, filters={"ancestor": ["qiao/host:latest"]}) == ["web2", "web1"]  # until images: every container
+    assert names(views, filters={"ancestor": ["qiao/host:latest"]}) == ["web2", "web1"]  # image-less: qiao/host's
     assert names(views, filters={"ancestor": ["busybox"]}) == []
+
+
+def test_ancestor_is_an_images_name_or_id():
+    image_id = "sha256:" + "ab12" * 16
+    made = [view(ctr("box", 1, image="busybox", image_id=image_id)), view(ctr("bare", 2))]
+    for wanted in ("busybox", "busybox:latest", image_id, "ab12ab12ab12", "sha256:ab12ab12ab12ab12"):
+        assert names(made, all=1, filters={"ancestor": [wanted]}) == ["box"], wanted
+    assert names(made, all=1, filters={"ancestor": ["ab12ab"]}) == []  # a prefix shorter than 12 is no id
 
 
 def test_before_since_publish_expose(views):
