@@ -309,10 +309,18 @@ def parse_query_lists(query: str) -> dict[str, list[str]]:
         raise HttpError(400, "too many query parameters") from None
 
 
-def bool_value(text: str) -> bool:
-    """Go's httputils.BoolValue, as dockerd reads ``force``, ``all``, ``stream``...:
-    false only for "", 0, no, false and none (any case)."""
-    return text.strip().lower() not in ("", "0", "no", "false", "none")
+_FALSE = frozenset({"", "0", "no", "false", "none"})  # what dockerd's httputils.BoolValue reads as false
+_TRUE = frozenset({"1", "true", "yes", "on"})
+
+
+def bool_value(text: str, name: str) -> bool:
+    """A boolean query parameter (``force``, ``all``, ``stream``...) in dockerd's spellings,
+    any case. dockerd reads anything else as true; qiao refuses it (``force=maybe`` is a
+    mistake, not a yes)."""
+    value = text.strip().lower()
+    if value in _FALSE or value in _TRUE:
+        return value in _TRUE
+    raise InvalidParameter(f"invalid value for {name}: {text!r} (expected true or false)")
 
 
 def unquote(segment: str) -> str:
@@ -363,7 +371,7 @@ class Request:
 
     def flag(self, name: str, default: bool = False) -> bool:
         """A boolean query parameter, read as dockerd reads one (``bool_value``); ``default`` when absent."""
-        return bool_value(self.query[name]) if name in self.query else default
+        return bool_value(self.query[name], name) if name in self.query else default
 
     def received_fds(self) -> tuple[int, int, int] | None:
         """The caller's stdin, stdout and stderr (``X-Qiao-Stdio: 1``), now the

@@ -70,7 +70,7 @@ def select_containers(views: list[ContainerView], query: dict[str, str]) -> list
     """The entries of ``GET /containers/json`` (``views``: every container, newest first)."""
     filters = Filters.parse(query.get("filters"), CONTAINER_LIST_KEYS)
     filters.refuse(_UNSUPPORTED_CONTAINER_FILTERS)
-    show_all, size = bool_value(query.get("all", "")), bool_value(query.get("size", ""))
+    show_all, size = bool_value(query.get("all", ""), "all"), bool_value(query.get("size", ""), "size")
     limit_text = query.get("limit", "")
     if limit_text and not re.fullmatch(r"-?[0-9]{1,9}", limit_text):
         raise InvalidParameter(f"invalid value for limit: {limit_text!r} is not a whole number")
