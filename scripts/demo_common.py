@@ -104,7 +104,8 @@ class Console:
         expect: str | None = None,
         transform: Callable[[str], str] | None = None,
     ) -> str:
-        """Print ``$ SHOWN``, run it (``run``), print its real output; fail unless ``expect`` is in it."""
+        """Print ``$ SHOWN``, run it (``run``), print its real output; fail unless ``expect`` is in it.
+        Returns its stdout, then its stderr."""
         self.out(self.style.cmd(prompt + shlex.join(shown)))
         proc = run()
         text = proc.stdout
@@ -113,6 +114,7 @@ class Console:
             self.out(shown_text.rstrip("\n"))
         if proc.stderr.strip():
             self.out(proc.stderr.rstrip("\n"))
+        text += proc.stderr  # both streams: `qiao logs` keeps a container's stderr apart, as `docker logs`
         if expect is not None and expect not in text:
             raise Failed(f"{shlex.join(shown)}: expected {expect!r} in its output")
         return text
