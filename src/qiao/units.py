@@ -4,6 +4,20 @@ columns.  Standard library only."""
 
 from __future__ import annotations
 
+import re
+
+_GO_DURATION = re.compile(r"(?:[0-9]{0,12}\.?[0-9]{1,12}(?:ns|us|µs|ms|s|m|h))+\Z")  # bounded: no float overflow
+_GO_DURATION_PART = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)")
+_GO_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def go_duration(text: str) -> float | None:
+    """A Go duration (``1h30m``, ``42m``, ``10s``, ``1.5ms``) in seconds, as Docker's
+    ``--since``/``--until`` and prune ``until`` take it; None when it is not one."""
+    if not _GO_DURATION.match(text):
+        return None
+    return sum(float(n) * _GO_UNIT_SECONDS[u] for n, u in _GO_DURATION_PART.findall(text))
+
 
 def human_duration(seconds: float) -> str:
     """``Less than a second``, ``5 seconds``, ``About a minute``, ``3 hours``, ``2 weeks``, ..."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from qiao.units import bytes_size, human_duration, human_size
+from qiao.units import bytes_size, go_duration, human_duration, human_size
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up time)
 if TYPE_CHECKING:
@@ -386,9 +386,6 @@ def env_file(text: str, environ: dict[str, str], path: str = "") -> list[str]:
     return out
 
 
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
-
-
 def unix_time(text: str, what: str, now: float | None = None) -> str:
     """Docker's ``--since``/``--until`` as the API takes them (``SECONDS.NANOSECONDS``):
     a UNIX time as is, a duration (Go's: ``1h30m``, ``42m``, ``10s``) back
@@ -397,10 +394,8 @@ def unix_time(text: str, what: str, now: float | None = None) -> str:
         return ""
     if text.replace(".", "", 1).isdigit():
         return text
-    import re  # argparse has it loaded already
-
-    if re.fullmatch(r"(?:[0-9]+(?:\.[0-9]+)?(?:ns|us|µs|ms|s|m|h))+", text):
-        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in re.findall(r"([0-9.]+)(ns|us|µs|ms|s|m|h)", text))
+    seconds = go_duration(text)
+    if seconds is not None:
         return f"{(time.time() if now is None else now) - seconds:.9f}"
     import datetime
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from qiao.engine.errors import InvalidParameter
+from qiao.units import go_duration
 
 # The keys each route takes (moby's accepted filter tags, per route).
 CONTAINER_LIST_KEYS = frozenset(
@@ -143,9 +144,6 @@ class Filters:
 # -- times -------------------------------------------------------------------------
 
 _UNIX = re.compile(r"-?[0-9]{1,12}(\.[0-9]{1,9})?\Z")  # seconds within ~30 000 years: no overflow downstream
-_DURATION = re.compile(r"(?:([0-9]{0,12}\.?[0-9]{1,12})(ns|us|µs|ms|s|m|h))+\Z")
-_DURATION_PART = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)")
-_UNIT_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
 
 
 def unix_nanos(value: str, what: str) -> int:
@@ -160,11 +158,11 @@ def timestamp_nanos(value: str, what: str, now_ns: int) -> int:
     """A prune ``until`` (moby ``GetTimestamp``): a Go duration before now
     (``10m``, ``1h30m``), an RFC 3339 date or time (UTC when it names no zone),
     or a Unix time; in nanoseconds."""
-    if value != "0" and _DURATION.match(value):
-        total = sum(float(n) * _UNIT_NS[unit] for n, unit in _DURATION_PART.findall(value))
-        if total > 1e9 * 3600 * 24 * 365 * 10_000:
+    seconds = go_duration(value) if value != "0" else None
+    if seconds is not None:
+        if seconds > 3600 * 24 * 365 * 10_000:
             raise InvalidParameter(f"invalid value for {what}: {value!r} is too long a duration")
-        return now_ns - int(total)
+        return now_ns - int(seconds * 1e9)
     if _UNIX.match(value):
         return unix_nanos(value, what)
     try:
